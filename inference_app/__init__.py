@@ -1,0 +1,1 @@
+"""JAX inference server: model -> engine -> orchestrator -> server (see README)."""

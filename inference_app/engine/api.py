@@ -1,0 +1,119 @@
+"""The contract between the engine (model core) and the orchestrator (serving).
+
+The orchestrator drives one request through four stages, calling only what is declared here:
+
+    prefill(prompt_ids, sampling) -> Prefix      # on the prefill device group
+    transfer(prefix) -> Prefix                   # disaggregated: KV moves to the generate sharding
+    insert(prefix, slot)                         # the prompt's KV lands in a free decode slot
+    generate() -> StepOutput                     # one decode step for every slot at once
+    release(slot)                                # the slot is free for the next request
+
+Everything returned lives on device until the caller asks for it on host (`np.asarray`), so the
+orchestrator can overlap host copies with the next step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+Mode = Literal["interleaved", "disaggregated"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling. temperature == 0 means greedy (top_k/top_p ignored)."""
+
+    temperature: float = 0.0
+    top_k: int = 0  # 0 disables top-k
+    top_p: float = 1.0  # 1.0 disables nucleus sampling
+    seed: int | None = None  # None: the engine picks one; same seed + prompt -> same tokens
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """A prefilled prompt: its first sampled token and its KV cache (device arrays)."""
+
+    first_token: int
+    length: int  # number of prompt tokens (the first generated token goes at position `length`)
+    kv: Any  # engine-specific pytree of device arrays
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """Result of one decode step: the next token of every slot (inactive slots hold junk)."""
+
+    tokens: Any  # int32 array [max_slots], on device; np.asarray(...) copies to host
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    eos_token_ids: frozenset[int]
+    vocab_size: int
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` without adding BOS/EOS (chat templates add their own markers)."""
+        ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str:
+        """Render messages with the model's own template (jinja2)."""
+        ...
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How to build an engine. Exactly one of `model` (catalog name) or `model_path` is set."""
+
+    model: str | None = "smollm2-135m"
+    model_path: str | None = None  # GGUF file, HF directory, or gs:// URL of either
+    mode: Mode = "interleaved"
+    max_slots: int = 8
+    max_prefill_length: int = 512
+    max_target_length: int = 1024  # prompt + generated tokens per slot
+    weight_dtype: Literal["auto", "float32", "bfloat16", "int8"] = "auto"  # auto: fp32 CPU, bf16 TPU/GPU
+    kv_dtype: Literal["auto", "float32", "bfloat16", "int8"] = "auto"
+    # Mesh axes follow MaxText: fsdp x autoregressive x tensor; -1 fills the remaining devices.
+    ici_fsdp_parallelism: int = 1
+    ici_autoregressive_parallelism: int = 1
+    ici_tensor_parallelism: int = -1
+    compilation_cache_dir: str | None = ".jax_cache"
+
+
+@runtime_checkable
+class Engine(Protocol):
+    settings: EngineSettings
+    tokenizer: Tokenizer
+    prefill_buckets: tuple[int, ...]  # padded prompt lengths that are compiled
+
+    @property
+    def max_slots(self) -> int: ...
+
+    @property
+    def max_prefill_length(self) -> int: ...
+
+    @property
+    def max_target_length(self) -> int: ...
+
+    def prefill(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> Prefix: ...
+
+    def transfer(self, prefix: Prefix) -> Prefix: ...
+
+    def insert(self, prefix: Prefix, slot: int) -> None: ...
+
+    def generate(self) -> StepOutput: ...
+
+    def release(self, slot: int) -> None: ...
+
+    def warmup(self) -> None:
+        """Compile every prefill bucket, insert and generate, so the first request is fast."""
+        ...
