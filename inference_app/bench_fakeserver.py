@@ -37,6 +37,8 @@ class FakeState:
     token_delay_s: float = 0.0
     attempts: Counter[str] = field(default_factory=Counter)
     requests: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0  # lets tests check a client's concurrency bound
 
 
 class DropConnection(Exception):
@@ -84,10 +86,15 @@ def create_app(token_delay_s: float = 0.0) -> FastAPI:
         return str(body.get("prompt", ""))
 
     async def paced(n: int) -> AsyncIterator[str]:
-        for w in words(n):
-            if state.token_delay_s:
-                await asyncio.sleep(state.token_delay_s)
-            yield w
+        state.in_flight += 1
+        state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            for w in words(n):
+                if state.token_delay_s:
+                    await asyncio.sleep(state.token_delay_s)
+                yield w
+        finally:
+            state.in_flight -= 1
 
     def usage(prompt: str, n: int) -> dict[str, int]:
         p = len(prompt.split())
