@@ -1,0 +1,368 @@
+"""The JAX engine: prefill / transfer / insert / generate / release over a slot-based KV cache.
+
+One request's life: `prefill` pads the prompt to a compiled bucket, runs it on the prefill mesh
+and samples the first token; `transfer` moves the prompt's KV to the generate mesh (identity
+when both stages share devices); `insert` writes that KV into a free slot of the preallocated
+cache (donated, updated in place); every `generate` call advances all slots by one token, each at
+its own position, attending only to a bucketed prefix of the cache; `release` frees the slot.
+
+The engine is not thread-safe: one orchestrator thread drives it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from inference_app.engine import sampling
+from inference_app.engine.api import EngineSettings, Prefix, SamplingParams, StepOutput
+from inference_app.engine.sharding import cache_sharding, make_mesh, param_shardings, replicated
+from inference_app.model.config import ModelConfig
+from inference_app.model.loader import LoadedModel, load_model
+from inference_app.model.tokenizer import TextTokenizer
+from inference_app.model.transformer import LayerKV, Params, decode_forward, prefill_forward, quantize_kv
+from inference_app.models import embedded_model_path
+
+log = logging.getLogger(__name__)
+
+MIN_PREFILL_BUCKET = 32
+MIN_ATTENTION_BUCKET = 128
+
+
+def buckets(smallest: int, largest: int) -> tuple[int, ...]:
+    """Powers of two from `smallest` (capped at `largest`), always ending with `largest`."""
+    out = []
+    b = smallest
+    while b < largest:
+        out.append(b)
+        b *= 2
+    out.append(largest)
+    return tuple(out)
+
+
+def resolve_dtypes(settings: EngineSettings, platform: str) -> tuple[Any, Any, bool]:
+    """(compute dtype, KV dtype, int8 weights) for a platform; `auto` is fp32 on CPU, bf16 elsewhere."""
+    auto = jnp.float32 if platform == "cpu" else jnp.bfloat16
+    w = settings.weight_dtype
+    compute = auto if w in ("auto", "int8") else jnp.dtype(w).type
+    kv = compute if settings.kv_dtype == "auto" else jnp.dtype(settings.kv_dtype).type
+    return compute, kv, w == "int8"
+
+
+def enable_compilation_cache(path: str | None) -> None:
+    """Persist compiled executables across processes (startup drops from compile to load time)."""
+    if not path:
+        return
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def validate_settings(s: EngineSettings) -> None:
+    if (s.model is None) == (s.model_path is None):
+        raise ValueError(
+            "set exactly one of EngineSettings.model (catalog name) or EngineSettings.model_path"
+        )
+    if s.max_slots < 1:
+        raise ValueError(f"EngineSettings.max_slots must be >= 1, got {s.max_slots}")
+    if s.max_prefill_length < 1:
+        raise ValueError(f"EngineSettings.max_prefill_length must be >= 1, got {s.max_prefill_length}")
+    if s.max_target_length <= s.max_prefill_length:
+        raise ValueError(
+            f"EngineSettings.max_target_length ({s.max_target_length}) must exceed "
+            f"max_prefill_length ({s.max_prefill_length}) so that at least one token can be generated"
+        )
+    if s.mode not in ("interleaved", "disaggregated"):
+        raise ValueError(f"EngineSettings.mode must be 'interleaved' or 'disaggregated', got {s.mode!r}")
+
+
+class JaxEngine:
+    """Implements `inference_app.engine.api.Engine` for Llama-family models."""
+
+    def __init__(
+        self,
+        settings: EngineSettings,
+        model: LoadedModel,
+        devices: Sequence[jax.Device] | None = None,
+    ) -> None:
+        validate_settings(settings)
+        self.settings = settings
+        self.config: ModelConfig = model.config
+        self.tokenizer: TextTokenizer = model.tokenizer
+        devices = list(devices if devices is not None else jax.devices())
+        self.compute_dtype, self.kv_dtype, self.int8_weights = resolve_dtypes(settings, devices[0].platform)
+        s = settings
+        if s.mode == "disaggregated":
+            if len(devices) < 2 or len(devices) % 2:
+                raise ValueError(
+                    f"mode 'disaggregated' needs an even number (>= 2) of devices, found {len(devices)}"
+                )
+            half = len(devices) // 2
+            prefill_devices, generate_devices = devices[:half], devices[half:]
+        else:
+            prefill_devices = generate_devices = devices
+        axes = (s.ici_fsdp_parallelism, s.ici_autoregressive_parallelism, s.ici_tensor_parallelism)
+        self.prefill_mesh: Mesh = make_mesh(prefill_devices, *axes)
+        self.generate_mesh: Mesh = (
+            self.prefill_mesh if prefill_devices is generate_devices else make_mesh(generate_devices, *axes)
+        )
+        self.prefill_buckets = buckets(min(MIN_PREFILL_BUCKET, s.max_prefill_length), s.max_prefill_length)
+        self.attention_buckets = buckets(min(MIN_ATTENTION_BUCKET, s.max_target_length), s.max_target_length)
+
+        self.prefill_params: Params = jax.device_put(
+            model.params, param_shardings(self.prefill_mesh, model.params)
+        )
+        if self.generate_mesh is self.prefill_mesh:
+            self.generate_params = self.prefill_params
+        else:
+            self.generate_params = jax.device_put(
+                model.params, param_shardings(self.generate_mesh, model.params)
+            )
+        self._cache = self._allocate_cache()
+        self._cache_shardings = jax.tree.map(lambda a: a.sharding, self._cache)
+        rep = replicated(self.generate_mesh)
+        self._rep = rep
+        b = s.max_slots
+        self._tokens = jax.device_put(np.zeros(b, np.int32), rep)
+        self._positions = np.zeros(b, np.int32)
+        self._temperature = np.zeros(b, np.float32)
+        self._top_k = np.zeros(b, np.int32)
+        self._top_p = np.ones(b, np.float32)
+        self._seeds = np.zeros(b, np.uint32)
+        self._active: set[int] = set()
+        self._rng = np.random.default_rng()
+        self._build_functions()
+
+    # ---- construction helpers ------------------------------------------------------------
+
+    def _allocate_cache(self) -> list[LayerKV]:
+        cfg, s = self.config, self.settings
+        shape = (s.max_slots, cfg.num_kv_heads, s.max_target_length, cfg.head_dim)
+        mesh = self.generate_mesh
+        int8 = jnp.dtype(self.kv_dtype) == jnp.int8
+
+        def zeros(shp: tuple[int, ...], dtype: Any) -> jax.Array:
+            return jax.jit(partial(jnp.zeros, shp, dtype), out_shardings=cache_sharding(mesh, shp))()
+
+        cache = []
+        for _ in range(cfg.num_layers):
+            layer = {"k": zeros(shape, self.kv_dtype), "v": zeros(shape, self.kv_dtype)}
+            if int8:
+                layer["k_scale"] = zeros(shape[:3], jnp.float32)
+                layer["v_scale"] = zeros(shape[:3], jnp.float32)
+            cache.append(layer)
+        return cache
+
+    def _build_functions(self) -> None:
+        cfg = self.config
+        kv_dtype = self.kv_dtype
+        int8_kv = jnp.dtype(kv_dtype) == jnp.int8
+
+        def prefill_fn(
+            params: Params, tokens: jax.Array, length: jax.Array, samp: tuple[jax.Array, ...]
+        ) -> Any:
+            logits, kv = prefill_forward(params, cfg, tokens, length)
+            temperature, top_k, top_p, seeds = samp
+            first = sampling.sample(logits, temperature, top_k, top_p, seeds, length)
+            return first, kv
+
+        def insert_fn(
+            cache: list[LayerKV], tokens: jax.Array, kv: list[LayerKV], slot: jax.Array, first: jax.Array
+        ) -> Any:
+            out = []
+            for c, p in zip(cache, kv, strict=True):
+                n = dict(c)
+                for name in ("k", "v"):
+                    x = p[name]  # [1, K, S, Dh]
+                    if int8_kv:
+                        q, sc = quantize_kv(x)
+                        n[name] = jax.lax.dynamic_update_slice(c[name], q, (slot, 0, 0, 0))
+                        n[name + "_scale"] = jax.lax.dynamic_update_slice(
+                            c[name + "_scale"], sc, (slot, 0, 0)
+                        )
+                    else:
+                        n[name] = jax.lax.dynamic_update_slice(c[name], x.astype(kv_dtype), (slot, 0, 0, 0))
+                out.append(n)
+            return out, tokens.at[slot].set(first)
+
+        def generate_fn(
+            params: Params,
+            cache: list[LayerKV],
+            tokens: jax.Array,
+            positions: jax.Array,
+            samp: tuple[jax.Array, ...],
+            attn_len: int,
+            greedy: bool,
+        ) -> Any:
+            logits, cache = decode_forward(params, cfg, cache, tokens, positions, attn_len)
+            if greedy:
+                nxt = sampling.greedy(logits)
+            else:
+                temperature, top_k, top_p, seeds = samp
+                nxt = sampling.sample(logits, temperature, top_k, top_p, seeds, positions + 1)
+            return nxt, cache
+
+        self._prefill_fn = jax.jit(prefill_fn)
+        self._insert_fn = jax.jit(
+            insert_fn, donate_argnums=(0, 1), out_shardings=(self._cache_shardings, self._rep)
+        )
+        self._generate_fn = jax.jit(
+            generate_fn,
+            static_argnames=("attn_len", "greedy"),
+            donate_argnums=(1,),
+            out_shardings=(self._rep, self._cache_shardings),
+        )
+
+    # ---- Engine protocol -----------------------------------------------------------------
+
+    @property
+    def max_slots(self) -> int:
+        return self.settings.max_slots
+
+    @property
+    def max_prefill_length(self) -> int:
+        return self.settings.max_prefill_length
+
+    @property
+    def max_target_length(self) -> int:
+        return self.settings.max_target_length
+
+    def prefill_bucket(self, length: int) -> int:
+        for b in self.prefill_buckets:
+            if length <= b:
+                return b
+        raise ValueError(
+            f"prompt has {length} tokens; the limit is max_prefill_length={self.max_prefill_length}"
+        )
+
+    def _resolve(self, sampling_params: SamplingParams) -> SamplingParams:
+        sp = sampling_params
+        if sp.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {sp.temperature}")
+        if sp.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {sp.top_k}")
+        if not 0.0 < sp.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {sp.top_p}")
+        if sp.seed is None:
+            sp = dataclasses.replace(sp, seed=int(self._rng.integers(0, 2**32)))
+        return sp
+
+    def prefill(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> Prefix:
+        n = len(prompt_ids)
+        if n == 0:
+            raise ValueError("prompt is empty: at least one token is needed")
+        bad = [t for t in prompt_ids if not 0 <= int(t) < self.config.vocab_size]
+        if bad:
+            raise ValueError(f"token ids out of range [0, {self.config.vocab_size}): {bad[:5]}")
+        sp = self._resolve(sampling)
+        bucket = self.prefill_bucket(n)
+        tokens = np.zeros((1, bucket), np.int32)
+        tokens[0, :n] = prompt_ids
+        samp = _sampling_arrays([sp])
+        first, kv = self._prefill_fn(self.prefill_params, tokens, np.array([n], np.int32), samp)
+        return Prefix(first_token=int(first[0]), length=n, kv=kv, sampling=sp)
+
+    def transfer(self, prefix: Prefix) -> Prefix:
+        if self.generate_mesh is self.prefill_mesh:
+            return prefix
+        shardings = [
+            {k: cache_sharding(self.generate_mesh, a.shape) for k, a in layer.items()} for layer in prefix.kv
+        ]
+        return dataclasses.replace(prefix, kv=jax.device_put(prefix.kv, shardings))
+
+    def insert(self, prefix: Prefix, slot: int) -> None:
+        if not 0 <= slot < self.max_slots:
+            raise ValueError(f"slot {slot} out of range [0, {self.max_slots})")
+        if prefix.length >= self.max_target_length:
+            raise ValueError(f"prefix length {prefix.length} leaves no room below max_target_length")
+        sp = prefix.sampling
+        self._cache, self._tokens = self._insert_fn(
+            self._cache, self._tokens, prefix.kv, np.int32(slot), np.int32(prefix.first_token)
+        )
+        self._positions[slot] = prefix.length
+        self._temperature[slot] = sp.temperature
+        self._top_k[slot] = sp.top_k
+        self._top_p[slot] = sp.top_p
+        self._seeds[slot] = np.uint32((sp.seed or 0) % 2**32)
+        self._active.add(slot)
+
+    def attention_bucket(self) -> int:
+        """Smallest compiled cache prefix covering every active slot's next position."""
+        need = 1 + max((int(self._positions[i]) for i in self._active), default=0)
+        for b in self.attention_buckets:
+            if need <= b:
+                return b
+        return self.attention_buckets[-1]
+
+    def generate(self) -> StepOutput:
+        greedy = all(self._temperature[i] <= 0 for i in self._active)
+        positions = np.minimum(self._positions, self.max_target_length - 1)
+        samp = (self._temperature, self._top_k, self._top_p, self._seeds)
+        self._tokens, self._cache = self._generate_fn(
+            self.generate_params,
+            self._cache,
+            self._tokens,
+            positions,
+            samp,
+            attn_len=self.attention_bucket(),
+            greedy=greedy,
+        )
+        self._positions = np.minimum(self._positions + 1, self.max_target_length - 1)
+        return StepOutput(tokens=self._tokens)
+
+    def release(self, slot: int) -> None:
+        self._active.discard(slot)
+
+    def warmup(self) -> None:
+        start = time.perf_counter()
+        for bucket in self.prefill_buckets:
+            prefix = self.transfer(self.prefill([0] * bucket, SamplingParams(seed=0)))
+            self.insert(prefix, 0)
+        for attn in self.attention_buckets:
+            for greedy in (True, False):
+                self._positions[0] = attn - 1
+                self._temperature[0] = 0.0 if greedy else 1.0
+                np.asarray(self.generate().tokens)
+        self._temperature[0] = 0.0
+        self.release(0)
+        log.info(
+            "warmup compiled %d prefill and %d attention buckets in %.1fs",
+            len(self.prefill_buckets),
+            len(self.attention_buckets),
+            time.perf_counter() - start,
+        )
+
+
+def _sampling_arrays(params: Sequence[SamplingParams]) -> tuple[np.ndarray, ...]:
+    return (
+        np.array([p.temperature for p in params], np.float32),
+        np.array([p.top_k for p in params], np.int32),
+        np.array([p.top_p for p in params], np.float32),
+        np.array([(p.seed or 0) % 2**32 for p in params], np.uint32),
+    )
+
+
+def load_engine(settings: EngineSettings, devices: Sequence[jax.Device] | None = None) -> JaxEngine:
+    """Load the model named by `settings` and build an engine on `devices` (default: all)."""
+    validate_settings(settings)
+    enable_compilation_cache(settings.compilation_cache_dir)
+    path = (
+        settings.model_path
+        if settings.model_path is not None
+        else str(embedded_model_path(settings.model or ""))
+    )
+    platform = (list(devices) if devices is not None else jax.devices())[0].platform
+    compute, _, int8 = resolve_dtypes(settings, platform)
+    model = load_model(path, dtype=np.dtype(compute), int8=int8)
+    return JaxEngine(settings, model, devices)

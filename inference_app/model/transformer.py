@@ -1,0 +1,231 @@
+"""The Llama-family decoder in plain JAX, readable top to bottom.
+
+Parameters are a pytree of arrays whose layouts keep every head group and MLP column local to
+one tensor-parallel shard (see `layout` below); checkpoint layouts are converted at the loading
+edge (`weights_gguf.py`, `weights_hf.py`), never here.
+
+    params = {
+      "embed":  [V, D]                        token embeddings (also the LM head when tied)
+      "lm_head": [D, V]                       only when untied
+      "final_norm": [D]
+      "layers": [ {                           one dict per layer (unrolled: XLA fuses across)
+          "attn_norm": [D],
+          "wqkv": [D, KVH, G + 2, Dh],        per KV head: its G query heads, then k, then v
+          "wo":   [KVH, G, Dh, D],
+          "mlp_norm": [D],
+          "w_gate_up": [D, 2, F],             gate = [:, 0], up = [:, 1]
+          "w_down": [F, D],
+      }, ... ]
+    }
+
+Any matrix may instead be a `QInt8` (int8 values + per-output-channel fp32 scales): the scale
+is applied after the matmul, so XLA converts int8 -> float inside the fused dot.
+
+The KV cache per layer is `{"k": [B, KVH, T, Dh], "v": ...}` and, for an int8 cache, also
+`"k_scale"`/`"v_scale"`: [B, KVH, T] (one scale per token and head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from inference_app.model.config import ModelConfig
+
+Params = dict[str, Any]
+LayerKV = dict[str, jax.Array]
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class QInt8:
+    """Weight-only int8: `w ~= q * scale`, scale per output channel (all dims but the first)."""
+
+    q: Any  # int8 [in, *out] (numpy on host until the engine places it)
+    scale: Any  # float32 [*out]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.q.shape)
+
+
+Weight = jax.Array | QInt8
+
+
+def quantize_int8(w: np.ndarray, in_dims: int = 1) -> QInt8:
+    """Symmetric per-output-channel int8 of `w`, whose first `in_dims` dims are contracted."""
+    w32 = np.asarray(w, np.float32)
+    axes = tuple(range(in_dims))
+    amax = np.max(np.abs(w32), axis=axes, keepdims=True)
+    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.round(w32 / scale), -127, 127).astype(np.int8)
+    return QInt8(q=q, scale=scale.reshape(scale.shape[in_dims:]))
+
+
+def dense(x: jax.Array, w: Weight, spec: str) -> jax.Array:
+    """`einsum(spec, x, w)` where w may be int8 (converted in the fused dot, scaled after)."""
+    if isinstance(w, QInt8):
+        return jnp.einsum(spec, x, w.q.astype(x.dtype)) * w.scale.astype(x.dtype)
+    return jnp.einsum(spec, x, w.astype(x.dtype))
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (y * weight.astype(jnp.float32)).astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """Rotate halves (HF layout) of x [..., S, heads..., Dh] at integer positions [..., S]."""
+    inv = jnp.asarray(cfg.inv_freq())  # [Dh/2]
+    ang = positions.astype(jnp.float32)[..., None] * inv  # [..., S, Dh/2]
+    extra = x.ndim - ang.ndim  # head axes between S and Dh
+    ang = ang.reshape(ang.shape[:-1] + (1,) * extra + ang.shape[-1:])
+    cos, sin = jnp.cos(ang), jnp.sin(ang)
+    x32 = x.astype(jnp.float32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def embed(params: Params, tokens: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    table = params["embed"]
+    if isinstance(table, QInt8):  # per-row scales: rows are the LM head's output channels
+        return (table.q[tokens].astype(jnp.float32) * table.scale[tokens][..., None]).astype(dtype)
+    return table[tokens].astype(dtype)
+
+
+def lm_head(params: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
+    """Logits in fp32 from final hidden states x [..., D]."""
+    x = rms_norm(x, params["final_norm"], cfg.rms_eps)
+    if cfg.tie_embeddings:
+        table = params["embed"]
+        if isinstance(table, QInt8):
+            logits = jnp.einsum("...d,vd->...v", x, table.q.astype(x.dtype)) * table.scale.astype(x.dtype)
+        else:
+            logits = jnp.einsum("...d,vd->...v", x, table.astype(x.dtype))
+    else:
+        logits = dense(x, params["lm_head"], "...d,dv->...v")
+    return logits.astype(jnp.float32)
+
+
+def mlp(layer: Params, x: jax.Array) -> jax.Array:
+    gu = dense(x, layer["w_gate_up"], "...d,dtf->...tf")  # [..., 2, F]
+    h = jax.nn.silu(gu[..., 0, :]) * gu[..., 1, :]
+    return dense(h, layer["w_down"], "...f,fd->...d")
+
+
+def qkv(layer: Params, cfg: ModelConfig, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Project x [..., D] to q [..., KVH, G, Dh] and k, v [..., KVH, Dh] (before RoPE)."""
+    y = dense(x, layer["wqkv"], "...d,dkgh->...kgh")
+    g = cfg.group_size
+    return y[..., :g, :], y[..., g, :], y[..., g + 1, :]
+
+
+def prefill_forward(
+    params: Params, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Array, *, all_logits: bool = False
+) -> tuple[jax.Array, list[LayerKV]]:
+    """Run whole prompts tokens [B, S] (right-padded; real lengths [B]).
+
+    Returns the logits of each prompt's last real token [B, V] (or of every position
+    [B, S, V] with `all_logits`) and the prompts' KV, per layer {"k","v"}: [B, KVH, S, Dh].
+    """
+    dtype = _compute_dtype(params)
+    b, s = tokens.shape
+    positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+    causal = jnp.tril(jnp.ones((s, s), dtype=bool))  # [S(query), S(key)]
+    scale = 1.0 / np.sqrt(cfg.head_dim)
+    x = embed(params, tokens, dtype)  # [B, S, D]
+    kv: list[LayerKV] = []
+    for layer in params["layers"]:
+        h = rms_norm(x, layer["attn_norm"], cfg.rms_eps)
+        q, k, v = qkv(layer, cfg, h)  # q [B,S,K,G,Dh]  k,v [B,S,K,Dh]
+        q = rope(q, positions, cfg)
+        k = rope(k, positions, cfg)
+        scores = jnp.einsum("bskgh,btkh->bkgst", q, k).astype(jnp.float32) * scale
+        scores = jnp.where(causal, scores, -jnp.inf)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+        attn = jnp.einsum("bkgst,btkh->bskgh", probs, v)
+        x = x + dense(attn, layer["wo"], "bskgh,kghd->bsd")
+        x = x + mlp(layer, rms_norm(x, layer["mlp_norm"], cfg.rms_eps))
+        kv.append({"k": k.transpose(0, 2, 1, 3), "v": v.transpose(0, 2, 1, 3)})
+    if all_logits:
+        return lm_head(params, cfg, x), kv
+    last = jnp.take_along_axis(x, (lengths - 1)[:, None, None], axis=1)[:, 0]  # [B, D]
+    return lm_head(params, cfg, last), kv
+
+
+def quantize_kv(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """int8 per (token, head) over Dh: x [..., Dh] -> (q [..., Dh], scale [...])."""
+    x32 = x.astype(jnp.float32)
+    amax = jnp.max(jnp.abs(x32), axis=-1)
+    scale = jnp.where(amax > 0, amax / 127.0, 1.0)
+    q = jnp.clip(jnp.round(x32 / scale[..., None]), -127, 127).astype(jnp.int8)
+    return q, scale
+
+
+def decode_forward(
+    params: Params,
+    cfg: ModelConfig,
+    cache: list[LayerKV],
+    tokens: jax.Array,
+    positions: jax.Array,
+    attn_len: int,
+) -> tuple[jax.Array, list[LayerKV]]:
+    """One token for every slot: tokens [B] at positions [B] -> logits [B, V], updated cache.
+
+    Each slot's new K/V is written at its own position; attention reads only the first
+    `attn_len` cache entries (a static bucket >= every position + 1) and masks those after the
+    slot's position, so stale entries from earlier occupants never count.
+    """
+    dtype = _compute_dtype(params)
+    b = tokens.shape[0]
+    rows = jnp.arange(b)
+    scale = 1.0 / np.sqrt(cfg.head_dim)
+    valid = jnp.arange(attn_len)[None, :] <= positions[:, None]  # [B, T]
+    x = embed(params, tokens, dtype)  # [B, D]
+    new_cache: list[LayerKV] = []
+    for layer, c in zip(params["layers"], cache, strict=True):
+        h = rms_norm(x, layer["attn_norm"], cfg.rms_eps)
+        q, k, v = qkv(layer, cfg, h)  # q [B,K,G,Dh]  k,v [B,K,Dh]
+        q = rope(q, positions, cfg)
+        k = rope(k, positions, cfg)
+        c = _write_kv(c, rows, positions, k, v)
+        kc, vc = c["k"][:, :, :attn_len], c["v"][:, :, :attn_len]  # [B, K, T, Dh]
+        scores = jnp.einsum("bkgh,bkth->bkgt", q, kc.astype(dtype)).astype(jnp.float32)
+        if "k_scale" in c:
+            scores = scores * c["k_scale"][:, :, None, :attn_len]
+        scores = jnp.where(valid[:, None, None, :], scores * scale, -jnp.inf)
+        probs = jax.nn.softmax(scores, axis=-1)
+        if "v_scale" in c:
+            probs = probs * c["v_scale"][:, :, None, :attn_len]
+        attn = jnp.einsum("bkgt,bkth->bkgh", probs.astype(dtype), vc.astype(dtype))
+        x = x + dense(attn, layer["wo"], "bkgh,kghd->bd")
+        x = x + mlp(layer, rms_norm(x, layer["mlp_norm"], cfg.rms_eps))
+        new_cache.append(c)
+    return lm_head(params, cfg, x), new_cache
+
+
+def _write_kv(c: LayerKV, rows: jax.Array, positions: jax.Array, k: jax.Array, v: jax.Array) -> LayerKV:
+    """Scatter one token's k, v [B, K, Dh] into cache entries [b, :, positions[b]] (in place)."""
+    out = dict(c)
+    if "k_scale" in c:
+        kq, ks = quantize_kv(k)
+        vq, vs = quantize_kv(v)
+        out["k"] = c["k"].at[rows, :, positions].set(kq)
+        out["v"] = c["v"].at[rows, :, positions].set(vq)
+        out["k_scale"] = c["k_scale"].at[rows, :, positions].set(ks)
+        out["v_scale"] = c["v_scale"].at[rows, :, positions].set(vs)
+    else:
+        out["k"] = c["k"].at[rows, :, positions].set(k.astype(c["k"].dtype))
+        out["v"] = c["v"].at[rows, :, positions].set(v.astype(c["v"].dtype))
+    return out
+
+
+def _compute_dtype(params: Params) -> jnp.dtype:
+    """Activations follow the norm weights' dtype (fp32 on CPU, bf16 on TPU/GPU)."""
+    return jnp.dtype(params["final_norm"].dtype)

@@ -1,0 +1,84 @@
+"""Hugging Face checkpoints: `config.json` + `*.safetensors` (+ `tokenizer.json`), local or gs://.
+
+Files are read through fsspec (gcsfs for gs://), so the same code loads a local directory and a
+bucket prefix. Safetensors are read whole into memory, then served by name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import numpy as np
+from safetensors.numpy import load as load_safetensors
+
+from inference_app.model.config import ModelConfig
+from inference_app.model.tokenizer import TextTokenizer, from_hf_files
+
+
+def _join(base: str, name: str) -> str:
+    return base.rstrip("/") + "/" + name
+
+
+@dataclass
+class HFCheckpoint:
+    """A Hugging Face model directory (local path or any fsspec URL such as gs://bucket/dir)."""
+
+    path: str
+    _tensors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.fs, self.root = fsspec.core.url_to_fs(self.path)
+        if not self.fs.exists(_join(self.root, "config.json")):
+            raise FileNotFoundError(f"{self.path}: no config.json (expected a Hugging Face model directory)")
+        self.hf_config: dict[str, Any] = json.loads(self._read("config.json"))
+        self.config = ModelConfig.from_hf(self.hf_config)
+
+    def _read(self, name: str) -> bytes:
+        with self.fs.open(_join(self.root, name), "rb") as f:
+            return bytes(f.read())
+
+    def _exists(self, name: str) -> bool:
+        return bool(self.fs.exists(_join(self.root, name)))
+
+    def _load_tensors(self) -> None:
+        files = sorted(self.fs.glob(_join(self.root, "*.safetensors")))
+        if not files:
+            raise FileNotFoundError(f"{self.path}: no *.safetensors files")
+        for f in files:
+            with self.fs.open(f, "rb") as fh:
+                for name, arr in load_safetensors(fh.read()).items():
+                    self._tensors[name] = arr
+
+    def tensor(self, hf_name: str) -> np.ndarray:
+        if not self._tensors:
+            self._load_tensors()
+        try:
+            t = self._tensors[hf_name]
+        except KeyError:
+            raise KeyError(f"{self.path}: no tensor {hf_name} in the safetensors files") from None
+        if t.dtype.kind == "V" or str(t.dtype) == "bfloat16":  # numpy has no bf16: widen
+            import ml_dtypes
+
+            t = t.view(ml_dtypes.bfloat16)
+        return np.asarray(t, dtype=np.float32)
+
+    def tokenizer(self) -> TextTokenizer:
+        if not self._exists("tokenizer.json"):
+            raise FileNotFoundError(f"{self.path}: no tokenizer.json")
+        tok_cfg = (
+            json.loads(self._read("tokenizer_config.json")) if self._exists("tokenizer_config.json") else None
+        )
+        if (
+            tok_cfg is not None
+            and tok_cfg.get("chat_template") is None
+            and self._exists("chat_template.jinja")
+        ):
+            tok_cfg["chat_template"] = self._read("chat_template.jinja").decode()
+        eos = self.hf_config.get("eos_token_id")
+        if self._exists("generation_config.json"):
+            eos = json.loads(self._read("generation_config.json")).get("eos_token_id", eos)
+        eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        return from_hf_files(self._read("tokenizer.json").decode(), tok_cfg, eos_ids)
