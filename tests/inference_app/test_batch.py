@@ -46,7 +46,7 @@ def run_batch(*argv: str) -> int:
 
 def test_retries_transient_failures_and_records_permanent_ones(fake: tuple[str, FakeState], tmp_path: Path) -> None:
     url, state = fake
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"id": 1, "prompt": "plain", "max_tokens": 4},
         {"id": "r429", "prompt": "FAIL429x2 please", "max_tokens": 3},
         {"id": "r503", "prompt": "FAIL503x1 please"},
