@@ -353,16 +353,20 @@ def _sampling_arrays(params: Sequence[SamplingParams]) -> tuple[np.ndarray, ...]
     )
 
 
+def model_for(settings: EngineSettings, devices: Sequence[jax.Device] | None = None) -> LoadedModel:
+    """Load (on host) the weights and tokenizer that `settings` names, in the platform's dtype."""
+    validate_settings(settings)
+    if settings.model_path is not None:
+        path = settings.model_path
+    else:
+        path = str(embedded_model_path(settings.model or ""))
+    platform = (list(devices) if devices is not None else jax.devices())[0].platform
+    compute, _, int8 = resolve_dtypes(settings, platform)
+    return load_model(path, dtype=np.dtype(compute), int8=int8)
+
+
 def load_engine(settings: EngineSettings, devices: Sequence[jax.Device] | None = None) -> JaxEngine:
     """Load the model named by `settings` and build an engine on `devices` (default: all)."""
     validate_settings(settings)
     enable_compilation_cache(settings.compilation_cache_dir)
-    path = (
-        settings.model_path
-        if settings.model_path is not None
-        else str(embedded_model_path(settings.model or ""))
-    )
-    platform = (list(devices) if devices is not None else jax.devices())[0].platform
-    compute, _, int8 = resolve_dtypes(settings, platform)
-    model = load_model(path, dtype=np.dtype(compute), int8=int8)
-    return JaxEngine(settings, model, devices)
+    return JaxEngine(settings, model_for(settings, devices), devices)
