@@ -1,0 +1,251 @@
+"""Facts the stack is built from, in one place: TPU generations, models, ports, pinned images.
+
+Everything else (validation, node pools, manifests, docs) reads these tables; nothing restates
+them. Sources: the Cloud TPU / GKE TPU planning pages and the reference deployments in
+`../shared/reference/` (ports, images, flags).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
+
+GIB: Final = 1024**3
+
+# --- Ports (the reference YAMLs' values; the Service, probes and Pathways flags all use these) ---
+HTTP_PORT: Final = 8000  # HTTP front end / our server; Service port and health probes
+JETSTREAM_PORT: Final = 9000  # JetStream gRPC inside the leader pod
+RESOURCE_MANAGER_PORT: Final = 38677  # Pathways resource manager
+WORKER_PORT: Final = 38679  # Pathways worker, one per TPU VM
+PROXY_PORT: Final = 38681  # Pathways proxy: the JAX client's backend target
+
+HEALTH_PATH: Final = "/healthcheck"
+TPU_RESOURCE: Final = "google.com/tpu"
+TPU_TAINT_KEY: Final = "google.com/tpu"
+NODEPOOL_LABEL: Final = "cloud.google.com/gke-nodepool"
+ACCELERATOR_LABEL: Final = "cloud.google.com/gke-tpu-accelerator"
+TOPOLOGY_LABEL: Final = "cloud.google.com/gke-tpu-topology"
+
+# Fraction of HBM the memory-fit estimate lets weights + KV cache use; the rest is left for
+# activations, XLA scratch buffers and runtime reservations.
+HBM_USABLE_FRACTION: Final = 0.95
+
+
+@dataclass(frozen=True)
+class MachineType:
+    """One GCE TPU machine type: how many chips each VM carries."""
+
+    name: str
+    chips_per_vm: int
+
+
+@dataclass(frozen=True)
+class TpuGeneration:
+    """What GKE and Pathways need to know about one TPU generation."""
+
+    name: str
+    node_label: str  # value of cloud.google.com/gke-tpu-accelerator
+    pathways_instance_prefix: str  # `--instance_type=<prefix>:<topology>`
+    hbm_bytes_per_chip: int
+    machine_types: tuple[MachineType, ...]
+    # topology -> {machine type name -> VMs in the slice}; a topology absent for a machine type is
+    # not offered with it.
+    topologies: MappingProxyType[str, MappingProxyType[str, int]]
+    zones: tuple[str, ...]  # zones known to offer the generation (extend as Google adds more)
+    min_gke_version: str
+
+    def machine_type(self, name: str) -> MachineType | None:
+        return next((m for m in self.machine_types if m.name == name), None)
+
+    def chips(self, topology: str) -> int:
+        """Chips in a slice of this topology (product of the dimensions)."""
+        total = 1
+        for dim in topology.split("x"):
+            total *= int(dim)
+        return total
+
+    def region_of(self, zone: str) -> str:
+        return zone.rsplit("-", 1)[0]
+
+
+def _topologies(table: dict[str, dict[str, int]]) -> MappingProxyType[str, MappingProxyType[str, int]]:
+    return MappingProxyType({k: MappingProxyType(v) for k, v in table.items()})
+
+
+_V6E_1T, _V6E_4T, _V6E_8T = "ct6e-standard-1t", "ct6e-standard-4t", "ct6e-standard-8t"
+_V5E_1T, _V5E_4T, _V5E_8T = "ct5lp-hightpu-1t", "ct5lp-hightpu-4t", "ct5lp-hightpu-8t"
+_V5P_4T = "ct5p-hightpu-4t"
+
+TPU_GENERATIONS: Final[MappingProxyType[str, TpuGeneration]] = MappingProxyType(
+    {
+        "v6e": TpuGeneration(
+            name="v6e",
+            node_label="tpu-v6e-slice",
+            pathways_instance_prefix="tpuv6e",
+            hbm_bytes_per_chip=32 * GIB,
+            machine_types=(MachineType(_V6E_1T, 1), MachineType(_V6E_4T, 4), MachineType(_V6E_8T, 8)),
+            topologies=_topologies(
+                {
+                    "1x1": {_V6E_1T: 1},
+                    "2x2": {_V6E_4T: 1},
+                    "2x4": {_V6E_8T: 1, _V6E_4T: 2},
+                    "4x4": {_V6E_4T: 4},
+                    "4x8": {_V6E_4T: 8},
+                    "8x8": {_V6E_4T: 16},
+                    "8x16": {_V6E_4T: 32},
+                    "16x16": {_V6E_4T: 64},
+                }
+            ),
+            zones=(
+                "us-central1-b",
+                "us-east1-d",
+                "us-east5-a",
+                "us-east5-b",
+                "us-south1-a",
+                "europe-west4-a",
+                "asia-northeast1-b",
+            ),
+            min_gke_version="1.31.2-gke.1115000",
+        ),
+        "v5e": TpuGeneration(
+            name="v5e",
+            node_label="tpu-v5-lite-podslice",
+            pathways_instance_prefix="tpuv5e",
+            hbm_bytes_per_chip=16 * GIB,
+            machine_types=(MachineType(_V5E_1T, 1), MachineType(_V5E_4T, 4), MachineType(_V5E_8T, 8)),
+            topologies=_topologies(
+                {
+                    "1x1": {_V5E_1T: 1},
+                    "2x2": {_V5E_4T: 1},
+                    "2x4": {_V5E_8T: 1, _V5E_4T: 2},
+                    "4x4": {_V5E_4T: 4},
+                    "4x8": {_V5E_4T: 8},
+                    "8x8": {_V5E_4T: 16},
+                    "8x16": {_V5E_4T: 32},
+                    "16x16": {_V5E_4T: 64},
+                }
+            ),
+            zones=(
+                "us-central1-a",
+                "us-south1-a",
+                "us-west1-c",
+                "us-west4-a",
+                "us-east1-c",
+                "us-east5-b",
+                "europe-west4-b",
+                "asia-southeast1-b",
+            ),
+            min_gke_version="1.27.2-gke.2100",
+        ),
+        "v5p": TpuGeneration(
+            name="v5p",
+            node_label="tpu-v5p-slice",
+            pathways_instance_prefix="tpuv5",
+            hbm_bytes_per_chip=95 * GIB,
+            machine_types=(MachineType(_V5P_4T, 4),),
+            topologies=_topologies(
+                {
+                    "2x2x1": {_V5P_4T: 1},
+                    "2x2x2": {_V5P_4T: 2},
+                    "2x2x4": {_V5P_4T: 4},
+                    "2x4x4": {_V5P_4T: 8},
+                    "4x4x4": {_V5P_4T: 16},
+                    "4x4x8": {_V5P_4T: 32},
+                    "4x8x8": {_V5P_4T: 64},
+                }
+            ),
+            zones=("us-central1-a", "us-east5-a", "europe-west4-b"),
+            min_gke_version="1.28.3-gke.1024000",
+        ),
+    }
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture facts the memory estimate and the server flags need."""
+
+    name: str
+    params: int
+    layers: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    hidden: int
+    vocab: int
+    tokenizer: str  # MaxText asset path or Hugging Face tokenizer id
+    maxtext_name: str | None  # `model_name=` for MaxText; None: not served by JetStream/MaxText
+    tied_embeddings: bool = False
+
+    def kv_bytes_per_token(self, kv_dtype_bytes: int) -> int:
+        """K and V for every layer, one token."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * kv_dtype_bytes
+
+
+_LLAMA2_TOK = "assets/tokenizer.llama2"
+_LLAMA3_TOK = "assets/tokenizer_llama3.tiktoken"
+
+MODELS: Final[MappingProxyType[str, ModelSpec]] = MappingProxyType(
+    {
+        m.name: m
+        for m in (
+            ModelSpec("llama2-7b", 6_738_415_616, 32, 32, 32, 128, 4096, 32000, _LLAMA2_TOK, "llama2-7b"),
+            ModelSpec("llama2-13b", 13_015_864_320, 40, 40, 40, 128, 5120, 32000, _LLAMA2_TOK, "llama2-13b"),
+            ModelSpec("llama2-70b", 68_976_648_192, 80, 64, 8, 128, 8192, 32000, _LLAMA2_TOK, "llama2-70b"),
+            ModelSpec("llama3-8b", 8_030_261_248, 32, 32, 8, 128, 4096, 128256, _LLAMA3_TOK, "llama3-8b"),
+            ModelSpec("llama3-70b", 70_553_706_496, 80, 64, 8, 128, 8192, 128256, _LLAMA3_TOK, "llama3-70b"),
+            ModelSpec("llama3.1-8b", 8_030_261_248, 32, 32, 8, 128, 4096, 128256, _LLAMA3_TOK, "llama3.1-8b"),
+            ModelSpec("llama3.1-70b", 70_553_706_496, 80, 64, 8, 128, 8192, 128256, _LLAMA3_TOK, "llama3.1-70b"),
+            ModelSpec(
+                "llama3.1-405b", 405_853_388_800, 126, 128, 8, 128, 16384, 128256, _LLAMA3_TOK, "llama3.1-405b"
+            ),
+            # The small model the app serves locally (embedded GGUF); our server only.
+            ModelSpec(
+                "smollm2-135m",
+                134_515_008,
+                30,
+                9,
+                3,
+                64,
+                576,
+                49152,
+                "HuggingFaceTB/SmolLM2-135M-Instruct",
+                None,
+                tied_embeddings=True,
+            ),
+        )
+    }
+)
+
+DTYPE_BYTES: Final[MappingProxyType[str, int]] = MappingProxyType(
+    {"float32": 4, "bfloat16": 2, "int8": 1}
+)
+
+# --- Images: pinned defaults (Google's current tutorial pairing). Never `:latest`. ---
+PATHWAYS_SERVER_IMAGE: Final = "us-docker.pkg.dev/cloud-tpu-v2-images/pathways/server:jax-0.5.3"
+PATHWAYS_PROXY_IMAGE: Final = "us-docker.pkg.dev/cloud-tpu-v2-images/pathways/proxy_server:jax-0.5.3"
+JETSTREAM_MAXTEXT_IMAGE: Final = "us-docker.pkg.dev/cloud-tpu-images/inference/jetstream-pathways:v0.2.0"
+JETSTREAM_HTTP_IMAGE: Final = "us-docker.pkg.dev/cloud-tpu-images/inference/jetstream-http:v0.2.3"
+
+# --- LeaderWorkerSet controller ---
+LWS_DEFAULT_VERSION: Final = "v0.10.0"
+LWS_NAMESPACE: Final = "lws-system"
+LWS_API_VERSION: Final = "leaderworkerset.x-k8s.io/v1"
+
+
+def lws_manifest_url(version: str) -> str:
+    """The release manifest the provider fetches at deploy time (the guide's install step)."""
+    return f"https://github.com/kubernetes-sigs/lws/releases/download/{version}/manifests.yaml"
+
+
+# MaxText's disaggregated server class, as in the reference deployment.
+MAXTEXT_DISAGGREGATED_SERVER: Final = "ExperimentalMaxtextDisaggregatedServer_8"
+# Extra capabilities the reference gives the JetStream container in disaggregated mode.
+DISAGGREGATED_CAPABILITIES: Final = ("SYS_PTRACE", "NET_ADMIN", "SYS_TIME")
+
+# GKE node-pool service-account roles (least privilege: logs, metrics, image pulls).
+NODE_SA_PROJECT_ROLES: Final = (
+    "roles/container.defaultNodeServiceAccount",
+    "roles/artifactregistry.reader",
+)

@@ -1,0 +1,165 @@
+"""Recording Pulumi mocks: run the real program offline and capture the whole resource graph.
+
+Used by `preview` and the tests. Mocks are keyed on type tokens: every resource type the program
+may register has an entry computing the outputs the cloud would return; an unknown type or any
+invoke fails loudly, so a new dependency on live cloud data cannot slip into the program unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
+from pulumi.runtime.settings import ROOT, SETTINGS
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from components.config import PROJECT
+
+
+def _account(inputs: dict[str, Any]) -> dict[str, Any]:
+    email = f"{inputs['accountId']}@{inputs['project']}.iam.gserviceaccount.com"
+    return {"email": email, "member": f"serviceAccount:{email}", "uniqueId": "100000000000000000000"}
+
+
+def _cluster(inputs: dict[str, Any]) -> dict[str, Any]:
+    # Documentation address range (RFC 5737) and a dummy CA: nothing real.
+    return {"endpoint": "203.0.113.10", "masterAuth": {"clusterCaCertificate": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0t"}}
+
+
+def _bucket(inputs: dict[str, Any]) -> dict[str, Any]:
+    return {"url": f"gs://{inputs['name']}", "selfLink": f"https://www.googleapis.com/storage/v1/b/{inputs['name']}"}
+
+
+def _none(inputs: dict[str, Any]) -> dict[str, Any]:
+    return {}
+
+
+# type token -> extra outputs beyond the echoed inputs
+MOCKED_TYPES: Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "gcp:serviceaccount/account:Account": _account,
+    "gcp:container/cluster:Cluster": _cluster,
+    "gcp:container/nodePool:NodePool": _none,
+    "gcp:storage/bucket:Bucket": _bucket,
+    "gcp:storage/bucketIAMMember:BucketIAMMember": _none,
+    "gcp:projects/iAMMember:IAMMember": _none,
+    "gcp:serviceaccount/iAMMember:IAMMember": _none,
+    "pulumi:providers:kubernetes": _none,
+    "kubernetes:yaml/v2:ConfigFile": lambda _: {"resources": []},
+    "kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet": _none,
+    "kubernetes:core/v1:Namespace": _none,
+    "kubernetes:core/v1:Service": _none,
+    "kubernetes:core/v1:ServiceAccount": _none,
+    "kubernetes:batch/v1:Job": _none,
+    "kubernetes:autoscaling/v2:HorizontalPodAutoscaler": _none,
+}
+COMPONENT_PREFIX = f"{PROJECT}:index:"
+
+
+class UnmockedCallError(RuntimeError):
+    """The program asked for something only a live cloud could answer."""
+
+
+@dataclass
+class ResourceRecord:
+    type: str
+    name: str
+    urn: str
+    parent: str
+    dependencies: list[str]
+    provider: str
+    custom: bool
+    inputs: dict[str, Any]
+
+
+@dataclass
+class Recording:
+    resources: list[ResourceRecord] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    def by_type(self, type_: str) -> list[ResourceRecord]:
+        return [r for r in self.resources if r.type == type_]
+
+    def one(self, type_: str) -> ResourceRecord:
+        found = self.by_type(type_)
+        if len(found) != 1:
+            raise AssertionError(f"expected one {type_}, found {len(found)}")
+        return found[0]
+
+    def by_urn(self, urn: str) -> ResourceRecord:
+        return next(r for r in self.resources if r.urn == urn)
+
+
+class RecordingMocks(pulumi.runtime.Mocks):
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        if args.typ.startswith(COMPONENT_PREFIX):
+            return None, {}
+        compute = MOCKED_TYPES.get(args.typ)
+        if compute is None:
+            raise UnmockedCallError(f"resource type {args.typ!r} ({args.name}) has no mock; add it to MOCKED_TYPES")
+        return f"{args.name}-id", {**args.inputs, **compute(args.inputs)}
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        raise UnmockedCallError(f"unmocked invoke {args.token!r}: the program must not read live cloud state")
+
+
+class _RecordingMonitor(pulumi_mocks.MockMonitor):
+    def __init__(self, mocks: pulumi.runtime.Mocks, recording: Recording) -> None:
+        super().__init__(mocks)
+        self.recording = recording
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            self.recording.resources.append(
+                ResourceRecord(
+                    type=request.type,
+                    name=request.name,
+                    urn=response.urn,
+                    parent=request.parent,
+                    dependencies=sorted(request.dependencies),
+                    provider=request.provider,
+                    custom=bool(request.custom),
+                    inputs=rpc.deserialize_properties(request.object),
+                )
+            )
+        return response
+
+
+def _resolve(value: Any) -> Any:
+    if isinstance(value, pulumi.Output):
+        if _sync_await(value.is_secret()):
+            return "[secret]"
+        return _sync_await(value.future())
+    return value
+
+
+def run_program(
+    config: Mapping[str, Any], stack: str, program: Callable[[], None], *, preview: bool = True
+) -> Recording:
+    """Run `program` (e.g. the real `__main__.py`) with `config` as the stack's config.
+
+    Object values are passed as JSON strings, as the Pulumi engine does. Exceptions raised by the
+    program (invalid config, unmocked calls) propagate.
+    """
+    recording = Recording()
+    mocks = RecordingMocks()
+    ROOT.set(None)  # a fresh root stack per run (several runs share one test process)
+    pulumi.runtime.set_mocks(
+        mocks, project=PROJECT, stack=stack, preview=preview, monitor=_RecordingMonitor(mocks, recording)
+    )
+    pulumi.runtime.set_all_config(
+        {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}, secret_keys=[]
+    )
+    SETTINGS.rpc_manager.clear()
+    SETTINGS.outputs.clear()
+    _sync_await(run_pulumi_func(program))
+    root = ROOT.get()
+    exported = getattr(root, "outputs", {}) if root is not None else {}
+    recording.outputs = {k: _resolve(v) for k, v in exported.items()}
+    return recording

@@ -1,0 +1,47 @@
+"""`python -m components.render stacks/Pulumi.<stack>.yaml`: print the stack's Kubernetes objects.
+
+Offline and Pulumi-free: the same pure functions `pulumi up` applies. Exit 2 on invalid config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components import catalog, manifests
+from components.config import ConfigError, StackConfig, load_stack_file
+
+
+def to_yaml(objects: list[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(objects, sort_keys=False, default_flow_style=False, width=1000)
+
+
+def render(c: StackConfig) -> str:
+    header = (
+        f"# Stack {c.stack}: {c.model.name} on {c.slice_count} x TPU {c.tpu.generation} {c.tpu.topology} "
+        f"({c.serving.mode}, engine {c.serving.engine}).\n"
+    )
+    if c.lws.install:
+        header += f"# Applied first (server-side): the LWS controller from {catalog.lws_manifest_url(c.lws.version)}\n"
+    return header + to_yaml(manifests.workload_objects(c))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m components.render", description=__doc__)
+    parser.add_argument("stack_file", type=Path, help="stacks/Pulumi.<stack>.yaml")
+    args = parser.parse_args(argv)
+    try:
+        c = load_stack_file(args.stack_file)
+    except ConfigError as err:
+        print(f"error: invalid stack configuration in {args.stack_file}:\n{err}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render(c))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
