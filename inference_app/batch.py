@@ -19,7 +19,6 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,8 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from inference_app.batch_client import RetryPolicy, run_item, wait_ready
+from inference_app.batch_client import Backend, RetryPolicy, run_item, wait_ready
 from inference_app.batch_io import BatchItem, ResultStore, is_final, read_items
-
-Backend = Callable[[BatchItem], Awaitable[dict[str, Any]]]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

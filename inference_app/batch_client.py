@@ -12,12 +12,16 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from inference_app.batch_io import BatchItem
+
+# Turns one input line into its output record (HTTP here, in-process in batch_local).
+Backend = Callable[[BatchItem], Awaitable[dict[str, Any]]]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 

@@ -5,6 +5,8 @@ so no dataset is downloaded. It mixes five request shapes seen in real traffic: 
 questions, summaries of long notes, record extraction, code requests and story continuations,
 giving prompts from ~10 to ~450 tokens and output budgets from 16 to 256 tokens.
 
+Lines are also valid `batch` input (`metadata` is carried to the output).
+
 Run: `.venv/bin/python bench/serving/make_prompts.py` (rewrites the file; commit the result).
 """
 
@@ -112,7 +114,7 @@ def make(rng: random.Random) -> dict[str, object]:
     else:
         prompt = rng.choice(STORY_OPENINGS) + " Continue the story."
         max_tokens = rng.choice([128, 192, 256])
-    return {"kind": kind, "prompt": prompt, "max_tokens": max_tokens}
+    return {"prompt": prompt, "max_tokens": max_tokens, "metadata": {"kind": kind}}
 
 
 def main() -> None:
