@@ -1,0 +1,162 @@
+"""One error shape for every failure, and strict body parsing (size, UTF-8, JSON, schema).
+
+Every error answer is JSON:
+    {"error": {"message": str, "type": str, "param": str | null, "code": int, "request_id": str}}
+with the HTTP status in `code`, and `Retry-After` on 429/503.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from inference_app.orchestrator import RequestRejected
+
+log = logging.getLogger("inference_app.server")
+
+M = TypeVar("M", bound=BaseModel)
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    404: "not_found_error",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "service_unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error answer: raise it anywhere in a route."""
+
+    def __init__(
+        self, status: int, message: str, param: str | None = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+
+
+def request_id_of(request: Request) -> str:
+    return str(getattr(request.state, "request_id", ""))
+
+
+def error_response(
+    request: Request, status: int, message: str, param: str | None = None, retry_after: int | None = None
+) -> JSONResponse:
+    body = {
+        "error": {
+            "message": message,
+            "type": ERROR_TYPES.get(status, "error"),
+            "param": param,
+            "code": status,
+            "request_id": request_id_of(request),
+        }
+    }
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    level = logging.WARNING if status < 500 else logging.ERROR
+    log.log(level, "[%s] %s %s -> %d: %s", request_id_of(request), request.method, request.url.path, status, message)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI, count_bad_request: Any) -> None:
+    """Map every exception type onto the one error shape."""
+
+    async def api_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        if exc.status in (400, 404, 413, 415):
+            count_bad_request()
+        return error_response(request, exc.status, exc.message, exc.param, exc.retry_after)
+
+    async def rejected(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestRejected)
+        return error_response(request, exc.status, exc.message, exc.param, exc.retry_after)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return error_response(request, exc.status_code, str(exc.detail))
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        count_bad_request()
+        message, param = describe_validation_errors(list(exc.errors()))
+        return error_response(request, 400, message, param)
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("[%s] unhandled error", request_id_of(request))
+        return error_response(request, 500, f"Internal error: {type(exc).__name__}: {exc}")
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(RequestRejected, rejected)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def describe_validation_errors(errors: list[Any]) -> tuple[str, str | None]:
+    """Pydantic errors -> one readable message naming each offending field, and the first field."""
+    parts, first = [], None
+    for err in errors:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        first = first or loc or None
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field (check the spelling; see the API reference)"
+        elif err.get("type") == "missing":
+            msg = "field required"
+        parts.append(f"{loc or 'body'}: {msg}")
+    return "Invalid request: " + "; ".join(parts), first
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The raw body, refusing (413) more than `max_bytes` whether or not Content-Length is sent."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "Invalid Content-Length header.")
+        if int(declared) > max_bytes:
+            raise ApiError(413, f"Request body of {declared} bytes exceeds the {max_bytes}-byte limit.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ApiError(413, f"Request body exceeds the {max_bytes}-byte limit.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def parse_body(request: Request, model: type[M], max_bytes: int) -> M:
+    """Body -> model, with a 4xx that says exactly what is wrong at each step."""
+    raw = await read_body(request, max_bytes)
+    if not raw.strip():
+        raise ApiError(400, "The request body is empty; send a JSON object.")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"The request body is not valid UTF-8 (byte {exc.start}).") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"The request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.") from None
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "The request body contains invalid Unicode (an unpaired surrogate escape).") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, f"The request body must be a JSON object, got {type(data).__name__}.")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        message, param = describe_validation_errors(list(exc.errors()))
+        raise ApiError(400, message, param) from None

@@ -1,0 +1,114 @@
+"""The serving process's life cycle: loading -> warming_up -> ready -> draining (or failed).
+
+Loading and warm-up run on a background thread so the port is open (and `/healthcheck` answers
+503) while the model loads; only a warmed-up engine turns health green.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from inference_app.engine.api import Engine
+from inference_app.orchestrator import GenerationRequest, Job, Orchestrator, ServingMetrics, Sink, Unavailable
+from inference_app.server.options import ServerOptions
+
+log = logging.getLogger("inference_app.server")
+
+Phase = Literal["loading", "warming_up", "ready", "draining", "stopped", "failed"]
+
+
+class ServingState:
+    """Owns the engine and orchestrator of one app; routes reach it through `app.state.serving`."""
+
+    def __init__(self, options: ServerOptions, engine_factory: Callable[[], Engine]) -> None:
+        self.options = options
+        self.metrics = ServingMetrics()
+        self.started_at = time.time()
+        self._factory = engine_factory
+        self._phase: Phase = "loading"
+        self._error: str | None = None
+        self.engine: Engine | None = None
+        self.orchestrator: Orchestrator | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def phase(self) -> Phase:
+        if self.orchestrator is not None and self.orchestrator.failure is not None:
+            return "failed"
+        return self._phase
+
+    @property
+    def error(self) -> str | None:
+        if self.orchestrator is not None and self.orchestrator.failure is not None:
+            return self.orchestrator.failure
+        return self._error
+
+    @property
+    def ready(self) -> bool:
+        return self.phase == "ready" and self.orchestrator is not None and self.orchestrator.ready
+
+    def start(self) -> None:
+        """Load and warm up in the background (the HTTP port opens meanwhile)."""
+        self._thread = threading.Thread(target=self._load, name="loader", daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until ready or failed (for in-process tests and the batch runner)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready or self.phase in ("failed", "stopped"):
+                return self.ready
+            time.sleep(0.01)
+        return self.ready
+
+    def _load(self) -> None:
+        try:
+            t0 = time.monotonic()
+            log.info("Loading the engine ...")
+            engine = self._factory()
+            self.engine = engine
+            log.info("Engine loaded in %.1fs (%s mode).", time.monotonic() - t0, engine.settings.mode)
+            orchestrator = Orchestrator(engine, max_queue=self.options.max_queue, metrics=self.metrics)
+            if self._phase != "loading":
+                return  # drained or stopped while loading
+            self._phase = "warming_up"
+            self.orchestrator = orchestrator
+            orchestrator.start(warmup=self.options.warmup)
+            if self._phase == "warming_up":
+                self._phase = "ready"
+                log.info("Ready: /healthcheck is green.")
+            else:
+                orchestrator.begin_drain()
+        except Exception as exc:
+            log.exception("Start-up failed")
+            self._error = f"start-up failed: {type(exc).__name__}: {exc}"
+            self._phase = "failed"
+
+    def submit(self, request: GenerationRequest, sink: Sink) -> Job:
+        orchestrator = self.orchestrator
+        if orchestrator is None or self.phase != "ready":
+            detail = f": {self.error}" if self.error else ""
+            exc = Unavailable(f"The server is not ready (phase: {self.phase}{detail}).", retry_after=5)
+            self.metrics.requests.labels(outcome=exc.outcome).inc()
+            raise exc
+        return orchestrator.submit(request, sink)
+
+    def begin_drain(self) -> None:
+        """SIGTERM: health turns 503 and nothing new is admitted; in-flight requests go on."""
+        if self._phase in ("loading", "warming_up", "ready"):
+            self._phase = "draining"
+        if self.orchestrator is not None:
+            self.orchestrator.begin_drain()
+
+    def wait_idle(self, timeout: float) -> bool:
+        return self.orchestrator is None or self.orchestrator.wait_idle(timeout)
+
+    def stop(self) -> None:
+        if self._phase != "failed":
+            self._phase = "stopped"
+        if self.orchestrator is not None:
+            self.orchestrator.stop()

@@ -1,0 +1,187 @@
+"""A small deterministic Engine for fast orchestrator/route tests, and a way to serve it.
+
+`FakeEngine` honours the `Engine` protocol and *checks the caller*: inserting into an occupied
+slot, decoding past `max_target_length`, or prefilling an over-long prompt raises, so orchestrator
+bugs surface as test failures. Tokens are UTF-8 bytes (ids 0..255) plus EOS (256); the greedy
+continuation of a prompt walks a fixed text (with multi-byte characters) from an offset derived
+from the prompt, and emits EOS at the end of that text. Output for a prompt depends only on the
+prompt and sampling, never on batch composition — like a correct real engine.
+
+Run as a server (real process, fake model; used by the signal and disconnect tests):
+    python -m tests.inference_app.fakes --port 8123 [--step-delay 0.02] [--max-slots 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from inference_app.engine.api import Engine, EngineSettings, Prefix, SamplingParams, StepOutput, Tokenizer
+
+EOS = 256
+CORPUS = (
+    "The quick brown fox jumps over the lazy dog. Café crème, naïve façade, 🙂 and ☕ please. "
+    "Numbers 12345 follow; then a STOP word, and more text after it to keep going for a while. "
+)
+CORPUS_IDS: tuple[int, ...] = (*CORPUS.encode("utf-8"), EOS)
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens; invalid sequences decode to U+FFFD like real byte-level BPE."""
+
+    eos_token_ids: frozenset[int] = frozenset({EOS})
+    vocab_size: int = 257
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str:
+        text = "".join(f"<|{m['role']}|>{m['content']}\n" for m in messages)
+        return text + ("<|assistant|>" if add_generation_prompt else "")
+
+
+def continuation_start(prompt_ids: Sequence[int], sampling: SamplingParams) -> int:
+    """Where in CORPUS_IDS a prompt's continuation starts (sampling picks a seeded offset)."""
+    base = sum(prompt_ids) + len(prompt_ids)
+    if not sampling.greedy:
+        base += random.Random(sampling.seed).randrange(1, len(CORPUS_IDS))
+    return base % len(CORPUS_IDS)
+
+
+def expected_ids(prompt_ids: Sequence[int], max_tokens: int, sampling: SamplingParams | None = None) -> list[int]:
+    """What the fake generates for a prompt (up to and including EOS), for test assertions."""
+    start = continuation_start(prompt_ids, sampling or SamplingParams())
+    out = list(CORPUS_IDS[start : start + max_tokens])
+    return out
+
+
+@dataclass
+class _Slot:
+    cursor: int  # index into CORPUS_IDS of the next token
+    position: int  # cache position the next decode step writes
+
+
+@dataclass
+class FakeEngine:
+    """Deterministic, fast, strict about the protocol. Delays make timing-dependent tests stable."""
+
+    settings: EngineSettings = field(
+        default_factory=lambda: EngineSettings(max_slots=4, max_prefill_length=64, max_target_length=160)
+    )
+    step_delay: float = 0.0
+    prefill_delay: float = 0.0
+    warmup_delay: float = 0.0
+    prefill_buckets: tuple[int, ...] = (16, 32, 64)
+
+    def __post_init__(self) -> None:
+        self.tokenizer: Tokenizer = ByteTokenizer()
+        self._slots: list[_Slot | None] = [None] * self.settings.max_slots
+        self.inserts = 0
+        self.steps = 0
+        self.prefills = 0
+        self.max_active = 0
+        self.warmed_up = False
+        self.gate = threading.Event()  # clear it to pause decoding (tests of queues and drain)
+        self.gate.set()
+        self._lock = threading.Lock()
+
+    @property
+    def max_slots(self) -> int:
+        return self.settings.max_slots
+
+    @property
+    def max_prefill_length(self) -> int:
+        return self.settings.max_prefill_length
+
+    @property
+    def max_target_length(self) -> int:
+        return self.settings.max_target_length
+
+    @property
+    def active(self) -> int:
+        return sum(s is not None for s in self._slots)
+
+    def prefill(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> Prefix:
+        if not 0 < len(prompt_ids) <= self.max_prefill_length:
+            raise ValueError(f"prefill of {len(prompt_ids)} tokens (limit {self.max_prefill_length})")
+        time.sleep(self.prefill_delay)
+        self.prefills += 1
+        start = continuation_start(prompt_ids, sampling)
+        return Prefix(first_token=CORPUS_IDS[start], length=len(prompt_ids), kv=start + 1, sampling=sampling)
+
+    def transfer(self, prefix: Prefix) -> Prefix:
+        return prefix
+
+    def insert(self, prefix: Prefix, slot: int) -> None:
+        with self._lock:
+            if self._slots[slot] is not None:
+                raise RuntimeError(f"insert into occupied slot {slot}")
+            self._slots[slot] = _Slot(cursor=int(prefix.kv), position=prefix.length)
+            self.inserts += 1
+            self.max_active = max(self.max_active, self.active)
+
+    def generate(self) -> StepOutput:
+        self.gate.wait()
+        time.sleep(self.step_delay)
+        out = np.zeros(self.max_slots, dtype=np.int32)
+        with self._lock:
+            for i, s in enumerate(self._slots):
+                if s is None:
+                    continue
+                if s.position >= self.max_target_length:
+                    raise RuntimeError(f"slot {i} decodes past max_target_length={self.max_target_length}")
+                out[i] = CORPUS_IDS[s.cursor % len(CORPUS_IDS)]
+                s.cursor += 1
+                s.position += 1
+            self.steps += 1
+        return StepOutput(tokens=out)
+
+    def release(self, slot: int) -> None:
+        with self._lock:
+            self._slots[slot] = None
+
+    def warmup(self) -> None:
+        time.sleep(self.warmup_delay)
+        self.warmed_up = True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve a FakeEngine through the real server entry point (signals, sockets, drain)."""
+    from inference_app.server.cli import ServerOptions, run_server
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--step-delay", type=float, default=0.02)
+    p.add_argument("--warmup-delay", type=float, default=0.5)
+    p.add_argument("--max-slots", type=int, default=4)
+    p.add_argument("--max-queue", type=int, default=8)
+    p.add_argument("--drain-timeout", type=float, default=30.0)
+    args = p.parse_args(argv)
+    settings = EngineSettings(max_slots=args.max_slots, max_prefill_length=64, max_target_length=400)
+
+    def factory() -> Engine:
+        return FakeEngine(settings=settings, step_delay=args.step_delay, warmup_delay=args.warmup_delay)
+
+    options = ServerOptions(
+        host="127.0.0.1",
+        port=args.port,
+        model_name="fake",
+        max_queue=args.max_queue,
+        drain_timeout_s=args.drain_timeout,
+    )
+    return run_server(options, factory)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
