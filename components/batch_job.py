@@ -35,19 +35,33 @@ class BatchJob(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         sa = ServiceAccount(
             f"{name}-gsa",
-            ServiceAccountArgs(project=c.project, account_id=c.batch_service_account_id, display_name=f"Batch job ({c.stack})"),
+            ServiceAccountArgs(
+                project=c.project,
+                account_id=c.batch_service_account_id,
+                display_name=f"Batch job ({c.stack})",
+            ),
             opts=child,
         )
         grants = [
             gcp.storage.BucketIAMMember(
-                f"{name}-input-reader", bucket=gcs_bucket(b.input), role="roles/storage.objectViewer", member=sa.member, opts=child
+                f"{name}-input-reader",
+                bucket=gcs_bucket(b.input),
+                role="roles/storage.objectViewer",
+                member=sa.member,
+                opts=child,
             ),
             gcp.storage.BucketIAMMember(
-                f"{name}-output-writer", bucket=gcs_bucket(b.output), role="roles/storage.objectUser", member=sa.member, opts=child
+                f"{name}-output-writer",
+                bucket=gcs_bucket(b.output),
+                role="roles/storage.objectUser",
+                member=sa.member,
+                opts=child,
             ),
             gcp.serviceaccount.IAMMember(
                 f"{name}-workload-identity",
-                service_account_id=pulumi.Output.concat("projects/", c.project, "/serviceAccounts/", sa.email),
+                service_account_id=pulumi.Output.concat(
+                    "projects/", c.project, "/serviceAccounts/", sa.email
+                ),
                 role="roles/iam.workloadIdentityUser",
                 member=f"serviceAccount:{c.project}.svc.id.goog[{c.serving.namespace}/{b.name}]",
                 opts=child,
@@ -56,8 +70,16 @@ class BatchJob(pulumi.ComponentResource):
         ksa_obj = manifests.batch_service_account(c)
         job_obj = manifests.batch_job(c)
         assert ksa_obj is not None and job_obj is not None
-        ksa = register(f"{name}-ksa", ksa_obj, pulumi.ResourceOptions(parent=self, depends_on=[args.workload]))
-        register(f"{name}-job", job_obj, pulumi.ResourceOptions(parent=self, depends_on=[ksa, args.workload, *grants]))
+        ksa = register(
+            f"{name}-ksa", ksa_obj, pulumi.ResourceOptions(parent=self, depends_on=[args.workload])
+        )
+        register(
+            f"{name}-job",
+            job_obj,
+            pulumi.ResourceOptions(parent=self, depends_on=[ksa, args.workload, *grants]),
+        )
         self.job_name = pulumi.Output.from_input(b.name)
         self.service_account_email = sa.email
-        self.register_outputs({"job_name": self.job_name, "service_account_email": self.service_account_email})
+        self.register_outputs(
+            {"job_name": self.job_name, "service_account_email": self.service_account_email}
+        )

@@ -196,9 +196,20 @@ MODELS: Final[MappingProxyType[str, ModelSpec]] = MappingProxyType(
             ModelSpec("llama3-8b", 8_030_261_248, 32, 32, 8, 128, 4096, 128256, _LLAMA3_TOK, "llama3-8b"),
             ModelSpec("llama3-70b", 70_553_706_496, 80, 64, 8, 128, 8192, 128256, _LLAMA3_TOK, "llama3-70b"),
             ModelSpec("llama3.1-8b", 8_030_261_248, 32, 32, 8, 128, 4096, 128256, _LLAMA3_TOK, "llama3.1-8b"),
-            ModelSpec("llama3.1-70b", 70_553_706_496, 80, 64, 8, 128, 8192, 128256, _LLAMA3_TOK, "llama3.1-70b"),
             ModelSpec(
-                "llama3.1-405b", 405_853_388_800, 126, 128, 8, 128, 16384, 128256, _LLAMA3_TOK, "llama3.1-405b"
+                "llama3.1-70b", 70_553_706_496, 80, 64, 8, 128, 8192, 128256, _LLAMA3_TOK, "llama3.1-70b"
+            ),
+            ModelSpec(
+                "llama3.1-405b",
+                405_853_388_800,
+                126,
+                128,
+                8,
+                128,
+                16384,
+                128256,
+                _LLAMA3_TOK,
+                "llama3.1-405b",
             ),
             # The small model the app serves locally (embedded GGUF); our server only.
             ModelSpec(
@@ -218,9 +229,7 @@ MODELS: Final[MappingProxyType[str, ModelSpec]] = MappingProxyType(
     }
 )
 
-DTYPE_BYTES: Final[MappingProxyType[str, int]] = MappingProxyType(
-    {"float32": 4, "bfloat16": 2, "int8": 1}
-)
+DTYPE_BYTES: Final[MappingProxyType[str, int]] = MappingProxyType({"float32": 4, "bfloat16": 2, "int8": 1})
 
 # --- Images: pinned defaults (Google's current tutorial pairing). Never `:latest`. ---
 PATHWAYS_SERVER_IMAGE: Final = "us-docker.pkg.dev/cloud-tpu-v2-images/pathways/server:jax-0.5.3"

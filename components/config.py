@@ -28,7 +28,9 @@ _PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _ZONE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
 _GKE_VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?(?:-gke\.(\d+))?$")
 _LWS_VERSION = re.compile(r"^v(\d+)\.(\d+)\.(\d+)$")
-_IMAGE = re.compile(r"^[a-z0-9.-]+(?::\d+)?(?:/[a-z0-9._-]+)+(?::[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|@sha256:[0-9a-f]{64})$")
+_IMAGE = re.compile(
+    r"^[a-z0-9.-]+(?::\d+)?(?:/[a-z0-9._-]+)+(?::[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|@sha256:[0-9a-f]{64})$"
+)
 
 
 class ConfigError(ValueError):
@@ -53,7 +55,9 @@ def gcs_path_problem(path: str) -> str | None:
         return f"{path!r} must start with gs://"
     bucket, _, rest = path[len("gs://") :].partition("/")
     if not _BUCKET.match(bucket) or ".." in bucket:
-        return f"bucket {bucket!r} is not a valid GCS bucket name (3-63 chars: lowercase letters, digits, - _ .)"
+        return (
+            f"bucket {bucket!r} is not a valid GCS bucket name (3-63 chars: lowercase letters, digits, - _ .)"
+        )
     if not rest or rest.startswith("/") or "//" in rest:
         return f"{path!r} needs an object path after the bucket (gs://bucket/path, no empty segments)"
     return None
@@ -94,30 +98,47 @@ class SystemPoolConfig(_Model):
 class ClusterConfig(_Model):
     create: bool = Field(True, description="Create the GKE cluster; false deploys into an existing cluster.")
     name: str = Field("pathways-inference", description="GKE cluster name (DNS label, at most 40 chars).")
-    zone: str = Field(..., description="Zone of the cluster and its TPU pools; must offer the TPU generation.")
-    release_channel: Literal["RAPID", "REGULAR", "STABLE"] = Field("REGULAR", description="GKE release channel.")
+    zone: str = Field(
+        ..., description="Zone of the cluster and its TPU pools; must offer the TPU generation."
+    )
+    release_channel: Literal["RAPID", "REGULAR", "STABLE"] = Field(
+        "REGULAR", description="GKE release channel."
+    )
     min_master_version: str | None = Field(
-        None, description="Minimum GKE version; defaults to the TPU generation's minimum (v6e: 1.31.2-gke.1115000)."
+        None,
+        description="Minimum GKE version; defaults to the TPU generation's minimum (v6e: 1.31.2-gke.1115000).",
     )
-    deletion_protection: bool = Field(True, description="GKE deletion protection; must be true in production.")
-    system_pool: SystemPoolConfig = Field(default_factory=lambda: _defaults(SystemPoolConfig), description="The CPU system pool.")
+    deletion_protection: bool = Field(
+        True, description="GKE deletion protection; must be true in production."
+    )
+    system_pool: SystemPoolConfig = Field(
+        default_factory=lambda: _defaults(SystemPoolConfig), description="The CPU system pool."
+    )
     kubeconfig_path: str | None = Field(
-        None, description="Existing cluster only: kubeconfig file (default: the provider's ambient kubeconfig)."
+        None,
+        description="Existing cluster only: kubeconfig file (default: the provider's ambient kubeconfig).",
     )
-    context: str | None = Field(None, description="Existing cluster only: kubeconfig context (required then).")
+    context: str | None = Field(
+        None, description="Existing cluster only: kubeconfig context (required then)."
+    )
     node_service_account: str | None = Field(
-        None, description="Existing cluster only: e-mail of the TPU nodes' service account to grant bucket access."
+        None,
+        description="Existing cluster only: e-mail of the TPU nodes' service account to grant bucket access.",
     )
 
 
 class TpuConfig(_Model):
     generation: Literal["v5e", "v5p", "v6e"] = Field(..., description="TPU generation (catalog key).")
     topology: str = Field(..., description="Slice topology, e.g. 4x4 (v6e/v5e) or 2x2x2 (v5p).")
-    machine_type: str = Field(..., description="TPU machine type, e.g. ct6e-standard-4t; fixes VMs per slice.")
+    machine_type: str = Field(
+        ..., description="TPU machine type, e.g. ct6e-standard-4t; fixes VMs per slice."
+    )
     capacity: Literal["on-demand", "spot", "reservation", "flex-start"] = Field(
         "on-demand", description="How TPU VMs are obtained."
     )
-    reservation: str | None = Field(None, description="Reservation name; required iff capacity is reservation.")
+    reservation: str | None = Field(
+        None, description="Reservation name; required iff capacity is reservation."
+    )
     allow_unlisted_zone: bool = Field(
         False, description="Accept a zone the catalog does not list for the generation."
     )
@@ -142,35 +163,54 @@ class ParallelismConfig(_Model):
 
 
 class ProbeConfig(_Model):
-    startup_initial_delay_seconds: int = Field(900, ge=0, description="Startup probe delay (checkpoint restore).")
-    failure_threshold: int = Field(10, ge=1, description="Liveness/readiness failure threshold (60 s period).")
+    startup_initial_delay_seconds: int = Field(
+        900, ge=0, description="Startup probe delay (checkpoint restore)."
+    )
+    failure_threshold: int = Field(
+        10, ge=1, description="Liveness/readiness failure threshold (60 s period)."
+    )
 
 
 class ServingConfig(_Model):
     engine: Literal["jetstream-maxtext", "inference-app"] = Field(
-        "jetstream-maxtext", description="Leader model container: Google's JetStream/MaxText or our inference_app."
+        "jetstream-maxtext",
+        description="Leader model container: Google's JetStream/MaxText or our inference_app.",
     )
     mode: Literal["interleaved", "disaggregated"] = Field(
-        "interleaved", description="interleaved: 1 slice per replica; disaggregated: 2 equal slices (prefill, generate)."
+        "interleaved",
+        description="interleaved: 1 slice per replica; disaggregated: 2 equal slices (prefill, generate).",
     )
     namespace: str = Field("default", description="Kubernetes namespace (created unless default).")
     name: str = Field("jetstream-pathways", description="LeaderWorkerSet name and `app` label.")
     service_name: str = Field("jetstream-svc", description="ClusterIP Service name.")
-    replicas: int = Field(1, ge=1, le=16, description="LWS replicas (groups); with autoscaling use its bounds.")
+    replicas: int = Field(
+        1, ge=1, le=16, description="LWS replicas (groups); with autoscaling use its bounds."
+    )
     max_prefill_predict_length: int = Field(1024, ge=1, description="Longest prompt (tokens).")
-    max_target_length: int = Field(2048, ge=2, description="Prompt + generated tokens; > max_prefill_predict_length.")
-    per_device_batch_size: int = Field(1, ge=1, description="Slots per chip; slots per engine = this x chips.")
-    parallelism: ParallelismConfig = Field(default_factory=lambda: _defaults(ParallelismConfig), description="ICI parallelism.")
+    max_target_length: int = Field(
+        2048, ge=2, description="Prompt + generated tokens; > max_prefill_predict_length."
+    )
+    per_device_batch_size: int = Field(
+        1, ge=1, description="Slots per chip; slots per engine = this x chips."
+    )
+    parallelism: ParallelismConfig = Field(
+        default_factory=lambda: _defaults(ParallelismConfig), description="ICI parallelism."
+    )
     enable_model_warmup: bool = Field(True, description="Compile/warm up before reporting healthy.")
-    maxtext_config: str = Field("MaxText/configs/base.yml", description="MaxText config file (first argument).")
+    maxtext_config: str = Field(
+        "MaxText/configs/base.yml", description="MaxText config file (first argument)."
+    )
     maxtext_extra_args: dict[str, str] = Field(
-        default_factory=dict, description="Extra MaxText key=value flags, in order; may not repeat generated keys."
+        default_factory=dict,
+        description="Extra MaxText key=value flags, in order; may not repeat generated keys.",
     )
     pathways_rm_extra_args: list[str] = Field(
         default_factory=list, description="Extra flags for the Pathways resource manager."
     )
     model_server_env: dict[str, str] = Field(dict(), description="Extra env for the model container.")
-    probes: ProbeConfig = Field(default_factory=lambda: _defaults(ProbeConfig), description="Health-probe timing.")
+    probes: ProbeConfig = Field(
+        default_factory=lambda: _defaults(ProbeConfig), description="Health-probe timing."
+    )
     ready_timeout_seconds: int = Field(
         3600, ge=60, description="How long `pulumi up` waits for LWS Available; > startup delay."
     )
@@ -182,13 +222,16 @@ class ImagesConfig(_Model):
     jetstream_maxtext: str = Field(catalog.JETSTREAM_MAXTEXT_IMAGE, description="JetStream MaxText server.")
     jetstream_http: str = Field(catalog.JETSTREAM_HTTP_IMAGE, description="JetStream HTTP front end.")
     inference_app: str | None = Field(
-        None, description="Our server's image (pinned tag/digest); required for engine inference-app or batch_job."
+        None,
+        description="Our server's image (pinned tag/digest); required for engine inference-app or batch_job.",
     )
 
 
 class LwsConfig(_Model):
     install: bool = Field(True, description="Install the LWS controller (false: the cluster already has it).")
-    version: str = Field(catalog.LWS_DEFAULT_VERSION, description="LWS release, vX.Y.Z (the guide used v0.4.0).")
+    version: str = Field(
+        catalog.LWS_DEFAULT_VERSION, description="LWS release, vX.Y.Z (the guide used v0.4.0)."
+    )
 
 
 class StorageConfig(_Model):
@@ -196,13 +239,19 @@ class StorageConfig(_Model):
         None, description="Pathways scratch bucket name; default <project>-<stack>-pathways."
     )
     force_destroy: bool = Field(False, description="Let `pulumi destroy` delete a non-empty scratch bucket.")
-    scratch_retention_days: int = Field(7, ge=1, description="Scratch objects are deleted after this many days.")
+    scratch_retention_days: int = Field(
+        7, ge=1, description="Scratch objects are deleted after this many days."
+    )
 
 
 class AutoscalingConfig(_Model):
     enabled: bool = Field(False, description="Create an HPA on the LeaderWorkerSet's scale subresource.")
-    min_replicas: int = Field(1, ge=1, description="HPA minReplicas (slices for these are always provisioned).")
-    max_replicas: int = Field(2, ge=1, le=16, description="HPA maxReplicas (TPU pools beyond min scale from 0).")
+    min_replicas: int = Field(
+        1, ge=1, description="HPA minReplicas (slices for these are always provisioned)."
+    )
+    max_replicas: int = Field(
+        2, ge=1, le=16, description="HPA maxReplicas (TPU pools beyond min scale from 0)."
+    )
     metric_type: Literal["Pods", "External"] = Field("Pods", description="HPA metric source type.")
     metric_name: str = Field(
         "prometheus.googleapis.com|jetstream_prefill_backlog_size|gauge",
@@ -314,7 +363,11 @@ class StackConfig(_Model):
     @property
     def parallelism(self) -> tuple[int, int, int]:
         """(fsdp, autoregressive, tensor) with the -1 filled so the product is the engine's chips."""
-        values = [self.serving.parallelism.fsdp, self.serving.parallelism.autoregressive, self.serving.parallelism.tensor]
+        values = [
+            self.serving.parallelism.fsdp,
+            self.serving.parallelism.autoregressive,
+            self.serving.parallelism.tensor,
+        ]
         fixed = 1
         for v in values:
             if v != -1:
@@ -339,7 +392,11 @@ class StackConfig(_Model):
         """(needed, usable) HBM bytes per engine slice: weights + KV cache for every slot."""
         spec = self.model_spec
         weights = spec.params * self.weight_dtype_bytes
-        kv = spec.kv_bytes_per_token(self.kv_dtype_bytes) * self.serving.max_target_length * self.slots_per_engine
+        kv = (
+            spec.kv_bytes_per_token(self.kv_dtype_bytes)
+            * self.serving.max_target_length
+            * self.slots_per_engine
+        )
         usable = int(self.chips_per_slice * self.generation.hbm_bytes_per_chip * catalog.HBM_USABLE_FRACTION)
         return weights + kv, usable
 
@@ -385,13 +442,17 @@ def _problems(c: StackConfig) -> list[str]:
     t = c.tpu
 
     if not _PROJECT_ID.match(c.project):
-        out.append(f"gcp:project: {c.project!r} is not a GCP project id (set it: pulumi config set gcp:project <id>)")
+        out.append(
+            f"gcp:project: {c.project!r} is not a GCP project id (set it: pulumi config set gcp:project <id>)"
+        )
     if not _DNS_LABEL.match(c.stack) or len(c.stack) > 40:
         out.append(f"stack: {c.stack!r} must be a lowercase DNS label of at most 40 characters")
 
     # --- cluster
     if not _DNS_LABEL.match(c.cluster.name) or len(c.cluster.name) > 40:
-        out.append(f"cluster.name: {c.cluster.name!r} must be lowercase letters, digits and '-', at most 40 chars")
+        out.append(
+            f"cluster.name: {c.cluster.name!r} must be lowercase letters, digits and '-', at most 40 chars"
+        )
     if not _ZONE.match(c.cluster.zone):
         out.append(f"cluster.zone: {c.cluster.zone!r} is not a zone (e.g. us-east5-b)")
     elif c.cluster.zone not in gen.zones and not t.allow_unlisted_zone:
@@ -403,45 +464,68 @@ def _problems(c: StackConfig) -> list[str]:
         wanted = _gke_version_key(c.cluster.min_master_version)
         minimum = _gke_version_key(gen.min_gke_version)
         if wanted is None:
-            out.append(f"cluster.min_master_version: {c.cluster.min_master_version!r} is not a GKE version like 1.31.2-gke.1115000")
+            out.append(
+                f"cluster.min_master_version: {c.cluster.min_master_version!r} is not a GKE version like 1.31.2-gke.1115000"
+            )
         elif minimum is not None and wanted < minimum:
             out.append(
                 f"cluster.min_master_version: TPU {gen.name} needs GKE >= {gen.min_gke_version}; "
                 f"{c.cluster.min_master_version} is older (raise it or leave it unset)"
             )
     if c.environment == "production" and not c.cluster.deletion_protection:
-        out.append("cluster.deletion_protection: must be true in production (or set environment: development)")
-    existing_only = {"kubeconfig_path": c.cluster.kubeconfig_path, "context": c.cluster.context,
-                     "node_service_account": c.cluster.node_service_account}
+        out.append(
+            "cluster.deletion_protection: must be true in production (or set environment: development)"
+        )
+    existing_only = {
+        "kubeconfig_path": c.cluster.kubeconfig_path,
+        "context": c.cluster.context,
+        "node_service_account": c.cluster.node_service_account,
+    }
     if c.cluster.create:
         for key, value in existing_only.items():
             if value is not None:
-                out.append(f"cluster.{key}: only for an existing cluster (set cluster.create: false or remove it)")
+                out.append(
+                    f"cluster.{key}: only for an existing cluster (set cluster.create: false or remove it)"
+                )
     elif not c.cluster.context:
-        out.append("cluster.context: required with cluster.create: false (the kubeconfig context to deploy into)")
+        out.append(
+            "cluster.context: required with cluster.create: false (the kubeconfig context to deploy into)"
+        )
 
     # --- TPU shape
     mt = gen.machine_type(t.machine_type)
     if mt is None:
         names = ", ".join(m.name for m in gen.machine_types)
-        out.append(f"tpu.machine_type: {t.machine_type!r} is not a {gen.name} machine type; use one of {names}")
+        out.append(
+            f"tpu.machine_type: {t.machine_type!r} is not a {gen.name} machine type; use one of {names}"
+        )
     elif t.topology not in gen.topologies:
-        out.append(f"tpu.topology: {t.topology!r} is not a {gen.name} topology; use one of {', '.join(gen.topologies)}")
+        out.append(
+            f"tpu.topology: {t.topology!r} is not a {gen.name} topology; use one of {', '.join(gen.topologies)}"
+        )
     elif t.machine_type not in gen.topologies[t.topology]:
         fits = ", ".join(gen.topologies[t.topology])
-        out.append(f"tpu.topology: {t.topology} is not offered on {t.machine_type}; with {t.topology} use {fits}")
+        out.append(
+            f"tpu.topology: {t.topology} is not offered on {t.machine_type}; with {t.topology} use {fits}"
+        )
     if t.capacity == "reservation" and not t.reservation:
         out.append("tpu.reservation: required when tpu.capacity is reservation (the reservation's name)")
     if t.capacity != "reservation" and t.reservation:
         out.append(f"tpu.reservation: only used with tpu.capacity: reservation (capacity is {t.capacity})")
-    shape_ok = mt is not None and t.topology in gen.topologies and t.machine_type in gen.topologies[t.topology]
+    shape_ok = (
+        mt is not None and t.topology in gen.topologies and t.machine_type in gen.topologies[t.topology]
+    )
 
     # --- model
     spec = catalog.MODELS.get(c.model.name)
     if spec is None:
-        out.append(f"model.name: {c.model.name!r} is not in the catalog; use one of {', '.join(catalog.MODELS)}")
+        out.append(
+            f"model.name: {c.model.name!r} is not in the catalog; use one of {', '.join(catalog.MODELS)}"
+        )
     elif c.serving.engine == "jetstream-maxtext" and spec.maxtext_name is None:
-        out.append(f"model.name: {spec.name} is not a MaxText model; set serving.engine: inference-app to serve it")
+        out.append(
+            f"model.name: {spec.name} is not a MaxText model; set serving.engine: inference-app to serve it"
+        )
     if (problem := gcs_path_problem(c.model.checkpoint)) is not None:
         out.append(f"model.checkpoint: {problem}")
     if c.model.checkpoint_is_quantized and c.model.quantization != "int8":
@@ -470,7 +554,9 @@ def _problems(c: StackConfig) -> list[str]:
             fixed *= v if v != -1 else 1
         engine = "each engine's slice" if s.mode == "disaggregated" else "the slice"
         if -1 in par and chips % fixed:
-            out.append(f"serving.parallelism: {fixed} does not divide the {chips} chips of {engine}; -1 cannot fill it")
+            out.append(
+                f"serving.parallelism: {fixed} does not divide the {chips} chips of {engine}; -1 cannot fill it"
+            )
         elif -1 not in par and fixed != chips:
             out.append(
                 f"serving.parallelism: fsdp x autoregressive x tensor = {fixed}, but {engine} has {chips} chips "
@@ -510,9 +596,13 @@ def _problems(c: StackConfig) -> list[str]:
             out.append(f"images.{field}: {problem}")
     if c.images.inference_app is None:
         if s.engine == "inference-app":
-            out.append("images.inference_app: required with serving.engine: inference-app (a pinned image tag)")
+            out.append(
+                "images.inference_app: required with serving.engine: inference-app (a pinned image tag)"
+            )
         if c.batch_job.enabled:
-            out.append("images.inference_app: required with batch_job.enabled (the Job runs inference_app batch)")
+            out.append(
+                "images.inference_app: required with batch_job.enabled (the Job runs inference_app batch)"
+            )
 
     # --- LWS
     m = _LWS_VERSION.match(c.lws.version)
@@ -531,9 +621,13 @@ def _problems(c: StackConfig) -> list[str]:
     a = c.autoscaling
     if a.enabled:
         if a.min_replicas > a.max_replicas:
-            out.append(f"autoscaling.min_replicas: {a.min_replicas} exceeds autoscaling.max_replicas ({a.max_replicas})")
+            out.append(
+                f"autoscaling.min_replicas: {a.min_replicas} exceeds autoscaling.max_replicas ({a.max_replicas})"
+            )
         if "replicas" in s.model_fields_set:
-            out.append("serving.replicas: remove it when autoscaling is enabled (autoscaling.min/max_replicas decide)")
+            out.append(
+                "serving.replicas: remove it when autoscaling is enabled (autoscaling.min/max_replicas decide)"
+            )
         if not c.cluster.create:
             out.append("autoscaling.enabled: needs cluster.create: true (it provisions the extra TPU pools)")
     if t.capacity == "flex-start" and not c.cluster.create:
@@ -553,7 +647,9 @@ def _problems(c: StackConfig) -> list[str]:
         if not _DNS_LABEL.match(b.name):
             out.append(f"batch_job.name: {b.name!r} must be a lowercase DNS label")
         if b.max_tokens >= s.max_target_length:
-            out.append(f"batch_job.max_tokens: {b.max_tokens} must be < serving.max_target_length ({s.max_target_length})")
+            out.append(
+                f"batch_job.max_tokens: {b.max_tokens} must be < serving.max_target_length ({s.max_target_length})"
+            )
     return out
 
 

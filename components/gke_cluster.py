@@ -82,7 +82,9 @@ class GkeCluster(pulumi.ComponentResource):
         )
         self.register_outputs({"cluster_name": self.cluster_name, "kubeconfig": self.kubeconfig})
 
-    def _create(self, name: str, c: StackConfig) -> tuple[pulumi.Output[str], pulumi.Output[str], list[pulumi.Resource]]:
+    def _create(
+        self, name: str, c: StackConfig
+    ) -> tuple[pulumi.Output[str], pulumi.Output[str], list[pulumi.Resource]]:
         child = pulumi.ResourceOptions(parent=self)
         system_sa = ServiceAccount(
             f"{name}-system-nodes",
@@ -125,7 +127,9 @@ class GkeCluster(pulumi.ComponentResource):
             "management": {"auto_repair": True, "auto_upgrade": True},
             "node_config": {**node_basics, "machine_type": c.cluster.system_pool.machine_type},
         }
-        system_pool = gcp.container.NodePool(f"{name}-system-pool", cluster=cluster.name, opts=child, **pool_inputs)
+        system_pool = gcp.container.NodePool(
+            f"{name}-system-pool", cluster=cluster.name, opts=child, **pool_inputs
+        )
         plain: pulumi.Output[str] = pulumi.Output.all(
             cluster.name, cluster.endpoint, cluster.master_auth.cluster_ca_certificate
         ).apply(lambda parts: kubeconfig_for(str(parts[0]), str(parts[1]), str(parts[2])))

@@ -25,7 +25,9 @@ class InferenceWorkload(pulumi.ComponentResource):
     port_forward_command: pulumi.Output[str]
     curl_command: pulumi.Output[str]
 
-    def __init__(self, name: str, args: InferenceWorkloadArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: InferenceWorkloadArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("tpu-pathways-inference:index:InferenceWorkload", name, None, opts)
         c = args.config
         deps: list[pulumi.Resource] = [args.controller, *args.after]
@@ -42,7 +44,9 @@ class InferenceWorkload(pulumi.ComponentResource):
                 ignore_changes=["spec.replicas"] if c.autoscaling.enabled else None,
             ),
         )
-        register(f"{name}-service", manifests.service(c), pulumi.ResourceOptions(parent=self, depends_on=deps))
+        register(
+            f"{name}-service", manifests.service(c), pulumi.ResourceOptions(parent=self, depends_on=deps)
+        )
         hpa = manifests.horizontal_pod_autoscaler(c)
         if hpa is not None:
             register(f"{name}-hpa", hpa, pulumi.ResourceOptions(parent=self, depends_on=[lws]))

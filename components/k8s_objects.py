@@ -30,5 +30,10 @@ def register(resource_name: str, obj: dict[str, Any], opts: pulumi.ResourceOptio
     if "." not in api_version.split("/")[0]:
         raise ValueError(f"no typed resource registered for built-in {api_version} {kind}")
     return k8s.apiextensions.CustomResource(
-        resource_name, api_version=api_version, kind=kind, metadata=body.get("metadata"), spec=body.get("spec"), opts=opts
+        resource_name,
+        api_version=api_version,
+        kind=kind,
+        metadata=body.get("metadata"),
+        spec=body.get("spec"),
+        opts=opts,
     )

@@ -26,7 +26,9 @@ class LwsController(pulumi.ComponentResource):
     version: pulumi.Output[str]
     manifest_url: pulumi.Output[str]
 
-    def __init__(self, name: str, args: LwsControllerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: LwsControllerArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("tpu-pathways-inference:index:LwsController", name, None, opts)
         url = catalog.lws_manifest_url(args.version)
         if args.install:

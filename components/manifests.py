@@ -251,7 +251,12 @@ def service(c: StackConfig) -> Obj:
         "spec": {
             "selector": {"app": c.serving.name},
             "ports": [
-                {"protocol": "TCP", "name": "jetstream-http", "port": catalog.HTTP_PORT, "targetPort": catalog.HTTP_PORT}
+                {
+                    "protocol": "TCP",
+                    "name": "jetstream-http",
+                    "port": catalog.HTTP_PORT,
+                    "targetPort": catalog.HTTP_PORT,
+                }
             ],
         },
     }
@@ -286,7 +291,9 @@ def horizontal_pod_autoscaler(c: StackConfig) -> Obj | None:
             },
             "minReplicas": a.min_replicas,
             "maxReplicas": a.max_replicas,
-            "metrics": [{"type": a.metric_type, source_key: {"metric": {"name": a.metric_name}, "target": target}}],
+            "metrics": [
+                {"type": a.metric_type, source_key: {"metric": {"name": a.metric_name}, "target": target}}
+            ],
         },
     }
 

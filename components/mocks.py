@@ -29,11 +29,17 @@ def _account(inputs: dict[str, Any]) -> dict[str, Any]:
 
 def _cluster(inputs: dict[str, Any]) -> dict[str, Any]:
     # Documentation address range (RFC 5737) and a dummy CA: nothing real.
-    return {"endpoint": "203.0.113.10", "masterAuth": {"clusterCaCertificate": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0t"}}
+    return {
+        "endpoint": "203.0.113.10",
+        "masterAuth": {"clusterCaCertificate": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0t"},
+    }
 
 
 def _bucket(inputs: dict[str, Any]) -> dict[str, Any]:
-    return {"url": f"gs://{inputs['name']}", "selfLink": f"https://www.googleapis.com/storage/v1/b/{inputs['name']}"}
+    return {
+        "url": f"gs://{inputs['name']}",
+        "selfLink": f"https://www.googleapis.com/storage/v1/b/{inputs['name']}",
+    }
 
 
 def _none(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +107,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
             return None, {}
         compute = MOCKED_TYPES.get(args.typ)
         if compute is None:
-            raise UnmockedCallError(f"resource type {args.typ!r} ({args.name}) has no mock; add it to MOCKED_TYPES")
+            raise UnmockedCallError(
+                f"resource type {args.typ!r} ({args.name}) has no mock; add it to MOCKED_TYPES"
+            )
         return f"{args.name}-id", {**args.inputs, **compute(args.inputs)}
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:

@@ -31,7 +31,9 @@ def read_pulumi_config() -> StackConfig:
     values: dict[str, Any] = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
     c = parse_stack_config(values, stack=pulumi.get_stack())
     if c.project == PROJECT_PLACEHOLDER and not pulumi.runtime.is_dry_run():
-        raise ConfigError(f"gcp:project: still the placeholder {PROJECT_PLACEHOLDER!r}; run: pulumi config set gcp:project <id>")
+        raise ConfigError(
+            f"gcp:project: still the placeholder {PROJECT_PLACEHOLDER!r}; run: pulumi config set gcp:project <id>"
+        )
     return c
 
 
@@ -56,7 +58,9 @@ def build(c: StackConfig) -> dict[str, pulumi.Input[Any]]:
         pools = [
             TpuSlicePool(
                 f"tpu-pool-{i}",
-                TpuSlicePoolArgs(config=c, index=i, cluster_name=cluster.cluster_name, service_account_email=tpu_sa.email),
+                TpuSlicePoolArgs(
+                    config=c, index=i, cluster_name=cluster.cluster_name, service_account_email=tpu_sa.email
+                ),
             )
             for i in range(c.slice_count)
         ]
@@ -66,7 +70,9 @@ def build(c: StackConfig) -> dict[str, pulumi.Input[Any]]:
         node_member = None
 
     storage = ScratchStorage("storage", ScratchStorageArgs(config=c, node_member=node_member))
-    controller = LwsController("lws", LwsControllerArgs(version=c.lws.version, install=c.lws.install), opts=k8s_opts)
+    controller = LwsController(
+        "lws", LwsControllerArgs(version=c.lws.version, install=c.lws.install), opts=k8s_opts
+    )
     workload = InferenceWorkload(
         "inference",
         InferenceWorkloadArgs(config=c, controller=controller, after=[storage, *pools]),

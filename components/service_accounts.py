@@ -22,7 +22,9 @@ class ServiceAccount(pulumi.ComponentResource):
     email: pulumi.Output[str]
     member: pulumi.Output[str]
 
-    def __init__(self, name: str, args: ServiceAccountArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: ServiceAccountArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("tpu-pathways-inference:index:ServiceAccount", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         account = gcp.serviceaccount.Account(

@@ -24,7 +24,9 @@ class ScratchStorage(pulumi.ComponentResource):
     bucket_name: pulumi.Output[str]
     scratch_location: pulumi.Output[str]
 
-    def __init__(self, name: str, args: ScratchStorageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: ScratchStorageArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         super().__init__("tpu-pathways-inference:index:ScratchStorage", name, None, opts)
         c = args.config
         child = pulumi.ResourceOptions(parent=self)
@@ -36,7 +38,9 @@ class ScratchStorage(pulumi.ComponentResource):
             uniform_bucket_level_access=True,
             public_access_prevention="enforced",
             force_destroy=c.storage.force_destroy,
-            lifecycle_rules=[{"action": {"type": "Delete"}, "condition": {"age": c.storage.scratch_retention_days}}],
+            lifecycle_rules=[
+                {"action": {"type": "Delete"}, "condition": {"age": c.storage.scratch_retention_days}}
+            ],
             labels={"managed-by": "pulumi", "stack": c.stack},
             opts=child,
         )

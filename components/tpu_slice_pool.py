@@ -51,7 +51,11 @@ def node_pool_inputs(c: StackConfig, index: int) -> dict[str, Any]:
     }
     if scale_from_zero:
         inputs["initial_node_count"] = 0
-        inputs["autoscaling"] = {"total_min_node_count": 0, "total_max_node_count": c.vms_per_slice, "location_policy": "ANY"}
+        inputs["autoscaling"] = {
+            "total_min_node_count": 0,
+            "total_max_node_count": c.vms_per_slice,
+            "location_policy": "ANY",
+        }
     else:
         inputs["node_count"] = c.vms_per_slice
     if c.multi_host:

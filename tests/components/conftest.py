@@ -17,7 +17,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 STACKS_DIR = REPO_ROOT / "stacks"
 REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
 STACKS = ("llama31-405b-v6e16", "llama2-70b-disagg", "dev")
-REFERENCE_STACKS = {"llama31-405b-v6e16": "seed-405b-interleaved.yaml", "llama2-70b-disagg": "seed-70b-disaggregated.yaml"}
+REFERENCE_STACKS = {
+    "llama31-405b-v6e16": "seed-405b-interleaved.yaml",
+    "llama2-70b-disagg": "seed-70b-disaggregated.yaml",
+}
 LWS_CRD_VERSIONS = ("v0.4.0", "v0.10.0")
 
 
@@ -63,7 +66,11 @@ def _strict(schema: Any) -> Any:
     """Reject unknown fields: additionalProperties false wherever properties are listed."""
     if isinstance(schema, dict):
         out = {k: _strict(v) for k, v in schema.items()}
-        if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+        if (
+            "properties" in out
+            and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")
+        ):
             out["additionalProperties"] = False
         return out
     if isinstance(schema, list):

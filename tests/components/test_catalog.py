@@ -33,24 +33,55 @@ def test_every_shape_is_vms_times_chips_per_vm(generation: str) -> None:
 
 def test_models_carry_architecture_facts() -> None:
     smol = catalog.MODELS["smollm2-135m"]
-    assert (smol.layers, smol.q_heads, smol.kv_heads, smol.head_dim, smol.hidden, smol.vocab) == (30, 9, 3, 64, 576, 49152)
+    assert (smol.layers, smol.q_heads, smol.kv_heads, smol.head_dim, smol.hidden, smol.vocab) == (
+        30,
+        9,
+        3,
+        64,
+        576,
+        49152,
+    )
     assert smol.tied_embeddings and smol.maxtext_name is None
     assert 130e6 < smol.params < 140e6
-    for name in ("llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "llama3-70b", "llama3.1-8b", "llama3.1-70b", "llama3.1-405b"):
+    for name in (
+        "llama2-7b",
+        "llama2-13b",
+        "llama2-70b",
+        "llama3-8b",
+        "llama3-70b",
+        "llama3.1-8b",
+        "llama3.1-70b",
+        "llama3.1-405b",
+    ):
         assert catalog.MODELS[name].maxtext_name == name
     # Llama 2 70B: 80 layers x 8 KV heads x 128 dims x K,V -> 160 KiB per token at int8.
     assert catalog.MODELS["llama2-70b"].kv_bytes_per_token(1) == 80 * 8 * 128 * 2
 
 
 def test_ports_match_the_reference() -> None:
-    assert (catalog.HTTP_PORT, catalog.JETSTREAM_PORT, catalog.RESOURCE_MANAGER_PORT, catalog.WORKER_PORT, catalog.PROXY_PORT) == (
-        8000, 9000, 38677, 38679, 38681,
+    assert (
+        catalog.HTTP_PORT,
+        catalog.JETSTREAM_PORT,
+        catalog.RESOURCE_MANAGER_PORT,
+        catalog.WORKER_PORT,
+        catalog.PROXY_PORT,
+    ) == (
+        8000,
+        9000,
+        38677,
+        38679,
+        38681,
     )
 
 
 @pytest.mark.parametrize(
     "image",
-    [catalog.PATHWAYS_SERVER_IMAGE, catalog.PATHWAYS_PROXY_IMAGE, catalog.JETSTREAM_MAXTEXT_IMAGE, catalog.JETSTREAM_HTTP_IMAGE],
+    [
+        catalog.PATHWAYS_SERVER_IMAGE,
+        catalog.PATHWAYS_PROXY_IMAGE,
+        catalog.JETSTREAM_MAXTEXT_IMAGE,
+        catalog.JETSTREAM_HTTP_IMAGE,
+    ],
 )
 def test_default_images_are_pinned(image: str) -> None:
     assert image_problem(image) is None
@@ -64,4 +95,7 @@ def test_image_rules() -> None:
 
 
 def test_lws_manifest_url_is_built_from_the_version() -> None:
-    assert catalog.lws_manifest_url("v0.4.0") == "https://github.com/kubernetes-sigs/lws/releases/download/v0.4.0/manifests.yaml"
+    assert (
+        catalog.lws_manifest_url("v0.4.0")
+        == "https://github.com/kubernetes-sigs/lws/releases/download/v0.4.0/manifests.yaml"
+    )

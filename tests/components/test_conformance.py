@@ -68,7 +68,9 @@ def own_scratch_bucket(lws: Obj, c: StackConfig) -> None:
         for container in spec["containers"]:
             if "args" in container:
                 container["args"] = [
-                    a.replace(STAGING_SCRATCH, c.scratch_location) if a.startswith("--gcs_scratch_location=") else a
+                    a.replace(STAGING_SCRATCH, c.scratch_location)
+                    if a.startswith("--gcs_scratch_location=")
+                    else a
                     for a in container["args"]
                 ]
 
@@ -81,7 +83,13 @@ def tolerate_tpu_taint_on_workers(lws: Obj, c: StackConfig) -> None:
     )
 
 
-DIFFERENCES = (add_namespace_and_labels, add_pulumi_await, pin_images, own_scratch_bucket, tolerate_tpu_taint_on_workers)
+DIFFERENCES = (
+    add_namespace_and_labels,
+    add_pulumi_await,
+    pin_images,
+    own_scratch_bucket,
+    tolerate_tpu_taint_on_workers,
+)
 
 
 def normalise_maxtext_args(lws: Obj) -> None:
@@ -141,5 +149,9 @@ def test_jax_tpu_args_are_exactly_the_published_flags_in_the_405b_order() -> Non
     """Beyond the mapping comparison: the 405B flags are literally the published ones, same order."""
     c = load_stack("llama31-405b-v6e16")
     (seed_lws, _) = seed_objects("llama31-405b-v6e16", c)
-    seed_args = next(x for x in seed_lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"] if x["name"] == "jax-tpu")["args"]
+    seed_args = next(
+        x
+        for x in seed_lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"]
+        if x["name"] == "jax-tpu"
+    )["args"]
     assert sorted(manifests.maxtext_args(c)) == sorted(seed_args)

@@ -32,7 +32,11 @@ def _everything(stack: str) -> StackConfig:
         stack,
         serving={"engine": "inference-app", "maxtext_extra_args": None, "namespace": "llm"},
         autoscaling={"enabled": True, "min_replicas": 1, "max_replicas": 3},
-        batch_job={"enabled": True, "input": "gs://my-data/prompts.jsonl", "output": "gs://my-results/out.jsonl"},
+        batch_job={
+            "enabled": True,
+            "input": "gs://my-data/prompts.jsonl",
+            "output": "gs://my-results/out.jsonl",
+        },
     )
 
 
@@ -97,7 +101,11 @@ def test_group_shape_follows_the_slice(label: str, config: StackConfig) -> None:
     for role in ("leader", "worker"):
         for c in _containers(lws, role).values():
             assert not c["image"].endswith(":latest")
-            assert all(config.scratch_location in a for a in c.get("args", []) if a.startswith("--gcs_scratch_location"))
+            assert all(
+                config.scratch_location in a
+                for a in c.get("args", [])
+                if a.startswith("--gcs_scratch_location")
+            )
 
 
 def test_inference_app_engine_replaces_jetstream() -> None:
@@ -188,7 +196,10 @@ def test_batch_job_runs_the_client_against_the_in_cluster_service() -> None:
     ]  # fmt: skip
     ksa = manifests.batch_service_account(c)
     assert ksa is not None and pod["serviceAccountName"] == ksa["metadata"]["name"]
-    assert ksa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"] == "dev-batch-job@your-gcp-project-id.iam.gserviceaccount.com"
+    assert (
+        ksa["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
+        == "dev-batch-job@your-gcp-project-id.iam.gserviceaccount.com"
+    )
     assert job["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true"
     assert manifests.batch_job(load_stack("dev")) is None
 
@@ -196,4 +207,11 @@ def test_batch_job_runs_the_client_against_the_in_cluster_service() -> None:
 def test_namespace_object_only_when_not_default() -> None:
     assert manifests.namespace(load_stack("dev")) is None
     kinds = [o["kind"] for o in manifests.workload_objects(_everything("dev"))]
-    assert kinds == ["Namespace", "LeaderWorkerSet", "Service", "HorizontalPodAutoscaler", "ServiceAccount", "Job"]
+    assert kinds == [
+        "Namespace",
+        "LeaderWorkerSet",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "ServiceAccount",
+        "Job",
+    ]
