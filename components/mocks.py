@@ -80,6 +80,7 @@ class ResourceRecord:
     dependencies: list[str]
     provider: str
     custom: bool
+    ignore_changes: list[str]
     inputs: dict[str, Any]
 
 
@@ -133,6 +134,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                     dependencies=sorted(request.dependencies),
                     provider=request.provider,
                     custom=bool(request.custom),
+                    ignore_changes=list(request.ignoreChanges),
                     inputs=rpc.deserialize_properties(request.object),
                 )
             )
@@ -148,14 +150,20 @@ def _resolve(value: Any) -> Any:
 
 
 def run_program(
-    config: Mapping[str, Any], stack: str, program: Callable[[], None], *, preview: bool = True
+    config: Mapping[str, Any],
+    stack: str,
+    program: Callable[[], object],
+    *,
+    preview: bool = True,
+    recording: Recording | None = None,
 ) -> Recording:
     """Run `program` (e.g. the real `__main__.py`) with `config` as the stack's config.
 
     Object values are passed as JSON strings, as the Pulumi engine does. Exceptions raised by the
-    program (invalid config, unmocked calls) propagate.
+    program (invalid config, unmocked calls) propagate; pass `recording` to inspect what was
+    registered before a failure.
     """
-    recording = Recording()
+    recording = Recording() if recording is None else recording
     mocks = RecordingMocks()
     ROOT.set(None)  # a fresh root stack per run (several runs share one test process)
     pulumi.runtime.set_mocks(
@@ -166,7 +174,11 @@ def run_program(
     )
     SETTINGS.rpc_manager.clear()
     SETTINGS.outputs.clear()
-    _sync_await(run_pulumi_func(program))
+
+    def run() -> None:
+        program()
+
+    _sync_await(run_pulumi_func(run))
     root = ROOT.get()
     exported = getattr(root, "outputs", {}) if root is not None else {}
     recording.outputs = {k: _resolve(v) for k, v in exported.items()}
