@@ -62,11 +62,27 @@ class FirstToken:
     token: int
 
 
-@dataclass(frozen=True)
 class StepTokens:
-    tokens: Any  # int32 [max_slots], on device until the detokenize stage copies it
-    slots: tuple[tuple[int, Job], ...]  # which job owned each active slot during this step
-    dispatched_at: float
+    """One decode step's tokens (on device until copied) and which job owned each active slot.
+
+    The copy to host normally happens on the detokenize thread, overlapping the next step. The
+    generate thread forces it first (`host()`) before an `insert`, because an engine may donate
+    its latest token buffer to the insert (JaxEngine does), which would delete this array.
+    """
+
+    def __init__(self, tokens: Any, slots: tuple[tuple[int, Job], ...], dispatched_at: float) -> None:
+        self.slots = slots
+        self.dispatched_at = dispatched_at
+        self._tokens: Any = tokens
+        self._host: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def host(self) -> np.ndarray:
+        with self._lock:
+            if self._host is None:
+                self._host = np.asarray(self._tokens)
+                self._tokens = None
+            return self._host
 
 
 @dataclass(frozen=True)
@@ -126,6 +142,7 @@ class Orchestrator:
         self._prefill_lock: FairLock | None = shared if self.mode == "interleaved" else None
         self._generate_lock: FairLock | None = shared if self.mode == "interleaved" else None
         self._slots: list[Job | None] = [None] * self.max_slots
+        self._last_step: StepTokens | None = None  # its tokens may be donated by the next insert
         self._in_flight: set[Job] = set()
         self._in_flight_lock = threading.Condition()
         self._stopping = threading.Event()
@@ -320,7 +337,8 @@ class Orchestrator:
             t0 = time.monotonic()
             with self._holding(self._generate_lock):
                 out = self.engine.generate()
-            self._put(self._detok, StepTokens(out.tokens, active, t0))
+            self._last_step = StepTokens(out.tokens, active, t0)
+            self._put(self._detok, self._last_step)
             for slot, job in active:
                 job.scheduled += 1
                 if job.scheduled >= job.request.max_tokens:
@@ -335,7 +353,7 @@ class Orchestrator:
             if isinstance(msg, FirstToken):
                 self._deliver(msg.job, msg.token)
                 continue
-            host = np.asarray(msg.tokens)  # waits for the step; the next one is already dispatched
+            host = msg.host()  # waits for the step; the next one is already dispatched
             now = time.monotonic()
             self.metrics.decode_step.observe(now - max(msg.dispatched_at, last_host_at))
             last_host_at = now
@@ -366,6 +384,9 @@ class Orchestrator:
                 self._return_credit(job)  # done with its first token (or gone): no slot needed
                 continue
             slot = self._slots.index(None)
+            if self._last_step is not None:
+                self._last_step.host()  # before the engine may donate that buffer
+                self._last_step = None
             try:
                 self.engine.insert(item.prefix, slot)
             except Exception as exc:

@@ -14,6 +14,7 @@ import threading
 import typing
 from collections.abc import Callable
 from types import FrameType
+from typing import cast
 
 import uvicorn
 
@@ -140,7 +141,7 @@ def engine_factory(settings: EngineSettings, inject_fault: str | None) -> Callab
     def build() -> Engine:
         from inference_app.engine import load_engine
 
-        engine: Engine = load_engine(settings)
+        engine = cast(Engine, load_engine(settings))  # JaxEngine types its tokenizer concretely
         if fault is not None:
             from inference_app.orchestrator.faults import FaultInjectingEngine
 

@@ -108,7 +108,7 @@ def describe_validation_errors(errors: list[Any]) -> tuple[str, str | None]:
     """Pydantic errors -> one readable message naming each offending field, and the first field."""
     parts, first = [], None
     for err in errors:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        loc = ".".join(str(p) for p in err.get("loc", ()) if _is_field_part(p))
         first = first or loc or None
         msg = err.get("msg", "invalid")
         if err.get("type") == "extra_forbidden":
@@ -117,6 +117,17 @@ def describe_validation_errors(errors: list[Any]) -> tuple[str, str | None]:
             msg = "field required"
         parts.append(f"{loc or 'body'}: {msg}")
     return "Invalid request: " + "; ".join(parts), first
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "body"})
+
+
+def _is_field_part(part: object) -> bool:
+    """Pydantic puts union member tags ('str', 'list[constrained-str]') into locations; drop them."""
+    if isinstance(part, int):
+        return True
+    text = str(part)
+    return text not in _TYPE_TAGS and "[" not in text and "-" not in text
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:

@@ -90,6 +90,8 @@ class ServingState:
 
     def submit(self, request: GenerationRequest, sink: Sink) -> Job:
         orchestrator = self.orchestrator
+        if orchestrator is not None and orchestrator.failure is not None:
+            return orchestrator.submit(request, sink)  # raises Unavailable naming the failure
         if orchestrator is None or self.phase != "ready":
             detail = f": {self.error}" if self.error else ""
             exc = Unavailable(f"The server is not ready (phase: {self.phase}{detail}).", retry_after=5)

@@ -66,6 +66,21 @@ def expected_ids(prompt_ids: Sequence[int], max_tokens: int, sampling: SamplingP
     return out
 
 
+class DonatableTokens:
+    """A step's token array that a later `insert` invalidates, as JAX buffer donation does."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self._values: np.ndarray | None = values
+
+    def delete(self) -> None:
+        self._values = None
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        if self._values is None:
+            raise RuntimeError("Array has been deleted (donated to a later insert)")
+        return self._values
+
+
 @dataclass
 class _Slot:
     cursor: int  # index into CORPUS_IDS of the next token
@@ -95,6 +110,7 @@ class FakeEngine:
         self.gate = threading.Event()  # clear it to pause decoding (tests of queues and drain)
         self.gate.set()
         self._lock = threading.Lock()
+        self._last_tokens: DonatableTokens | None = None
 
     @property
     def max_slots(self) -> int:
@@ -128,6 +144,8 @@ class FakeEngine:
             if self._slots[slot] is not None:
                 raise RuntimeError(f"insert into occupied slot {slot}")
             self._slots[slot] = _Slot(cursor=int(prefix.kv), position=prefix.length)
+            if self._last_tokens is not None:
+                self._last_tokens.delete()  # like JaxEngine, which donates its token buffer here
             self.inserts += 1
             self.max_active = max(self.max_active, self.active)
 
@@ -145,7 +163,8 @@ class FakeEngine:
                 s.cursor += 1
                 s.position += 1
             self.steps += 1
-        return StepOutput(tokens=out)
+            self._last_tokens = DonatableTokens(out)
+        return StepOutput(tokens=self._last_tokens)
 
     def release(self, slot: int) -> None:
         with self._lock:

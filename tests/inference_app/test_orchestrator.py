@@ -1,0 +1,298 @@
+"""Orchestrator behaviour against the strict FakeEngine: batching, stops, limits, faults, cancel."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from inference_app.engine.api import EngineSettings, SamplingParams
+from inference_app.orchestrator import (
+    BadRequest,
+    Event,
+    Failed,
+    Finished,
+    GenerationRequest,
+    Orchestrator,
+    QueueFull,
+    TextDelta,
+    Unavailable,
+)
+from inference_app.orchestrator.detokenize import IncrementalDecoder, StopStringFilter
+from inference_app.orchestrator.faults import FaultInjectingEngine, parse_fault_spec
+from tests.inference_app.fakes import CORPUS, CORPUS_IDS, EOS, ByteTokenizer, FakeEngine, expected_ids
+
+
+class Collector:
+    """A sink that records events and signals when the final one arrives."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.done = threading.Event()
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        if isinstance(event, Finished | Failed):
+            self.done.set()
+
+    @property
+    def text(self) -> str:
+        return "".join(e.text for e in self.events if isinstance(e, TextDelta))
+
+    @property
+    def final(self) -> Event:
+        assert self.done.wait(10), "request did not finish"
+        return self.events[-1]
+
+
+def make(engine: FakeEngine | FaultInjectingEngine, **kw: int) -> Orchestrator:
+    orch = Orchestrator(engine, **kw)  # type: ignore[arg-type]
+    orch.start()
+    return orch
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine(step_delay=0.001)
+
+
+@pytest.fixture
+def orch(engine: FakeEngine) -> Iterator[Orchestrator]:
+    o = make(engine)
+    yield o
+    o.stop()
+
+
+def req(prompt: str, max_tokens: int = 12, **kw: object) -> GenerationRequest:
+    return GenerationRequest(tuple(prompt.encode()), max_tokens, **kw)  # type: ignore[arg-type]
+
+
+def decode(ids: list[int]) -> str:
+    return ByteTokenizer().decode([i for i in ids if i != EOS])
+
+
+# ----- detokenization ------------------------------------------------------------------------
+
+
+def test_incremental_decoder_never_emits_partial_characters() -> None:
+    dec = IncrementalDecoder(ByteTokenizer())
+    text = "naïve 🙂 café ☕ end"
+    pieces = [dec.add(b) for b in text.encode()]
+    assert "".join(pieces) + dec.flush() == text
+    assert all("\ufffd" not in p for p in pieces)
+    # the 4 bytes of the emoji produce nothing until the last one
+    emoji_at = text.encode().index("🙂".encode())
+    assert pieces[emoji_at : emoji_at + 3] == ["", "", ""] and pieces[emoji_at + 3] == "🙂"
+
+
+def test_stop_filter_holds_back_a_possible_stop_and_cuts_before_it() -> None:
+    f = StopStringFilter(["STOP", "\n\n"])
+    out = [f.feed(c) for c in "abc ST"]
+    assert "".join(out) == "abc "  # "ST" may begin "STOP": held back
+    assert f.feed("x") == "STx" and not f.stopped  # not a stop after all: released
+    assert f.feed("yST") == "y"
+    assert f.feed("OP tail") == "" and f.stopped
+    g = StopStringFilter(["STOP"])
+    assert g.feed("ends with ST") == "ends with " and g.flush() == "ST"
+
+
+# ----- generation ----------------------------------------------------------------------------
+
+
+def test_more_requests_than_slots_all_complete_like_alone(engine: FakeEngine, orch: Orchestrator) -> None:
+    prompts = [f"prompt number {i} " + "x" * (i * 3) for i in range(13)]
+    sinks = [Collector() for _ in prompts]
+    for p, s in zip(prompts, sinks, strict=True):
+        orch.submit(req(p, max_tokens=5 + len(p) % 17), s)
+    for p, s in zip(prompts, sinks, strict=True):
+        final = s.final
+        assert isinstance(final, Finished), final
+        want = expected_ids(tuple(p.encode()), 5 + len(p) % 17)
+        assert s.text == decode(want[: want.index(EOS)] if EOS in want else want)
+        assert final.completion_tokens == len(want)
+    assert engine.max_active == engine.max_slots  # continuous batching filled every slot
+    assert orch.wait_idle(5) and orch.active_slots == 0
+
+
+def test_finish_reasons_length_eos_and_stop_string(orch: Orchestrator) -> None:
+    # length
+    s = Collector()
+    orch.submit(req("abc", max_tokens=7), s)
+    assert isinstance(s.final, Finished) and s.final.reason == "length" and s.final.completion_tokens == 7
+    # EOS: choose a prompt whose continuation starts 5 tokens before the end of the corpus
+    p = _prompt_starting_at(len(CORPUS_IDS) - 5)
+    s = Collector()
+    orch.submit(GenerationRequest(p, max_tokens=50), s)
+    assert isinstance(s.final, Finished) and s.final.reason == "stop"
+    assert s.final.completion_tokens == 5 and s.text == decode(list(CORPUS_IDS[-5:-1]))
+    # stop string: the corpus contains "STOP"; the text ends right before it
+    p = _prompt_starting_at(CORPUS.encode().index(b"STOP") - 10)
+    s = Collector()
+    orch.submit(GenerationRequest(p, max_tokens=40, stop=("STOP",)), s)
+    assert isinstance(s.final, Finished) and s.final.reason == "stop"
+    assert s.text == CORPUS.encode()[CORPUS.encode().index(b"STOP") - 10 :].split(b"STOP")[0].decode()
+
+
+def test_ignore_eos_generates_past_eos(orch: Orchestrator) -> None:
+    p = _prompt_starting_at(len(CORPUS_IDS) - 3)
+    s = Collector()
+    orch.submit(GenerationRequest(p, max_tokens=10, ignore_eos=True), s)
+    assert isinstance(s.final, Finished) and s.final.reason == "length" and s.final.completion_tokens == 10
+
+
+def test_seeded_sampling_is_reproducible_and_differs_from_greedy(orch: Orchestrator) -> None:
+    outs = []
+    for seed in (7, 7, None):
+        s = Collector()
+        sampling = SamplingParams(temperature=0.8, seed=seed) if seed else SamplingParams()
+        orch.submit(req("same prompt", 10, sampling=sampling), s)
+        s.final
+        outs.append(s.text)
+    assert outs[0] == outs[1] and outs[0] != outs[2]
+
+
+def test_limits_are_400_with_the_number(orch: Orchestrator) -> None:
+    with pytest.raises(BadRequest, match=r"at most 64 \(--max-prefill-length\)"):
+        orch.submit(req("y" * 65), Collector())
+    with pytest.raises(BadRequest, match=r"at most 100 new tokens are possible"):
+        orch.submit(req("z" * 60, max_tokens=101), Collector())
+    with pytest.raises(BadRequest, match="empty"):
+        orch.submit(GenerationRequest((), 5), Collector())
+    with pytest.raises(BadRequest, match="max_tokens must be >= 1"):
+        orch.submit(req("a", max_tokens=0), Collector())
+    # exactly at the room is fine, and the fake engine would raise if we decoded past it
+    s = Collector()
+    orch.submit(req("w" * 60, max_tokens=100, ignore_eos=True), s)
+    assert isinstance(s.final, Finished) and s.final.completion_tokens == 100
+
+
+def test_queue_full_is_rejected_not_buffered(engine: FakeEngine) -> None:
+    orch = make(engine, max_queue=2)
+    try:
+        engine.gate.clear()  # decoding blocked: slots stay busy
+        accepted, rejected = 0, 0
+        for i in range(20):
+            try:
+                orch.submit(req(f"q{i}", 5), Collector())
+                accepted += 1
+            except QueueFull as exc:
+                rejected += 1
+                assert exc.status == 429 and exc.retry_after == 1
+            time.sleep(0.01)  # let prefill pick up what it can
+        # slots + one prefilled lookahead + the queue bound; everything else refused
+        assert accepted <= engine.max_slots + 1 + 2 and rejected >= 20 - (engine.max_slots + 3)
+        assert orch.metrics.requests.labels(outcome="rejected_queue_full")._value.get() == rejected
+    finally:
+        engine.gate.set()
+        orch.stop()
+
+
+def test_cancel_frees_the_slot_within_a_step(engine: FakeEngine) -> None:
+    engine.step_delay = 0.01
+    orch = make(engine)
+    try:
+        sinks = [Collector() for _ in range(4)]
+        jobs = [orch.submit(req(f"long {i}", 150, ignore_eos=True), s) for i, s in enumerate(sinks)]
+        _wait(lambda: orch.active_slots == 4)
+        steps_before = engine.steps
+        assert jobs[0].cancel()
+        _wait(lambda: orch.active_slots == 3)
+        assert engine.steps - steps_before <= 2
+        assert isinstance(sinks[0].final, Finished) and sinks[0].final.reason == "cancelled"
+        s = Collector()
+        orch.submit(req("after cancel", 5), s)  # takes the freed slot
+        assert isinstance(s.final, Finished) and s.final.reason == "length"
+        for j in jobs[1:]:
+            j.cancel()
+        assert orch.wait_idle(5)
+        assert orch.metrics.requests.labels(outcome="cancelled")._value.get() == 4
+    finally:
+        orch.stop()
+
+
+def test_error_in_one_request_fails_only_that_request(engine: FakeEngine) -> None:
+    for stage in ("prefill", "insert"):
+        orch = make(FaultInjectingEngine(engine, stage, "BOOM"))  # type: ignore[arg-type]
+        try:
+            ok, bad = Collector(), Collector()
+            orch.submit(req("fine prompt", 6), ok)
+            orch.submit(req("this has BOOM in it", 6), bad)
+            assert isinstance(bad.final, Failed) and bad.final.status == 500
+            assert f"injected fault in {stage}" in bad.final.message
+            assert isinstance(ok.final, Finished)
+            after = Collector()
+            orch.submit(req("still serving", 6), after)
+            assert isinstance(after.final, Finished) and orch.ready and orch.failure is None
+            assert orch.wait_idle(5) and orch.active_slots == 0
+        finally:
+            orch.stop()
+
+
+def test_device_loop_failure_fails_in_flight_and_turns_unready(engine: FakeEngine) -> None:
+    orch = make(FaultInjectingEngine(engine, "generate", "CRASH"))  # type: ignore[arg-type]
+    try:
+        s = Collector()
+        orch.submit(req("CRASH now", 20), s)
+        assert isinstance(s.final, Failed) and "device loop failed" in s.final.message
+        assert not orch.ready and orch.failure and "generate stage crashed" in orch.failure
+        with pytest.raises(Unavailable, match="device loop failed"):
+            orch.submit(req("next", 3), Collector())
+    finally:
+        orch.stop()
+
+
+def test_fault_spec_parsing() -> None:
+    assert parse_fault_spec("prefill:X Y") == ("prefill", "X Y")
+    for bad in ("prefill", "decode:X", "insert:"):
+        with pytest.raises(ValueError, match="STAGE:MARKER"):
+            parse_fault_spec(bad)
+
+
+def test_not_admitting_before_start_and_while_draining() -> None:
+    orch = Orchestrator(FakeEngine())  # type: ignore[arg-type]
+    with pytest.raises(Unavailable):
+        orch.submit(req("early"), Collector())
+    orch.start()
+    try:
+        s = Collector()
+        orch.submit(req("in flight", 30, ignore_eos=True), s)
+        orch.begin_drain()
+        with pytest.raises(Unavailable, match="draining"):
+            orch.submit(req("late"), Collector())
+        assert orch.wait_idle(5) and isinstance(s.final, Finished)  # in-flight work finishes
+    finally:
+        orch.stop()
+
+
+def test_disaggregated_mode_runs_prefill_and_decode_unlocked() -> None:
+    settings = EngineSettings(mode="disaggregated", max_slots=2, max_prefill_length=64, max_target_length=160)
+    orch = make(FakeEngine(settings=settings))
+    try:
+        assert orch._prefill_lock is None and orch._generate_lock is None
+        sinks = [Collector() for _ in range(5)]
+        for i, s in enumerate(sinks):
+            orch.submit(req(f"d{i}", 8), s)
+        assert all(isinstance(s.final, Finished) for s in sinks)
+    finally:
+        orch.stop()
+
+
+def _prompt_starting_at(start: int) -> tuple[int, ...]:
+    """A prompt whose greedy continuation begins at CORPUS_IDS[start] (see fakes.continuation_start)."""
+    for n in range(1, 400):
+        for c in range(32, 127):
+            ids = (c,) * n
+            if (sum(ids) + n) % len(CORPUS_IDS) == start:
+                return ids
+    raise AssertionError("no prompt found")
+
+
+def _wait(cond: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return
+        time.sleep(0.002)
+    raise AssertionError("condition not reached")
