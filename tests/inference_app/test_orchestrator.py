@@ -47,8 +47,8 @@ class Collector:
         return self.events[-1]
 
 
-def make(engine: FakeEngine | FaultInjectingEngine, **kw: int) -> Orchestrator:
-    orch = Orchestrator(engine, **kw)  # type: ignore[arg-type]
+def make(engine: FakeEngine | FaultInjectingEngine, max_queue: int = 64) -> Orchestrator:
+    orch = Orchestrator(engine, max_queue=max_queue)
     orch.start()
     return orch
 
@@ -65,8 +65,12 @@ def orch(engine: FakeEngine) -> Iterator[Orchestrator]:
     o.stop()
 
 
-def req(prompt: str, max_tokens: int = 12, **kw: object) -> GenerationRequest:
-    return GenerationRequest(tuple(prompt.encode()), max_tokens, **kw)  # type: ignore[arg-type]
+def req(
+    prompt: str, max_tokens: int = 12, sampling: SamplingParams | None = None, ignore_eos: bool = False
+) -> GenerationRequest:
+    return GenerationRequest(
+        tuple(prompt.encode()), max_tokens, sampling=sampling or SamplingParams(), ignore_eos=ignore_eos
+    )
 
 
 def decode(ids: list[int]) -> str:
@@ -148,7 +152,7 @@ def test_seeded_sampling_is_reproducible_and_differs_from_greedy(orch: Orchestra
         s = Collector()
         sampling = SamplingParams(temperature=0.8, seed=seed) if seed else SamplingParams()
         orch.submit(req("same prompt", 10, sampling=sampling), s)
-        s.final
+        assert isinstance(s.final, Finished)
         outs.append(s.text)
     assert outs[0] == outs[1] and outs[0] != outs[2]
 
@@ -214,7 +218,7 @@ def test_cancel_frees_the_slot_within_a_step(engine: FakeEngine) -> None:
 
 def test_error_in_one_request_fails_only_that_request(engine: FakeEngine) -> None:
     for stage in ("prefill", "insert"):
-        orch = make(FaultInjectingEngine(engine, stage, "BOOM"))  # type: ignore[arg-type]
+        orch = make(FaultInjectingEngine(engine, stage, "BOOM"))
         try:
             ok, bad = Collector(), Collector()
             orch.submit(req("fine prompt", 6), ok)
@@ -231,7 +235,7 @@ def test_error_in_one_request_fails_only_that_request(engine: FakeEngine) -> Non
 
 
 def test_device_loop_failure_fails_in_flight_and_turns_unready(engine: FakeEngine) -> None:
-    orch = make(FaultInjectingEngine(engine, "generate", "CRASH"))  # type: ignore[arg-type]
+    orch = make(FaultInjectingEngine(engine, "generate", "CRASH"))
     try:
         s = Collector()
         orch.submit(req("CRASH now", 20), s)
@@ -251,7 +255,7 @@ def test_fault_spec_parsing() -> None:
 
 
 def test_not_admitting_before_start_and_while_draining() -> None:
-    orch = Orchestrator(FakeEngine())  # type: ignore[arg-type]
+    orch = Orchestrator(FakeEngine())
     with pytest.raises(Unavailable):
         orch.submit(req("early"), Collector())
     orch.start()

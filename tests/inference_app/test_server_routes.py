@@ -166,7 +166,7 @@ def test_health_is_503_until_warmed_up() -> None:
 
 def test_fault_in_one_request_is_a_500_and_serving_continues() -> None:
     engine = FaultInjectingEngine(FakeEngine(), "prefill", "BOOM")
-    with TestClient(create_app(OPTIONS, engine=engine)) as c:  # type: ignore[arg-type]
+    with TestClient(create_app(OPTIONS, engine=engine)) as c:
         wait_ready(c)
         r = c.post("/generate", json={"prompt": "please BOOM", "max_tokens": 5})
         assert r.status_code == 500 and "injected fault in prefill" in r.json()["error"]["message"]
@@ -179,7 +179,7 @@ def test_fault_in_one_request_is_a_500_and_serving_continues() -> None:
 
 def test_device_loop_failure_turns_health_red() -> None:
     engine = FaultInjectingEngine(FakeEngine(), "generate", "CRASH")
-    with TestClient(create_app(OPTIONS, engine=engine)) as c:  # type: ignore[arg-type]
+    with TestClient(create_app(OPTIONS, engine=engine)) as c:
         wait_ready(c)
         r = c.post("/generate", json={"prompt": "CRASH", "max_tokens": 5})
         assert r.status_code == 500 and "device loop failed" in r.json()["error"]["message"]
@@ -194,4 +194,4 @@ def test_create_app_needs_exactly_one_engine_source() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         create_app(OPTIONS)
     with pytest.raises(ValueError, match="exactly one"):
-        create_app(OPTIONS, engine=FakeEngine(), engine_factory=FakeEngine)  # type: ignore[arg-type]
+        create_app(OPTIONS, engine=FakeEngine(), engine_factory=FakeEngine)
