@@ -148,6 +148,7 @@ def test_pr_preview_posts_a_diff_with_the_policy_pack() -> None:
     step = _pulumi_step("pull-request.yml", "preview")
     assert step["command"] == "preview"
     assert step["stack-name"] == "${{ matrix.stack }}"
+    assert step["upsert"] is True  # a PR that adds a stack file previews it too
     assert step["diff"] is True and step["comment-on-pr"] is True
     assert step["policyPacks"] == "policy"
     assert (ROOT / step["policyPacks"] / "PulumiPolicy.yaml").is_file()
@@ -160,7 +161,7 @@ def test_main_deploys_each_stack_behind_its_environment() -> None:
     job = wf["jobs"]["up"]
     assert job["environment"] == "${{ matrix.stack }}"
     step = _pulumi_step("deploy.yml", "up")
-    assert step["command"] == "up" and step["stack-name"] == "${{ matrix.stack }}"
+    assert step["command"] == "up" and step["stack-name"] == "${{ matrix.stack }}" and step["upsert"] is True
     assert step["policyPacks"] == "policy"
     assert wf["concurrency"]["cancel-in-progress"] is False  # never kill an `up` halfway
 
