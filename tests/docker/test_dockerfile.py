@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from components import catalog, manifests
-from components.config import parse_stack_config, read_stack_file
+from components.config import StackConfig, parse_stack_config, read_stack_file
+from inference_app import batch as batch_cli
 from inference_app.server import cli as serve_cli
 from policy.checks import image_reference_problem
 from tests.docker.dockerfile import Stage, parse
@@ -133,11 +134,11 @@ def test_entrypoint_runs_our_serve_command(final: Stage) -> None:
 
 def test_the_stacks_container_command_is_accepted_by_the_images_cli() -> None:
     """The manifest replaces the image's command; its flags must exist in the serve CLI."""
-    values = read_stack_file(ROOT / "stacks" / "Pulumi.dev.yaml")
-    serving = {k: v for k, v in values["tpu-pathways-inference:serving"].items() if k != "maxtext_extra_args"}
-    values["tpu-pathways-inference:serving"] = {**serving, "engine": "inference-app"}
-    values["tpu-pathways-inference:images"] = {"inference_app": "example/inference-app:0.1.0"}
-    command = manifests.inference_app_command(parse_stack_config(values, stack="dev"))
+    serving = read_stack_file(ROOT / "stacks" / "Pulumi.dev.yaml")["tpu-pathways-inference:serving"]
+    serving = {k: v for k, v in serving.items() if k != "maxtext_extra_args"}
+    command = manifests.inference_app_command(
+        _inference_app_stack(serving={**serving, "engine": "inference-app"})
+    )
     assert command[:4] == ["python", "-m", "inference_app", "serve"]
     args = _serve_parser().parse_args(command[4:])
     assert args.port == catalog.HTTP_PORT and args.pathways is True
@@ -158,3 +159,29 @@ def test_dockerignore_admits_exactly_what_the_build_copies() -> None:
                 copied.update(copy.value.split()[:-1])
     assert copied == included
     assert all((ROOT / p).exists() for p in included)
+
+
+def _inference_app_stack(**sections: object) -> StackConfig:
+    values = read_stack_file(ROOT / "stacks" / "Pulumi.dev.yaml")
+    values["tpu-pathways-inference:images"] = {"inference_app": "example/inference-app:0.1.0"}
+    values.update({f"tpu-pathways-inference:{k}": v for k, v in sections.items()})
+    return parse_stack_config(values, stack="dev")
+
+
+def test_the_batch_jobs_command_and_user_fit_the_image(final: Stage) -> None:
+    """The batch Job runs this image with its own command and a fixed runAsUser."""
+    c = _inference_app_stack(
+        batch_job={"enabled": True, "input": "gs://my-batch/in.jsonl", "output": "gs://my-batch/out.jsonl"}
+    )
+    command = manifests.batch_command(c)
+    assert command[:4] == ["python", "-m", "inference_app", "batch"]
+    parser = argparse.ArgumentParser(prog="python -m inference_app batch", exit_on_error=False)
+    batch_cli.add_arguments(parser)
+    parser.parse_args(command[4:])
+    job = manifests.batch_job(c)
+    assert job is not None
+    run_as = job["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    user = final.last("USER")
+    assert user is not None and int(user.value.split(":")[0]) == run_as, (
+        "Dockerfile USER and the Job's runAsUser differ"
+    )
