@@ -1,8 +1,8 @@
 """Entry point the Pulumi CLI runs for `pulumi preview --policy-pack policy`.
 
-The CLI starts this file as a script inside the pack directory, so the repository root (which
-holds the `policy` package) is not on sys.path unless the project is installed; put it there so
-the pack also works from a plain checkout. `PolicyPack(...)` serves the policies over gRPC and
+The CLI runs this file as the pack's entry point. Run as a script (not `python -m policy`), the
+repository root that holds the `policy` package is on sys.path only if the project is installed,
+so it is added here: the pack then also works from a plain checkout. `PolicyPack(...)` serves the policies over gRPC and
 blocks, which is why tests import `policy.policies` and never this module.
 """
 
