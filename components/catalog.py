@@ -253,6 +253,15 @@ MAXTEXT_DISAGGREGATED_SERVER: Final = "ExperimentalMaxtextDisaggregatedServer_8"
 # Extra capabilities the reference gives the JetStream container in disaggregated mode.
 DISAGGREGATED_CAPABILITIES: Final = ("SYS_PTRACE", "NET_ADMIN", "SYS_TIME")
 
+# Default HPA metric per engine: each server's queue of requests waiting for prefill, as Managed
+# Service for Prometheus exports it to Cloud Monitoring (read by the custom metrics adapter).
+AUTOSCALING_METRICS: Final[MappingProxyType[str, str]] = MappingProxyType(
+    {
+        "jetstream-maxtext": "prometheus.googleapis.com|jetstream_prefill_backlog_size|gauge",
+        "inference-app": "prometheus.googleapis.com|inference_queue_depth|gauge",
+    }
+)
+
 # GKE node-pool service-account roles (least privilege: logs, metrics, image pulls).
 NODE_SA_PROJECT_ROLES: Final = (
     "roles/container.defaultNodeServiceAccount",

@@ -253,9 +253,10 @@ class AutoscalingConfig(_Model):
         2, ge=1, le=16, description="HPA maxReplicas (TPU pools beyond min scale from 0)."
     )
     metric_type: Literal["Pods", "External"] = Field("Pods", description="HPA metric source type.")
-    metric_name: str = Field(
-        "prometheus.googleapis.com|jetstream_prefill_backlog_size|gauge",
-        description="Serving metric (via a custom/external metrics adapter).",
+    metric_name: str | None = Field(
+        None,
+        description="Serving metric (via a custom/external metrics adapter); default per engine: "
+        "jetstream_prefill_backlog_size (JetStream) or inference_queue_depth (inference-app).",
     )
     target_average_value: str = Field("10", description="Target average value (Kubernetes quantity).")
 
@@ -399,6 +400,10 @@ class StackConfig(_Model):
         )
         usable = int(self.chips_per_slice * self.generation.hbm_bytes_per_chip * catalog.HBM_USABLE_FRACTION)
         return weights + kv, usable
+
+    @property
+    def autoscaling_metric_name(self) -> str:
+        return self.autoscaling.metric_name or catalog.AUTOSCALING_METRICS[self.serving.engine]
 
     @property
     def scratch_bucket(self) -> str:

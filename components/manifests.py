@@ -292,7 +292,10 @@ def horizontal_pod_autoscaler(c: StackConfig) -> Obj | None:
             "minReplicas": a.min_replicas,
             "maxReplicas": a.max_replicas,
             "metrics": [
-                {"type": a.metric_type, source_key: {"metric": {"name": a.metric_name}, "target": target}}
+                {
+                    "type": a.metric_type,
+                    source_key: {"metric": {"name": c.autoscaling_metric_name}, "target": target},
+                }
             ],
         },
     }

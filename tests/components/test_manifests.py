@@ -170,12 +170,24 @@ def test_hpa_targets_the_lws_scale_subresource() -> None:
     }
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 3)
     metric = hpa["spec"]["metrics"][0]
-    assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == c.autoscaling.metric_name
+    assert metric["type"] == "Pods"
+    assert (
+        metric["pods"]["metric"]["name"] == "prometheus.googleapis.com|inference_queue_depth|gauge"
+    )  # our server's gauge
     assert manifests.leader_worker_set(c)["spec"]["replicas"] == 1
     assert manifests.horizontal_pod_autoscaler(load_stack("dev")) is None  # off by default
-    external = variant_config("dev", autoscaling={"enabled": True, "metric_type": "External"})
+    external = variant_config(
+        "dev", autoscaling={"enabled": True, "metric_type": "External", "metric_name": "m|x"}
+    )
     ext_hpa = manifests.horizontal_pod_autoscaler(external)
-    assert ext_hpa is not None and "external" in ext_hpa["spec"]["metrics"][0]
+    assert ext_hpa is not None
+    assert ext_hpa["spec"]["metrics"][0]["external"]["metric"]["name"] == "m|x"
+    jetstream = manifests.horizontal_pod_autoscaler(variant_config("dev", autoscaling={"enabled": True}))
+    assert jetstream is not None
+    assert (
+        jetstream["spec"]["metrics"][0]["pods"]["metric"]["name"]
+        == catalog.AUTOSCALING_METRICS["jetstream-maxtext"]
+    )
 
 
 def test_batch_job_runs_the_client_against_the_in_cluster_service() -> None:

@@ -106,6 +106,7 @@ def test_lws_is_created_after_the_controller_bucket_and_pools(
     controller = rec.one("kubernetes:yaml/v2:ConfigFile")
     assert controller.urn in lws.dependencies
     assert controller.inputs["file"] == catalog.lws_manifest_url(load_stack(stack).lws.version)
+    assert controller.inputs["file"].endswith("/v0.10.0/manifests.yaml")
     pools = {r.name for r in rec.by_type(POOL_TYPE) if r.name.startswith("tpu-pool-")}
     assert pools and pools <= _dependency_names(lws)
     assert "storage-scratch" in _dependency_names(lws)
@@ -254,6 +255,16 @@ def test_existing_cluster_creates_no_cluster(tmp_path: Path) -> None:
     assert rec.one(LWS_TYPE).provider.startswith(provider.urn)
 
 
+def test_guide_lws_version_installs_its_manifest() -> None:
+    rec = run_main(variant("dev", lws={"version": "v0.4.0"}), "dev")
+    controller = rec.one("kubernetes:yaml/v2:ConfigFile")
+    assert (
+        controller.inputs["file"]
+        == "https://github.com/kubernetes-sigs/lws/releases/download/v0.4.0/manifests.yaml"
+    )
+    assert controller.urn in rec.one(LWS_TYPE).dependencies
+
+
 def test_invalid_config_registers_nothing() -> None:
     values = variant("llama31-405b-v6e16", serving={"per_device_batch_size": 40})
     main = str(REPO_ROOT / "__main__.py")
@@ -283,7 +294,7 @@ def test_unmocked_invoke_fails_loudly() -> None:
 
 def test_unmocked_resource_type_fails_loudly() -> None:
     def program() -> None:
-        gcp.compute.Network("net")
+        pulumi.CustomResource("example:index:Unknown", "thing", {})
 
     with pytest.raises(UnmockedCallError, match="has no mock"):
         run_program(stack_values("dev"), "dev", program)
