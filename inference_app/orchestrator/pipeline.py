@@ -273,6 +273,10 @@ class Orchestrator:
                 self._in_flight_lock.wait(left if left is not None else _POLL_S)
         return True
 
+    def abort_in_flight(self, message: str, status: int = 503) -> None:
+        """Fail every admitted request now (the drain deadline passed); their slots free next step."""
+        self._fail_all(message, status)
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the stages; whatever is still in flight fails with 503."""
         self._admitting = False

@@ -175,6 +175,7 @@ class DrainingServer(uvicorn.Server):
             log.info("Drained: no request in flight; shutting down.")
         else:
             log.warning("Drain deadline of %.0fs passed; the remaining requests fail with 503.", timeout)
+            self.state.abort_in_flight(f"The server is shutting down (drain deadline of {timeout:g}s passed).")
         self.should_exit = True
 
 

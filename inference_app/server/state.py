@@ -109,6 +109,10 @@ class ServingState:
     def wait_idle(self, timeout: float) -> bool:
         return self.orchestrator is None or self.orchestrator.wait_idle(timeout)
 
+    def abort_in_flight(self, message: str) -> None:
+        if self.orchestrator is not None:
+            self.orchestrator.abort_in_flight(message, 503)
+
     def stop(self) -> None:
         if self._phase != "failed":
             self._phase = "stopped"

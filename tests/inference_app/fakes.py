@@ -14,6 +14,7 @@ Run as a server (real process, fake model; used by the signal and disconnect tes
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import threading
 import time
@@ -177,8 +178,9 @@ class FakeEngine:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve a FakeEngine through the real server entry point (signals, sockets, drain)."""
-    from inference_app.server.cli import ServerOptions, run_server
+    from inference_app.server.cli import LOG_FORMAT, ServerOptions, run_server
 
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--step-delay", type=float, default=0.02)
