@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from inference_app.bench_client import Api, RequestResult, timed_request
+from inference_app.bench_client import Api, FixedOutput, RequestResult, timed_request
 from inference_app.bench_dataset import BenchPrompt, load_prompts, sample_prompts
 from inference_app.bench_metrics import format_summary, summarize
 
@@ -38,6 +38,7 @@ class BenchSettings:
     max_tokens: int | None = None  # caps every prompt's own output budget
     model: str | None = None
     temperature: float = 0.0
+    fixed_output: FixedOutput | None = None
     seed: int = 0
     warmup: int = 1
     timeout_s: float = 600.0
@@ -56,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, help="cap on each prompt's output budget")
     parser.add_argument("--model", help="model name for the OpenAI API (default: first of /v1/models)")
     parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--fixed-output", choices=["ignore_eos", "min_tokens"],
+                        help="make every request generate exactly its max_tokens via this request field "
+                        "(ours/vLLM: ignore_eos; llama.cpp server: min_tokens)")
     parser.add_argument("--dataset", help="JSONL of {id, prompt, max_tokens} (default: the bundled set)")
     parser.add_argument("--seed", type=int, default=0, help="prompt order and arrival times")
     parser.add_argument("--warmup", type=int, default=1, help="untimed requests sent first")
@@ -77,7 +81,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     return BenchSettings(
         endpoint=args.endpoint, api=args.api, num_prompts=args.num_prompts, concurrency=args.concurrency,
         request_rate=args.request_rate, max_tokens=args.max_tokens, model=args.model,
-        temperature=args.temperature, seed=args.seed, warmup=args.warmup, timeout_s=args.timeout,
+        temperature=args.temperature, fixed_output=args.fixed_output, seed=args.seed, warmup=args.warmup, timeout_s=args.timeout,
         dataset=args.dataset, label=args.label,
     )
 
@@ -117,7 +121,8 @@ async def run_benchmark(settings: BenchSettings) -> dict[str, Any]:
 
         async def one(p: BenchPrompt) -> RequestResult:
             return await timed_request(client, settings.api, settings.endpoint, p.prompt, budget(p),
-                                       model=model, temperature=settings.temperature)
+                                       model=model, temperature=settings.temperature,
+                                       fixed_output=settings.fixed_output)
 
         for p in prompts[: settings.warmup]:
             await one(p)

@@ -49,10 +49,21 @@ class RequestResult:
         return (self.latency - self.ttft) / (self.output_tokens - 1)
 
 
-def request_body(api: Api, model: str | None, prompt: str, max_tokens: int, temperature: float) -> dict[str, Any]:
+FixedOutput = Literal["ignore_eos", "min_tokens"]
+
+
+def request_body(api: Api, model: str | None, prompt: str, max_tokens: int, temperature: float,
+                 fixed_output: FixedOutput | None = None) -> dict[str, Any]:
+    """The streamed request. `fixed_output` names the field that makes a server generate exactly
+    `max_tokens` (ours and vLLM: `ignore_eos`; llama.cpp's server: `min_tokens`), so two servers
+    are compared on the same amount of work even though their greedy outputs differ."""
     body: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens, "stream": True, "temperature": temperature}
     if api == "openai":
         body["model"] = model or "default"
+    if fixed_output == "ignore_eos":
+        body["ignore_eos"] = True
+    elif fixed_output == "min_tokens":
+        body["min_tokens"] = max_tokens
     return body
 
 
@@ -89,9 +100,10 @@ async def timed_request(
     *,
     model: str | None = None,
     temperature: float = 0.0,
+    fixed_output: FixedOutput | None = None,
 ) -> RequestResult:
     """Send one streaming request and time every chunk; never raises for request failures."""
-    body = request_body(api, model, prompt, max_tokens, temperature)
+    body = request_body(api, model, prompt, max_tokens, temperature, fixed_output)
     url = base_url.rstrip("/") + endpoint_path(api)
     start = time.perf_counter()
     result = RequestResult(ok=False, latency=0.0)
