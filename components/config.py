@@ -421,10 +421,14 @@ class StackConfig(_Model):
     def http_port(self) -> int:
         return catalog.HTTP_PORT
 
+    def service_account_id(self, role: str) -> str:
+        """GCP service-account id `<stack>-<role>`, the stack cut so the id fits 30 characters."""
+        return f"{self.stack[: 29 - len(role)].rstrip('-')}-{role}"
+
     @property
     def batch_service_account_id(self) -> str:
-        """GCP service-account id of the batch Job (Workload Identity), at most 30 chars."""
-        return f"{self.stack[:18].rstrip('-')}-batch-job"
+        """The batch Job's GCP service account (Workload Identity)."""
+        return self.service_account_id("batch-job")
 
     @property
     def batch_service_account_email(self) -> str:

@@ -90,7 +90,7 @@ class GkeCluster(pulumi.ComponentResource):
             f"{name}-system-nodes",
             ServiceAccountArgs(
                 project=c.project,
-                account_id=f"{c.stack[:17].rstrip('-')}-system-nodes",
+                account_id=c.service_account_id("system-nodes"),
                 display_name=f"GKE system nodes ({c.stack})",
                 project_roles=catalog.NODE_SA_PROJECT_ROLES,
             ),

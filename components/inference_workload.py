@@ -19,6 +19,7 @@ class InferenceWorkloadArgs:
 
 
 class InferenceWorkload(pulumi.ComponentResource):
+    lws: pulumi.CustomResource  # the LeaderWorkerSet (the batch Job waits for it)
     namespace: pulumi.Output[str]
     service_name: pulumi.Output[str]
     leader_pod_name: pulumi.Output[str]

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -30,6 +31,11 @@ def read_pulumi_config() -> StackConfig:
 
     values: dict[str, Any] = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
     c = parse_stack_config(values, stack=pulumi.get_stack())
+    path = c.cluster.kubeconfig_path
+    if path is not None and not Path(path).expanduser().is_file():
+        raise ConfigError(
+            f"cluster.kubeconfig_path: {path} is not a file (point it at your kubeconfig or remove it)"
+        )
     if c.project == PROJECT_PLACEHOLDER and not pulumi.runtime.is_dry_run():
         raise ConfigError(
             f"gcp:project: still the placeholder {PROJECT_PLACEHOLDER!r}; run: pulumi config set gcp:project <id>"
@@ -49,7 +55,7 @@ def build(c: StackConfig) -> dict[str, pulumi.Input[Any]]:
             "tpu-nodes",
             ServiceAccountArgs(
                 project=c.project,
-                account_id=f"{c.stack[:20].rstrip('-')}-tpu-nodes",
+                account_id=c.service_account_id("tpu-nodes"),
                 display_name=f"GKE TPU nodes ({c.stack})",
                 project_roles=catalog.NODE_SA_PROJECT_ROLES,
             ),

@@ -279,6 +279,14 @@ def test_invalid_config_registers_nothing() -> None:
     assert rec.resources
 
 
+def test_missing_kubeconfig_file_is_a_config_error(tmp_path: Path) -> None:
+    values = variant(
+        "dev", cluster={"create": False, "context": "ctx", "kubeconfig_path": str(tmp_path / "nope")}
+    )
+    with pytest.raises(pulumi.RunError, match=r"cluster\.kubeconfig_path: .* is not a file"):
+        run_main(values, "dev")
+
+
 def test_placeholder_project_is_refused_on_up() -> None:
     with pytest.raises(pulumi.RunError, match="still the placeholder"):
         run_main(stack_values("dev"), "dev", preview=False)
