@@ -71,7 +71,7 @@ def image_problem(image: str) -> str | None:
     """Why an image reference is unsafe to deploy (unpinned, :latest, malformed), or None."""
     if not _IMAGE.match(image):
         return f"{image!r} must be registry/path:tag or registry/path@sha256:digest"
-    if image.endswith(":latest"):
+    if image.rpartition(":")[2] == "latest":
         return f"{image!r} uses :latest; pin a version tag or digest"
     return None
 
