@@ -417,10 +417,6 @@ class StackConfig(_Model):
     def min_master_version(self) -> str:
         return self.cluster.min_master_version or self.generation.min_gke_version
 
-    @property
-    def http_port(self) -> int:
-        return catalog.HTTP_PORT
-
     def service_account_id(self, role: str) -> str:
         """GCP service-account id `<stack>-<role>`, the stack cut so the id fits 30 characters."""
         return f"{self.stack[: 29 - len(role)].rstrip('-')}-{role}"
@@ -586,7 +582,7 @@ def _problems(c: StackConfig) -> list[str]:
         )
 
     # --- memory fit (weights + KV cache for every slot, per engine slice)
-    if shape_ok and spec is not None and not out:
+    if shape_ok and spec is not None:
         needed, usable = c.memory_estimate_bytes
         if needed > usable:
             gib = catalog.GIB
