@@ -82,13 +82,21 @@ def param_shardings(mesh: Mesh, params: Any) -> Any:
     """A pytree of NamedShardings matching `params` (layers, QInt8 leaves included)."""
 
     def leaf(name: str, w: Any) -> Any:
-        if isinstance(w, QInt8):
-            logical = _PARAM_AXES[name]
-            q_spec = _spec(mesh, w.q.shape, logical)
-            in_dims = 1 if name == "embed" else IN_DIMS[name]
-            scale_logical = logical[:1] if name == "embed" else logical[in_dims:]
-            s_spec = _spec(mesh, w.scale.shape, scale_logical)
-            return QInt8(q=NamedSharding(mesh, q_spec), scale=NamedSharding(mesh, s_spec))
+        if isinstance(w, QInt8):  # stored [out, in], flattened
+            in_axes: tuple[str, ...] | None
+            out_axes: tuple[str, ...] | None
+            if name == "embed":
+                in_axes, out_axes = FSDP, MODEL
+            else:
+                in_axes, out_axes = _PARAM_AXES[name][0], _PARAM_AXES[name][IN_DIMS[name]]
+            q_spec = _spec(mesh, w.q.shape, (out_axes, in_axes))
+            s_spec = _spec(mesh, w.scale.shape, (out_axes,))
+            return QInt8(
+                q=NamedSharding(mesh, q_spec),
+                scale=NamedSharding(mesh, s_spec),
+                in_shape=w.in_shape,
+                out_shape=w.out_shape,
+            )
         logical = _PARAM_AXES.get(name, (None,) * np.ndim(w))
         return NamedSharding(mesh, _spec(mesh, np.shape(w), logical))
 

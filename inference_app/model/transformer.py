@@ -19,7 +19,7 @@ edge (`weights_gguf.py`, `weights_hf.py`), never here.
     }
 
 Any matrix may instead be a `QInt8` (int8 values + per-output-channel fp32 scales): the scale
-is applied after the matmul, so XLA converts int8 -> float inside the fused dot.
+is applied after the matmul (`linear`).
 
 The KV cache per layer is `{"k": [B, KVH, T, Dh], "v": ...}` and, for an int8 cache, also
 `"k_scale"`/`"v_scale"`: [B, KVH, T] (one scale per token and head).
@@ -28,6 +28,7 @@ The KV cache per layer is `{"k": [B, KVH, T, Dh], "v": ...}` and, for an int8 ca
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import jax
@@ -40,37 +41,73 @@ Params = dict[str, Any]
 LayerKV = dict[str, jax.Array]
 
 
-@jax.tree_util.register_dataclass
+@partial(jax.tree_util.register_dataclass, data_fields=["q", "scale"], meta_fields=["in_shape", "out_shape"])
 @dataclass
 class QInt8:
-    """Weight-only int8: `w ~= q * scale`, scale per output channel (all dims but the first)."""
+    """Weight-only int8 matrix `w ~= q * scale`, stored transposed and flat: q [out, in].
 
-    q: Any  # int8 [in, *out] (numpy on host until the engine places it)
-    scale: Any  # float32 [*out]
+    Output-major storage makes every output channel one contiguous int8 row, which XLA:CPU
+    turns into a fused convert-multiply-reduce that streams 1 byte per weight (a plain
+    `x @ q.astype(f32)` would materialise the fp32 copy first). `in_shape`/`out_shape` remember
+    the logical shape [*in, *out].
+    """
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.q.shape)
+    q: Any  # int8 [prod(out), prod(in)] (numpy on host until the engine places it)
+    scale: Any  # float32 [prod(out)]
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
 
 
 Weight = jax.Array | QInt8
 
 
 def quantize_int8(w: np.ndarray, in_dims: int = 1) -> QInt8:
-    """Symmetric per-output-channel int8 of `w`, whose first `in_dims` dims are contracted."""
+    """Symmetric per-output-channel int8 of `w` [*in, *out] whose first `in_dims` dims contract."""
     w32 = np.asarray(w, np.float32)
-    axes = tuple(range(in_dims))
-    amax = np.max(np.abs(w32), axis=axes, keepdims=True)
+    in_shape, out_shape = w32.shape[:in_dims], w32.shape[in_dims:]
+    flat = w32.reshape(int(np.prod(in_shape)), int(np.prod(out_shape))).T  # [out, in]
+    amax = np.max(np.abs(flat), axis=1, keepdims=True)
     scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.round(w32 / scale), -127, 127).astype(np.int8)
-    return QInt8(q=q, scale=scale.reshape(scale.shape[in_dims:]))
+    q = np.clip(np.round(flat / scale), -127, 127).astype(np.int8)
+    return QInt8(q=np.ascontiguousarray(q), scale=scale[:, 0], in_shape=in_shape, out_shape=out_shape)
 
 
-def dense(x: jax.Array, w: Weight, spec: str) -> jax.Array:
-    """`einsum(spec, x, w)` where w may be int8 (converted in the fused dot, scaled after)."""
+def linear(x: jax.Array, w: Weight, n_in: int = 1) -> jax.Array:
+    """Contract the last `n_in` dims of x with the first `n_in` dims of w, as one 2-D matmul.
+
+    Flattening both sides (free reshapes of contiguous arrays) keeps XLA from transposing the
+    weight on every call.
+    """
+    lead = x.shape[: x.ndim - n_in]
     if isinstance(w, QInt8):
-        return jnp.einsum(spec, x, w.q.astype(x.dtype)) * w.scale.astype(x.dtype)
-    return jnp.einsum(spec, x, w.astype(x.dtype))
+        y = int8_matmul(x.reshape(-1, int(np.prod(w.in_shape))), w.q, w.scale)
+        return y.reshape(*lead, *w.out_shape)
+    in_shape, out_shape = w.shape[:n_in], w.shape[n_in:]
+    k = int(np.prod(in_shape))
+    y = x.reshape(*lead, k) @ w.reshape(k, -1).astype(x.dtype)
+    return y.reshape(*lead, *out_shape)
+
+
+# Rows of int8 weight per fused matrix-vector product; XLA:CPU stops fusing the int8 -> float
+# convert into the dot for much larger operands (the 49152-row LM head), so split those.
+INT8_CHUNK_ROWS = 8192
+
+
+def int8_matmul(x: jax.Array, q: jax.Array, scale: jax.Array) -> jax.Array:
+    """x [N, in] @ (q [out, in] * scale [out]).T -> [N, out] in x's dtype.
+
+    One row (batch-1 decode, memory bound): the convert fuses into a matrix-vector loop that
+    reads int8 directly. Several rows (compute bound): convert once behind an optimisation
+    barrier so XLA runs a real GEMM instead of a slow fused loop nest.
+    """
+    if x.shape[0] == 1:
+        parts = [
+            x @ q[i : i + INT8_CHUNK_ROWS].T.astype(x.dtype) for i in range(0, q.shape[0], INT8_CHUNK_ROWS)
+        ]
+        y = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+    else:
+        y = x @ jax.lax.optimization_barrier(q.astype(x.dtype)).T
+    return y * scale.astype(x.dtype)
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
@@ -105,23 +142,24 @@ def lm_head(params: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
     if cfg.tie_embeddings:
         table = params["embed"]
         if isinstance(table, QInt8):
-            logits = jnp.einsum("...d,vd->...v", x, table.q.astype(x.dtype)) * table.scale.astype(x.dtype)
+            lead = x.shape[:-1]
+            logits = int8_matmul(x.reshape(-1, x.shape[-1]), table.q, table.scale).reshape(*lead, -1)
         else:
             logits = jnp.einsum("...d,vd->...v", x, table.astype(x.dtype))
     else:
-        logits = dense(x, params["lm_head"], "...d,dv->...v")
+        logits = linear(x, params["lm_head"])
     return logits.astype(jnp.float32)
 
 
 def mlp(layer: Params, x: jax.Array) -> jax.Array:
-    gu = dense(x, layer["w_gate_up"], "...d,dtf->...tf")  # [..., 2, F]
+    gu = linear(x, layer["w_gate_up"])  # [..., 2, F]
     h = jax.nn.silu(gu[..., 0, :]) * gu[..., 1, :]
-    return dense(h, layer["w_down"], "...f,fd->...d")
+    return linear(h, layer["w_down"])
 
 
 def qkv(layer: Params, cfg: ModelConfig, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Project x [..., D] to q [..., KVH, G, Dh] and k, v [..., KVH, Dh] (before RoPE)."""
-    y = dense(x, layer["wqkv"], "...d,dkgh->...kgh")
+    y = linear(x, layer["wqkv"])
     g = cfg.group_size
     return y[..., :g, :], y[..., g, :], y[..., g + 1, :]
 
@@ -150,7 +188,7 @@ def prefill_forward(
         scores = jnp.where(causal, scores, -jnp.inf)
         probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
         attn = jnp.einsum("bkgst,btkh->bskgh", probs, v)
-        x = x + dense(attn, layer["wo"], "bskgh,kghd->bsd")
+        x = x + linear(attn, layer["wo"], 3)
         x = x + mlp(layer, rms_norm(x, layer["mlp_norm"], cfg.rms_eps))
         kv.append({"k": k.transpose(0, 2, 1, 3), "v": v.transpose(0, 2, 1, 3)})
     if all_logits:
@@ -204,7 +242,7 @@ def decode_forward(
         if "v_scale" in c:
             probs = probs * c["v_scale"][:, :, None, :attn_len]
         attn = jnp.einsum("bkgt,bkth->bkgh", probs.astype(dtype), vc.astype(dtype))
-        x = x + dense(attn, layer["wo"], "bkgh,kghd->bd")
+        x = x + linear(attn, layer["wo"], 3)
         x = x + mlp(layer, rms_norm(x, layer["mlp_norm"], cfg.rms_eps))
         new_cache.append(c)
     return lm_head(params, cfg, x), new_cache

@@ -50,13 +50,12 @@ def params_from_hf(
         )
     emb = get("model.embed_tokens.weight")
     params: Params = {
-        # Rows of the table are output channels of the tied LM head: quantize per row.
+        # Rows of the table are output channels of the tied LM head: quantize per row, so
+        # QInt8.q [V, D] is also the lookup table.
         "embed": quantize_int8(emb.T, 1) if int8 else np.asarray(emb, dtype),
         "final_norm": np.asarray(get("model.norm.weight"), dtype),
         "layers": layers,
     }
-    if int8:  # per-row scales: transpose back so q is [V, D], scale [V]
-        params["embed"].q = np.ascontiguousarray(params["embed"].q.T)
     if not cfg.tie_embeddings:
         params["lm_head"] = mat("lm_head", get("lm_head.weight").T)  # [D, V]
     return params
