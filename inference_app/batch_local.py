@@ -90,13 +90,18 @@ async def run_local(orch: Orchestrator, item: BatchItem, default_max_tokens: int
                   attempts=attempts)
 
 
+def build_engine(args: argparse.Namespace) -> Engine:
+    """Load the model (tests substitute a fake engine here)."""
+    from inference_app.engine import load_engine  # JAX is imported here, never for --endpoint
+
+    return cast(Engine, load_engine(engine_settings(args)))
+
+
 @asynccontextmanager
 async def local_backend(args: argparse.Namespace) -> AsyncIterator[Backend]:
     """Load and warm up the engine, run the orchestrator for the duration of the batch."""
-    from inference_app.engine import load_engine  # JAX is imported here, never for --endpoint
-
-    engine = await asyncio.to_thread(load_engine, engine_settings(args))
-    orch = Orchestrator(cast(Engine, engine), max_queue=max(64, args.concurrency))
+    engine = await asyncio.to_thread(build_engine, args)
+    orch = Orchestrator(engine, max_queue=max(64, args.concurrency))
     await asyncio.to_thread(orch.start)
     try:
         async def call(item: BatchItem) -> dict[str, Any]:

@@ -199,3 +199,28 @@ def test_journal_appends_whole_lines(tmp_path: Path) -> None:
     snap = j.snapshot()
     j.close()
     assert snap.endswith(b"\n") and [json.loads(x)["id"] for x in snap.splitlines()] == [0, 1, 2]
+
+
+def test_local_mode_runs_the_orchestrator_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from inference_app import batch_local
+    from inference_app.engine.api import EngineSettings, SamplingParams
+    from tests.inference_app.fakes import ByteTokenizer, FakeEngine, expected_ids
+
+    settings = EngineSettings(max_slots=2, max_prefill_length=64, max_target_length=160)
+    monkeypatch.setattr(batch_local, "build_engine", lambda args: FakeEngine(settings=settings))
+    rows: list[dict[str, Any]] = [{"id": i, "prompt": f"local {i}", "max_tokens": 20} for i in range(6)]
+    rows += [{"id": "long", "prompt": "x" * 100}, {"id": "chat", "messages": [{"role": "user", "content": "hi"}]}]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    assert run_batch("--input", str(tmp_path / "in.jsonl"), "--output", str(out), "--local",
+                     "--concurrency", "4", "--max-tokens", "10") == 0
+    recs = {r["id"]: r for r in read_jsonl(out)}
+    tok = ByteTokenizer()
+    for i in range(6):
+        ids = expected_ids(tok.encode(f"local {i}"), 20, SamplingParams())
+        assert recs[i]["text"] == tok.decode([t for t in ids if t < 256]), i
+        assert recs[i]["completion_tokens"] == len(ids) and recs[i]["error"] is None
+    # Over the prefill limit: the orchestrator's 400, recorded as a permanent error.
+    assert recs["long"]["error"]["status"] == 400 and "64" in recs["long"]["error"]["message"]
+    assert recs["long"]["error"]["retryable"] is False
+    assert recs["chat"]["error"] is None and recs["chat"]["completion_tokens"] >= 1
