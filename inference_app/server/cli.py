@@ -152,6 +152,17 @@ def engine_factory(settings: EngineSettings, inject_fault: str | None) -> Callab
     return build
 
 
+class QuietProbes(logging.Filter):
+    """Drop access-log lines of successful /healthcheck and /metrics polls (probes every second)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 5:
+            path, status = str(args[2]), args[4]
+            return not (path in ("/healthcheck", "/metrics") and status == 200)
+        return True
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn, except that the first SIGTERM drains (health 503, finish in flight) and exits 0."""
 
@@ -182,6 +193,7 @@ class DrainingServer(uvicorn.Server):
 def run_server(options: ServerOptions, factory: Callable[[], Engine]) -> int:
     """Serve until SIGTERM (drained, exit 0) or SIGINT."""
     app = create_app(options, engine_factory=factory)
+    logging.getLogger("uvicorn.access").addFilter(QuietProbes())
     config = uvicorn.Config(
         app,
         host=options.host,
