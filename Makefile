@@ -58,3 +58,10 @@ preview: $(DEV_STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Serving benchmark, ours vs llama.cpp's server on the same GGUF (docs/benchmarks.md). The first
+# run builds llama-cpp-python into .work/llamacpp (~10 min). BENCH_ARGS="--name cpu-idle" etc.
+BENCH_ARGS ?=
+bench: $(DEV_STAMP)
+	@test -x .work/llamacpp/bin/python || bench/serving/llamacpp.sh setup
+	$(BIN)/python bench/serving/compare.py $(BENCH_ARGS)
