@@ -146,7 +146,7 @@ async def run(args: argparse.Namespace) -> int:
     unfinished = sum(1 for item in items if not is_final(store.records.get(item.key, {"error": {"retryable": True}})))
     print(
         f"batch: {len(items)} lines, {skipped} already done, {tally.ok} ok, "
-        f"{sum(tally.errors.values())} errors {dict(tally.errors) or ''}, "
+        f"{sum(tally.errors.values())} errors{' ' + str(dict(tally.errors)) if tally.errors else ''}, "
         f"{tally.completion_tokens} tokens in {elapsed:.1f} s ({tally.tok_s:.1f} tok/s); "
         f"{unfinished} to retry on the next run; results in {args.output}",
         file=sys.stderr,

@@ -11,7 +11,7 @@ background load hits both alike) and never loads both at once:
 
 Writes `bench/serving/results/<name>.json` and the PNG plots next to it.
 
-    .venv/bin/python bench/serving/compare.py --name cpu-2core   # ~15 min on 2 idle cores
+    .venv/bin/python bench/serving/compare.py --name cpu-2core   # ~20 min on 2 cores
 """
 
 from __future__ import annotations
@@ -122,8 +122,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--name", default="cpu")
     p.add_argument("--levels", default="1,4,16,32,64")
-    p.add_argument("--max-tokens", type=int, default=64, help="tokens generated per request")
-    p.add_argument("--prompts", type=int, default=0, help="requests per level (default max(8, 2 x level))")
+    p.add_argument("--max-tokens", type=int, default=32, help="tokens generated per request")
+    p.add_argument("--prompts", type=int, default=0, help="requests per level (default max(16, 2 x level))")
     p.add_argument("--max-slots", type=int, default=32, help="our server's decode slots")
     p.add_argument("--decode-tokens", type=int, default=128)
     p.add_argument("--decode-repeats", type=int, default=3)
@@ -145,7 +145,7 @@ def main() -> None:
             b.wait_ready()
             out["throughput"] = []
             for c in levels:
-                n = args.prompts or max(8, 2 * c)
+                n = args.prompts or max(16, 2 * c)
                 kw = {"num_prompts": n, "concurrency": c, "max_tokens": args.max_tokens}
                 row: dict[str, Any] = {"concurrency": c, "num_prompts": n,
                        "ours": bench(a, "ignore_eos", **kw), "llama.cpp": bench(b, "min_tokens", **kw)}
