@@ -1,0 +1,88 @@
+"""SmolLM2-135M (embedded GGUF) against transformers: golden greedy tokens and first-step logits.
+
+The golden data was produced by `scripts/make_golden_smollm2.py` with transformers' own GGUF
+reader and LlamaForCausalLM in fp32; nothing of ours was involved in producing it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import pytest
+
+from inference_app.engine import EngineSettings, SamplingParams
+from inference_app.engine.engine import JaxEngine, load_engine
+from inference_app.model.transformer import prefill_forward
+
+GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict[str, Any]:
+    return dict(json.loads((GOLDEN / "smollm2_golden.json").read_text()))
+
+
+@pytest.fixture(scope="module")
+def engine() -> JaxEngine:
+    return load_engine(EngineSettings(max_slots=4, max_prefill_length=64, max_target_length=128))
+
+
+def run_greedy(engine: JaxEngine, prompts: list[list[int]], steps: int) -> list[list[int]]:
+    """Insert every prompt into its own slot, then decode all of them together."""
+    outs = []
+    for slot, ids in enumerate(prompts):
+        prefix = engine.transfer(engine.prefill(ids, SamplingParams()))
+        engine.insert(prefix, slot)
+        outs.append([prefix.first_token])
+    for _ in range(steps - 1):
+        toks = np.asarray(engine.generate().tokens)
+        for slot, out in enumerate(outs):
+            out.append(int(toks[slot]))
+    for slot in range(len(prompts)):
+        engine.release(slot)
+    return outs
+
+
+def test_golden_covers_raw_and_chat_prompts(golden: dict[str, Any]) -> None:
+    kinds = [c["kind"] for c in golden["cases"]]
+    assert len(kinds) >= 4 and {"raw", "chat"} <= set(kinds)
+    assert all(len(c["greedy_ids"]) >= 64 for c in golden["cases"])
+
+
+def test_greedy_tokens_match_transformers(engine: JaxEngine, golden: dict[str, Any]) -> None:
+    cases = golden["cases"]
+    outs = run_greedy(engine, [c["prompt_ids"] for c in cases], golden["new_tokens"])
+    for case, out in zip(cases, outs, strict=True):
+        assert out == case["greedy_ids"], case["text"]
+
+
+def test_prompt_ids_match_reference_tokenizer(engine: JaxEngine, golden: dict[str, Any]) -> None:
+    for case in golden["cases"]:
+        assert engine.tokenizer.encode(case["text"]) == case["prompt_ids"]
+
+
+def test_chat_template_matches_reference(engine: JaxEngine, golden: dict[str, Any]) -> None:
+    chats = [c["text"] for c in golden["cases"] if c["kind"] == "chat"]
+    for text in chats:
+        user = text.split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
+        assert engine.tokenizer.apply_chat_template([{"role": "user", "content": user}]) == text
+
+
+def test_first_step_logits_within_1e3(engine: JaxEngine, golden: dict[str, Any]) -> None:
+    ref = np.load(GOLDEN / "smollm2_first_logits.npz")
+    fwd = jax.jit(prefill_forward, static_argnums=1)
+    for i, case in enumerate(golden["cases"]):
+        ids = np.asarray([case["prompt_ids"]], np.int32)
+        logits, _ = fwd(engine.prefill_params, engine.config, ids, np.asarray([ids.shape[1]], np.int32))
+        diff = np.abs(np.asarray(logits[0]) - ref[f"case{i}"]).max()
+        assert diff < 1e-3, (i, diff)
+
+
+def test_eos_and_vocab(engine: JaxEngine) -> None:
+    assert engine.tokenizer.eos_token_ids == frozenset({2})
+    assert engine.tokenizer.vocab_size == engine.config.vocab_size == 49152
+    assert engine.config.tie_embeddings and engine.config.num_kv_heads == 3
