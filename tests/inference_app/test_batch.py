@@ -224,3 +224,23 @@ def test_local_mode_runs_the_orchestrator_in_process(tmp_path: Path, monkeypatch
     assert recs["long"]["error"]["status"] == 400 and "64" in recs["long"]["error"]["message"]
     assert recs["long"]["error"]["retryable"] is False
     assert recs["chat"]["error"] is None and recs["chat"]["completion_tokens"] >= 1
+
+
+def test_sigterm_stops_cleanly_and_a_rerun_finishes(tmp_path: Path) -> None:
+    n = 40
+    write_jsonl(tmp_path / "in.jsonl", [{"id": i, "prompt": f"t {i}", "max_tokens": 10} for i in range(n)])
+    out = tmp_path / "out.jsonl"
+    with BackgroundServer(create_app(token_delay_s=0.01)) as server:
+        cmd = [sys.executable, "-m", "inference_app", "batch", "--input", str(tmp_path / "in.jsonl"),
+               "--output", str(out), "--endpoint", server.url, "--concurrency", "2", "--no-progress"]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while (not out.exists() or out.read_text().count("\n") < 4) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 1 and "stopped by SIGTERM" in err
+        first = read_jsonl(out)  # in-flight lines were finished and written whole
+        assert 4 <= len(first) < n and all(r["error"] is None for r in first)
+        assert subprocess.run(cmd, cwd=REPO, capture_output=True, timeout=120).returncode == 0
+    assert sorted(r["id"] for r in read_jsonl(out)) == list(range(n))
