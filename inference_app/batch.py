@@ -104,7 +104,8 @@ async def run_items(todo: list[BatchItem], store: ResultStore, backend: Backend,
 
 
 async def http_backend(args: argparse.Namespace, client: httpx.AsyncClient) -> Backend:
-    model = args.model or await wait_ready(client, args.endpoint, args.ready_timeout)
+    listed = await wait_ready(client, args.endpoint, args.ready_timeout)
+    model = args.model or listed
     policy = RetryPolicy(max_attempts=args.max_attempts)
 
     async def call(item: BatchItem) -> dict[str, Any]:
