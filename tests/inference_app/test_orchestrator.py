@@ -139,6 +139,34 @@ def test_finish_reasons_length_eos_and_stop_string(orch: Orchestrator) -> None:
     assert s.text == CORPUS.encode()[CORPUS.encode().index(b"STOP") - 10 :].split(b"STOP")[0].decode()
 
 
+def test_max_tokens_1_needs_no_slot(engine: FakeEngine, orch: Orchestrator) -> None:
+    inserts = engine.inserts
+    s = Collector()
+    orch.submit(req("one", max_tokens=1), s)
+    assert isinstance(s.final, Finished) and s.final.completion_tokens == 1 and s.final.reason == "length"
+    assert s.text == decode(expected_ids(tuple(b"one"), 1))
+    assert orch.wait_idle(5) and engine.inserts == inserts
+
+
+def test_new_prompts_are_prefilled_while_long_requests_decode(engine: FakeEngine) -> None:
+    """Interleaving: a new request's first token does not wait for the running ones to finish."""
+    engine.step_delay = 0.005
+    orch = make(engine)
+    try:
+        long = [Collector() for _ in range(3)]
+        for i, s in enumerate(long):
+            orch.submit(req(f"long {i}", 150, ignore_eos=True), s)
+        _wait(lambda: orch.active_slots == 3)
+        steps_at_submit = engine.steps
+        short = Collector()
+        orch.submit(req("short", 3), short)
+        assert isinstance(short.final, Finished)
+        assert engine.steps - steps_at_submit < 20  # served within a few steps, not after 150
+        assert not any(s.done.is_set() for s in long)  # the long ones are still decoding
+    finally:
+        orch.stop()
+
+
 def test_ignore_eos_generates_past_eos(orch: Orchestrator) -> None:
     p = _prompt_starting_at(len(CORPUS_IDS) - 3)
     s = Collector()
