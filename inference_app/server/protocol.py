@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.config import JsonDict
 
 from inference_app.engine.api import SamplingParams
 
@@ -18,7 +19,9 @@ MAX_STOP_STRINGS = 8
 MAX_SEED = 2**63 - 1
 
 PositiveInt = Annotated[int, Field(ge=1, le=MAX_TOKENS_CAP)]
-StopField = Annotated[str | list[Annotated[str, Field(min_length=1)]] | None, Field(default=None)]
+StopList = Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP_STRINGS)]
+StopField = Annotated[str | StopList | None, Field(default=None)]
+_ONLY_ZERO: JsonDict = {"minimum": 0, "maximum": 0}  # the schema says what the validator enforces
 
 
 class _Strict(BaseModel):
@@ -73,8 +76,8 @@ class _OpenAIBase(_Sampling):
     stream_options: dict[str, bool] | None = None
     n: Literal[1] = 1
     user: str | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: float = Field(default=0.0, json_schema_extra=_ONLY_ZERO)
+    frequency_penalty: float = Field(default=0.0, json_schema_extra=_ONLY_ZERO)
     logprobs: None = None
 
     @field_validator("presence_penalty", "frequency_penalty")
