@@ -1,0 +1,154 @@
+"""Engine behaviour on SmolLM2: batch invariance, int8 KV agreement, sampling, input errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from inference_app.engine import Engine, EngineSettings, SamplingParams
+from inference_app.engine.engine import JaxEngine, model_for
+from inference_app.model.loader import LoadedModel
+
+STEPS = 12
+PROMPTS = [
+    "The capital of France is",
+    "1, 2, 3, 4,",
+    "def add(a, b):",
+    "Once upon a time, in a land far away, there lived a small dragon who",
+    "The quick brown fox",
+    "<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n",
+    "Water boils at",
+    "In 1969, the first humans",
+]
+BASE = EngineSettings(max_slots=8, max_prefill_length=32, max_target_length=64)
+
+
+@pytest.fixture(scope="module")
+def model() -> LoadedModel:
+    return model_for(BASE)
+
+
+@pytest.fixture(scope="module")
+def engine8(model: LoadedModel) -> JaxEngine:
+    return JaxEngine(BASE, model)
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(model: LoadedModel) -> list[list[int]]:
+    return [model.tokenizer.encode(p) for p in PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def greedy8(engine8: JaxEngine, prompt_ids: list[list[int]]) -> list[list[int]]:
+    """Greedy tokens of all prompts decoded together in one batch of 8."""
+    return decode_all(engine8, prompt_ids, [SamplingParams()] * len(prompt_ids), STEPS)
+
+
+def decode_all(
+    engine: JaxEngine, prompts: list[list[int]], sampling: list[SamplingParams], steps: int
+) -> list[list[int]]:
+    outs = []
+    for slot, (ids, sp) in enumerate(zip(prompts, sampling, strict=True)):
+        prefix = engine.transfer(engine.prefill(ids, sp))
+        engine.insert(prefix, slot)
+        outs.append([prefix.first_token])
+    for _ in range(steps - 1):
+        toks = np.asarray(engine.generate().tokens)
+        for slot, out in enumerate(outs):
+            out.append(int(toks[slot]))
+    for slot in range(len(prompts)):
+        engine.release(slot)
+    return outs
+
+
+def test_satisfies_engine_protocol(engine8: JaxEngine) -> None:
+    assert isinstance(engine8, Engine)
+    assert engine8.prefill_buckets[-1] == engine8.max_prefill_length == 32
+
+
+def test_batch1_equals_batch8_mixed_lengths(
+    model: LoadedModel, prompt_ids: list[list[int]], greedy8: list[list[int]]
+) -> None:
+    assert len({len(p) for p in prompt_ids}) > 4  # really mixed lengths
+    single = JaxEngine(dataclasses.replace(BASE, max_slots=1), model)
+    for ids, expected in zip(prompt_ids, greedy8, strict=True):
+        assert decode_all(single, [ids], [SamplingParams()], STEPS) == [expected]
+
+
+def test_slot_reuse_after_release_is_clean(
+    engine8: JaxEngine, prompt_ids: list[list[int]], greedy8: list[list[int]]
+) -> None:
+    """A slot that held a longer request gives the same tokens to a new, shorter one."""
+    decode_all(engine8, [prompt_ids[3]], [SamplingParams()], 2 * STEPS)
+    assert decode_all(engine8, [prompt_ids[0]], [SamplingParams()], STEPS) == [greedy8[0]]
+
+
+def test_int8_kv_cache_agreement(
+    model: LoadedModel, prompt_ids: list[list[int]], greedy8: list[list[int]]
+) -> None:
+    """int8 KV (per token-and-head scales) vs fp32: greedy agreement is measured, not assumed."""
+    int8 = JaxEngine(dataclasses.replace(BASE, kv_dtype="int8"), model)
+    assert int8._cache[0]["k"].dtype == np.int8
+    got = decode_all(int8, prompt_ids, [SamplingParams()] * len(prompt_ids), STEPS)
+    same = sum(a == b for r, g in zip(greedy8, got, strict=True) for a, b in zip(r, g, strict=True))
+    rate = same / (len(got) * STEPS)
+    print(f"int8 KV greedy agreement with fp32 KV: {rate:.3f} over {len(got) * STEPS} tokens")
+    assert all(r[0] == g[0] for r, g in zip(greedy8, got, strict=True))  # prefill is fp32 either way
+    assert rate >= 0.75
+
+
+def test_seeded_sampling_is_reproducible_and_batch_independent(
+    engine8: JaxEngine, prompt_ids: list[list[int]]
+) -> None:
+    sp = SamplingParams(temperature=0.9, top_k=50, top_p=0.95, seed=1234)
+    alone = decode_all(engine8, [prompt_ids[4]], [sp], STEPS)[0]
+    mixed = decode_all(
+        engine8, [prompt_ids[0], prompt_ids[4]], [SamplingParams(temperature=1.0, seed=7), sp], STEPS
+    )[1]
+    assert alone == mixed
+    other = decode_all(engine8, [prompt_ids[4]], [dataclasses.replace(sp, seed=99)], STEPS)[0]
+    assert other != alone
+
+
+def test_top_k_one_is_greedy(
+    engine8: JaxEngine, prompt_ids: list[list[int]], greedy8: list[list[int]]
+) -> None:
+    top1 = decode_all(engine8, [prompt_ids[1]], [SamplingParams(temperature=1.5, top_k=1, seed=3)], STEPS)
+    assert top1 == [greedy8[1]]
+
+
+@pytest.mark.parametrize(
+    ("ids", "sp", "message"),
+    [
+        ([], SamplingParams(), "prompt is empty"),
+        (list(range(33)), SamplingParams(), "max_prefill_length=32"),
+        ([1, 10**6], SamplingParams(), "out of range"),
+        ([1, 2], SamplingParams(temperature=-1.0), "temperature"),
+        ([1, 2], SamplingParams(temperature=1.0, top_p=0.0), "top_p"),
+        ([1, 2], SamplingParams(temperature=1.0, top_k=-2), "top_k"),
+    ],
+)
+def test_bad_prefill_input_is_a_clear_error(
+    engine8: JaxEngine, ids: list[int], sp: SamplingParams, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        engine8.prefill(ids, sp)
+
+
+def test_bad_slot_is_a_clear_error(engine8: JaxEngine) -> None:
+    prefix = engine8.prefill([1, 2, 3], SamplingParams())
+    with pytest.raises(ValueError, match="slot 8 out of range"):
+        engine8.insert(prefix, 8)
+
+
+def test_settings_errors_name_the_field(model: LoadedModel) -> None:
+    with pytest.raises(ValueError, match="max_target_length"):
+        JaxEngine(dataclasses.replace(BASE, max_target_length=32), model)
+    with pytest.raises(ValueError, match=r"exactly one of EngineSettings\.model"):
+        JaxEngine(dataclasses.replace(BASE, model_path="/x.gguf"), model)
+    with pytest.raises(ValueError, match="ici_tensor_parallelism"):
+        JaxEngine(dataclasses.replace(BASE, ici_tensor_parallelism=3), model)
+    with pytest.raises(ValueError, match="disaggregated"):
+        JaxEngine(dataclasses.replace(BASE, mode="disaggregated"), model)
