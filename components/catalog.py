@@ -19,8 +19,13 @@ JETSTREAM_PORT: Final = 9000  # JetStream gRPC inside the leader pod
 RESOURCE_MANAGER_PORT: Final = 38677  # Pathways resource manager
 WORKER_PORT: Final = 38679  # Pathways worker, one per TPU VM
 PROXY_PORT: Final = 38681  # Pathways proxy: the JAX client's backend target
+# JetStream's Prometheus exporter: MaxText starts it only when given `prometheus_port=<port>` (its
+# server entry point builds a MetricsServerConfig from that flag; 0, the default, means off). 9100
+# is the port Google's GKE JetStream examples use; the reference YAMLs start no exporter.
+JETSTREAM_METRICS_PORT: Final = 9100
 
 HEALTH_PATH: Final = "/healthcheck"
+METRICS_PATH: Final = "/metrics"  # Prometheus endpoint of our server and of JetStream's exporter
 TPU_RESOURCE: Final = "google.com/tpu"
 TPU_TAINT_KEY: Final = "google.com/tpu"
 NODEPOOL_LABEL: Final = "cloud.google.com/gke-nodepool"
@@ -241,6 +246,13 @@ JETSTREAM_HTTP_IMAGE: Final = "us-docker.pkg.dev/cloud-tpu-images/inference/jets
 LWS_DEFAULT_VERSION: Final = "v0.10.0"
 LWS_NAMESPACE: Final = "lws-system"
 LWS_API_VERSION: Final = "leaderworkerset.x-k8s.io/v1"
+# LWS labels every pod with its index in the group; the leader is worker 0.
+LWS_WORKER_INDEX_LABEL: Final = "leaderworkerset.sigs.k8s.io/worker-index"
+
+# Managed Service for Prometheus: a namespaced PodMonitoring makes GKE's collectors scrape pods and
+# write the samples to Cloud Monitoring as prometheus.googleapis.com|<name>|<kind> metrics.
+POD_MONITORING_API_VERSION: Final = "monitoring.googleapis.com/v1"
+METRICS_SCRAPE_INTERVAL: Final = "15s"  # = the HPA's default sync period
 
 
 def lws_manifest_url(version: str) -> str:

@@ -214,6 +214,13 @@ class ServingConfig(_Model):
     ready_timeout_seconds: int = Field(
         3600, ge=60, description="How long `pulumi up` waits for LWS Available; > startup delay."
     )
+    drain_timeout_seconds: int = Field(
+        120,
+        ge=1,
+        le=3600,
+        description="inference-app only: SIGTERM drain (`serve --drain-timeout`); the leader's grace "
+        "period is this plus a margin.",
+    )
 
 
 class ImagesConfig(_Model):
@@ -575,6 +582,10 @@ def _problems(c: StackConfig) -> list[str]:
         )
     if s.engine == "inference-app" and s.maxtext_extra_args:
         out.append("serving.maxtext_extra_args: only used by engine jetstream-maxtext; remove it")
+    if s.engine != "inference-app" and "drain_timeout_seconds" in s.model_fields_set:
+        out.append(
+            "serving.drain_timeout_seconds: only used by engine inference-app (JetStream has no drain flag); remove it"
+        )
     if s.ready_timeout_seconds <= s.probes.startup_initial_delay_seconds:
         out.append(
             f"serving.ready_timeout_seconds: {s.ready_timeout_seconds} must exceed "
@@ -635,6 +646,11 @@ def _problems(c: StackConfig) -> list[str]:
             )
         if not c.cluster.create:
             out.append("autoscaling.enabled: needs cluster.create: true (it provisions the extra TPU pools)")
+        if s.engine == "jetstream-maxtext" and "prometheus_port" in s.maxtext_extra_args:
+            out.append(
+                "serving.maxtext_extra_args: prometheus_port is generated when autoscaling.enabled "
+                f"(JetStream's exporter on port {catalog.JETSTREAM_METRICS_PORT}); remove it"
+            )
     if t.capacity == "flex-start" and not c.cluster.create:
         out.append("tpu.capacity: flex-start needs cluster.create: true (the stack creates the pools)")
 

@@ -1,4 +1,5 @@
-"""The serving workload: namespace, LeaderWorkerSet, ClusterIP Service and optional autoscaler."""
+"""The serving workload: namespace, LeaderWorkerSet, ClusterIP Service and optional autoscaler
+(an HPA plus the PodMonitoring that feeds it its metric)."""
 
 from __future__ import annotations
 
@@ -48,9 +49,14 @@ class InferenceWorkload(pulumi.ComponentResource):
         register(
             f"{name}-service", manifests.service(c), pulumi.ResourceOptions(parent=self, depends_on=deps)
         )
+        monitoring = manifests.pod_monitoring(c)
         hpa = manifests.horizontal_pod_autoscaler(c)
-        if hpa is not None:
-            register(f"{name}-hpa", hpa, pulumi.ResourceOptions(parent=self, depends_on=[lws]))
+        if monitoring is not None and hpa is not None:
+            # The PodMonitoring is what makes the HPA's metric exist; create it first.
+            source = register(
+                f"{name}-podmonitoring", monitoring, pulumi.ResourceOptions(parent=self, depends_on=[lws])
+            )
+            register(f"{name}-hpa", hpa, pulumi.ResourceOptions(parent=self, depends_on=[lws, source]))
         self.lws = lws
         port = catalog.HTTP_PORT
         leader = f"{c.serving.name}-0"  # LWS names the first group's leader <lws>-0

@@ -19,6 +19,9 @@ WAIT_FOR_ANNOTATION = "pulumi.com/waitFor"
 TIMEOUT_ANNOTATION = "pulumi.com/timeoutSeconds"
 SKIP_AWAIT_ANNOTATION = "pulumi.com/skipAwait"
 WORKLOAD_IDENTITY_ANNOTATION = "iam.gke.io/gcp-service-account"
+# Seconds the kubelet waits after SIGTERM beyond our server's drain deadline: uvicorn's shutdown,
+# process exit and the other leader containers' own SIGTERM handling.
+DRAIN_GRACE_MARGIN_SECONDS = 30
 
 
 def _bool(value: bool) -> str:
@@ -41,6 +44,16 @@ def _metadata(c: StackConfig, name: str, component: str, annotations: dict[str, 
     if annotations:
         meta["annotations"] = annotations
     return meta
+
+
+def metrics_port(c: StackConfig) -> int:
+    """Where the leader's model server exports Prometheus metrics (our server: its HTTP port)."""
+    return catalog.HTTP_PORT if c.serving.engine == "inference-app" else catalog.JETSTREAM_METRICS_PORT
+
+
+def leader_pod_labels(c: StackConfig) -> dict[str, str]:
+    """Labels every leader pod carries: ours (the guide's `app`) plus the index LWS gives the leader."""
+    return {"app": c.serving.name, catalog.LWS_WORKER_INDEX_LABEL: "0"}
 
 
 def service_endpoint(c: StackConfig) -> str:
@@ -78,6 +91,10 @@ def maxtext_args(c: StackConfig) -> list[str]:
     ]
     if s.mode == "disaggregated":
         args.append(f"inference_server={catalog.MAXTEXT_DISAGGREGATED_SERVER}")
+    if c.autoscaling.enabled:
+        # Deliberate difference from the reference, only with autoscaling: JetStream exports its
+        # metrics (the HPA's jetstream_prefill_backlog_size) only when given a Prometheus port.
+        args.append(f"prometheus_port={catalog.JETSTREAM_METRICS_PORT}")
     args += [f"{k}={v}" for k, v in s.maxtext_extra_args.items()]
     return args
 
@@ -100,6 +117,7 @@ def inference_app_command(c: StackConfig) -> list[str]:
         "--ici-tensor-parallelism", str(tensor),
         "--weight-dtype", "int8" if m.quantization == "int8" else m.weight_dtype,
         "--kv-dtype", "int8" if m.quantize_kvcache else m.weight_dtype,
+        "--drain-timeout", str(s.drain_timeout_seconds),
         "--pathways",
     ]  # fmt: skip
 
@@ -149,6 +167,8 @@ def _model_containers(c: StackConfig) -> list[Obj]:
     if c.serving.mode == "disaggregated":
         jax["securityContext"] = {"capabilities": {"add": list(catalog.DISAGGREGATED_CAPABILITIES)}}
     jax["ports"] = [{"containerPort": catalog.JETSTREAM_PORT}]
+    if c.autoscaling.enabled:  # the exporter started by prometheus_port= (see maxtext_args)
+        jax["ports"].append({"containerPort": catalog.JETSTREAM_METRICS_PORT})
     jax.update(_probes(c))
     http: Obj = {
         "name": "jetstream-http",
@@ -228,10 +248,15 @@ def leader_worker_set(c: StackConfig) -> Obj:
     template: Obj = {}
     if disaggregated:
         template["subGroupPolicy"] = {"subGroupSize": c.vms_per_slice}
-    template["leaderTemplate"] = {
-        "metadata": {"labels": {"app": c.serving.name}},
-        "spec": {**_tpu_pod_scheduling(c), "containers": _leader_containers(c)},
-    }
+    leader_spec: Obj = {**_tpu_pod_scheduling(c), "containers": _leader_containers(c)}
+    if c.serving.engine == "inference-app":
+        # Our server drains on SIGTERM for up to drain_timeout_seconds; Kubernetes' default grace
+        # (30 s) would SIGKILL it mid-drain. JetStream has no drain, so its renders stay exactly
+        # the reference's (no grace-period field).
+        leader_spec["terminationGracePeriodSeconds"] = (
+            c.serving.drain_timeout_seconds + DRAIN_GRACE_MARGIN_SECONDS
+        )
+    template["leaderTemplate"] = {"metadata": {"labels": {"app": c.serving.name}}, "spec": leader_spec}
     template["size"] = c.lws_size
     template["workerTemplate"] = {"spec": {**_tpu_pod_scheduling(c), "containers": [worker]}}
     return {
@@ -295,6 +320,32 @@ def horizontal_pod_autoscaler(c: StackConfig) -> Obj | None:
                 {
                     "type": a.metric_type,
                     source_key: {"metric": {"name": c.autoscaling_metric_name}, "target": target},
+                }
+            ],
+        },
+    }
+
+
+def pod_monitoring(c: StackConfig) -> Obj | None:
+    """The HPA's metric source: Managed Service for Prometheus scrapes each group's leader.
+
+    The samples land in Cloud Monitoring as `prometheus.googleapis.com|<metric>|gauge`, which the
+    Custom Metrics Stackdriver Adapter serves to the HPA as a per-pod metric. Workers run no
+    server, so only leaders (worker index 0) are selected.
+    """
+    if not c.autoscaling.enabled:
+        return None
+    return {
+        "apiVersion": catalog.POD_MONITORING_API_VERSION,
+        "kind": "PodMonitoring",
+        "metadata": _metadata(c, c.serving.name, "metrics"),
+        "spec": {
+            "selector": {"matchLabels": leader_pod_labels(c)},
+            "endpoints": [
+                {
+                    "port": metrics_port(c),
+                    "path": catalog.METRICS_PATH,
+                    "interval": catalog.METRICS_SCRAPE_INTERVAL,
                 }
             ],
         },
@@ -369,6 +420,7 @@ def workload_objects(c: StackConfig) -> list[Obj]:
         namespace(c),
         leader_worker_set(c),
         service(c),
+        pod_monitoring(c),
         horizontal_pod_autoscaler(c),
         batch_service_account(c),
         batch_job(c),

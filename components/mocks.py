@@ -63,6 +63,7 @@ MOCKED_TYPES: Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "kubernetes:core/v1:ServiceAccount": _none,
     "kubernetes:batch/v1:Job": _none,
     "kubernetes:autoscaling/v2:HorizontalPodAutoscaler": _none,
+    "kubernetes:monitoring.googleapis.com/v1:PodMonitoring": _none,
 }
 COMPONENT_PREFIX = f"{PROJECT}:index:"
 

@@ -262,6 +262,27 @@ INVALID: list[tuple[str, str, dict[str, Any], str]] = [
         "serving.ready_timeout_seconds: 200 must exceed serving.probes.startup_initial_delay_seconds (300)",
     ),
     (
+        "drain-timeout-zero",
+        "dev",
+        {
+            "serving": {"engine": "inference-app", "drain_timeout_seconds": 0},
+            "images": {"inference_app": IMG},
+        },
+        "serving.drain_timeout_seconds: Input should be greater than or equal to 1",
+    ),
+    (
+        "drain-timeout-with-jetstream",
+        "dev",
+        {"serving": {"drain_timeout_seconds": 60}},
+        "serving.drain_timeout_seconds: only used by engine inference-app",
+    ),
+    (
+        "prometheus-port-generated-with-autoscaling",
+        "dev",
+        {"autoscaling": {"enabled": True}, "serving": {"maxtext_extra_args": {"prometheus_port": "9090"}}},
+        "serving.maxtext_extra_args: prometheus_port is generated when autoscaling.enabled",
+    ),
+    (
         "wrong-type",
         "dev",
         {"serving": {"per_device_batch_size": "many"}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jsonschema
@@ -66,7 +67,8 @@ def test_crd_schema_rejects_unknown_fields() -> None:
 @pytest.mark.parametrize("k8s_version", K8S_VERSIONS)
 @pytest.mark.parametrize(("label", "config"), CONFIGS, ids=[c[0] for c in CONFIGS])
 def test_builtin_kinds_validate_strictly(label: str, config: StackConfig, k8s_version: str) -> None:
-    builtins = [o for o in manifests.workload_objects(config) if o["kind"] != "LeaderWorkerSet"]
+    # Built-in API groups have no dot; custom resources (LWS, PodMonitoring) are checked elsewhere.
+    builtins = [o for o in manifests.workload_objects(config) if "." not in o["apiVersion"].split("/")[0]]
     assert builtins
     for obj in builtins:
         kubernetes_validate.validate(obj, k8s_version, strict=True)
@@ -127,6 +129,7 @@ def test_inference_app_engine_replaces_jetstream() -> None:
         "--ici-tensor-parallelism", "8",
         "--weight-dtype", "int8",
         "--kv-dtype", "int8",
+        "--drain-timeout", "120",
         "--pathways",
     ]  # fmt: skip
     env = {e["name"]: e["value"] for e in app["env"]}
@@ -137,6 +140,98 @@ def test_inference_app_engine_replaces_jetstream() -> None:
         assert app[probe]["httpGet"] == {"path": "/healthcheck", "port": 8000, "scheme": "HTTP"}
     assert app["ports"] == [{"containerPort": 8000}]
     assert manifests.service(c)["spec"]["ports"][0]["targetPort"] == 8000
+
+
+def test_leader_grace_period_covers_the_drain() -> None:
+    """Kubernetes' default 30 s grace would SIGKILL our server mid-drain; JetStream renders keep the guide's."""
+    leader = manifests.leader_worker_set(_inference_app("dev"))["spec"]["leaderWorkerTemplate"][
+        "leaderTemplate"
+    ]
+    assert leader["spec"]["terminationGracePeriodSeconds"] == 120 + manifests.DRAIN_GRACE_MARGIN_SECONDS
+    custom = _inference_app(
+        "dev", serving={"engine": "inference-app", "maxtext_extra_args": None, "drain_timeout_seconds": 600}
+    )
+    app = _containers(manifests.leader_worker_set(custom), "leader")["inference-app"]
+    assert app["command"][app["command"].index("--drain-timeout") + 1] == "600"
+    custom_leader = manifests.leader_worker_set(custom)["spec"]["leaderWorkerTemplate"]["leaderTemplate"]
+    assert custom_leader["spec"]["terminationGracePeriodSeconds"] > 600
+    for stack in STACKS:
+        jetstream = manifests.leader_worker_set(load_stack(stack))["spec"]["leaderWorkerTemplate"]
+        assert "terminationGracePeriodSeconds" not in jetstream["leaderTemplate"]["spec"]
+
+
+# --------------------------------------------------------------- the HPA's metric source
+
+_PROM_DURATION = re.compile(r"^([0-9]+(ms|s|m|h))+$")
+
+
+def _selects(selector: dict[str, Any], pod_labels: dict[str, str]) -> bool:
+    """LabelSelector semantics for matchLabels (the only form we render)."""
+    assert set(selector) == {"matchLabels"}
+    return all(pod_labels.get(k) == v for k, v in selector["matchLabels"].items())
+
+
+def _pod_labels(lws: dict[str, Any], role: str, worker_index: int) -> dict[str, str]:
+    """Labels a pod of `role` gets: its template's, plus the worker index LWS adds (leader = 0)."""
+    template = lws["spec"]["leaderWorkerTemplate"][f"{role}Template"]
+    labels = dict(template.get("metadata", {}).get("labels", {}))
+    labels[catalog.LWS_WORKER_INDEX_LABEL] = str(worker_index)
+    return labels
+
+
+def _check_pod_monitoring_schema(pm: dict[str, Any]) -> None:
+    """Managed Prometheus' PodMonitoring v1 facts: spec.selector + 1..10 endpoints with port and interval."""
+    assert (pm["apiVersion"], pm["kind"]) == ("monitoring.googleapis.com/v1", "PodMonitoring")
+    assert set(pm) == {"apiVersion", "kind", "metadata", "spec"}
+    assert set(pm["spec"]) == {"selector", "endpoints"}
+    assert 1 <= len(pm["spec"]["endpoints"]) <= 10
+    for endpoint in pm["spec"]["endpoints"]:
+        assert set(endpoint) <= {"port", "path", "interval", "timeout", "scheme"}
+        assert isinstance(endpoint["port"], int) and 0 < endpoint["port"] < 65536
+        assert _PROM_DURATION.match(endpoint["interval"])
+        assert endpoint["path"].startswith("/")
+
+
+@pytest.mark.parametrize("engine", ["inference-app", "jetstream-maxtext"])
+def test_pod_monitoring_scrapes_only_the_leaders_metrics_port(engine: str) -> None:
+    if engine == "inference-app":
+        c = _everything("dev")
+        server, port = "inference-app", catalog.HTTP_PORT
+    else:
+        c = variant_config("llama31-405b-v6e16", autoscaling={"enabled": True, "max_replicas": 2})
+        server, port = "jax-tpu", catalog.JETSTREAM_METRICS_PORT
+    pm = manifests.pod_monitoring(c)
+    assert pm is not None
+    _check_pod_monitoring_schema(pm)
+    assert pm["metadata"]["namespace"] == c.serving.namespace  # PodMonitoring is namespaced
+    lws = manifests.leader_worker_set(c)
+    selector = pm["spec"]["selector"]
+    assert _selects(selector, _pod_labels(lws, "leader", 0))
+    for index in range(1, c.lws_size):  # workers run no server: never scraped
+        assert not _selects(selector, _pod_labels(lws, "worker", index))
+        assert not _selects(
+            selector, {**_pod_labels(lws, "leader", 0), catalog.LWS_WORKER_INDEX_LABEL: str(index)}
+        )
+    (endpoint,) = pm["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == (port, catalog.METRICS_PATH)
+    assert {"containerPort": port} in _containers(lws, "leader")[server]["ports"]
+    # The HPA reads what this scrape produces: the metric name is the scraped gauge's.
+    hpa = manifests.horizontal_pod_autoscaler(c)
+    assert hpa is not None
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == catalog.AUTOSCALING_METRICS[engine]
+
+
+def test_jetstream_exports_metrics_only_with_autoscaling() -> None:
+    """prometheus_port= is a deliberate difference from the guide only when autoscaling is on."""
+    plain = load_stack("llama31-405b-v6e16")
+    assert manifests.pod_monitoring(plain) is None
+    jax = _containers(manifests.leader_worker_set(plain), "leader")["jax-tpu"]
+    assert not any(a.startswith("prometheus_port=") for a in jax["args"])
+    assert jax["ports"] == [{"containerPort": catalog.JETSTREAM_PORT}]
+    scaled = variant_config("llama31-405b-v6e16", autoscaling={"enabled": True})
+    jax = _containers(manifests.leader_worker_set(scaled), "leader")["jax-tpu"]
+    assert f"prometheus_port={catalog.JETSTREAM_METRICS_PORT}" in jax["args"]
+    assert jax["ports"][-1] == {"containerPort": catalog.JETSTREAM_METRICS_PORT}
 
 
 def test_jetstream_engine_has_http_front_end_and_flags() -> None:
@@ -223,6 +318,7 @@ def test_namespace_object_only_when_not_default() -> None:
         "Namespace",
         "LeaderWorkerSet",
         "Service",
+        "PodMonitoring",
         "HorizontalPodAutoscaler",
         "ServiceAccount",
         "Job",

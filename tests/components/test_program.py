@@ -200,6 +200,9 @@ def test_autoscaling_and_batch_job_variant() -> None:
     assert lws.ignore_changes == ["spec.replicas"]  # the HPA owns replicas
     hpa = rec.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
     assert lws.urn in hpa.dependencies
+    monitoring = rec.one("kubernetes:monitoring.googleapis.com/v1:PodMonitoring")
+    assert monitoring.urn in hpa.dependencies  # the metric source exists before the HPA reads it
+    assert monitoring.inputs["spec"]["endpoints"][0]["port"] == catalog.HTTP_PORT
     assert hpa.inputs["spec"]["scaleTargetRef"]["kind"] == "LeaderWorkerSet"
     pools = sorted(
         (r for r in rec.by_type(POOL_TYPE) if r.name.startswith("tpu-pool-")), key=lambda r: r.name

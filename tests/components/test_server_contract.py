@@ -54,6 +54,19 @@ def test_serve_command_parses_with_the_server_cli(stack: str, model: dict[str, o
     ) == c.parallelism
     assert args.pathways is True
     assert args.weight_dtype == ("int8" if c.model.quantization == "int8" else c.model.weight_dtype)
+    assert args.drain_timeout == c.serving.drain_timeout_seconds
+
+
+def test_autoscaling_metric_is_served_where_the_pod_monitoring_scrapes() -> None:
+    """The PodMonitoring's path is a route of our app, and the HPA's gauge is one it exports."""
+    from inference_app.orchestrator.metrics import ServingMetrics
+    from inference_app.server import routes_jetstream
+
+    paths = {getattr(r, "path", None) for r in routes_jetstream.router.routes}
+    assert catalog.METRICS_PATH in paths
+    gauge = catalog.AUTOSCALING_METRICS["inference-app"].split("|")[1]
+    exported = ServingMetrics().render().decode()
+    assert f"# TYPE {gauge} gauge" in exported
 
 
 def test_batch_command_parses_with_the_batch_cli() -> None:
