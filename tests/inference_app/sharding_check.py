@@ -1,0 +1,95 @@
+"""Run one model on several mesh layouts and print the greedy tokens of each as JSON.
+
+Executed in a subprocess by test_sharding.py, because the virtual device count
+(XLA_FLAGS=--xla_force_host_platform_device_count=8) must be set before JAX starts.
+Usage: python -m tests.inference_app.sharding_check MODEL_PATH_OR_NAME STEPS
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+import jax
+import numpy as np
+
+from inference_app.engine import EngineSettings, SamplingParams
+from inference_app.engine.engine import JaxEngine, model_for
+
+PROMPTS = [
+    [5, 6, 7],
+    [100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1100],
+    [42] * 20,
+    [9, 8, 7, 6, 5],
+    [1, 4093, 198, 2683, 359],
+    [3000, 3001],
+    list(range(2000, 2017)),
+    [77, 78, 79, 80, 81, 82, 83],
+]
+
+
+def greedy(engine: JaxEngine, prompts: list[list[int]], steps: int) -> list[list[int]]:
+    outs = []
+    for slot, ids in enumerate(prompts):
+        prefix = engine.transfer(engine.prefill(ids, SamplingParams()))
+        engine.insert(prefix, slot)
+        outs.append([prefix.first_token])
+    for _ in range(steps - 1):
+        toks = np.asarray(engine.generate().tokens)
+        for slot, out in enumerate(outs):
+            out.append(int(toks[slot]))
+    for slot in range(len(prompts)):
+        engine.release(slot)
+    return outs
+
+
+def main() -> None:
+    source, steps = sys.argv[1], int(sys.argv[2])
+    devices = jax.devices()
+    assert len(devices) == 8, f"expected 8 virtual devices, got {len(devices)}"
+    if source.endswith(".gguf") or "/" in source:
+        base = EngineSettings(model=None, model_path=source)
+    else:
+        base = EngineSettings(model=source)
+    base = dataclasses.replace(base, max_slots=8, max_prefill_length=32, max_target_length=64)
+    model = model_for(base)
+    layouts = {
+        "1dev_batch1": (dataclasses.replace(base, max_slots=1), devices[:1]),
+        "1dev_batch8": (base, devices[:1]),
+        "tensor4_ar2": (
+            dataclasses.replace(base, ici_autoregressive_parallelism=2, ici_tensor_parallelism=4),
+            devices,
+        ),
+        "fsdp2_tensor4": (
+            dataclasses.replace(base, ici_fsdp_parallelism=2, ici_tensor_parallelism=4),
+            devices,
+        ),
+        "disagg_4_4": (dataclasses.replace(base, mode="disaggregated", ici_tensor_parallelism=4), devices),
+        "tensor4_ar2_int8kv": (
+            dataclasses.replace(
+                base, kv_dtype="int8", ici_autoregressive_parallelism=2, ici_tensor_parallelism=4
+            ),
+            devices,
+        ),
+    }
+    result: dict[str, object] = {}
+    for name, (settings, devs) in layouts.items():
+        engine = JaxEngine(settings, model, devs)
+        if name == "1dev_batch1":
+            result[name] = [greedy(engine, [p], steps)[0] for p in PROMPTS]
+        else:
+            result[name] = greedy(engine, PROMPTS, steps)
+        wqkv = engine.generate_params["layers"][0]["wqkv"]
+        sharding = wqkv.q.sharding if hasattr(wqkv, "q") else wqkv.sharding
+        result[name + ":wqkv_spec"] = str(sharding.spec)
+        result[name + ":cache_spec"] = str(engine._cache[0]["k"].sharding.spec)
+        result[name + ":devices"] = [
+            sorted(d.id for d in engine.prefill_mesh.devices.flat),
+            sorted(d.id for d in engine.generate_mesh.devices.flat),
+        ]
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
