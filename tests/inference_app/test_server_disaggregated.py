@@ -49,6 +49,6 @@ def serve_all(mode: str, devices: int) -> list[str]:
 @pytest.mark.slow
 def test_disaggregated_4_plus_4_equals_interleaved() -> None:
     disaggregated = serve_all("disaggregated", 8)
-    interleaved = serve_all("interleaved", 4)  # the same 4-device sharding per group
+    interleaved = serve_all("interleaved", 1)  # what `make serve` runs: one device, no sharding
     assert all(text.strip() for text in disaggregated)
     assert disaggregated == interleaved
