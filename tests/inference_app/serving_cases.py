@@ -143,4 +143,6 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait(5)
         self.log.close()
+        if self.proc.returncode == 0:
+            Path(self.log.name).unlink(missing_ok=True)  # kept (see its path in failures) otherwise
         return self.proc.returncode

@@ -216,6 +216,11 @@ def test_queue_full_is_rejected_not_buffered(engine: FakeEngine) -> None:
         # slots + one prefilled lookahead + the queue bound; everything else refused
         assert accepted <= engine.max_slots + 1 + 2 and rejected >= 20 - (engine.max_slots + 3)
         assert orch.metrics.requests.labels(outcome="rejected_queue_full")._value.get() == rejected
+        # gauges are read at scrape time, not at start-up;
+        # interleaved: the blocked decode step holds the device, so prefill (and the queue) stand still
+        scraped = orch.metrics.render().decode()
+        assert f"inference_queue_depth {float(orch.queue_depth)}" in scraped and orch.queue_depth >= 1
+        assert f"inference_requests_in_flight {float(accepted)}" in scraped
     finally:
         engine.gate.set()
         orch.stop()
