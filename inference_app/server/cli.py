@@ -153,13 +153,14 @@ def engine_factory(settings: EngineSettings, inject_fault: str | None) -> Callab
 
 
 class QuietProbes(logging.Filter):
-    """Drop access-log lines of successful /healthcheck and /metrics polls (probes every second)."""
+    """Drop access-log lines of /healthcheck and /metrics polls that say nothing new (probes poll
+    every second): 200s, and the 503s while loading or draining, which the phase logs announce."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and len(args) == 5:
             path, status = str(args[2]), args[4]
-            return not (path in ("/healthcheck", "/metrics") and status == 200)
+            return not (path in ("/healthcheck", "/metrics") and status in (200, 503))
         return True
 
 
