@@ -6,7 +6,9 @@ edge (`weights_gguf.py`, `weights_hf.py`), never here.
 
     params = {
       "embed":  [V, D]                        token embeddings (also the LM head when tied)
-      "lm_head": [D, V]                       only when untied
+      "lm_head": [D, V]                       untied models; for tied float models a transposed
+                                              copy of "embed" (a [K, N] matmul streams faster on
+                                              XLA:CPU than one against the [N, K] table)
       "final_norm": [D]
       "layers": [ {                           one dict per layer (unrolled: XLA fuses across)
           "attn_norm": [D],
@@ -139,7 +141,7 @@ def embed(params: Params, tokens: jax.Array, dtype: jnp.dtype) -> jax.Array:
 def lm_head(params: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
     """Logits in fp32 from final hidden states x [..., D]."""
     x = rms_norm(x, params["final_norm"], cfg.rms_eps)
-    if cfg.tie_embeddings:
+    if "lm_head" not in params:  # tied (int8 tables are already in the fast [out, in] layout)
         table = params["embed"]
         if isinstance(table, QInt8):
             lead = x.shape[:-1]

@@ -58,4 +58,6 @@ def params_from_hf(
     }
     if not cfg.tie_embeddings:
         params["lm_head"] = mat("lm_head", get("lm_head.weight").T)  # [D, V]
+    elif not int8:  # tied: a transposed copy, see transformer.py
+        params["lm_head"] = np.ascontiguousarray(params["embed"].T)
     return params
