@@ -86,7 +86,7 @@ def test_concurrent_greedy_requests_equal_each_served_alone(server: ServerProces
 
 
 def test_streaming_equals_non_streaming(server: ServerProcess) -> None:
-    prompt, n = PROMPTS[2], 24
+    prompt, n = PROMPTS[2], 12
     whole = generate(server, prompt, n, ignore_eos=True)
     with httpx.stream("POST", f"{server.base}/generate", json={"prompt": prompt, "max_tokens": n, "stream": True,
                                                               "ignore_eos": True}, timeout=120) as r:
