@@ -6,7 +6,9 @@ when both stages share devices); `insert` writes that KV into a free slot of the
 cache (donated, updated in place); every `generate` call advances all slots by one token, each at
 its own position, attending only to a bucketed prefix of the cache; `release` frees the slot.
 
-The engine is not thread-safe: one orchestrator thread drives it.
+Threads: `prefill`/`transfer` touch only the prefill parameters and may run on their own thread
+(disaggregated serving does); `insert`, `generate` and `release` share the slot state and must
+be called from one thread.
 """
 
 from __future__ import annotations
