@@ -80,9 +80,10 @@ def main() -> None:
             result[name] = [greedy(engine, [p], steps)[0] for p in PROMPTS]
         else:
             result[name] = greedy(engine, PROMPTS, steps)
-        wqkv = engine.generate_params["layers"][0]["wqkv"]
-        sharding = wqkv.q.sharding if hasattr(wqkv, "q") else wqkv.sharding
-        result[name + ":wqkv_spec"] = str(sharding.spec)
+        for weight in ("wqkv", "w_gate_up"):
+            w = engine.generate_params["layers"][0][weight]
+            sharding = w.q.sharding if hasattr(w, "q") else w.sharding
+            result[f"{name}:{weight}_spec"] = str(sharding.spec)
         result[name + ":cache_spec"] = str(engine._cache[0]["k"].sharding.spec)
         result[name + ":devices"] = [
             sorted(d.id for d in engine.prefill_mesh.devices.flat),

@@ -85,6 +85,7 @@ def test_slot_reuse_after_release_is_clean(
     assert decode_all(engine8, [prompt_ids[0]], [SamplingParams()], STEPS) == [greedy8[0]]
 
 
+@pytest.mark.slow  # the default suite measures int8 KV agreement in test_sharding.py
 def test_int8_kv_cache_agreement(
     model: LoadedModel, prompt_ids: list[list[int]], greedy8: list[list[int]]
 ) -> None:
