@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,12 +55,12 @@ def main() -> None:
     with torch.device("meta"):
         skeleton = LlamaForCausalLM(config)
     state = load_gguf_checkpoint(path, return_tensors=True, model_to_load=skeleton)["tensors"]
-    model = LlamaForCausalLM(config).to(torch.float32).eval()
+    model = LlamaForCausalLM(config).float().eval()
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
     model.tie_weights()
 
-    cases = [{"kind": "raw", "text": p} for p in RAW_PROMPTS]
+    cases: list[dict[str, Any]] = [{"kind": "raw", "text": p} for p in RAW_PROMPTS]
     cases += [
         {
             "kind": "chat",

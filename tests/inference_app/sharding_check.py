@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from typing import cast
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding
 
 from inference_app.engine import EngineSettings, SamplingParams
 from inference_app.engine.engine import JaxEngine, model_for
@@ -83,8 +85,8 @@ def main() -> None:
         for weight in ("wqkv", "w_gate_up"):
             w = engine.generate_params["layers"][0][weight]
             sharding = w.q.sharding if hasattr(w, "q") else w.sharding
-            result[f"{name}:{weight}_spec"] = str(sharding.spec)
-        result[name + ":cache_spec"] = str(engine._cache[0]["k"].sharding.spec)
+            result[f"{name}:{weight}_spec"] = str(cast(NamedSharding, sharding).spec)
+        result[name + ":cache_spec"] = str(cast(NamedSharding, engine._cache[0]["k"].sharding).spec)
         result[name + ":devices"] = [
             sorted(d.id for d in engine.prefill_mesh.devices.flat),
             sorted(d.id for d in engine.generate_mesh.devices.flat),

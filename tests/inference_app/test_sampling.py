@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from inference_app.engine.sampling import greedy, sample
@@ -26,7 +27,7 @@ def draw(n: int, temperature: float, top_k: int, top_p: float) -> np.ndarray:
 
 
 def test_greedy_is_argmax() -> None:
-    assert greedy(np.asarray([[0.1, 3.0, 2.0]])).tolist() == [1]
+    assert greedy(jnp.asarray([[0.1, 3.0, 2.0]])).tolist() == [1]
     assert draw(8, 0.0, 0, 1.0).tolist() == [0] * 8
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
 from inference_app.models import embedded_model_path
@@ -25,7 +26,7 @@ def make_tiny_llama(directory: Path, seed: int = 0) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    kwargs: dict[str, Any] = dict(
         vocab_size=49152,
         hidden_size=64,
         intermediate_size=128,
@@ -47,7 +48,8 @@ def make_tiny_llama(directory: Path, seed: int = 0) -> Path:
         eos_token_id=2,
         bos_token_id=1,
     )
-    model = LlamaForCausalLM(config).to(torch.float32).eval()
+    config = LlamaConfig(**kwargs)
+    model = LlamaForCausalLM(config).float().eval()
     with torch.no_grad():  # random init is tiny; widen it so logits actually differ between tokens
         for p in model.parameters():
             if p.ndim == 2:
