@@ -173,8 +173,8 @@ def test_short_soak_at_twice_slot_capacity() -> None:
 @pytest.mark.slow
 def test_soak_real_model_at_twice_slot_capacity() -> None:
     """A few minutes of the real SmolLM2 server at 2x its 4 slots (run with `make test-slow`)."""
-    srv = ServerProcess(["serve", "--max-slots", "4", "--max-queue", "4", "--max-target-length", "256",
-                         "--log-level", "warning"])
+    srv = ServerProcess(["serve", "--max-slots", "4", "--max-queue", "4", "--max-prefill-length", "128",
+                         "--max-target-length", "256", "--log-level", "warning"])
     try:
         srv.wait_healthy(timeout=600)
         report = soak(srv, clients=8, duration_s=180, max_tokens=(4, 24), check_text=False)
