@@ -135,7 +135,9 @@ def main() -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     levels = [int(x) for x in args.levels.split(",")]
     out: dict[str, Any] = {"name": args.name, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                           "uptime_start": uptime(), "cpus": os.cpu_count(), "args": vars(args)}
+                           "uptime_start": uptime(), "cpus": os.cpu_count(), "args": vars(args),
+                           "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                                    text=True).stdout.strip()}
     print(out["uptime_start"], flush=True)
     with ExitStack() as stack:
         if not args.skip_throughput:
