@@ -261,19 +261,48 @@ class JaxEngine:
         return sp
 
     def prefill(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> Prefix:
-        n = len(prompt_ids)
-        if n == 0:
-            raise ValueError("prompt is empty: at least one token is needed")
-        bad = [t for t in prompt_ids if not 0 <= int(t) < self.config.vocab_size]
-        if bad:
-            raise ValueError(f"token ids out of range [0, {self.config.vocab_size}): {bad[:5]}")
-        sp = self._resolve(sampling)
-        bucket = self.prefill_bucket(n)
-        tokens = np.zeros((1, bucket), np.int32)
-        tokens[0, :n] = prompt_ids
-        samp = _sampling_arrays([sp])
-        first, kv = self._prefill_fn(self.prefill_params, tokens, np.array([n], np.int32), samp)
-        return Prefix(first_token=int(first[0]), length=n, kv=kv, sampling=sp)
+        return self.prefill_many([prompt_ids], [sampling])[0]
+
+    def prefill_many(
+        self, prompts: Sequence[Sequence[int]], samplings: Sequence[SamplingParams]
+    ) -> list[Prefix]:
+        """Prefill several prompts in one call (an extension beyond the `Engine` protocol).
+
+        All prompts are padded to the bucket of the longest and the batch to a power of two, so
+        compilations stay bounded; each returned Prefix is exactly what `prefill` would give.
+        """
+        if len(prompts) != len(samplings) or not prompts:
+            raise ValueError("prefill_many needs one SamplingParams per prompt and at least one prompt")
+        for ids in prompts:
+            if len(ids) == 0:
+                raise ValueError("prompt is empty: at least one token is needed")
+            bad = [t for t in ids if not 0 <= int(t) < self.config.vocab_size]
+            if bad:
+                raise ValueError(f"token ids out of range [0, {self.config.vocab_size}): {bad[:5]}")
+        resolved = [self._resolve(sp) for sp in samplings]
+        bucket = self.prefill_bucket(max(len(ids) for ids in prompts))
+        rows = 1 << (len(prompts) - 1).bit_length()
+        tokens = np.zeros((rows, bucket), np.int32)
+        lengths = np.ones(rows, np.int32)
+        for i, ids in enumerate(prompts):
+            tokens[i, : len(ids)] = ids
+            lengths[i] = len(ids)
+        padded = resolved + [resolved[0]] * (rows - len(prompts))
+        first, kv = self._prefill_fn(self.prefill_params, tokens, lengths, _sampling_arrays(padded))
+        first_host = np.asarray(first)
+        if rows == 1:
+            return [
+                Prefix(first_token=int(first_host[0]), length=int(lengths[0]), kv=kv, sampling=resolved[0])
+            ]
+        return [
+            Prefix(
+                first_token=int(first_host[i]),
+                length=int(lengths[i]),
+                kv=[{k: a[i : i + 1] for k, a in layer.items()} for layer in kv],
+                sampling=sp,
+            )
+            for i, sp in enumerate(resolved)
+        ]
 
     def transfer(self, prefix: Prefix) -> Prefix:
         if self.generate_mesh is self.prefill_mesh:

@@ -153,3 +153,15 @@ def test_settings_errors_name_the_field(model: LoadedModel) -> None:
         JaxEngine(dataclasses.replace(BASE, ici_tensor_parallelism=3), model)
     with pytest.raises(ValueError, match="disaggregated"):
         JaxEngine(dataclasses.replace(BASE, mode="disaggregated"), model)
+
+
+def test_prefill_many_equals_single_prefills(engine8: JaxEngine, prompt_ids: list[list[int]]) -> None:
+    prompts = prompt_ids[:3]  # mixed lengths, batch padded to 4
+    many = engine8.prefill_many(prompts, [SamplingParams()] * 3)
+    for ids, got in zip(prompts, many, strict=True):
+        one = engine8.prefill(ids, SamplingParams())
+        assert (got.first_token, got.length) == (one.first_token, one.length)
+        n = one.length
+        np.testing.assert_allclose(
+            np.asarray(got.kv[5]["k"])[:, :, :n], np.asarray(one.kv[5]["k"])[:, :, :n], atol=1e-4
+        )
