@@ -45,9 +45,9 @@ def test_closed_loop_measures_known_token_timing(fake: tuple[str, FakeState], ap
     assert s["completed"] == 9 and s["failed"] == 0 and s["output_tokens"] == 72
     assert state.max_in_flight == 3  # the concurrency bound held
     # Each token takes DELAY on the server, so TPOT and ITL sit at DELAY (scheduling adds a little).
-    assert DELAY * 0.9 <= s["tpot_ms"]["median"] / 1000 <= DELAY * 2
-    assert DELAY * 0.9 <= s["itl_ms"]["median"] / 1000 <= DELAY * 2
-    assert DELAY * 0.9 <= s["ttft_ms"]["median"] / 1000 < 8 * DELAY
+    assert DELAY * 0.9 <= s["tpot_ms"]["median"] / 1000 <= DELAY * 3
+    assert DELAY * 0.9 <= s["itl_ms"]["median"] / 1000 <= DELAY * 3
+    assert DELAY * 0.9 <= s["ttft_ms"]["median"] / 1000 < 10 * DELAY
     assert all(len(r["itl"]) == 7 for r in report["requests"])
     assert report["settings"]["model"] == ("fake-model" if api == "openai" else None)
     assert report["host"]["load_avg"] is not None
