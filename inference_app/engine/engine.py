@@ -216,8 +216,10 @@ class JaxEngine:
             return nxt, cache
 
         self._prefill_fn = jax.jit(prefill_fn)
+        # Only the cache is donated: the token vector is tiny, and keeping it undonated means a
+        # StepOutput handed to the orchestrator stays valid while later inserts/steps run.
         self._insert_fn = jax.jit(
-            insert_fn, donate_argnums=(0, 1), out_shardings=(self._cache_shardings, self._rep)
+            insert_fn, donate_argnums=(0,), out_shardings=(self._cache_shardings, self._rep)
         )
         self._generate_fn = jax.jit(
             generate_fn,

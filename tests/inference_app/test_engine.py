@@ -165,3 +165,16 @@ def test_prefill_many_equals_single_prefills(engine8: JaxEngine, prompt_ids: lis
         np.testing.assert_allclose(
             np.asarray(got.kv[5]["k"])[:, :, :n], np.asarray(one.kv[5]["k"])[:, :, :n], atol=1e-4
         )
+
+
+def test_step_output_stays_valid_after_insert_and_generate(
+    engine8: JaxEngine, prompt_ids: list[list[int]]
+) -> None:
+    """The orchestrator copies StepOutput.tokens to host asynchronously, after later calls."""
+    engine8.insert(engine8.prefill(prompt_ids[0], SamplingParams()), 0)
+    step = engine8.generate()
+    engine8.insert(engine8.prefill(prompt_ids[1], SamplingParams()), 1)
+    engine8.generate()
+    assert np.asarray(step.tokens).shape == (engine8.max_slots,)
+    engine8.release(0)
+    engine8.release(1)
