@@ -11,11 +11,43 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
+import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import load as load_safetensors
 
 from inference_app.model.config import ModelConfig
 from inference_app.model.tokenizer import TextTokenizer, from_hf_files
+
+# safetensors dtype codes -> numpy (bf16 through JAX's ml_dtypes type, which safetensors.numpy lacks).
+_DTYPES: dict[str, Any] = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": jnp.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
+
+
+def parse_safetensors(data: bytes) -> dict[str, np.ndarray]:
+    """Tensors of one safetensors file: u64 header size, JSON header, then raw little-endian data."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    base = 8 + size
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in _DTYPES:
+            raise ValueError(f"safetensors dtype {info['dtype']} of {name} is not supported")
+        start, end = info["data_offsets"]
+        dtype = np.dtype(_DTYPES[info["dtype"]])
+        arr = np.frombuffer(data, dtype=dtype, count=(end - start) // dtype.itemsize, offset=base + start)
+        out[name] = arr.reshape(info["shape"])
+    return out
 
 
 def _join(base: str, name: str) -> str:
@@ -49,8 +81,7 @@ class HFCheckpoint:
             raise FileNotFoundError(f"{self.path}: no *.safetensors files")
         for f in files:
             with self.fs.open(f, "rb") as fh:
-                for name, arr in load_safetensors(fh.read()).items():
-                    self._tensors[name] = arr
+                self._tensors.update(parse_safetensors(fh.read()))
 
     def tensor(self, hf_name: str) -> np.ndarray:
         if not self._tensors:
@@ -59,10 +90,6 @@ class HFCheckpoint:
             t = self._tensors[hf_name]
         except KeyError:
             raise KeyError(f"{self.path}: no tensor {hf_name} in the safetensors files") from None
-        if t.dtype.kind == "V" or str(t.dtype) == "bfloat16":  # numpy has no bf16: widen
-            import ml_dtypes
-
-            t = t.view(ml_dtypes.bfloat16)
         return np.asarray(t, dtype=np.float32)
 
     def tokenizer(self) -> TextTokenizer:

@@ -103,3 +103,21 @@ def test_loads_through_fsspec_urls(tiny_dir: Path) -> None:
 def test_missing_config_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"no config\.json"):
         HFCheckpoint(str(tmp_path))
+
+
+def test_reads_bf16_and_f16_safetensors(tmp_path: Path) -> None:
+    """Real Llama checkpoints ship bf16, which safetensors' numpy reader cannot parse."""
+    from safetensors.torch import save_file
+
+    tensors = {
+        "w_bf16": torch.randn(3, 4).to(torch.bfloat16),
+        "w_f16": torch.randn(5).to(torch.float16),
+        "w_f32": torch.randn(2, 2),
+    }
+    save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    (tmp_path / "config.json").write_text(
+        '{"num_attention_heads": 2, "hidden_size": 8, "num_hidden_layers": 1, "intermediate_size": 8, "vocab_size": 10}'
+    )
+    ckpt = HFCheckpoint(str(tmp_path))
+    for name, t in tensors.items():
+        np.testing.assert_array_equal(ckpt.tensor(name), t.float().numpy())
