@@ -84,13 +84,15 @@ class HFCheckpoint:
                 self._tensors.update(parse_safetensors(fh.read()))
 
     def tensor(self, hf_name: str) -> np.ndarray:
+        """The stored tensor in its stored dtype (no fp32 copy of a bf16 checkpoint; the
+        conversion to the serving dtype happens once, in `params_from_hf`)."""
         if not self._tensors:
             self._load_tensors()
         try:
             t = self._tensors[hf_name]
         except KeyError:
             raise KeyError(f"{self.path}: no tensor {hf_name} in the safetensors files") from None
-        return np.asarray(t, dtype=np.float32)
+        return t
 
     def tokenizer(self) -> TextTokenizer:
         if not self._exists("tokenizer.json"):

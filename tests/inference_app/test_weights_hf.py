@@ -120,4 +120,4 @@ def test_reads_bf16_and_f16_safetensors(tmp_path: Path) -> None:
     )
     ckpt = HFCheckpoint(str(tmp_path))
     for name, t in tensors.items():
-        np.testing.assert_array_equal(ckpt.tensor(name), t.float().numpy())
+        np.testing.assert_array_equal(ckpt.tensor(name).astype(np.float32), t.float().numpy())
