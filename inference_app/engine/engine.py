@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 MIN_PREFILL_BUCKET = 32
 MIN_ATTENTION_BUCKET = 128
 
+# XLA:CPU compiler options for every engine computation. YNNPACK dot fusions run the decode
+# matmuls (fp32, and the int8-weight matrix-vector products that XLA's own loop emitter handles
+# at only the fp32 rate) through XNNPACK's YNN kernels. Passed per jit (not via XLA_FLAGS), so
+# they apply regardless of when jax was imported and form part of the compilation-cache key.
+CPU_COMPILER_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
 
 def buckets(smallest: int, largest: int) -> tuple[int, ...]:
     """Powers of two from `smallest` (capped at `largest`), always ending with `largest`."""
@@ -144,6 +150,7 @@ class JaxEngine:
         self._seeds = np.zeros(b, np.uint32)
         self._active: set[int] = set()
         self._rng = np.random.default_rng()
+        self.compiler_options = dict(CPU_COMPILER_OPTIONS) if devices[0].platform == "cpu" else {}
         self._build_functions()
 
     # ---- construction helpers ------------------------------------------------------------
@@ -215,17 +222,22 @@ class JaxEngine:
                 nxt = sampling.sample(logits, temperature, top_k, top_p, seeds, positions + 1)
             return nxt, cache
 
-        self._prefill_fn = jax.jit(prefill_fn)
+        opts = self.compiler_options or None
+        self._prefill_fn = jax.jit(prefill_fn, compiler_options=opts)
         # Only the cache is donated: the token vector is tiny, and keeping it undonated means a
         # StepOutput handed to the orchestrator stays valid while later inserts/steps run.
         self._insert_fn = jax.jit(
-            insert_fn, donate_argnums=(0,), out_shardings=(self._cache_shardings, self._rep)
+            insert_fn,
+            donate_argnums=(0,),
+            out_shardings=(self._cache_shardings, self._rep),
+            compiler_options=opts,
         )
         self._generate_fn = jax.jit(
             generate_fn,
             static_argnames=("attn_len", "greedy"),
             donate_argnums=(1,),
             out_shardings=(self._rep, self._cache_shardings),
+            compiler_options=opts,
         )
 
     # ---- Engine protocol -----------------------------------------------------------------
