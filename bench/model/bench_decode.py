@@ -6,7 +6,7 @@ after every step as the orchestrator does. Startup-to-first-token is measured in
 compilation cache. Results go to bench/model/results.json and results.md; the 1-minute load
 average is recorded because the machine is shared.
 
-Run: .venv/bin/python bench/model/bench_decode.py [--configs fp32-b1,int8-b1,fp32-b32] [--no-startup]
+Run: .venv/bin/python bench/model/bench_decode.py [--configs fp32-b1,int8-b1,fp32-b32,int8-b32] [--no-startup]
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def startup() -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--configs", default="fp32-b1,int8-b1,fp32-b32")
+    parser.add_argument("--configs", default="fp32-b1,int8-b1,fp32-b32,int8-b32")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-startup", action="store_true")
     parser.add_argument("--out", default=str(HERE / "results.json"))
