@@ -216,7 +216,10 @@ def decode_forward(
     positions: jax.Array,
     attn_len: int,
 ) -> tuple[jax.Array, list[LayerKV]]:
-    """One token for every slot: tokens [B] at positions [B] -> logits [B, V], updated cache.
+    """One token for the first B slots: tokens [B] at positions [B] -> logits [B, V], updated cache.
+
+    B may be smaller than the cache's slot count (the engine's row bucket); the other slots are
+    neither read nor written.
 
     Each slot's new K/V is written at its own position; attention reads only the first
     `attn_len` cache entries (a static bucket >= every position + 1) and masks those after the
@@ -235,14 +238,14 @@ def decode_forward(
         q = rope(q, positions, cfg)
         k = rope(k, positions, cfg)
         c = _write_kv(c, rows, positions, k, v)
-        kc, vc = c["k"][:, :, :attn_len], c["v"][:, :, :attn_len]  # [B, K, T, Dh]
+        kc, vc = c["k"][:b, :, :attn_len], c["v"][:b, :, :attn_len]  # [B, K, T, Dh]
         scores = jnp.einsum("bkgh,bkth->bkgt", q, kc.astype(dtype)).astype(jnp.float32)
         if "k_scale" in c:
-            scores = scores * c["k_scale"][:, :, None, :attn_len]
+            scores = scores * c["k_scale"][:b, :, None, :attn_len]
         scores = jnp.where(valid[:, None, None, :], scores * scale, -jnp.inf)
         probs = jax.nn.softmax(scores, axis=-1)
         if "v_scale" in c:
-            probs = probs * c["v_scale"][:, :, None, :attn_len]
+            probs = probs * c["v_scale"][:b, :, None, :attn_len]
         attn = jnp.einsum("bkgt,bkth->bkgh", probs.astype(dtype), vc.astype(dtype))
         x = x + linear(attn, layer["wo"], 3)
         x = x + mlp(layer, rms_norm(x, layer["mlp_norm"], cfg.rms_eps))
