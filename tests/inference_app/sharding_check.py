@@ -13,11 +13,11 @@ import sys
 from typing import cast
 
 import jax
-import numpy as np
 from jax.sharding import NamedSharding
 
-from inference_app.engine import EngineSettings, SamplingParams
+from inference_app.engine import EngineSettings
 from inference_app.engine.engine import JaxEngine, model_for
+from tests.inference_app.engine_runs import decode_greedy
 
 PROMPTS = [
     [5, 6, 7],
@@ -29,21 +29,6 @@ PROMPTS = [
     list(range(2000, 2017)),
     [77, 78, 79, 80, 81, 82, 83],
 ]
-
-
-def greedy(engine: JaxEngine, prompts: list[list[int]], steps: int) -> list[list[int]]:
-    outs = []
-    for slot, ids in enumerate(prompts):
-        prefix = engine.transfer(engine.prefill(ids, SamplingParams()))
-        engine.insert(prefix, slot)
-        outs.append([prefix.first_token])
-    for _ in range(steps - 1):
-        toks = np.asarray(engine.generate().tokens)
-        for slot, out in enumerate(outs):
-            out.append(int(toks[slot]))
-    for slot in range(len(prompts)):
-        engine.release(slot)
-    return outs
 
 
 def main() -> None:
@@ -79,9 +64,9 @@ def main() -> None:
     for name, (settings, devs) in layouts.items():
         engine = JaxEngine(settings, model, devs)
         if name == "1dev_batch1":
-            result[name] = [greedy(engine, [p], steps)[0] for p in PROMPTS]
+            result[name] = [decode_greedy(engine, [p], steps)[0] for p in PROMPTS]
         else:
-            result[name] = greedy(engine, PROMPTS, steps)
+            result[name] = decode_greedy(engine, PROMPTS, steps)
         for weight in ("wqkv", "w_gate_up"):
             w = engine.generate_params["layers"][0][weight]
             sharding = w.q.sharding if hasattr(w, "q") else w.sharding

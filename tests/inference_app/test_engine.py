@@ -10,6 +10,7 @@ import pytest
 from inference_app.engine import Engine, EngineSettings, SamplingParams
 from inference_app.engine.engine import JaxEngine, model_for
 from inference_app.model.loader import LoadedModel
+from tests.inference_app.engine_runs import decode_all
 
 STEPS = 12
 PROMPTS = [
@@ -44,23 +45,6 @@ def prompt_ids(model: LoadedModel) -> list[list[int]]:
 def greedy8(engine8: JaxEngine, prompt_ids: list[list[int]]) -> list[list[int]]:
     """Greedy tokens of all prompts decoded together in one batch of 8."""
     return decode_all(engine8, prompt_ids, [SamplingParams()] * len(prompt_ids), STEPS)
-
-
-def decode_all(
-    engine: JaxEngine, prompts: list[list[int]], sampling: list[SamplingParams], steps: int
-) -> list[list[int]]:
-    outs = []
-    for slot, (ids, sp) in enumerate(zip(prompts, sampling, strict=True)):
-        prefix = engine.transfer(engine.prefill(ids, sp))
-        engine.insert(prefix, slot)
-        outs.append([prefix.first_token])
-    for _ in range(steps - 1):
-        toks = np.asarray(engine.generate().tokens)
-        for slot, out in enumerate(outs):
-            out.append(int(toks[slot]))
-    for slot in range(len(prompts)):
-        engine.release(slot)
-    return outs
 
 
 def test_satisfies_engine_protocol(engine8: JaxEngine) -> None:
@@ -178,3 +162,21 @@ def test_step_output_stays_valid_after_insert_and_generate(
     assert np.asarray(step.tokens).shape == (engine8.max_slots,)
     engine8.release(0)
     engine8.release(1)
+
+
+def test_decode_step_rows_cover_the_highest_active_slot(
+    engine8: JaxEngine, prompt_ids: list[list[int]], greedy8: list[list[int]]
+) -> None:
+    """Steps compute a row bucket (1, 4, 8 here) and give the same tokens as full-width steps."""
+    assert engine8.row_buckets == (1, 4, 8)
+    engine8.insert(engine8.prefill(prompt_ids[0], SamplingParams()), 0)
+    assert engine8.row_bucket() == 1
+    engine8.insert(engine8.prefill(prompt_ids[1], SamplingParams()), 2)
+    assert engine8.row_bucket() == 4
+    engine8.insert(engine8.prefill(prompt_ids[2], SamplingParams()), 5)
+    assert engine8.row_bucket() == 8
+    for slot in (0, 2, 5):
+        engine8.release(slot)
+    assert engine8.row_bucket() == 1
+    # Slot 0 alone (1-row steps) matches the batch of 8 (8-row steps).
+    assert decode_all(engine8, [prompt_ids[0]], [SamplingParams()], STEPS) == [greedy8[0]]

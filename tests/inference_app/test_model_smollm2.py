@@ -14,9 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from inference_app.engine import EngineSettings, SamplingParams
+from inference_app.engine import EngineSettings
 from inference_app.engine.engine import JaxEngine, load_engine
 from inference_app.model.transformer import prefill_forward
+from tests.inference_app.engine_runs import decode_greedy
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 
@@ -31,22 +32,6 @@ def engine() -> JaxEngine:
     return load_engine(EngineSettings(max_slots=4, max_prefill_length=64, max_target_length=128))
 
 
-def run_greedy(engine: JaxEngine, prompts: list[list[int]], steps: int) -> list[list[int]]:
-    """Insert every prompt into its own slot, then decode all of them together."""
-    outs = []
-    for slot, ids in enumerate(prompts):
-        prefix = engine.transfer(engine.prefill(ids, SamplingParams()))
-        engine.insert(prefix, slot)
-        outs.append([prefix.first_token])
-    for _ in range(steps - 1):
-        toks = np.asarray(engine.generate().tokens)
-        for slot, out in enumerate(outs):
-            out.append(int(toks[slot]))
-    for slot in range(len(prompts)):
-        engine.release(slot)
-    return outs
-
-
 def test_golden_covers_raw_and_chat_prompts(golden: dict[str, Any]) -> None:
     kinds = [c["kind"] for c in golden["cases"]]
     assert len(kinds) >= 4 and {"raw", "chat"} <= set(kinds)
@@ -55,7 +40,7 @@ def test_golden_covers_raw_and_chat_prompts(golden: dict[str, Any]) -> None:
 
 def test_greedy_tokens_match_transformers(engine: JaxEngine, golden: dict[str, Any]) -> None:
     cases = golden["cases"]
-    outs = run_greedy(engine, [c["prompt_ids"] for c in cases], golden["new_tokens"])
+    outs = decode_greedy(engine, [c["prompt_ids"] for c in cases], golden["new_tokens"])
     for case, out in zip(cases, outs, strict=True):
         assert out == case["greedy_ids"], case["text"]
 
