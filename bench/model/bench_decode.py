@@ -32,6 +32,8 @@ CONFIGS = {  # name -> (weight dtype, kv dtype, slots)
     "fp32-b8": ("float32", "float32", 8),
     "fp32-b32": ("float32", "float32", 32),
     "int8-b32": ("int8", "float32", 32),
+    "bf16-b1": ("bfloat16", "float32", 1),
+    "bf16-b32": ("bfloat16", "float32", 32),
     "fp32-b1-int8kv": ("float32", "int8", 1),
 }
 

@@ -87,6 +87,9 @@ class EngineSettings:
     ici_autoregressive_parallelism: int = 1
     ici_tensor_parallelism: int = -1
     compilation_cache_dir: str | None = ".jax_cache"
+    # Native decode kernels (inference_app/kernels) on a single CPU device; built on first use,
+    # skipped with a warning where no C++ compiler is available.
+    cpu_kernels: bool = True
 
 
 @runtime_checkable

@@ -29,6 +29,8 @@ from jax.sharding import Mesh
 from inference_app.engine import sampling
 from inference_app.engine.api import EngineSettings, Prefix, SamplingParams, StepOutput
 from inference_app.engine.sharding import cache_sharding, make_mesh, param_shardings, replicated
+from inference_app.kernels import build as kernel_build
+from inference_app.kernels import ops as cpu_kernels
 from inference_app.model.config import ModelConfig
 from inference_app.model.loader import LoadedModel, load_model
 from inference_app.model.tokenizer import TextTokenizer
@@ -75,11 +77,16 @@ def row_buckets(smallest: int, largest: int) -> tuple[int, ...]:
 
 
 def resolve_dtypes(settings: EngineSettings, platform: str) -> tuple[Any, Any, bool]:
-    """(compute dtype, KV dtype, int8 weights) for a platform; `auto` is fp32 on CPU, bf16 elsewhere."""
+    """(compute dtype, KV dtype, int8 weights) for a platform; `auto` is fp32 on CPU, bf16 elsewhere.
+
+    An `auto` KV cache follows the compute dtype, except on CPU where it stays float32: the CPU
+    attention kernel reads float32, and a bf16 cache would save memory, not time.
+    """
     auto = jnp.float32 if platform == "cpu" else jnp.bfloat16
     w = settings.weight_dtype
     compute = auto if w in ("auto", "int8") else jnp.dtype(w).type
-    kv = compute if settings.kv_dtype == "auto" else jnp.dtype(settings.kv_dtype).type
+    kv_auto = jnp.float32 if platform == "cpu" else compute
+    kv = kv_auto if settings.kv_dtype == "auto" else jnp.dtype(settings.kv_dtype).type
     return compute, kv, w == "int8"
 
 
@@ -142,7 +149,21 @@ class JaxEngine:
             self.prefill_mesh if prefill_devices is generate_devices else make_mesh(generate_devices, *axes)
         )
         self.prefill_buckets = buckets(min(MIN_PREFILL_BUCKET, s.max_prefill_length), s.max_prefill_length)
-        self.attention_buckets = buckets(min(MIN_ATTENTION_BUCKET, s.max_target_length), s.max_target_length)
+        # Native decode kernels: single CPU device only (they know nothing of sharding).
+        self.use_cpu_kernels = (
+            s.cpu_kernels
+            and devices[0].platform == "cpu"
+            and self.generate_mesh.size == 1
+            and jnp.dtype(self.compute_dtype) in (jnp.float32, jnp.bfloat16)
+            and kernel_build.available()
+        )
+        # The attention kernel reads each slot only up to its own position, so one compiled
+        # attention length serves every step.
+        self.attention_buckets = (
+            (s.max_target_length,)
+            if self.use_cpu_kernels and jnp.dtype(self.kv_dtype) == jnp.float32
+            else buckets(min(MIN_ATTENTION_BUCKET, s.max_target_length), s.max_target_length)
+        )
 
         self.prefill_params: Params = jax.device_put(
             model.params, param_shardings(self.prefill_mesh, model.params)
@@ -165,7 +186,12 @@ class JaxEngine:
         # YNNPACK dots (int8 weights on CPU, below) first copy a sliced cache: there, every step
         # keeps all rows (measured, 32-slot cache, 1 active: 164 ms/step sliced vs 105 ms full).
         self.ynn_dots = devices[0].platform == "cpu" and self.int8_weights
-        self.row_buckets = (s.max_slots,) if self.ynn_dots else row_buckets(slot_shards, s.max_slots)
+        # (With the attention kernel no sliced cache is ever copied: row buckets stay on.)
+        self.row_buckets = (
+            (s.max_slots,)
+            if self.ynn_dots and not self.use_cpu_kernels
+            else row_buckets(slot_shards, s.max_slots)
+        )
         rep = replicated(self.generate_mesh)
         self._rep = rep
         b = s.max_slots
@@ -208,7 +234,8 @@ class JaxEngine:
         def prefill_fn(
             params: Params, tokens: jax.Array, length: jax.Array, samp: tuple[jax.Array, ...]
         ) -> Any:
-            logits, kv = prefill_forward(params, cfg, tokens, length)
+            with cpu_kernels.enabled(self.use_cpu_kernels):  # read while tracing
+                logits, kv = prefill_forward(params, cfg, tokens, length)
             temperature, top_k, top_p, seeds = samp
             first = sampling.sample(logits, temperature, top_k, top_p, seeds, length)
             return first, kv
@@ -242,12 +269,13 @@ class JaxEngine:
             greedy: bool,
         ) -> Any:
             rows = positions.shape[0]  # static: the row bucket; positions/samp hold only those rows
-            logits, cache = decode_forward(params, cfg, cache, tokens[:rows], positions, attn_len)
-            if greedy:
-                nxt = sampling.greedy(logits)
-            else:
-                temperature, top_k, top_p, seeds = samp
-                nxt = sampling.sample(logits, temperature, top_k, top_p, seeds, positions + 1)
+            with cpu_kernels.enabled(self.use_cpu_kernels):  # read while tracing
+                logits, cache = decode_forward(params, cfg, cache, tokens[:rows], positions, attn_len)
+                if greedy:
+                    nxt = sampling.greedy(logits)
+                else:
+                    temperature, top_k, top_p, seeds = samp
+                    nxt = sampling.sample(logits, temperature, top_k, top_p, seeds, positions + 1)
             return tokens.at[:rows].set(nxt.astype(tokens.dtype)), cache
 
         opts = self.compiler_options or None

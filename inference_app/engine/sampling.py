@@ -9,9 +9,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from inference_app.kernels import ops as cpu_kernels
+
 
 def greedy(logits: jax.Array) -> jax.Array:
     """logits [B, V] -> int32 [B]."""
+    if cpu_kernels.active() and logits.ndim == 2:
+        return cpu_kernels.argmax(logits)
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from inference_app.kernels import ops as cpu_kernels
 from inference_app.model.config import ModelConfig
 
 Params = dict[str, Any]
@@ -86,7 +87,13 @@ def linear(x: jax.Array, w: Weight, n_in: int = 1) -> jax.Array:
         return y.reshape(*lead, *w.out_shape)
     in_shape, out_shape = w.shape[:n_in], w.shape[n_in:]
     k = int(np.prod(in_shape))
-    y = x.reshape(*lead, k) @ w.reshape(k, -1).astype(x.dtype)
+    x2 = x.reshape(-1, k)
+    if w.dtype in (jnp.float32, jnp.bfloat16) and cpu_kernels.use_for_rows(x2.shape[0], x.dtype):
+        y = cpu_kernels.matmul_dense(x2, w.reshape(k, -1)).astype(x.dtype)
+    else:  # f32 accumulation: also what lets XLA:CPU run a bf16 dot natively instead of upcasting
+        y = jnp.matmul(x2, w.reshape(k, -1).astype(x.dtype), preferred_element_type=jnp.float32).astype(
+            x.dtype
+        )
     return y.reshape(*lead, *out_shape)
 
 
@@ -100,9 +107,15 @@ def int8_matmul(x: jax.Array, q: jax.Array, scale: jax.Array) -> jax.Array:
 
     One row (batch-1 decode, memory bound): the convert fuses into a matrix-vector loop that
     reads int8 directly. Several rows (compute bound): convert once behind an optimisation
-    barrier so XLA runs a real GEMM instead of a slow fused loop nest.
+    barrier so XLA runs a real GEMM instead of a slow fused loop nest. On a single CPU device
+    with the native kernels loaded, a few rows go to `cpu_kernels.matmul_s8` instead, and more
+    rows to one GEMM that YNNPACK fuses with the convert.
     """
-    if x.shape[0] == 1:
+    if cpu_kernels.use_for_rows(x.shape[0], x.dtype):
+        return cpu_kernels.matmul_s8(x, q, scale).astype(x.dtype)
+    if cpu_kernels.active():  # the engine compiles int8 CPU steps with YNNPACK dot fusions,
+        y = x @ q.T.astype(x.dtype)  # which fuse this convert into the GEMM
+    elif x.shape[0] == 1:
         parts = [
             x @ q[i : i + INT8_CHUNK_ROWS].T.astype(x.dtype) for i in range(0, q.shape[0], INT8_CHUNK_ROWS)
         ]
@@ -118,13 +131,19 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return (y * weight.astype(jnp.float32)).astype(x.dtype)
 
 
-def rope(x: jax.Array, positions: jax.Array, cfg: ModelConfig) -> jax.Array:
-    """Rotate halves (HF layout) of x [..., S, heads..., Dh] at integer positions [..., S]."""
+def rope_tables(positions: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
+    """cos, sin [..., S, Dh/2] at integer positions [..., S]; computed once, shared by all layers."""
     inv = jnp.asarray(cfg.inv_freq())  # [Dh/2]
-    ang = positions.astype(jnp.float32)[..., None] * inv  # [..., S, Dh/2]
-    extra = x.ndim - ang.ndim  # head axes between S and Dh
-    ang = ang.reshape(ang.shape[:-1] + (1,) * extra + ang.shape[-1:])
-    cos, sin = jnp.cos(ang), jnp.sin(ang)
+    ang = positions.astype(jnp.float32)[..., None] * inv
+    return jnp.cos(ang), jnp.sin(ang)
+
+
+def rope(x: jax.Array, tables: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Rotate halves (HF layout) of x [..., S, heads..., Dh] by `rope_tables` of its positions."""
+    cos, sin = tables
+    extra = x.ndim - cos.ndim  # head axes between S and Dh
+    cos = cos.reshape(cos.shape[:-1] + (1,) * extra + cos.shape[-1:])
+    sin = sin.reshape(sin.shape[:-1] + (1,) * extra + sin.shape[-1:])
     x32 = x.astype(jnp.float32)
     x1, x2 = jnp.split(x32, 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -180,16 +199,17 @@ def prefill_forward(
     causal = jnp.tril(jnp.ones((s, s), dtype=bool))  # [S(query), S(key)]
     scale = 1.0 / np.sqrt(cfg.head_dim)
     x = embed(params, tokens, dtype)  # [B, S, D]
+    tables = rope_tables(positions, cfg)
     kv: list[LayerKV] = []
     for layer in params["layers"]:
         h = rms_norm(x, layer["attn_norm"], cfg.rms_eps)
         q, k, v = qkv(layer, cfg, h)  # q [B,S,K,G,Dh]  k,v [B,S,K,Dh]
-        q = rope(q, positions, cfg)
-        k = rope(k, positions, cfg)
-        scores = jnp.einsum("bskgh,btkh->bkgst", q, k).astype(jnp.float32) * scale
+        q = rope(q, tables)
+        k = rope(k, tables)
+        scores = jnp.einsum("bskgh,btkh->bkgst", q, k, preferred_element_type=jnp.float32) * scale
         scores = jnp.where(causal, scores, -jnp.inf)
         probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        attn = jnp.einsum("bkgst,btkh->bskgh", probs, v)
+        attn = jnp.einsum("bkgst,btkh->bskgh", probs, v, preferred_element_type=jnp.float32).astype(dtype)
         x = x + linear(attn, layer["wo"], 3)
         x = x + mlp(layer, rms_norm(x, layer["mlp_norm"], cfg.rms_eps))
         kv.append({"k": k.transpose(0, 2, 1, 3), "v": v.transpose(0, 2, 1, 3)})
@@ -231,26 +251,38 @@ def decode_forward(
     scale = 1.0 / np.sqrt(cfg.head_dim)
     valid = jnp.arange(attn_len)[None, :] <= positions[:, None]  # [B, T]
     x = embed(params, tokens, dtype)  # [B, D]
+    tables = rope_tables(positions, cfg)
     new_cache: list[LayerKV] = []
     for layer, c in zip(params["layers"], cache, strict=True):
         h = rms_norm(x, layer["attn_norm"], cfg.rms_eps)
         q, k, v = qkv(layer, cfg, h)  # q [B,K,G,Dh]  k,v [B,K,Dh]
-        q = rope(q, positions, cfg)
-        k = rope(k, positions, cfg)
+        q = rope(q, tables)
+        k = rope(k, tables)
         c = _write_kv(c, rows, positions, k, v)
-        kc, vc = c["k"][:b, :, :attn_len], c["v"][:b, :, :attn_len]  # [B, K, T, Dh]
-        scores = jnp.einsum("bkgh,bkth->bkgt", q, kc.astype(dtype)).astype(jnp.float32)
-        if "k_scale" in c:
-            scores = scores * c["k_scale"][:b, :, None, :attn_len]
-        scores = jnp.where(valid[:, None, None, :], scores * scale, -jnp.inf)
-        probs = jax.nn.softmax(scores, axis=-1)
-        if "v_scale" in c:
-            probs = probs * c["v_scale"][:b, :, None, :attn_len]
-        attn = jnp.einsum("bkgt,bkth->bkgh", probs.astype(dtype), vc.astype(dtype))
+        attn = _decode_attention(c, q, positions, valid, scale)  # [B, K, G, Dh]
         x = x + linear(attn, layer["wo"], 3)
         x = x + mlp(layer, rms_norm(x, layer["mlp_norm"], cfg.rms_eps))
         new_cache.append(c)
     return lm_head(params, cfg, x), new_cache
+
+
+def _decode_attention(
+    c: LayerKV, q: jax.Array, positions: jax.Array, valid: jax.Array, scale: float
+) -> jax.Array:
+    """q [B, K, G, Dh] against rows :B of the cache, entries [:T] masked by valid [B, T]."""
+    b, attn_len = valid.shape
+    dtype = q.dtype
+    if cpu_kernels.active() and c["k"].dtype == jnp.float32:  # float32 cache: in-place kernel
+        return cpu_kernels.decode_attention(q, c["k"], c["v"], positions, scale).astype(dtype)
+    kc, vc = c["k"][:b, :, :attn_len], c["v"][:b, :, :attn_len]  # [B, K, T, Dh]
+    scores = jnp.einsum("bkgh,bkth->bkgt", q, kc.astype(dtype)).astype(jnp.float32)
+    if "k_scale" in c:
+        scores = scores * c["k_scale"][:b, :, None, :attn_len]
+    scores = jnp.where(valid[:, None, None, :], scores * scale, -jnp.inf)
+    probs = jax.nn.softmax(scores, axis=-1)
+    if "v_scale" in c:
+        probs = probs * c["v_scale"][:b, :, None, :attn_len]
+    return jnp.einsum("bkgt,bkth->bkgh", probs.astype(dtype), vc.astype(dtype))
 
 
 def _write_kv(c: LayerKV, rows: jax.Array, positions: jax.Array, k: jax.Array, v: jax.Array) -> LayerKV:

@@ -1,0 +1,547 @@
+// CPU kernels for the decode step, called from JAX through the XLA FFI.
+//
+// Why: a decode step on CPU is memory bound, and XLA:CPU leaves bandwidth on the table in three
+// places (measured on SmolLM2-135M, see docs/model.md): int8 matrix-vector products run on one
+// core at about half the machine's bandwidth; float32 ones stream well but leave the second core
+// idle; and decode attention first copies a sliced KV cache, then runs one tiny batched matmul
+// per (row, kv head). These kernels read every weight and cache byte once, in place, and split
+// the work over a small pool of spinning worker threads.
+//
+//   cpu_matmul_s8   x[M,K] f32 . (q[N,K] s8 * scale[N])^T -> y[M,N]  (weight-only int8)
+//   cpu_matmul_f32  x[M,K] f32 . w[K,N] f32              -> y[M,N]
+//   cpu_matmul_bf16 x[M,K] f32 . w[K,N] bf16             -> y[M,N]  (f32 accumulation)
+//   cpu_argmax      x[M,N] f32 -> first index of each row's maximum
+//   cpu_decode_attention  q[B,KVH,G,D], k/v cache [S,KVH,T,D], positions[B] -> out[B,KVH,G,D]
+//                   row b attends to cache entries 0..positions[b] of slot b (S >= B).
+//
+// Build: see inference_app/kernels/build.py (g++ -O3, x86-64-v3 with an AVX-512 clone).
+
+#include <sched.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// A process-wide pool of worker threads that spin briefly between tasks. A decode step issues
+// about 150 kernel calls some tens of microseconds apart; waking a sleeping thread for each
+// (XLA's own intra-op pool, tried first) cost more than the work it took over. Workers spin
+// (yielding the CPU to anything runnable) for kSpinMicros after their last task, then sleep.
+class SpinPool {
+ public:
+  int64_t threads() const { return workers_ + 1; }
+
+  static SpinPool& Get() {
+    static SpinPool* pool = new SpinPool(DefaultWorkers());  // lives as long as the process
+    return *pool;
+  }
+
+  // Runs body(i) for i in [0, n) on the caller and the workers. The caller waits only for chunks
+  // already claimed, so a worker that is slow to start never blocks it. Concurrent callers (XLA
+  // may run two kernels at once) find the pool busy and run their chunks alone.
+  void ParallelFor(int64_t n, const std::function<void(int64_t)>& body) {
+    if (n <= 0) return;
+    std::unique_lock<std::mutex> submit(submit_mu_, std::try_to_lock);
+    if (n == 1 || workers_ == 0 || !submit.owns_lock()) {
+      for (int64_t i = 0; i < n; ++i) body(i);
+      return;
+    }
+    auto task = std::make_shared<Task>();
+    task->n = n;
+    task->body = &body;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      task_ = task;
+      epoch_.fetch_add(1, std::memory_order_release);
+    }
+    cv_.notify_all();
+    Run(*task);
+    while (task->done.load(std::memory_order_acquire) < task->claimed_done()) _mm_pause_or_yield();
+  }
+
+ private:
+  struct Task {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    int64_t n = 0;
+    const std::function<void(int64_t)>* body = nullptr;
+    int64_t claimed_done() const { return std::min(n, next.load(std::memory_order_acquire)); }
+  };
+
+  static constexpr int64_t kSpinMicros = 2000;
+
+  static int DefaultWorkers() {
+    if (const char* env = std::getenv("INFERENCE_APP_KERNEL_THREADS")) {
+      return std::max(0, std::atoi(env) - 1);
+    }
+    cpu_set_t set;
+    int cpus = 1;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) cpus = CPU_COUNT(&set);
+    return std::max(0, cpus - 1);
+  }
+
+  static void _mm_pause_or_yield() { std::this_thread::yield(); }
+
+  static void Run(Task& t) {
+    for (;;) {
+      const int64_t i = t.next.fetch_add(1, std::memory_order_acq_rel);
+      if (i >= t.n) return;
+      (*t.body)(i);
+      t.done.fetch_add(1, std::memory_order_release);
+    }
+  }
+
+  explicit SpinPool(int workers) : workers_(workers) {
+    for (int w = 0; w < workers; ++w) std::thread([this] { Work(); }).detach();
+  }
+
+  void Work() {
+    uint64_t seen = epoch_.load(std::memory_order_acquire);
+    for (;;) {
+      auto idle_since = std::chrono::steady_clock::now();
+      int spins = 0;
+      while (epoch_.load(std::memory_order_acquire) == seen) {
+        if (++spins % 64 == 0 &&
+            std::chrono::steady_clock::now() - idle_since > std::chrono::microseconds(kSpinMicros)) {
+          std::unique_lock<std::mutex> lock(mu_);
+          cv_.wait(lock, [&] { return epoch_.load(std::memory_order_acquire) != seen; });
+          break;
+        }
+        std::this_thread::yield();
+      }
+      std::shared_ptr<Task> task;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        task = task_;
+        seen = epoch_.load(std::memory_order_acquire);
+      }
+      if (task) Run(*task);
+    }
+  }
+
+  const int workers_;
+  std::mutex submit_mu_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<uint64_t> epoch_{0};
+  std::shared_ptr<Task> task_;
+};
+
+void ParallelFor(int64_t n, const std::function<void(int64_t)>& body) {
+  SpinPool::Get().ParallelFor(n, body);
+}
+
+int64_t NumChunks(int64_t units, int64_t min_units) {
+  return std::max<int64_t>(1, std::min<int64_t>(16, units / min_units));
+}
+
+// ---- int8 weights -----------------------------------------------------------------------
+
+#if defined(__AVX2__) && defined(__FMA__)
+inline __m256 CvtS8x8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+inline float HSum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
+// Rows [n0, n1) of y = x . (q * scale)^T for MB input rows at once: each int8 weight is loaded
+// and converted once for all of them.
+template <int MB>
+void MatmulS8Block(const float* x, const int8_t* q, const float* scale, float* y, int64_t k,
+                   int64_t n, int64_t n0, int64_t n1) {
+#if defined(__AVX2__) && defined(__FMA__)
+  const int64_t k16 = k - k % 16;
+  for (int64_t r = n0; r < n1; ++r) {
+    const int8_t* row = q + r * k;
+    __m256 a[MB][2];
+    for (int m = 0; m < MB; ++m) a[m][0] = a[m][1] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < k16; i += 16) {
+      const __m256 w0 = CvtS8x8(row + i), w1 = CvtS8x8(row + i + 8);
+      for (int m = 0; m < MB; ++m) {
+        a[m][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * k + i), a[m][0]);
+        a[m][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + m * k + i + 8), a[m][1]);
+      }
+    }
+    for (int m = 0; m < MB; ++m) {
+      float s = HSum256(_mm256_add_ps(a[m][0], a[m][1]));
+      for (int64_t i = k16; i < k; ++i) s += static_cast<float>(row[i]) * x[m * k + i];
+      y[m * n + r] = s * scale[r];
+    }
+  }
+#else
+  for (int64_t r = n0; r < n1; ++r) {
+    for (int m = 0; m < MB; ++m) {
+      float s = 0.f;
+      for (int64_t i = 0; i < k; ++i) s += static_cast<float>(q[r * k + i]) * x[m * k + i];
+      y[m * n + r] = s * scale[r];
+    }
+  }
+#endif
+}
+
+void MatmulS8Rows(const float* x, const int8_t* q, const float* scale, float* y, int64_t m_rows,
+                  int64_t k, int64_t n, int64_t n0, int64_t n1) {
+  int64_t m0 = 0;
+  for (; m0 + 4 <= m_rows; m0 += 4) MatmulS8Block<4>(x + m0 * k, q, scale, y + m0 * n, k, n, n0, n1);
+  for (; m0 + 2 <= m_rows; m0 += 2) MatmulS8Block<2>(x + m0 * k, q, scale, y + m0 * n, k, n, n0, n1);
+  for (; m0 < m_rows; ++m0) MatmulS8Block<1>(x + m0 * k, q, scale, y + m0 * n, k, n, n0, n1);
+}
+
+ffi::Error MatmulS8Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> q,
+                        ffi::Buffer<ffi::F32> scale, ffi::ResultBuffer<ffi::F32> y) {
+  auto xd = x.dimensions();
+  auto qd = q.dimensions();
+  if (xd.size() != 2 || qd.size() != 2 || xd[1] != qd[1] || static_cast<int64_t>(scale.element_count()) != qd[0]) {
+    return ffi::Error::InvalidArgument("cpu_matmul_s8: expected x[M,K], q[N,K], scale[N]");
+  }
+  const int64_t m = xd[0], k = xd[1], n = qd[0];
+  const float* xp = x.typed_data();
+  const int8_t* qp = q.typed_data();
+  const float* sp = scale.typed_data();
+  float* yp = y->typed_data();
+  const int64_t chunks = NumChunks(n, 64);
+  const int64_t per = (n + chunks - 1) / chunks;
+  ParallelFor(chunks, [&](int64_t c) {
+    const int64_t n0 = c * per, n1 = std::min(n, n0 + per);
+    if (n0 < n1) MatmulS8Rows(xp, qp, sp, yp, m, k, n, n0, n1);
+  });
+  return ffi::Error::Success();
+}
+
+// ---- float32 weights ----------------------------------------------------------------------
+
+// Weight element loaders for the dense kernels: float32, or bfloat16 (the top half of a float32,
+// so widening is a 16-bit shift).
+struct F32W {
+  using T = float;
+  static float Scalar(const float* p) { return *p; }
+#if defined(__AVX2__)
+  static __m256 Load8(const float* p) { return _mm256_loadu_ps(p); }
+#endif
+};
+struct BF16W {
+  using T = uint16_t;
+  static float Scalar(const uint16_t* p) {
+    const uint32_t bits = static_cast<uint32_t>(*p) << 16;
+    float f;
+    __builtin_memcpy(&f, &bits, sizeof(f));
+    return f;
+  }
+#if defined(__AVX2__)
+  static __m256 Load8(const uint16_t* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+#endif
+};
+
+// out[m, :] = sum over weight rows i in [k0, k1) of x[m, i] * w[i, :]. Each call streams one
+// contiguous block of w (the best pattern for the hardware prefetchers), four rows per pass over
+// the accumulator row so that it is loaded and stored a quarter as often.
+template <typename W, int MB>
+void DenseRowBlock(const float* x, const typename W::T* w, float* out, int64_t k, int64_t n,
+                   int64_t k0, int64_t k1) {
+  for (int m = 0; m < MB; ++m) std::fill(out + m * n, out + (m + 1) * n, 0.f);
+  int64_t i = k0;
+#if defined(__AVX2__) && defined(__FMA__)
+  const int64_t n8 = n - n % 8;
+  for (; i + 4 <= k1; i += 4) {
+    const typename W::T* r0 = w + i * n;
+    const typename W::T* r1 = r0 + n;
+    const typename W::T* r2 = r1 + n;
+    const typename W::T* r3 = r2 + n;
+    for (int m = 0; m < MB; ++m) {
+      const float* xm = x + m * k + i;
+      const __m256 x0 = _mm256_set1_ps(xm[0]), x1 = _mm256_set1_ps(xm[1]), x2 = _mm256_set1_ps(xm[2]),
+                   x3 = _mm256_set1_ps(xm[3]);
+      float* a = out + m * n;
+      for (int64_t j = 0; j < n8; j += 8) {
+        __m256 v = _mm256_loadu_ps(a + j);
+        v = _mm256_fmadd_ps(x0, W::Load8(r0 + j), v);
+        v = _mm256_fmadd_ps(x1, W::Load8(r1 + j), v);
+        v = _mm256_fmadd_ps(x2, W::Load8(r2 + j), v);
+        v = _mm256_fmadd_ps(x3, W::Load8(r3 + j), v);
+        _mm256_storeu_ps(a + j, v);
+      }
+      for (int64_t j = n8; j < n; ++j) {
+        a[j] += xm[0] * W::Scalar(r0 + j) + xm[1] * W::Scalar(r1 + j) + xm[2] * W::Scalar(r2 + j) +
+                xm[3] * W::Scalar(r3 + j);
+      }
+    }
+  }
+#endif
+  for (; i < k1; ++i) {
+    const typename W::T* wr = w + i * n;
+    for (int m = 0; m < MB; ++m) {
+      const float xv = x[m * k + i];
+      float* a = out + m * n;
+      for (int64_t j = 0; j < n; ++j) a[j] += xv * W::Scalar(wr + j);
+    }
+  }
+}
+
+template <typename W>
+void DenseRows(const float* x, const typename W::T* w, float* out, int64_t m_rows, int64_t k,
+               int64_t n, int64_t k0, int64_t k1) {
+  int64_t m0 = 0;
+  for (; m0 + 4 <= m_rows; m0 += 4) DenseRowBlock<W, 4>(x + m0 * k, w, out + m0 * n, k, n, k0, k1);
+  for (; m0 + 2 <= m_rows; m0 += 2) DenseRowBlock<W, 2>(x + m0 * k, w, out + m0 * n, k, n, k0, k1);
+  for (; m0 < m_rows; ++m0) DenseRowBlock<W, 1>(x + m0 * k, w, out + m0 * n, k, n, k0, k1);
+}
+
+// y[M,N] = x[M,K] . w[K,N], the contraction split over threads: each chunk streams a contiguous
+// block of weight rows into its own partial sum (chunk 0 straight into y), then they are added.
+template <typename W>
+void Dense(const float* xp, const typename W::T* wp, float* yp, int64_t m, int64_t k, int64_t n) {
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(SpinPool::Get().threads(), k / 16));
+  const int64_t per = (k + chunks - 1) / chunks;
+  thread_local std::vector<float> scratch;
+  const size_t need = static_cast<size_t>((chunks - 1) * m * n);
+  if (scratch.size() < need) scratch.resize(need);
+  float* sp = scratch.data();
+  ParallelFor(chunks, [&](int64_t c) {
+    const int64_t k0 = c * per, k1 = std::min(k, k0 + per);
+    float* out = c == 0 ? yp : sp + (c - 1) * m * n;
+    if (k0 < k1) {
+      DenseRows<W>(xp, wp, out, m, k, n, k0, k1);
+    } else {
+      std::fill(out, out + m * n, 0.f);
+    }
+  });
+  for (int64_t c = 1; c < chunks; ++c) {
+    const float* part = sp + (c - 1) * m * n;
+    for (int64_t i = 0; i < m * n; ++i) yp[i] += part[i];
+  }
+}
+
+ffi::Error MatmulF32Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                         ffi::ResultBuffer<ffi::F32> y) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[0]) {
+    return ffi::Error::InvalidArgument("cpu_matmul_f32: expected x[M,K], w[K,N]");
+  }
+  Dense<F32W>(x.typed_data(), w.typed_data(), y->typed_data(), xd[0], xd[1], wd[1]);
+  return ffi::Error::Success();
+}
+
+ffi::Error MatmulBF16Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
+                          ffi::ResultBuffer<ffi::F32> y) {
+  auto xd = x.dimensions();
+  auto wd = w.dimensions();
+  if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[0]) {
+    return ffi::Error::InvalidArgument("cpu_matmul_bf16: expected x[M,K] f32, w[K,N] bf16");
+  }
+  const auto* wp = reinterpret_cast<const uint16_t*>(w.untyped_data());
+  Dense<BF16W>(x.typed_data(), wp, y->typed_data(), xd[0], xd[1], wd[1]);
+  return ffi::Error::Success();
+}
+
+// ---- decode attention ---------------------------------------------------------------------
+
+#if defined(__AVX2__) && defined(__FMA__)
+// exp(x) for the softmax: x = n ln2 + r with |r| <= ln2/2, exp(r) by its degree-6 Taylor
+// polynomial (relative error < 2e-7), times 2^n built in the exponent bits.
+inline __m256 Exp256(__m256 x) {
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.0f)), _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.f / 720.f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 120.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 24.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f / 6.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+#endif
+
+// One (row, kv head): its G query heads attend to cache entries [0, len).
+void AttendOne(const float* q, const float* kc, const float* vc, float* out, int64_t g_heads,
+               int64_t len, int64_t d, float scale, float* scores) {
+#if defined(__AVX2__) && defined(__FMA__)
+  const bool vec = d % 8 == 0;
+#else
+  const bool vec = false;
+#endif
+  for (int64_t t = 0; t < len; ++t) {
+    const float* kr = kc + t * d;
+    for (int64_t g = 0; g < g_heads; ++g) {
+      const float* qg = q + g * d;
+      float s = 0.f;
+#if defined(__AVX2__) && defined(__FMA__)
+      if (vec) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t i = 0; i < d; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(qg + i), _mm256_loadu_ps(kr + i), acc);
+        s = HSum256(acc);
+      }
+#endif
+      if (!vec) {
+        for (int64_t i = 0; i < d; ++i) s += qg[i] * kr[i];
+      }
+      scores[g * len + t] = s * scale;
+    }
+  }
+  for (int64_t g = 0; g < g_heads; ++g) {
+    float* sg = scores + g * len;
+    float mx = sg[0];
+    for (int64_t t = 1; t < len; ++t) mx = std::max(mx, sg[t]);
+    float sum = 0.f;
+    int64_t t = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    const __m256 mxv = _mm256_set1_ps(mx);
+    __m256 sumv = _mm256_setzero_ps();
+    for (; t + 8 <= len; t += 8) {
+      const __m256 e = Exp256(_mm256_sub_ps(_mm256_loadu_ps(sg + t), mxv));
+      _mm256_storeu_ps(sg + t, e);
+      sumv = _mm256_add_ps(sumv, e);
+    }
+    sum = HSum256(sumv);
+#endif
+    for (; t < len; ++t) {
+      sg[t] = std::exp(sg[t] - mx);
+      sum += sg[t];
+    }
+    const float inv = 1.f / sum;
+    for (int64_t i = 0; i < len; ++i) sg[i] *= inv;
+  }
+  std::fill(out, out + g_heads * d, 0.f);
+  for (int64_t t = 0; t < len; ++t) {
+    const float* vr = vc + t * d;
+    for (int64_t g = 0; g < g_heads; ++g) {
+      const float p = scores[g * len + t];
+      float* og = out + g * d;
+#if defined(__AVX2__) && defined(__FMA__)
+      if (vec) {
+        const __m256 pv = _mm256_set1_ps(p);
+        for (int64_t i = 0; i < d; i += 8) {
+          _mm256_storeu_ps(og + i, _mm256_fmadd_ps(pv, _mm256_loadu_ps(vr + i), _mm256_loadu_ps(og + i)));
+        }
+        continue;
+      }
+#endif
+      for (int64_t i = 0; i < d; ++i) og[i] += p * vr[i];
+    }
+  }
+}
+
+// ---- greedy sampling ----------------------------------------------------------------------
+
+// Index of the first maximum of each row (jnp.argmax semantics, NaN aside).
+ffi::Error ArgmaxImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::S32> out) {
+  auto xd = x.dimensions();
+  if (xd.size() != 2 || xd[1] < 1) return ffi::Error::InvalidArgument("cpu_argmax: expected x[M,N>0]");
+  const int64_t m = xd[0], n = xd[1];
+  const float* xp = x.typed_data();
+  int32_t* op = out->typed_data();
+  ParallelFor(m, [&](int64_t r) {
+    const float* row = xp + r * n;
+    float best = row[0];
+    int64_t j = 1;
+#if defined(__AVX2__)
+    __m256 mv = _mm256_set1_ps(row[0]);
+    for (; j + 8 <= n; j += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(row + j));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    best = _mm_cvtss_f32(h);
+#endif
+    for (; j < n; ++j) best = std::max(best, row[j]);
+    int64_t idx = 0;
+    while (idx < n && row[idx] != best) ++idx;
+    op[r] = static_cast<int32_t>(idx < n ? idx : 0);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error DecodeAttentionImpl(ffi::Buffer<ffi::F32> q,
+                               ffi::Buffer<ffi::F32> k_cache, ffi::Buffer<ffi::F32> v_cache,
+                               ffi::Buffer<ffi::S32> positions, ffi::ResultBuffer<ffi::F32> out,
+                               float scale) {
+  auto qd = q.dimensions();
+  auto cd = k_cache.dimensions();
+  auto vd = v_cache.dimensions();
+  if (qd.size() != 4 || cd.size() != 4 || vd.size() != 4 || cd[0] < qd[0] || cd[1] != qd[1] ||
+      cd[3] != qd[3] || vd[0] != cd[0] || vd[1] != cd[1] || vd[2] != cd[2] || vd[3] != cd[3] ||
+      static_cast<int64_t>(positions.element_count()) != qd[0]) {
+    return ffi::Error::InvalidArgument(
+        "cpu_decode_attention: expected q[B,KVH,G,D], k/v cache [S>=B,KVH,T,D], positions[B]");
+  }
+  const int64_t b = qd[0], kvh = qd[1], g = qd[2], d = qd[3], t_max = cd[2];
+  const float* qp = q.typed_data();
+  const float* kp = k_cache.typed_data();
+  const float* vp = v_cache.typed_data();
+  const int32_t* pos = positions.typed_data();
+  float* op = out->typed_data();
+  ParallelFor(b * kvh, [&](int64_t unit) {
+    const int64_t row = unit / kvh, h = unit % kvh;
+    const int64_t len = std::clamp<int64_t>(static_cast<int64_t>(pos[row]) + 1, 1, t_max);
+    thread_local std::vector<float> scores;
+    if (static_cast<int64_t>(scores.size()) < g * len) scores.resize(g * len);
+    const int64_t cache_off = (row * kvh + h) * t_max * d;
+    const int64_t q_off = (row * kvh + h) * g * d;
+    AttendOne(qp + q_off, kp + cache_off, vp + cache_off, op + q_off, g, len, d, scale,
+              scores.data());
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuMatmulS8, MatmulS8Impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuMatmulF32, MatmulF32Impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuMatmulBF16, MatmulBF16Impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::BF16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuArgmax, ArgmaxImpl,
+                              ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::S32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuDecodeAttention, DecodeAttentionImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale"));

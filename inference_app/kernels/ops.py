@@ -1,0 +1,75 @@
+"""JAX wrappers for the CPU kernels, and the trace-time switch that routes the model to them.
+
+The model stays pure JAX: `linear` and decode attention ask `active()` while being traced, and
+the engine turns the switch on (`enabled(True)`) around the functions it jits for a
+single-device CPU mesh once `build.available()` says the library loaded. Sharded meshes, TPUs
+and GPUs never see these calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Largest row count sent to the matrix kernels: up to here a step is bound by streaming the
+# weights (which the kernels do at full bandwidth on all cores); beyond it, by arithmetic, where
+# XLA's GEMMs (YNNPACK) win.
+MAX_KERNEL_ROWS = 4
+
+_active: ContextVar[bool] = ContextVar("inference_app_cpu_kernels", default=False)
+
+
+@contextmanager
+def enabled(on: bool = True) -> Iterator[None]:
+    token = _active.set(on)
+    try:
+        yield
+    finally:
+        _active.reset(token)
+
+
+def active() -> bool:
+    return _active.get()
+
+
+def use_for_rows(rows: int, dtype: jnp.dtype) -> bool:
+    return active() and rows <= MAX_KERNEL_ROWS and jnp.dtype(dtype) in (jnp.float32, jnp.bfloat16)
+
+
+def matmul_s8(x: jax.Array, q: jax.Array, scale: jax.Array) -> jax.Array:
+    """x [M, K] f32 @ (q [N, K] int8 * scale [N]).T -> [M, N] f32."""
+    out = jax.ShapeDtypeStruct((x.shape[0], q.shape[0]), jnp.float32)
+    return jax.ffi.ffi_call("inference_app_cpu_matmul_s8", out)(
+        x.astype(jnp.float32), q, scale.astype(jnp.float32)
+    )
+
+
+def matmul_dense(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [M, K] @ w [K, N] (float32 or bfloat16 weights) with float32 accumulation -> [M, N] f32."""
+    target = "inference_app_cpu_matmul_bf16" if w.dtype == jnp.bfloat16 else "inference_app_cpu_matmul_f32"
+    out = jax.ShapeDtypeStruct((x.shape[0], w.shape[1]), jnp.float32)
+    return jax.ffi.ffi_call(target, out)(x.astype(jnp.float32), w.astype(w.dtype))
+
+
+def decode_attention(
+    q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, positions: jax.Array, scale: float
+) -> jax.Array:
+    """q [B, KVH, G, D]; caches [S >= B, KVH, T, D]; row b attends to entries 0..positions[b].
+
+    Reads the cache in place (no sliced copy) and only up to each row's own position.
+    """
+    out = jax.ShapeDtypeStruct(q.shape, jnp.float32)
+    return jax.ffi.ffi_call("inference_app_cpu_decode_attention", out)(
+        q.astype(jnp.float32), k_cache, v_cache, positions.astype(jnp.int32), scale=np.float32(scale)
+    )
+
+
+def argmax(x: jax.Array) -> jax.Array:
+    """First index of each row's maximum: x [M, N] f32 -> int32 [M] (XLA's reduce is ~10x slower)."""
+    out = jax.ShapeDtypeStruct((x.shape[0],), jnp.int32)
+    return jax.ffi.ffi_call("inference_app_cpu_argmax", out)(x.astype(jnp.float32))

@@ -1,0 +1,146 @@
+"""The native CPU kernels against NumPy references, their fallbacks, and the engine with and
+without them (same greedy tokens on the real model)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from inference_app.kernels import build, ops
+
+pytestmark = pytest.mark.skipif(not build.available(), reason="no C++ compiler: kernels not built")
+
+RNG = np.random.default_rng(7)
+
+
+def reference_attention(
+    q: np.ndarray, kc: np.ndarray, vc: np.ndarray, pos: np.ndarray, scale: float
+) -> np.ndarray:
+    out = np.zeros(q.shape, np.float64)
+    for b in range(q.shape[0]):
+        n = pos[b] + 1
+        s = np.einsum("kgd,ktd->kgt", q[b], kc[b, :, :n]) * scale
+        p = np.exp(s - s.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        out[b] = np.einsum("kgt,ktd->kgd", p, vc[b, :, :n])
+    return out
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("k,n", [(576, 960), (50, 33)])
+def test_int8_matmul_matches_numpy(m: int, k: int, n: int) -> None:
+    x = RNG.standard_normal((m, k)).astype(np.float32)
+    q = RNG.integers(-127, 128, (n, k)).astype(np.int8)
+    scale = RNG.random(n).astype(np.float32)
+    want = x.astype(np.float64) @ (q.astype(np.float64) * scale[:, None]).T
+    got = np.asarray(jax.jit(ops.matmul_s8)(x, q, scale))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("m", [1, 3, 4])
+@pytest.mark.parametrize("k,n", [(576, 1536), (37, 13)])
+def test_dense_matmul_matches_numpy(dtype: jnp.dtype, m: int, k: int, n: int) -> None:
+    x = RNG.standard_normal((m, k)).astype(np.float32)
+    w = jnp.asarray(RNG.standard_normal((k, n)), dtype)
+    want = x.astype(np.float64) @ np.asarray(w.astype(jnp.float32), np.float64)
+    got = np.asarray(jax.jit(ops.matmul_dense)(x, w))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("d", [64, 12])  # 12: the scalar path for head dims not a multiple of 8
+def test_decode_attention_matches_numpy(d: int) -> None:
+    b, kvh, g, slots, t = 4, 3, 3, 6, 40
+    q = RNG.standard_normal((b, kvh, g, d)).astype(np.float32)
+    kc = RNG.standard_normal((slots, kvh, t, d)).astype(np.float32) * 3
+    vc = RNG.standard_normal((slots, kvh, t, d)).astype(np.float32)
+    pos = np.array([0, 5, 17, t - 1], np.int32)  # lengths 1 (softmax of one), < 8, > 8, full
+    got = np.asarray(jax.jit(ops.decode_attention, static_argnums=4)(q, kc, vc, pos, 0.125))
+    np.testing.assert_allclose(got, reference_attention(q, kc, vc, pos, 0.125), rtol=1e-5, atol=1e-5)
+
+
+def test_decode_attention_ignores_entries_after_position() -> None:
+    q = RNG.standard_normal((1, 1, 2, 16)).astype(np.float32)
+    kc = RNG.standard_normal((1, 1, 10, 16)).astype(np.float32)
+    vc = RNG.standard_normal((1, 1, 10, 16)).astype(np.float32)
+    pos = np.array([4], np.int32)
+    f = jax.jit(ops.decode_attention, static_argnums=4)
+    before = np.asarray(f(q, kc, vc, pos, 0.25))
+    kc[:, :, 5:] = 1e6  # stale entries from an earlier occupant of the slot
+    vc[:, :, 5:] = np.nan
+    np.testing.assert_array_equal(np.asarray(f(q, kc, vc, pos, 0.25)), before)
+
+
+@pytest.mark.parametrize("n", [49152, 13])
+def test_argmax_is_first_maximum(n: int) -> None:
+    x = RNG.standard_normal((5, n)).astype(np.float32)
+    x[1, n // 2] = x[1, n - 1] = 99.0  # tie: the first index wins, as in jnp.argmax
+    np.testing.assert_array_equal(np.asarray(jax.jit(ops.argmax)(x)), np.argmax(x, axis=-1))
+
+
+def test_concurrent_callers_get_their_own_results() -> None:
+    """Two threads at once: the second finds the pool busy and runs its chunks alone."""
+    f = jax.jit(ops.matmul_s8)
+    inputs = []
+    for _ in range(2):
+        x = RNG.standard_normal((1, 576)).astype(np.float32)
+        q = RNG.integers(-127, 128, (4096, 576)).astype(np.int8)
+        s = RNG.random(4096).astype(np.float32)
+        inputs.append((x, q, s, np.asarray(f(x, q, s))))
+    errors: list[str] = []
+
+    def hammer(i: int) -> None:
+        x, q, s, want = inputs[i]
+        for _ in range(50):
+            if not np.array_equal(np.asarray(f(x, q, s)), want):
+                errors.append(f"thread {i}: result changed")
+                return
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert errors == []
+
+
+def run_available(env: dict[str, str]) -> str:
+    code = "from inference_app.kernels import build; print(build.available())"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip() + "\n" + proc.stderr
+
+
+def test_switch_off_and_missing_compiler_fall_back(tmp_path: Path) -> None:
+    off = run_available({build.ENV_SWITCH: "0"})
+    assert off.startswith("False")
+    broken = run_available({"CXX": "/bin/false", build.ENV_CACHE_DIR: str(tmp_path)})
+    assert broken.startswith("False") and "pure-JAX path" in broken
+    assert list(tmp_path.iterdir()) == []  # no partial library left behind
+
+
+def test_engine_with_and_without_kernels_agree() -> None:
+    """Greedy tokens of the real model are the same either way, at batch 1 and batch 3."""
+    from inference_app.engine import EngineSettings
+    from inference_app.engine.engine import load_engine
+    from tests.inference_app.engine_runs import decode_greedy
+
+    prompts = [[1, 504, 3458, 282], [1, 19842, 28, 638, 314, 253, 1345, 30, 1208], [1, 2683, 314]]
+    runs = {}
+    for on in (True, False):
+        engine = load_engine(
+            EngineSettings(max_slots=4, max_prefill_length=32, max_target_length=64, cpu_kernels=on)
+        )
+        assert engine.use_cpu_kernels is on
+        runs[on] = (decode_greedy(engine, prompts[:1], 24), decode_greedy(engine, prompts, 24))
+    assert runs[True] == runs[False]
