@@ -6,7 +6,7 @@ after every step as the orchestrator does. Startup-to-first-token is measured in
 compilation cache. Results go to bench/model/results.json and results.md; the 1-minute load
 average is recorded because the machine is shared.
 
-Run: .venv/bin/python bench/model/bench_decode.py [--configs fp32-b1,int8-b1,fp32-b32,int8-b32] [--no-startup]
+Run: .venv/bin/python bench/model/bench_decode.py [--configs fp32-b1,int8-b1,bf16-b32,...] [--no-startup]
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,6 +82,7 @@ def decode_run(name: str, reps: int) -> dict[str, Any]:
         "kv": kd,
         "slots": slots,
         "tok_s_best": round(best, 1),
+        "tok_s_median": round(statistics.median(rates), 1),
         "tok_s_all": [round(r, 1) for r in rates],
         "step_ms_best": round(1000 * slots / best, 2),
         "load_before": round(load_before, 2),
@@ -126,8 +128,10 @@ def startup() -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--configs", default="fp32-b1,int8-b1,fp32-b32,int8-b32")
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--configs", default="fp32-b1,int8-b1,bf16-b1,fp32-b32,int8-b32,bf16-b32,fp32-b1-int8kv"
+    )
+    parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--no-startup", action="store_true")
     parser.add_argument("--out", default=str(HERE / "results.json"))
     args = parser.parse_args()
@@ -147,12 +151,12 @@ def main() -> int:
         "",
         f"{results['machine']}; {results['setup']}.",
         "",
-        "| config | weights | KV | slots | tok/s (best) | all runs | ms/step | load avg before/after |",
-        "|---|---|---|---|---|---|---|---|",
+        "| config | weights | KV | slots | tok/s (median) | tok/s (best) | all runs | ms/step (best) | load avg before/after |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["decode"]:
         md.append(
-            f"| {r['config']} | {r['weights']} | {r['kv']} | {r['slots']} | {r['tok_s_best']} | "
+            f"| {r['config']} | {r['weights']} | {r['kv']} | {r['slots']} | {r['tok_s_median']} | {r['tok_s_best']} | "
             f"{r['tok_s_all']} | {r['step_ms_best']} | {r['load_before']} / {r['load_after']} |"
         )
     if "startup_to_first_token" in results:

@@ -1,4 +1,4 @@
-"""Quality of int8 weights and int8 KV cache versus fp32 on SmolLM2 (recorded, not assumed).
+"""Quality of int8 weights, int8 KV cache and bf16 weights versus fp32 on SmolLM2 (recorded).
 
 * Perplexity of a fixed English text (teacher-forced, one prefill over all tokens).
 * Greedy agreement over 8 prompts x 64 new tokens: the fraction of positions with the same token
@@ -88,18 +88,20 @@ def main() -> int:
         "fp32": BASE,
         "int8_weights": dataclasses.replace(BASE, weight_dtype="int8"),
         "int8_kv": dataclasses.replace(BASE, kv_dtype="int8"),
+        "bf16_weights": dataclasses.replace(BASE, weight_dtype="bfloat16"),  # activations bf16 too
     }
-    fp32_model = model_for(BASE)
-    int8_model = model_for(variants["int8_weights"])
+    models = {s.weight_dtype: model_for(s) for s in variants.values()}
+    fp32_model = models[BASE.weight_dtype]
     text_ids = fp32_model.tokenizer.encode(TEXT)
     prompt_ids = [fp32_model.tokenizer.encode(p) for p in PROMPTS]
     rows: dict[str, Any] = {}
     seqs: dict[str, list[list[int]]] = {}
     for name, settings in variants.items():
-        engine = JaxEngine(settings, int8_model if name == "int8_weights" else fp32_model)
+        engine = JaxEngine(settings, models[settings.weight_dtype])
         seqs[name] = [greedy(engine, p) for p in prompt_ids]
         rows[name] = {"perplexity": round(perplexity(engine, text_ids), 4)}
-    for name in ("int8_weights", "int8_kv"):
+    others = [name for name in variants if name != "fp32"]
+    for name in others:
         rows[name].update(compare(seqs["fp32"], seqs[name]))
         rows[name]["perplexity_delta"] = round(rows[name]["perplexity"] - rows["fp32"]["perplexity"], 4)
     result = {
@@ -112,7 +114,7 @@ def main() -> int:
     }
     (HERE / "int8_quality.json").write_text(json.dumps(result, indent=1) + "\n")
     md = [
-        f"# int8 quality vs fp32 ({result['date_utc']} UTC)",
+        f"# int8 and bf16 quality vs fp32 ({result['date_utc']} UTC)",
         "",
         f"SmolLM2-135M; perplexity on a fixed {len(text_ids)}-token text; greedy agreement over "
         f"{len(PROMPTS)} prompts x {NEW_TOKENS} new tokens.",
@@ -121,7 +123,7 @@ def main() -> int:
         "|---|---|---|---|---|---|",
         f"| fp32 | {rows['fp32']['perplexity']} | 0 | 1.0 | {NEW_TOKENS} | {len(PROMPTS)} |",
     ]
-    for name in ("int8_weights", "int8_kv"):
+    for name in others:
         r = rows[name]
         md.append(
             f"| {name} | {r['perplexity']} | {r['perplexity_delta']} | {r['position_agreement']} | "

@@ -7,7 +7,10 @@ background load hits both alike) and never loads both at once:
    decode tok/s = 1 / TPOT (median of `--decode-repeats`). Ours with int8 weights vs llama.cpp
    with the Q8_0 file (made by `llamacpp.sh quantize`), and ours (default float32) vs Q4_1.
 2. throughput at each concurrency in `--levels`: the bundled prompt set, every request generating
-   exactly `--max-tokens` tokens (ours: `ignore_eos`, llama.cpp: `min_tokens`).
+   exactly its own `max_tokens` from the set (16 to 256, mean 119; or `--max-tokens` for all)
+   (ours: `ignore_eos`, llama.cpp: `min_tokens`). Each side runs its fastest configuration on
+   this machine: ours with `--our-weights` (default bfloat16) and batched prefill, llama.cpp with
+   the Q8_0 file (faster here than the bundled Q4_1).
 
 Writes `bench/serving/results/<name>.json` and the PNG plots next to it.
 
@@ -122,7 +125,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--name", default="cpu")
     p.add_argument("--levels", default="1,4,16,32,64")
-    p.add_argument("--max-tokens", type=int, default=32, help="tokens generated per request")
+    p.add_argument("--max-tokens", type=int, default=0,
+                   help="tokens generated per request (default 0: each prompt's own max_tokens from the set)")
+    p.add_argument("--our-weights", default="bfloat16", help="our --weight-dtype for the throughput levels")
+    p.add_argument("--our-prefill-batch", type=int, default=8, help="our --max-prefill-batch for the throughput levels")
+    p.add_argument("--peer-gguf", choices=["q8_0", "q4_1"], default="q8_0",
+                   help="llama.cpp's weights for the throughput levels")
     p.add_argument("--prompts", type=int, default=0, help="requests per level (default max(16, 2 x level))")
     p.add_argument("--max-slots", type=int, default=32, help="our server's decode slots")
     p.add_argument("--decode-tokens", type=int, default=128)
@@ -141,14 +149,18 @@ def main() -> None:
     print(out["uptime_start"], flush=True)
     with ExitStack() as stack:
         if not args.skip_throughput:
-            a = stack.enter_context(_closing(ours("ours", free_port(), log_dir, args)))
-            b = stack.enter_context(_closing(llamacpp("llama.cpp", free_port(), log_dir)))
+            if args.peer_gguf == "q8_0" and not Q8_0.exists():
+                subprocess.run(["bash", str(LLAMACPP), "quantize"], check=True)
+            a = stack.enter_context(_closing(ours("ours", free_port(), log_dir, args, "--weight-dtype", args.our_weights,
+                                                  "--max-prefill-batch", str(args.our_prefill_batch))))
+            b = stack.enter_context(_closing(llamacpp("llama.cpp", free_port(), log_dir,
+                                                      Q8_0 if args.peer_gguf == "q8_0" else None)))
             a.wait_ready()
             b.wait_ready()
             out["throughput"] = []
             for c in levels:
                 n = args.prompts or max(16, 2 * c)
-                kw = {"num_prompts": n, "concurrency": c, "max_tokens": args.max_tokens}
+                kw = {"num_prompts": n, "concurrency": c, "max_tokens": args.max_tokens or None}
                 row: dict[str, Any] = {"concurrency": c, "num_prompts": n,
                        "ours": bench(a, "ignore_eos", **kw), "llama.cpp": bench(b, "min_tokens", **kw)}
                 for side in ("ours", "llama.cpp"):

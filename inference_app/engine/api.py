@@ -87,6 +87,10 @@ class EngineSettings:
     ici_autoregressive_parallelism: int = 1
     ici_tensor_parallelism: int = -1
     compilation_cache_dir: str | None = ".jax_cache"
+    # Prompts that may be prefilled in one call (same length bucket, at most
+    # PREFILL_BATCH_TOKENS padded tokens): short prompts run as one larger, more efficient
+    # matmul. Each (rows, bucket) shape is compiled during warm-up.
+    max_prefill_batch: int = 1
     # Native decode kernels (inference_app/kernels) on a single CPU device; built on first use,
     # skipped with a warning where no C++ compiler is available.
     cpu_kernels: bool = True

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 
 MIN_PREFILL_BUCKET = 32
 MIN_ATTENTION_BUCKET = 128
+# Batched prefill pads every prompt to the batch's bucket and the batch to a power of two rows;
+# this caps rows x bucket, so only short-prompt buckets batch (long ones are big matmuls already).
+PREFILL_BATCH_TOKENS = 512
 # Decode steps compute only the first `rows` slots (a bucket covering every active slot; the
 # orchestrator fills the lowest free slot first), so a lone request on a 32-slot server pays for
 # a 1-row step, not a 32-row one. Buckets grow by this factor to bound the number of compiles.
@@ -114,6 +117,8 @@ def validate_settings(s: EngineSettings) -> None:
             f"EngineSettings.max_target_length ({s.max_target_length}) must exceed "
             f"max_prefill_length ({s.max_prefill_length}) so that at least one token can be generated"
         )
+    if s.max_prefill_batch < 1:
+        raise ValueError(f"EngineSettings.max_prefill_batch must be >= 1, got {s.max_prefill_batch}")
     if s.mode not in ("interleaved", "disaggregated"):
         raise ValueError(f"EngineSettings.mode must be 'interleaved' or 'disaggregated', got {s.mode!r}")
 
@@ -318,6 +323,13 @@ class JaxEngine:
             f"prompt has {length} tokens; the limit is max_prefill_length={self.max_prefill_length}"
         )
 
+    def prefill_batch_rows(self, bucket: int) -> int:
+        """How many prompts of this bucket `prefill_many` may take at once (a power of two)."""
+        rows = 1
+        while rows * 2 <= self.settings.max_prefill_batch and rows * 2 * bucket <= PREFILL_BATCH_TOKENS:
+            rows *= 2
+        return rows
+
     def _resolve(self, sampling_params: SamplingParams) -> SamplingParams:
         sp = sampling_params
         if sp.temperature < 0:
@@ -439,6 +451,10 @@ class JaxEngine:
         for bucket in self.prefill_buckets:
             prefix = self.transfer(self.prefill([0] * bucket, SamplingParams(seed=0)))
             self.insert(prefix, 0)
+            rows = 2
+            while rows <= self.prefill_batch_rows(bucket):
+                self.prefill_many([[0] * bucket] * rows, [SamplingParams(seed=0)] * rows)
+                rows *= 2
         top = self.row_buckets[-1] - 1  # marking the last slot active selects each row bucket in turn
         for rows in self.row_buckets:
             self._active = {0, rows - 1}

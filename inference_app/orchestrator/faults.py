@@ -73,6 +73,19 @@ class FaultInjectingEngine:
             self._marked[id(prefix)] = weakref.ref(prefix)
         return prefix
 
+    def prefill_many(
+        self, prompts: Sequence[Sequence[int]], samplings: Sequence[SamplingParams]
+    ) -> list[Prefix]:
+        """A batch with a marked prompt fails as a whole (the orchestrator then retries one by one)."""
+        marked = [self.marker in self.tokenizer.decode(list(ids)) for ids in prompts]
+        if any(marked) and self.stage == "prefill":
+            raise InjectedFault(f"injected fault in prefill (a prompt of the batch contains {self.marker!r})")
+        prefixes: list[Prefix] = self.inner.prefill_many(prompts, samplings)  # type: ignore[attr-defined]
+        for prefix, m in zip(prefixes, marked, strict=True):
+            if m:
+                self._marked[id(prefix)] = weakref.ref(prefix)
+        return prefixes
+
     def _take_mark(self, prefix: Prefix) -> bool:
         ref = self._marked.pop(id(prefix), None)
         return ref is not None and ref() is prefix

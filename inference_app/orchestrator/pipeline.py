@@ -294,23 +294,72 @@ class Orchestrator:
     # ----- stages -----------------------------------------------------------------------------
 
     def _prefill_loop(self) -> None:
+        carry: Job | None = None  # taken from the queue but not batchable with the last batch
         while not self._stopping.is_set():
-            job = self._get(self._admission)
+            job, carry = carry or self._get(self._admission), None
             if job is None:
                 continue
             if job.finished or not self._take_credit(job):
                 continue
+            batch, carry = self._gather_prefill_batch(job)
+            self._prefill(batch)
+
+    def _gather_prefill_batch(self, first: Job) -> tuple[list[Job], Job | None]:
+        """`first` plus prompts already waiting in its length bucket, as many as the engine batches.
+
+        Only jobs whose credit is free right now join (never waiting here); a job of another
+        bucket ends the batch and is returned to be prefilled next, so order is kept.
+        """
+        rows_for = getattr(self.engine, "prefill_batch_rows", None)
+        bucket_of = getattr(self.engine, "prefill_bucket", None)
+        if rows_for is None or bucket_of is None or not hasattr(self.engine, "prefill_many"):
+            return [first], None
+        bucket = bucket_of(len(first.request.prompt_ids))
+        limit = rows_for(bucket)
+        batch = [first]
+        while len(batch) < limit and self._credits.acquire(blocking=False):
             try:
-                t0 = time.monotonic()
-                with self._holding(self._prefill_lock):
-                    prefix = self.engine.prefill(job.request.prompt_ids, job.request.sampling)
-                self.metrics.prefill_step.observe(time.monotonic() - t0)
-                self.metrics.prompt_tokens.inc(len(job.request.prompt_ids))
-            except Exception as exc:
-                log.exception("[%s] prefill failed", job.id)
-                job.fail(f"Prefill failed: {type(exc).__name__}: {exc}")
-                self._return_credit(job)
+                job = self._admission.get_nowait()
+            except queue.Empty:
+                job = None
+            if job is None or job.finished:
+                self._credits.release()
+                if job is None:
+                    break
                 continue
+            if bucket_of(len(job.request.prompt_ids)) != bucket:
+                self._credits.release()
+                return batch, job
+            job.holds_credit = True
+            batch.append(job)
+        return batch, None
+
+    def _prefill(self, batch: list[Job]) -> None:
+        """Prefill jobs (holding credits) together; a failing batch is retried job by job, so an
+        exception fails only the request that caused it."""
+        try:
+            t0 = time.monotonic()
+            with self._holding(self._prefill_lock):
+                if len(batch) == 1:
+                    prefixes = [self.engine.prefill(batch[0].request.prompt_ids, batch[0].request.sampling)]
+                else:
+                    prefixes = self.engine.prefill_many(  # type: ignore[attr-defined]
+                        [j.request.prompt_ids for j in batch], [j.request.sampling for j in batch]
+                    )
+            self.metrics.prefill_step.observe(time.monotonic() - t0)
+            self.metrics.prompt_tokens.inc(sum(len(j.request.prompt_ids) for j in batch))
+        except Exception as exc:
+            if len(batch) > 1:
+                log.warning("batched prefill of %d prompts failed (%s); retrying one by one", len(batch), exc)
+                for job in batch:
+                    self._prefill([job])
+                return
+            job = batch[0]
+            log.exception("[%s] prefill failed", job.id)
+            job.fail(f"Prefill failed: {type(exc).__name__}: {exc}")
+            self._return_credit(job)
+            return
+        for job, prefix in zip(batch, prefixes, strict=True):
             self._put(self._detok, FirstToken(job, int(prefix.first_token)))
             self._put(self._transfer, Prefilled(job, prefix))
 

@@ -74,6 +74,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="longest prompt in tokens; longer prompts get 400 (default %(default)s)")
     m.add_argument("--max-target-length", type=_positive, default=_DEFAULT.max_target_length,
                    help="prompt + generated tokens per slot (default %(default)s)")
+    m.add_argument("--max-prefill-batch", type=_positive, default=_DEFAULT.max_prefill_batch,
+                   help="prompts of one length bucket prefilled together (short prompts only; each "
+                   "batch shape is compiled during warm-up; default %(default)s)")
     m.add_argument("--weight-dtype", choices=DTYPES, default=_DEFAULT.weight_dtype,
                    help="auto: float32 on CPU, bfloat16 on TPU/GPU (default %(default)s)")
     m.add_argument("--kv-dtype", choices=KV_DTYPES, default=_DEFAULT.kv_dtype, help="KV cache dtype (default %(default)s)")
@@ -107,6 +110,7 @@ def engine_settings(args: argparse.Namespace) -> EngineSettings:
         max_slots=args.max_slots,
         max_prefill_length=args.max_prefill_length,
         max_target_length=args.max_target_length,
+        max_prefill_batch=args.max_prefill_batch,
         weight_dtype=args.weight_dtype,
         kv_dtype=args.kv_dtype,
         ici_fsdp_parallelism=args.ici_fsdp_parallelism,

@@ -60,7 +60,9 @@ def continuation_start(prompt_ids: Sequence[int], sampling: SamplingParams) -> i
     return base % len(CORPUS_IDS)
 
 
-def expected_ids(prompt_ids: Sequence[int], max_tokens: int, sampling: SamplingParams | None = None) -> list[int]:
+def expected_ids(
+    prompt_ids: Sequence[int], max_tokens: int, sampling: SamplingParams | None = None
+) -> list[int]:
     """What the fake generates for a prompt (up to and including EOS), for test assertions."""
     start = continuation_start(prompt_ids, sampling or SamplingParams())
     out = list(CORPUS_IDS[start : start + max_tokens])
@@ -106,6 +108,7 @@ class FakeEngine:
         self.inserts = 0
         self.steps = 0
         self.prefills = 0
+        self.batch_sizes: list[int] = []  # one entry per prefill_many call
         self.max_active = 0
         self.warmed_up = False
         self.gate = threading.Event()  # clear it to pause decoding (tests of queues and drain)
@@ -136,6 +139,26 @@ class FakeEngine:
         self.prefills += 1
         start = continuation_start(prompt_ids, sampling)
         return Prefix(first_token=CORPUS_IDS[start], length=len(prompt_ids), kv=start + 1, sampling=sampling)
+
+    def prefill_bucket(self, length: int) -> int:
+        return next(b for b in self.prefill_buckets if length <= b)
+
+    def prefill_batch_rows(self, bucket: int) -> int:
+        return self.settings.max_prefill_batch
+
+    def prefill_many(
+        self, prompts: Sequence[Sequence[int]], samplings: Sequence[SamplingParams]
+    ) -> list[Prefix]:
+        if (
+            len({self.prefill_bucket(len(p)) for p in prompts}) != 1
+            or len(prompts) > self.settings.max_prefill_batch
+        ):
+            raise RuntimeError(f"batch breaks the engine's limits: {[len(p) for p in prompts]}")
+        self.batch_sizes.append(len(prompts))
+        out = []
+        for ids, sp in zip(prompts, samplings, strict=True):
+            out.append(self.prefill(ids, sp))
+        return out
 
     def transfer(self, prefix: Prefix) -> Prefix:
         return prefix

@@ -180,3 +180,12 @@ def test_decode_step_rows_cover_the_highest_active_slot(
     assert engine8.row_bucket() == 1
     # Slot 0 alone (1-row steps) matches the batch of 8 (8-row steps).
     assert decode_all(engine8, [prompt_ids[0]], [SamplingParams()], STEPS) == [greedy8[0]]
+
+
+def test_prefill_batch_rows_cap_padded_tokens(model: LoadedModel) -> None:
+    settings = dataclasses.replace(BASE, max_prefill_length=512, max_target_length=600, max_prefill_batch=8)
+    engine = JaxEngine(settings, model)
+    assert [engine.prefill_batch_rows(b) for b in engine.prefill_buckets] == [8, 8, 4, 2, 1]
+    assert JaxEngine(BASE, model).prefill_batch_rows(32) == 1  # the default: no batching
+    with pytest.raises(ValueError, match="max_prefill_batch must be >= 1"):
+        JaxEngine(dataclasses.replace(BASE, max_prefill_batch=0), model)

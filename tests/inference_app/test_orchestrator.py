@@ -267,6 +267,65 @@ def test_error_in_one_request_fails_only_that_request(engine: FakeEngine) -> Non
             orch.stop()
 
 
+def batching_engine(prefill_delay: float = 0.05) -> FakeEngine:
+    settings = EngineSettings(max_slots=4, max_prefill_length=64, max_target_length=160, max_prefill_batch=4)
+    return FakeEngine(settings=settings, step_delay=0.001, prefill_delay=prefill_delay)
+
+
+def test_waiting_prompts_of_one_bucket_are_prefilled_together() -> None:
+    engine = batching_engine()
+    orch = make(engine)
+    try:
+        prompts = [f"prompt {i}" for i in range(9)]  # one bucket (16)
+        sinks = [Collector() for _ in prompts]
+        for p, s in zip(prompts, sinks, strict=True):
+            orch.submit(req(p, max_tokens=8), s)
+        for p, s in zip(prompts, sinks, strict=True):
+            assert isinstance(s.final, Finished)
+            want = expected_ids(tuple(p.encode()), 8)
+            assert s.text == decode(want[: want.index(EOS)] if EOS in want else want)
+        assert engine.batch_sizes and max(engine.batch_sizes) > 1  # queued prompts joined a batch
+        assert max(engine.batch_sizes) <= 4 and engine.prefills == 9
+        assert orch.wait_idle(5) and orch.active_slots == 0
+    finally:
+        orch.stop()
+
+
+def test_prompts_of_other_buckets_are_not_batched_and_keep_their_order() -> None:
+    engine = batching_engine()
+    orch = make(engine)
+    try:
+        prompts = ["short 1", "x" * 40, "short 2", "short 3", "y" * 20]  # buckets 16, 64, 16, 16, 32
+        sinks = [Collector() for _ in prompts]
+        for p, s in zip(prompts, sinks, strict=True):
+            orch.submit(req(p, max_tokens=5), s)
+        for p, s in zip(prompts, sinks, strict=True):
+            assert isinstance(s.final, Finished)
+            want = expected_ids(tuple(p.encode()), 5)
+            assert s.text == decode(want[: want.index(EOS)] if EOS in want else want)
+        assert engine.prefills == len(prompts)  # prefill_many raises on mixed buckets: none were
+    finally:
+        orch.stop()
+
+
+def test_a_failing_batch_fails_only_the_request_that_caused_it(caplog: pytest.LogCaptureFixture) -> None:
+    inner = batching_engine()
+    orch = make(FaultInjectingEngine(inner, "prefill", "BOOM"))
+    try:
+        names = ["ok one", "has BOOM", "ok two", "ok three"]
+        sinks = [Collector() for _ in names]
+        for p, s in zip(names, sinks, strict=True):
+            orch.submit(req(p, max_tokens=6), s)
+        finals = [s.final for s in sinks]
+        assert isinstance(finals[1], Failed) and "injected fault in prefill" in finals[1].message
+        assert all(isinstance(f, Finished) for i, f in enumerate(finals) if i != 1)
+        assert "retrying one by one" in caplog.text  # the marked prompt was in a batch
+        assert orch.ready and orch.failure is None
+        assert orch.wait_idle(5) and orch.active_slots == 0
+    finally:
+        orch.stop()
+
+
 def test_device_loop_failure_fails_in_flight_and_turns_unready(engine: FakeEngine) -> None:
     orch = make(FaultInjectingEngine(engine, "generate", "CRASH"))
     try:
