@@ -32,6 +32,22 @@ def sample(
     top_k 0 disables top-k; top_p 1 disables nucleus; `positions` are where the sampled tokens
     will sit (they pick the random key).
     """
+    # An all-greedy batch skips the vocabulary sort at run time (it dominated a batched prefill).
+    return jax.lax.cond(
+        jnp.all(temperature <= 0.0),
+        lambda: greedy(logits),
+        lambda: _sample(logits, temperature, top_k, top_p, seeds, positions),
+    )
+
+
+def _sample(
+    logits: jax.Array,
+    temperature: jax.Array,
+    top_k: jax.Array,
+    top_p: jax.Array,
+    seeds: jax.Array,
+    positions: jax.Array,
+) -> jax.Array:
     vocab = logits.shape[-1]
     is_greedy = temperature <= 0.0
     t = jnp.where(is_greedy, 1.0, temperature)[:, None]
