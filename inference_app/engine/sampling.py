@@ -32,35 +32,24 @@ def sample(
     top_k 0 disables top-k; top_p 1 disables nucleus; `positions` are where the sampled tokens
     will sit (they pick the random key).
     """
-    # An all-greedy batch skips the vocabulary sort at run time (it dominated a batched prefill).
-    return jax.lax.cond(
-        jnp.all(temperature <= 0.0),
-        lambda: greedy(logits),
-        lambda: _sample(logits, temperature, top_k, top_p, seeds, positions),
-    )
-
-
-def _sample(
-    logits: jax.Array,
-    temperature: jax.Array,
-    top_k: jax.Array,
-    top_p: jax.Array,
-    seeds: jax.Array,
-    positions: jax.Array,
-) -> jax.Array:
-    vocab = logits.shape[-1]
     is_greedy = temperature <= 0.0
-    t = jnp.where(is_greedy, 1.0, temperature)[:, None]
-    order = jnp.argsort(-logits, axis=-1)  # [B, V] descending
-    sorted_logits = jnp.take_along_axis(logits, order, axis=-1) / t
-    rank = jnp.arange(vocab)[None, :]
-    k = jnp.where(top_k > 0, top_k, vocab)[:, None]
-    keep = rank < k
-    probs = jax.nn.softmax(jnp.where(keep, sorted_logits, -jnp.inf), axis=-1)
-    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each candidate
-    keep = keep & ((before < top_p[:, None]) | (rank == 0))
-    masked = jnp.where(keep, sorted_logits, -jnp.inf)
-    keys = jax.vmap(lambda s, p: jax.random.fold_in(jax.random.key(s), p))(seeds, positions)
-    choice = jax.vmap(jax.random.categorical)(keys, masked)  # index into the sorted order
-    sampled = jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
-    return jnp.where(is_greedy, greedy(logits), sampled).astype(jnp.int32)
+
+    def draw() -> jax.Array:
+        vocab = logits.shape[-1]
+        t = jnp.where(is_greedy, 1.0, temperature)[:, None]
+        order = jnp.argsort(-logits, axis=-1)  # [B, V] descending
+        sorted_logits = jnp.take_along_axis(logits, order, axis=-1) / t
+        rank = jnp.arange(vocab)[None, :]
+        k = jnp.where(top_k > 0, top_k, vocab)[:, None]
+        keep = rank < k
+        probs = jax.nn.softmax(jnp.where(keep, sorted_logits, -jnp.inf), axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each candidate
+        keep = keep & ((before < top_p[:, None]) | (rank == 0))
+        masked = jnp.where(keep, sorted_logits, -jnp.inf)
+        keys = jax.vmap(lambda s, p: jax.random.fold_in(jax.random.key(s), p))(seeds, positions)
+        choice = jax.vmap(jax.random.categorical)(keys, masked)  # index into the sorted order
+        sampled = jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
+        return jnp.where(is_greedy, greedy(logits), sampled).astype(jnp.int32)
+
+    # An all-greedy batch skips the vocabulary sort at run time (it dominated a batched prefill).
+    return jax.lax.cond(jnp.all(is_greedy), lambda: greedy(logits), draw)

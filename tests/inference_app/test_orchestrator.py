@@ -77,6 +77,13 @@ def decode(ids: list[int]) -> str:
     return ByteTokenizer().decode([i for i in ids if i != EOS])
 
 
+def assert_served_like_alone(prompts: list[str], sinks: list[Collector], max_tokens: int) -> None:
+    for p, s in zip(prompts, sinks, strict=True):
+        assert isinstance(s.final, Finished), s.final
+        want = expected_ids(tuple(p.encode()), max_tokens)
+        assert s.text == decode(want[: want.index(EOS)] if EOS in want else want)
+
+
 # ----- detokenization ------------------------------------------------------------------------
 
 
@@ -280,10 +287,7 @@ def test_waiting_prompts_of_one_bucket_are_prefilled_together() -> None:
         sinks = [Collector() for _ in prompts]
         for p, s in zip(prompts, sinks, strict=True):
             orch.submit(req(p, max_tokens=8), s)
-        for p, s in zip(prompts, sinks, strict=True):
-            assert isinstance(s.final, Finished)
-            want = expected_ids(tuple(p.encode()), 8)
-            assert s.text == decode(want[: want.index(EOS)] if EOS in want else want)
+        assert_served_like_alone(prompts, sinks, 8)
         assert engine.batch_sizes and max(engine.batch_sizes) > 1  # queued prompts joined a batch
         assert max(engine.batch_sizes) <= 4 and engine.prefills == 9
         assert orch.wait_idle(5) and orch.active_slots == 0
@@ -299,10 +303,7 @@ def test_prompts_of_other_buckets_are_not_batched_and_keep_their_order() -> None
         sinks = [Collector() for _ in prompts]
         for p, s in zip(prompts, sinks, strict=True):
             orch.submit(req(p, max_tokens=5), s)
-        for p, s in zip(prompts, sinks, strict=True):
-            assert isinstance(s.final, Finished)
-            want = expected_ids(tuple(p.encode()), 5)
-            assert s.text == decode(want[: want.index(EOS)] if EOS in want else want)
+        assert_served_like_alone(prompts, sinks, 5)
         assert engine.prefills == len(prompts)  # prefill_many raises on mixed buckets: none were
     finally:
         orch.stop()
