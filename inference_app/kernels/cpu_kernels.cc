@@ -337,26 +337,16 @@ void Dense(const float* xp, const typename W::T* wp, float* yp, int64_t m, int64
   }
 }
 
-ffi::Error MatmulF32Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                         ffi::ResultBuffer<ffi::F32> y) {
+// The FFI entry for x[M,K] f32 . w[K,N] with W's weight type (DT its XLA dtype).
+template <typename W, ffi::DataType DT>
+ffi::Error DenseImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<DT> w, ffi::ResultBuffer<ffi::F32> y) {
   auto xd = x.dimensions();
   auto wd = w.dimensions();
   if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[0]) {
-    return ffi::Error::InvalidArgument("cpu_matmul_f32: expected x[M,K], w[K,N]");
+    return ffi::Error::InvalidArgument("cpu_matmul_f32/bf16: expected x[M,K] f32, w[K,N]");
   }
-  Dense<F32W>(x.typed_data(), w.typed_data(), y->typed_data(), xd[0], xd[1], wd[1]);
-  return ffi::Error::Success();
-}
-
-ffi::Error MatmulBF16Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::BF16> w,
-                          ffi::ResultBuffer<ffi::F32> y) {
-  auto xd = x.dimensions();
-  auto wd = w.dimensions();
-  if (xd.size() != 2 || wd.size() != 2 || xd[1] != wd[0]) {
-    return ffi::Error::InvalidArgument("cpu_matmul_bf16: expected x[M,K] f32, w[K,N] bf16");
-  }
-  const auto* wp = reinterpret_cast<const uint16_t*>(w.untyped_data());
-  Dense<BF16W>(x.typed_data(), wp, y->typed_data(), xd[0], xd[1], wd[1]);
+  const auto* wp = reinterpret_cast<const typename W::T*>(w.untyped_data());
+  Dense<W>(x.typed_data(), wp, y->typed_data(), xd[0], xd[1], wd[1]);
   return ffi::Error::Success();
 }
 
@@ -522,13 +512,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuMatmulS8, MatmulS8Impl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuMatmulF32, MatmulF32Impl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuMatmulF32, (DenseImpl<F32W, ffi::F32>),
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuMatmulBF16, MatmulBF16Impl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuMatmulBF16, (DenseImpl<BF16W, ffi::BF16>),
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::BF16>>()
