@@ -50,6 +50,10 @@ class StepOutput:
     """Result of one decode step: the next token of every slot (inactive slots hold junk)."""
 
     tokens: Any  # int32 array [max_slots], on device; np.asarray(...) copies to host
+    # Slots that received a token in this step. None: every active slot (a plain decode step).
+    # With chunked prefill, a slot whose prompt is still prefilling gets none, and one whose
+    # prompt finished in this step gets its first token.
+    slots: tuple[int, ...] | None = None
 
 
 @runtime_checkable
@@ -94,6 +98,12 @@ class EngineSettings:
     # Native decode kernels (inference_app/kernels) on a single CPU device; built on first use,
     # skipped with a warning where no C++ compiler is available.
     cpu_kernels: bool = True
+    # Prefill prompts in chunks inside the decode steps (`add_prompt`), so new prompts never
+    # pause decoding and are never padded to a bucket. Needs the CPU kernels (one CPU device,
+    # float32 KV cache); elsewhere the separate prefill stage runs. `max_step_tokens` caps the
+    # token rows of one step (decode rows + prompt chunks).
+    chunked_prefill: bool = True
+    max_step_tokens: int = 256
 
 
 @runtime_checkable

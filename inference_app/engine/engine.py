@@ -29,12 +29,20 @@ from jax.sharding import Mesh
 from inference_app.engine import sampling
 from inference_app.engine.api import EngineSettings, Prefix, SamplingParams, StepOutput
 from inference_app.engine.sharding import cache_sharding, make_mesh, param_shardings, replicated
+from inference_app.engine.step_plan import PendingPrompt, plan_step, step_row_buckets
 from inference_app.kernels import build as kernel_build
 from inference_app.kernels import ops as cpu_kernels
 from inference_app.model.config import ModelConfig
 from inference_app.model.loader import LoadedModel, load_model
 from inference_app.model.tokenizer import TextTokenizer
-from inference_app.model.transformer import LayerKV, Params, decode_forward, prefill_forward, quantize_kv
+from inference_app.model.transformer import (
+    LayerKV,
+    Params,
+    decode_forward,
+    prefill_forward,
+    quantize_kv,
+    ragged_forward,
+)
 from inference_app.models import embedded_model_path
 
 log = logging.getLogger(__name__)
@@ -119,6 +127,8 @@ def validate_settings(s: EngineSettings) -> None:
         )
     if s.max_prefill_batch < 1:
         raise ValueError(f"EngineSettings.max_prefill_batch must be >= 1, got {s.max_prefill_batch}")
+    if s.max_step_tokens < 1:
+        raise ValueError(f"EngineSettings.max_step_tokens must be >= 1, got {s.max_step_tokens}")
     if s.mode not in ("interleaved", "disaggregated"):
         raise ValueError(f"EngineSettings.mode must be 'interleaved' or 'disaggregated', got {s.mode!r}")
 
@@ -209,6 +219,16 @@ class JaxEngine:
         self._active: set[int] = set()
         self._rng = np.random.default_rng()
         self.compiler_options = dict(CPU_COMPILER_OPTIONS) if self.ynn_dots else {}
+        # Chunked prefill runs prompts inside the decode steps through the ragged attention
+        # kernel, so it needs what that kernel needs.
+        self.chunked_prefill = (
+            s.chunked_prefill
+            and s.mode == "interleaved"
+            and self.use_cpu_kernels
+            and jnp.dtype(self.kv_dtype) == jnp.float32
+        )
+        self.step_buckets = step_row_buckets(s.max_slots, max(s.max_step_tokens, s.max_slots))
+        self._pending: dict[int, PendingPrompt] = {}  # slot -> prompt being prefilled, FIFO
         self._build_functions()
 
     # ---- construction helpers ------------------------------------------------------------
@@ -283,7 +303,35 @@ class JaxEngine:
                     nxt = sampling.sample(logits, temperature, top_k, top_p, seeds, positions + 1)
             return tokens.at[:rows].set(nxt.astype(tokens.dtype)), cache
 
+        num_slots = self.settings.max_slots
+
+        def mixed_fn(
+            params: Params,
+            cache: list[LayerKV],
+            state: jax.Array,
+            tokens: jax.Array,
+            from_state: jax.Array,
+            slots: jax.Array,
+            positions: jax.Array,
+            logit_rows: jax.Array,
+            logit_slots: jax.Array,
+            samp: tuple[jax.Array, ...],
+        ) -> Any:
+            with cpu_kernels.enabled(True):  # read while tracing
+                last = state[jnp.clip(slots, 0, num_slots - 1)]  # decode rows: last step's token
+                rows_in = jnp.where(from_state, last, tokens)
+                logits, cache = ragged_forward(params, cfg, cache, rows_in, slots, positions, logit_rows)
+                temperature, top_k, top_p, seeds = samp
+                nxt = sampling.sample(logits, temperature, top_k, top_p, seeds, positions[logit_rows] + 1)
+            return state.at[logit_slots].set(nxt.astype(state.dtype), mode="drop"), cache
+
         opts = self.compiler_options or None
+        self._mixed_fn = jax.jit(
+            mixed_fn,
+            donate_argnums=(1,),
+            out_shardings=(self._rep, self._cache_shardings),
+            compiler_options=opts,
+        )
         self._prefill_fn = jax.jit(prefill_fn, compiler_options=opts)
         # Only the cache is donated: the token vector is tiny, and keeping it undonated means a
         # StepOutput handed to the orchestrator stays valid while later inserts/steps run.
@@ -342,6 +390,13 @@ class JaxEngine:
             sp = dataclasses.replace(sp, seed=int(self._rng.integers(0, 2**32)))
         return sp
 
+    def _check_prompt(self, ids: Sequence[int]) -> None:
+        if len(ids) == 0:
+            raise ValueError("prompt is empty: at least one token is needed")
+        bad = [t for t in ids if not 0 <= int(t) < self.config.vocab_size]
+        if bad:
+            raise ValueError(f"token ids out of range [0, {self.config.vocab_size}): {bad[:5]}")
+
     def prefill(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> Prefix:
         return self.prefill_many([prompt_ids], [sampling])[0]
 
@@ -356,11 +411,7 @@ class JaxEngine:
         if len(prompts) != len(samplings) or not prompts:
             raise ValueError("prefill_many needs one SamplingParams per prompt and at least one prompt")
         for ids in prompts:
-            if len(ids) == 0:
-                raise ValueError("prompt is empty: at least one token is needed")
-            bad = [t for t in ids if not 0 <= int(t) < self.config.vocab_size]
-            if bad:
-                raise ValueError(f"token ids out of range [0, {self.config.vocab_size}): {bad[:5]}")
+            self._check_prompt(ids)
         resolved = [self._resolve(sp) for sp in samplings]
         bucket = self.prefill_bucket(max(len(ids) for ids in prompts))
         rows = 1 << (len(prompts) - 1).bit_length()
@@ -399,16 +450,37 @@ class JaxEngine:
             raise ValueError(f"slot {slot} out of range [0, {self.max_slots})")
         if prefix.length >= self.max_target_length:
             raise ValueError(f"prefix length {prefix.length} leaves no room below max_target_length")
-        sp = prefix.sampling
         self._cache, self._tokens = self._insert_fn(
             self._cache, self._tokens, prefix.kv, np.int32(slot), np.int32(prefix.first_token)
         )
+        self._pending.pop(slot, None)
         self._positions[slot] = prefix.length
+        self._set_sampling(slot, prefix.sampling)
+        self._active.add(slot)
+
+    def _set_sampling(self, slot: int, sp: SamplingParams) -> None:
         self._temperature[slot] = sp.temperature
         self._top_k[slot] = sp.top_k
         self._top_p[slot] = sp.top_p
         self._seeds[slot] = np.uint32((sp.seed or 0) % 2**32)
-        self._active.add(slot)
+
+    def add_prompt(self, slot: int, prompt_ids: Sequence[int], sampling: SamplingParams) -> None:
+        """Chunked prefill (an extension beyond the `Engine` protocol, when `chunked_prefill`):
+        the prompt runs in the coming `generate` steps, alongside the decoding slots; the step
+        that runs its last token also samples its first generated token into `slot`."""
+        if not self.chunked_prefill:
+            raise RuntimeError("this engine has no chunked prefill (see EngineSettings.chunked_prefill)")
+        if not 0 <= slot < self.max_slots:
+            raise ValueError(f"slot {slot} out of range [0, {self.max_slots})")
+        if slot in self._active or slot in self._pending:
+            raise ValueError(f"slot {slot} is busy; release it first")
+        self._check_prompt(prompt_ids)
+        if len(prompt_ids) > self.max_prefill_length:
+            raise ValueError(
+                f"prompt has {len(prompt_ids)} tokens; the limit is max_prefill_length={self.max_prefill_length}"
+            )
+        self._set_sampling(slot, self._resolve(sampling))
+        self._pending[slot] = PendingPrompt(np.asarray(prompt_ids, np.int32))
 
     def attention_bucket(self) -> int:
         """Smallest compiled cache prefix covering every active slot's next position."""
@@ -427,6 +499,8 @@ class JaxEngine:
         return self.row_buckets[-1]
 
     def generate(self) -> StepOutput:
+        if self.chunked_prefill:
+            return self._mixed_step()
         greedy = all(self._temperature[i] <= 0 for i in self._active)
         rows = self.row_bucket()
         positions = np.minimum(self._positions[:rows], self.max_target_length - 1)
@@ -443,10 +517,49 @@ class JaxEngine:
         self._positions = np.minimum(self._positions + 1, self.max_target_length - 1)
         return StepOutput(tokens=self._tokens)
 
+    def _mixed_step(self) -> StepOutput:
+        """One step of decode rows plus prompt chunks (see `step_plan`)."""
+        s = self.settings
+        plan = plan_step(
+            self._active, self._positions, self._pending, self.step_buckets, s.max_slots, s.max_target_length
+        )
+        idx = np.minimum(plan.logit_slots, s.max_slots - 1)
+        real = plan.logit_slots < s.max_slots
+        samp = (
+            np.where(real, self._temperature[idx], 0.0).astype(np.float32),
+            self._top_k[idx],
+            self._top_p[idx],
+            self._seeds[idx],
+        )
+        self._tokens, self._cache = self._mixed_fn(
+            self.generate_params,
+            self._cache,
+            self._tokens,
+            plan.tokens,
+            plan.from_state,
+            plan.slots,
+            plan.positions,
+            plan.logit_rows,
+            plan.logit_slots,
+            samp,
+        )
+        decoding = np.fromiter(self._active, np.int64, len(self._active))
+        self._positions[decoding] = np.minimum(self._positions[decoding] + 1, s.max_target_length - 1)
+        for slot, n in plan.taken.items():
+            self._pending[slot].done += n
+        for slot in plan.completed:
+            self._positions[slot] = len(self._pending.pop(slot).ids)
+            self._active.add(slot)
+        return StepOutput(tokens=self._tokens, slots=plan.emitted)
+
     def release(self, slot: int) -> None:
         self._active.discard(slot)
+        self._pending.pop(slot, None)
 
     def warmup(self) -> None:
+        if self.chunked_prefill:
+            self._warmup_mixed()
+            return
         start = time.perf_counter()
         for bucket in self.prefill_buckets:
             prefix = self.transfer(self.prefill([0] * bucket, SamplingParams(seed=0)))
@@ -471,6 +584,33 @@ class JaxEngine:
             len(self.prefill_buckets),
             len(self.row_buckets),
             len(self.attention_buckets),
+            time.perf_counter() - start,
+        )
+
+
+    def _warmup_mixed(self) -> None:
+        """Compile every step bucket with padding rows only (nothing is read or written)."""
+        start = time.perf_counter()
+        s = self.settings
+        for rows in self.step_buckets:
+            r = min(rows, s.max_slots)
+            self._tokens, self._cache = self._mixed_fn(
+                self.generate_params,
+                self._cache,
+                self._tokens,
+                np.zeros(rows, np.int32),
+                np.zeros(rows, bool),
+                np.full(rows, s.max_slots, np.int32),
+                np.full(rows, s.max_target_length, np.int32),
+                np.zeros(r, np.int32),
+                np.full(r, s.max_slots, np.int32),
+                _sampling_arrays([SamplingParams(seed=0)] * r),
+            )
+        np.asarray(self._tokens)
+        log.info(
+            "warmup compiled %d mixed-step buckets (%s rows) in %.1fs",
+            len(self.step_buckets),
+            ", ".join(map(str, self.step_buckets)),
             time.perf_counter() - start,
         )
 

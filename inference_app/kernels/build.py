@@ -36,7 +36,7 @@ TARGETS = {  # FFI target name -> exported handler symbol
     "inference_app_cpu_matmul_s8": "CpuMatmulS8",
     "inference_app_cpu_matmul_f32": "CpuMatmulF32",
     "inference_app_cpu_matmul_bf16": "CpuMatmulBF16",
-    "inference_app_cpu_decode_attention": "CpuDecodeAttention",
+    "inference_app_cpu_attention": "CpuAttention",
     "inference_app_cpu_argmax": "CpuArgmax",
 }
 

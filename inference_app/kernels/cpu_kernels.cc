@@ -11,8 +11,9 @@
 //   cpu_matmul_f32  x[M,K] f32 . w[K,N] f32              -> y[M,N]
 //   cpu_matmul_bf16 x[M,K] f32 . w[K,N] bf16             -> y[M,N]  (f32 accumulation)
 //   cpu_argmax      x[M,N] f32 -> first index of each row's maximum
-//   cpu_decode_attention  q[B,KVH,G,D], k/v cache [S,KVH,T,D], positions[B] -> out[B,KVH,G,D]
-//                   row b attends to cache entries 0..positions[b] of slot b (S >= B).
+//   cpu_attention   q[N,KVH,G,D], k/v cache [S,KVH,T,D], slots[N], positions[N] -> out[N,KVH,G,D]
+//                   row n attends to cache entries 0..positions[n] of slot slots[n] (a decode
+//                   step has one row per slot; a prompt chunk one row per prompt token).
 //
 // Build: see inference_app/kernels/build.py (g++ -O3, x86-64-v3 with an AVX-512 clone).
 
@@ -350,7 +351,7 @@ ffi::Error DenseImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<DT> w, ffi::ResultBuff
   return ffi::Error::Success();
 }
 
-// ---- decode attention ---------------------------------------------------------------------
+// ---- attention over the slot cache ---------------------------------------------------------------------
 
 #if defined(__AVX2__) && defined(__FMA__)
 // exp(x) for the softmax: x = n ln2 + r with |r| <= ln2/2, exp(r) by its degree-6 Taylor
@@ -471,32 +472,44 @@ ffi::Error ArgmaxImpl(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::S32> out) 
   return ffi::Error::Success();
 }
 
-ffi::Error DecodeAttentionImpl(ffi::Buffer<ffi::F32> q,
+// Ragged attention over the slot cache: row n (a decode token, or one token of a prompt chunk)
+// attends to entries 0..positions[n] of slot slots[n]. A row whose slot or position is out of
+// range is padding: its output is zero and it reads nothing.
+ffi::Error RaggedAttentionImpl(ffi::Buffer<ffi::F32> q,
                                ffi::Buffer<ffi::F32> k_cache, ffi::Buffer<ffi::F32> v_cache,
-                               ffi::Buffer<ffi::S32> positions, ffi::ResultBuffer<ffi::F32> out,
-                               float scale) {
+                               ffi::Buffer<ffi::S32> slots, ffi::Buffer<ffi::S32> positions,
+                               ffi::ResultBuffer<ffi::F32> out, float scale) {
   auto qd = q.dimensions();
   auto cd = k_cache.dimensions();
   auto vd = v_cache.dimensions();
-  if (qd.size() != 4 || cd.size() != 4 || vd.size() != 4 || cd[0] < qd[0] || cd[1] != qd[1] ||
-      cd[3] != qd[3] || vd[0] != cd[0] || vd[1] != cd[1] || vd[2] != cd[2] || vd[3] != cd[3] ||
-      static_cast<int64_t>(positions.element_count()) != qd[0]) {
+  if (qd.size() != 4 || cd.size() != 4 || vd.size() != 4 || cd[1] != qd[1] || cd[3] != qd[3] ||
+      vd[0] != cd[0] || vd[1] != cd[1] || vd[2] != cd[2] || vd[3] != cd[3] ||
+      static_cast<int64_t>(positions.element_count()) != qd[0] ||
+      static_cast<int64_t>(slots.element_count()) != qd[0]) {
     return ffi::Error::InvalidArgument(
-        "cpu_decode_attention: expected q[B,KVH,G,D], k/v cache [S>=B,KVH,T,D], positions[B]");
+        "cpu_attention: expected q[N,KVH,G,D], k/v cache [S,KVH,T,D], slots[N], positions[N]");
   }
-  const int64_t b = qd[0], kvh = qd[1], g = qd[2], d = qd[3], t_max = cd[2];
+  const int64_t n = qd[0], kvh = qd[1], g = qd[2], d = qd[3], s_max = cd[0], t_max = cd[2];
   const float* qp = q.typed_data();
   const float* kp = k_cache.typed_data();
   const float* vp = v_cache.typed_data();
+  const int32_t* slot = slots.typed_data();
   const int32_t* pos = positions.typed_data();
   float* op = out->typed_data();
-  ParallelFor(b * kvh, [&](int64_t unit) {
+  // Units are claimed last row first: a prompt chunk's late rows (after the decode rows) cost
+  // the most, and starting with them keeps the threads evenly loaded to the end.
+  ParallelFor(n * kvh, [&](int64_t claimed) {
+    const int64_t unit = n * kvh - 1 - claimed;
     const int64_t row = unit / kvh, h = unit % kvh;
-    const int64_t len = std::clamp<int64_t>(static_cast<int64_t>(pos[row]) + 1, 1, t_max);
+    const int64_t q_off = (row * kvh + h) * g * d;
+    if (slot[row] < 0 || slot[row] >= s_max || pos[row] < 0 || pos[row] >= t_max) {
+      std::fill(op + q_off, op + q_off + g * d, 0.f);
+      return;
+    }
+    const int64_t len = static_cast<int64_t>(pos[row]) + 1;
     thread_local std::vector<float> scores;
     if (static_cast<int64_t>(scores.size()) < g * len) scores.resize(g * len);
-    const int64_t cache_off = (row * kvh + h) * t_max * d;
-    const int64_t q_off = (row * kvh + h) * g * d;
+    const int64_t cache_off = (slot[row] * kvh + h) * t_max * d;
     AttendOne(qp + q_off, kp + cache_off, vp + cache_off, op + q_off, g, len, d, scale,
               scores.data());
   });
@@ -527,11 +540,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuMatmulBF16, (DenseImpl<BF16W, ffi::BF16>),
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuArgmax, ArgmaxImpl,
                               ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::S32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuDecodeAttention, DecodeAttentionImpl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuAttention, RaggedAttentionImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("scale"));

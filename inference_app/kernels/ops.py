@@ -56,16 +56,28 @@ def matmul_dense(x: jax.Array, w: jax.Array) -> jax.Array:
     return jax.ffi.ffi_call(target, out)(x.astype(jnp.float32), w.astype(w.dtype))
 
 
-def decode_attention(
-    q: jax.Array, k_cache: jax.Array, v_cache: jax.Array, positions: jax.Array, scale: float
+def attention(
+    q: jax.Array,
+    k_cache: jax.Array,
+    v_cache: jax.Array,
+    slots: jax.Array,
+    positions: jax.Array,
+    scale: float,
 ) -> jax.Array:
-    """q [B, KVH, G, D]; caches [S >= B, KVH, T, D]; row b attends to entries 0..positions[b].
+    """q [N, KVH, G, D]; caches [S, KVH, T, D]; row n attends to entries 0..positions[n] of slot
+    slots[n] (a row with an out-of-range slot or position is padding and gets zeros).
 
-    Reads the cache in place (no sliced copy) and only up to each row's own position.
+    Reads the cache in place (no sliced copy) and only up to each row's own position, so one
+    kernel serves decode rows and the rows of a prompt chunk alike.
     """
     out = jax.ShapeDtypeStruct(q.shape, jnp.float32)
-    return jax.ffi.ffi_call("inference_app_cpu_decode_attention", out)(
-        q.astype(jnp.float32), k_cache, v_cache, positions.astype(jnp.int32), scale=np.float32(scale)
+    return jax.ffi.ffi_call("inference_app_cpu_attention", out)(
+        q.astype(jnp.float32),
+        k_cache,
+        v_cache,
+        slots.astype(jnp.int32),
+        positions.astype(jnp.int32),
+        scale=np.float32(scale),
     )
 
 

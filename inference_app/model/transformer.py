@@ -266,6 +266,46 @@ def decode_forward(
     return lm_head(params, cfg, x), new_cache
 
 
+def ragged_forward(
+    params: Params,
+    cfg: ModelConfig,
+    cache: list[LayerKV],
+    tokens: jax.Array,
+    slots: jax.Array,
+    positions: jax.Array,
+    logit_rows: jax.Array,
+) -> tuple[jax.Array, list[LayerKV]]:
+    """One step over independent token rows: token n of slot slots[n] at position positions[n].
+
+    A row is a decode token, or one token of a prompt chunk (a prompt's rows carry consecutive
+    positions; later chunks continue where earlier steps stopped), so prefill runs inside decode
+    steps with no padding to a prompt bucket. Every row's K/V is written before attention, and
+    row n attends to its slot's entries 0..positions[n]. Rows with an out-of-range slot or
+    position are padding. Returns the logits of rows `logit_rows` [R] -> [R, V] and the cache.
+
+    Needs the CPU attention kernel (a float32 cache on one CPU device): the kernel reads each
+    row's own prefix in place, which plain XLA could only do by gathering a copy per row.
+    """
+    if not cpu_kernels.active() or cache[0]["k"].dtype != jnp.float32:
+        raise NotImplementedError("ragged steps need the CPU attention kernel and a float32 KV cache")
+    dtype = _compute_dtype(params)
+    scale = 1.0 / np.sqrt(cfg.head_dim)
+    x = embed(params, tokens, dtype)  # [N, D]
+    tables = rope_tables(positions, cfg)
+    new_cache: list[LayerKV] = []
+    for layer, c in zip(params["layers"], cache, strict=True):
+        h = rms_norm(x, layer["attn_norm"], cfg.rms_eps)
+        q, k, v = qkv(layer, cfg, h)  # q [N,K,G,Dh]  k,v [N,K,Dh]
+        q = rope(q, tables)
+        k = rope(k, tables)
+        c = _write_kv(c, slots, positions, k, v)
+        attn = cpu_kernels.attention(q, c["k"], c["v"], slots, positions, scale).astype(dtype)
+        x = x + linear(attn, layer["wo"], 3)
+        x = x + mlp(layer, rms_norm(x, layer["mlp_norm"], cfg.rms_eps))
+        new_cache.append(c)
+    return lm_head(params, cfg, x[logit_rows]), new_cache
+
+
 def _decode_attention(
     c: LayerKV, q: jax.Array, positions: jax.Array, valid: jax.Array, scale: float
 ) -> jax.Array:
@@ -273,7 +313,8 @@ def _decode_attention(
     b, attn_len = valid.shape
     dtype = q.dtype
     if cpu_kernels.active() and c["k"].dtype == jnp.float32:  # float32 cache: in-place kernel
-        return cpu_kernels.decode_attention(q, c["k"], c["v"], positions, scale).astype(dtype)
+        slots = jnp.arange(b, dtype=jnp.int32)
+        return cpu_kernels.attention(q, c["k"], c["v"], slots, positions, scale).astype(dtype)
     kc, vc = c["k"][:b, :, :attn_len], c["v"][:b, :, :attn_len]  # [B, K, T, Dh]
     scores = jnp.einsum("bkgh,bkth->bkgt", q, kc.astype(dtype)).astype(jnp.float32)
     if "k_scale" in c:
@@ -285,19 +326,20 @@ def _decode_attention(
     return jnp.einsum("bkgt,bkth->bkgh", probs.astype(dtype), vc.astype(dtype))
 
 
-def _write_kv(c: LayerKV, rows: jax.Array, positions: jax.Array, k: jax.Array, v: jax.Array) -> LayerKV:
-    """Scatter one token's k, v [B, K, Dh] into cache entries [b, :, positions[b]] (in place)."""
+def _write_kv(c: LayerKV, slots: jax.Array, positions: jax.Array, k: jax.Array, v: jax.Array) -> LayerKV:
+    """Scatter token rows' k, v [N, K, Dh] into cache entries [slots[n], :, positions[n]] (in
+    place); rows with an out-of-range slot or position (padding) write nothing."""
     out = dict(c)
     if "k_scale" in c:
         kq, ks = quantize_kv(k)
         vq, vs = quantize_kv(v)
-        out["k"] = c["k"].at[rows, :, positions].set(kq)
-        out["v"] = c["v"].at[rows, :, positions].set(vq)
-        out["k_scale"] = c["k_scale"].at[rows, :, positions].set(ks)
-        out["v_scale"] = c["v_scale"].at[rows, :, positions].set(vs)
+        out["k"] = c["k"].at[slots, :, positions].set(kq, mode="drop")
+        out["v"] = c["v"].at[slots, :, positions].set(vq, mode="drop")
+        out["k_scale"] = c["k_scale"].at[slots, :, positions].set(ks, mode="drop")
+        out["v_scale"] = c["v_scale"].at[slots, :, positions].set(vs, mode="drop")
     else:
-        out["k"] = c["k"].at[rows, :, positions].set(k.astype(c["k"].dtype))
-        out["v"] = c["v"].at[rows, :, positions].set(v.astype(c["v"].dtype))
+        out["k"] = c["k"].at[slots, :, positions].set(k.astype(c["k"].dtype), mode="drop")
+        out["v"] = c["v"].at[slots, :, positions].set(v.astype(c["v"].dtype), mode="drop")
     return out
 
 

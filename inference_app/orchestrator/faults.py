@@ -5,6 +5,7 @@ and in a real server process through `serve --inject-fault STAGE:MARKER`). Stage
 
 - `prefill`: that request's prefill raises -> only that request fails (HTTP 500), serving goes on.
 - `insert`: inserting that request's KV into a slot raises -> only that request fails.
+  (With chunked prefill both stages fail `add_prompt`, where that request's prefill begins.)
 - `generate`: the first decode step that includes that request raises -> the device loop fails,
   every in-flight request fails and `/healthcheck` turns 503 (the process stays up).
 """
@@ -101,6 +102,14 @@ class FaultInjectingEngine:
         if marked and self.stage == "insert":
             raise InjectedFault(f"injected fault in insert (prompt contains {self.marker!r})")
         self.inner.insert(prefix, slot)
+        if marked:
+            self._marked_slots.add(slot)
+
+    def add_prompt(self, slot: int, prompt_ids: Sequence[int], sampling: SamplingParams) -> None:
+        marked = self.marker in self.tokenizer.decode(list(prompt_ids))
+        if marked and self.stage in ("prefill", "insert"):
+            raise InjectedFault(f"injected fault in {self.stage} (prompt contains {self.marker!r})")
+        self.inner.add_prompt(slot, prompt_ids, sampling)  # type: ignore[attr-defined]
         if marked:
             self._marked_slots.add(slot)
 

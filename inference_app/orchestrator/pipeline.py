@@ -21,6 +21,11 @@ In interleaved mode prefill and decode share one device group: a FIFO (ticket) l
 alternate, so a stream of new prompts cannot starve decoding and vice versa. In disaggregated mode
 they run truly in parallel on their own groups.
 
+With an engine that prefills in chunks (`engine.chunked_prefill`, the CPU engine), stages 2-3
+fold into the generate thread: it hands each admitted prompt to a free slot (`add_prompt`), and
+every step runs the decoding slots plus chunks of those prompts; the step that finishes a prompt
+also yields its first token. No prompt pauses decoding, and none is padded to a length bucket.
+
 Errors: an exception in one request's prefill/transfer/insert fails that request only. An exception
 in `generate` or `release` (the device loop) fails every in-flight request, marks the driver failed
 (`/healthcheck` turns 503 with the reason) and rejects new work; the process stays up so the
@@ -147,6 +152,7 @@ class Orchestrator:
         self._in_flight_lock = threading.Condition()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.chunked = bool(getattr(engine, "chunked_prefill", False)) and hasattr(engine, "add_prompt")
         self._admitting = False
         self.failure: str | None = None
         self.metrics.max_slots.set(self.max_slots)
@@ -189,12 +195,21 @@ class Orchestrator:
                 time.monotonic() - t0,
                 ", ".join(map(str, self.engine.prefill_buckets)),
             )
-        for stage, target in (
-            ("prefill", self._prefill_loop),
-            ("transfer", self._transfer_loop),
-            ("generate", self._generate_loop),
-            ("detokenize", self._detokenize_loop),
-        ):
+        stages = (
+            (("generate", self._chunked_generate_loop),)
+            if self.chunked
+            else (
+                ("prefill", self._prefill_loop),
+                ("transfer", self._transfer_loop),
+                ("generate", self._generate_loop),
+            )
+        )
+        if self.chunked:
+            log.info(
+                "Chunked prefill: prompts run inside the generate steps (up to %d token rows a step).",
+                max(self.engine.settings.max_step_tokens, self.max_slots),
+            )
+        for stage, target in (*stages, ("detokenize", self._detokenize_loop)):
             log.info("Spinning up %s thread 0.", stage)
             thread = threading.Thread(target=self._guard(stage, target), name=f"{stage}-0", daemon=True)
             self._threads.append(thread)
@@ -396,6 +411,48 @@ class Orchestrator:
                 job.scheduled += 1
                 if job.scheduled >= job.request.max_tokens:
                     self._release(slot)  # its last token is computed; the slot can take a new job
+
+    def _chunked_generate_loop(self) -> None:
+        """Admit prompts into free slots, then one mixed step (decode rows + prompt chunks)."""
+        while not self._stopping.is_set():
+            self._release_finished()
+            self._add_prompts(block=self.active_slots == 0)
+            if not self.active_slots:
+                continue
+            t0 = time.monotonic()
+            out = self.engine.generate()
+            emitted = tuple(range(self.max_slots)) if out.slots is None else out.slots
+            step = StepTokens(
+                out.tokens, tuple((slot, job) for slot in emitted if (job := self._slots[slot]) is not None), t0
+            )
+            self._put(self._detok, step)
+            for slot, job in step.slots:
+                job.scheduled += 1
+                if job.scheduled >= job.request.max_tokens:
+                    self._release(slot)
+
+    def _add_prompts(self, block: bool) -> None:
+        """Give waiting requests free slots; their prompts run in the coming steps."""
+        while None in self._slots:
+            try:
+                job = self._admission.get(timeout=_POLL_S) if block else self._admission.get_nowait()
+            except queue.Empty:
+                return
+            block = False
+            if job is None:
+                return
+            if job.finished:
+                continue
+            slot = self._slots.index(None)
+            try:
+                self.engine.add_prompt(slot, job.request.prompt_ids, job.request.sampling)  # type: ignore[attr-defined]
+            except Exception as exc:
+                log.exception("[%s] prefill failed", job.id)
+                job.fail(f"Prefill failed: {type(exc).__name__}: {exc}")
+                continue
+            self._slots[slot] = job
+            self.metrics.prompt_tokens.inc(len(job.request.prompt_ids))
+            log.debug("[%s] prefilling in slot %d", job.id, slot)
 
     def _detokenize_loop(self) -> None:
         last_host_at = 0.0

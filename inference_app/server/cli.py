@@ -75,8 +75,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--max-target-length", type=_positive, default=_DEFAULT.max_target_length,
                    help="prompt + generated tokens per slot (default %(default)s)")
     m.add_argument("--max-prefill-batch", type=_positive, default=_DEFAULT.max_prefill_batch,
-                   help="prompts of one length bucket prefilled together (short prompts only; each "
-                   "batch shape is compiled during warm-up; default %(default)s)")
+                   help="separate prefill stage: prompts of one length bucket prefilled together (short "
+                   "prompts only; each batch shape is compiled during warm-up; default %(default)s)")
+    m.add_argument("--no-chunked-prefill", action="store_true",
+                   help="CPU: use the separate prefill stage instead of prefilling prompts in chunks "
+                   "inside the decode steps (chunked prefill needs the native CPU kernels)")
+    m.add_argument("--max-step-tokens", type=_positive, default=_DEFAULT.max_step_tokens,
+                   help="chunked prefill: token rows per step, decode rows + prompt chunks (default %(default)s)")
     m.add_argument("--weight-dtype", choices=DTYPES, default=_DEFAULT.weight_dtype,
                    help="auto: float32 on CPU, bfloat16 on TPU/GPU (default %(default)s)")
     m.add_argument("--kv-dtype", choices=KV_DTYPES, default=_DEFAULT.kv_dtype, help="KV cache dtype (default %(default)s)")
@@ -111,6 +116,8 @@ def engine_settings(args: argparse.Namespace) -> EngineSettings:
         max_prefill_length=args.max_prefill_length,
         max_target_length=args.max_target_length,
         max_prefill_batch=args.max_prefill_batch,
+        chunked_prefill=not args.no_chunked_prefill,
+        max_step_tokens=args.max_step_tokens,
         weight_dtype=args.weight_dtype,
         kv_dtype=args.kv_dtype,
         ici_fsdp_parallelism=args.ici_fsdp_parallelism,

@@ -88,6 +88,7 @@ class DonatableTokens:
 class _Slot:
     cursor: int  # index into CORPUS_IDS of the next token
     position: int  # cache position the next decode step writes
+    prefill_steps: int = 0  # chunked prefill: steps until the prompt's last chunk has run
 
 
 @dataclass
@@ -101,6 +102,10 @@ class FakeEngine:
     prefill_delay: float = 0.0
     warmup_delay: float = 0.0
     prefill_buckets: tuple[int, ...] = (16, 32, 64)
+    # Chunked prefill (`add_prompt`): a prompt takes one step per `prefill_chunk` of its tokens,
+    # and the step that runs its last chunk yields its first token.
+    chunked_prefill: bool = False
+    prefill_chunk: int = 16
 
     def __post_init__(self) -> None:
         self.tokenizer: Tokenizer = ByteTokenizer()
@@ -173,22 +178,46 @@ class FakeEngine:
             self.inserts += 1
             self.max_active = max(self.max_active, self.active)
 
+    def add_prompt(self, slot: int, prompt_ids: Sequence[int], sampling: SamplingParams) -> None:
+        if not self.chunked_prefill:
+            raise RuntimeError("add_prompt on an engine without chunked prefill")
+        if not 0 < len(prompt_ids) <= self.max_prefill_length:
+            raise ValueError(f"prompt of {len(prompt_ids)} tokens (limit {self.max_prefill_length})")
+        with self._lock:
+            if self._slots[slot] is not None:
+                raise RuntimeError(f"add_prompt into occupied slot {slot}")
+            steps = -(-len(prompt_ids) // self.prefill_chunk)
+            start = continuation_start(prompt_ids, sampling)
+            self._slots[slot] = _Slot(cursor=start, position=len(prompt_ids), prefill_steps=steps)
+            self.prefills += 1
+            self.max_active = max(self.max_active, self.active)
+
     def generate(self) -> StepOutput:
         self.gate.wait()
         time.sleep(self.step_delay)
         out = np.zeros(self.max_slots, dtype=np.int32)
+        emitted = []
         with self._lock:
             for i, s in enumerate(self._slots):
                 if s is None:
+                    continue
+                if s.prefill_steps > 0:  # chunked: a prompt chunk, and its first token at the end
+                    s.prefill_steps -= 1
+                    if s.prefill_steps > 0:
+                        continue
+                    out[i] = CORPUS_IDS[s.cursor % len(CORPUS_IDS)]
+                    s.cursor += 1
+                    emitted.append(i)
                     continue
                 if s.position >= self.max_target_length:
                     raise RuntimeError(f"slot {i} decodes past max_target_length={self.max_target_length}")
                 out[i] = CORPUS_IDS[s.cursor % len(CORPUS_IDS)]
                 s.cursor += 1
                 s.position += 1
+                emitted.append(i)
             self.steps += 1
             self._last_tokens = DonatableTokens(out)
-        return StepOutput(tokens=self._last_tokens)
+        return StepOutput(tokens=self._last_tokens, slots=tuple(emitted) if self.chunked_prefill else None)
 
     def release(self, slot: int) -> None:
         with self._lock:

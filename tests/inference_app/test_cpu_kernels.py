@@ -22,16 +22,21 @@ RNG = np.random.default_rng(7)
 
 
 def reference_attention(
-    q: np.ndarray, kc: np.ndarray, vc: np.ndarray, pos: np.ndarray, scale: float
+    q: np.ndarray, kc: np.ndarray, vc: np.ndarray, slots: np.ndarray, pos: np.ndarray, scale: float
 ) -> np.ndarray:
     out = np.zeros(q.shape, np.float64)
-    for b in range(q.shape[0]):
-        n = pos[b] + 1
-        s = np.einsum("kgd,ktd->kgt", q[b], kc[b, :, :n]) * scale
+    for r in range(q.shape[0]):
+        if not (0 <= slots[r] < kc.shape[0] and 0 <= pos[r] < kc.shape[2]):
+            continue  # padding row: zeros
+        n = pos[r] + 1
+        s = np.einsum("kgd,ktd->kgt", q[r], kc[slots[r], :, :n]) * scale
         p = np.exp(s - s.max(-1, keepdims=True))
         p /= p.sum(-1, keepdims=True)
-        out[b] = np.einsum("kgt,ktd->kgd", p, vc[b, :, :n])
+        out[r] = np.einsum("kgt,ktd->kgd", p, vc[slots[r], :, :n])
     return out
+
+
+attention = jax.jit(ops.attention, static_argnums=5)
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5])
@@ -58,13 +63,28 @@ def test_dense_matmul_matches_numpy(dtype: jnp.dtype, m: int, k: int, n: int) ->
 
 @pytest.mark.parametrize("d", [64, 12])  # 12: the scalar path for head dims not a multiple of 8
 def test_decode_attention_matches_numpy(d: int) -> None:
-    b, kvh, g, slots, t = 4, 3, 3, 6, 40
+    b, kvh, g, n_slots, t = 4, 3, 3, 6, 40
     q = RNG.standard_normal((b, kvh, g, d)).astype(np.float32)
-    kc = RNG.standard_normal((slots, kvh, t, d)).astype(np.float32) * 3
-    vc = RNG.standard_normal((slots, kvh, t, d)).astype(np.float32)
+    kc = RNG.standard_normal((n_slots, kvh, t, d)).astype(np.float32) * 3
+    vc = RNG.standard_normal((n_slots, kvh, t, d)).astype(np.float32)
+    slots = np.arange(b, dtype=np.int32)
     pos = np.array([0, 5, 17, t - 1], np.int32)  # lengths 1 (softmax of one), < 8, > 8, full
-    got = np.asarray(jax.jit(ops.decode_attention, static_argnums=4)(q, kc, vc, pos, 0.125))
-    np.testing.assert_allclose(got, reference_attention(q, kc, vc, pos, 0.125), rtol=1e-5, atol=1e-5)
+    got = np.asarray(attention(q, kc, vc, slots, pos, 0.125))
+    np.testing.assert_allclose(got, reference_attention(q, kc, vc, slots, pos, 0.125), rtol=1e-5, atol=1e-5)
+
+
+def test_ragged_attention_mixes_decode_rows_prompt_chunks_and_padding() -> None:
+    """Rows of one step: decode rows of two slots, a prompt chunk (slot 4, positions 3..9) and
+    padding rows (out-of-range slot or position), in any order."""
+    kvh, g, d, n_slots, t = 3, 3, 64, 6, 40
+    slots = np.array([1, 4, 4, 4, 4, 4, 4, 4, 0, 6, 2, -1, 5], np.int32)
+    pos = np.array([20, 3, 4, 5, 6, 7, 8, 9, 39, 0, t, 0, -1], np.int32)
+    q = RNG.standard_normal((len(slots), kvh, g, d)).astype(np.float32)
+    kc = RNG.standard_normal((n_slots, kvh, t, d)).astype(np.float32) * 3
+    vc = RNG.standard_normal((n_slots, kvh, t, d)).astype(np.float32)
+    got = np.asarray(attention(q, kc, vc, slots, pos, 0.125))
+    np.testing.assert_allclose(got, reference_attention(q, kc, vc, slots, pos, 0.125), rtol=1e-5, atol=1e-5)
+    assert not got[9:].any()  # padding rows: zeros
 
 
 def test_decode_attention_ignores_entries_after_position() -> None:
@@ -72,7 +92,11 @@ def test_decode_attention_ignores_entries_after_position() -> None:
     kc = RNG.standard_normal((1, 1, 10, 16)).astype(np.float32)
     vc = RNG.standard_normal((1, 1, 10, 16)).astype(np.float32)
     pos = np.array([4], np.int32)
-    f = jax.jit(ops.decode_attention, static_argnums=4)
+    slots = np.zeros(1, np.int32)
+
+    def f(q: np.ndarray, kc: np.ndarray, vc: np.ndarray, pos: np.ndarray, scale: float) -> jax.Array:
+        return attention(q, kc, vc, slots, pos, scale)
+
     before = np.asarray(f(q, kc, vc, pos, 0.25))
     kc[:, :, 5:] = 1e6  # stale entries from an earlier occupant of the slot
     vc[:, :, 5:] = np.nan

@@ -53,9 +53,10 @@ def make(engine: FakeEngine | FaultInjectingEngine, max_queue: int = 64) -> Orch
     return orch
 
 
-@pytest.fixture
-def engine() -> FakeEngine:
-    return FakeEngine(step_delay=0.001)
+@pytest.fixture(params=["separate-prefill", "chunked-prefill"])
+def engine(request: pytest.FixtureRequest) -> FakeEngine:
+    """Both pipelines: prefill/transfer/insert stages, and prompts run inside the decode steps."""
+    return FakeEngine(step_delay=0.001, chunked_prefill=request.param == "chunked-prefill")
 
 
 @pytest.fixture

@@ -1,0 +1,170 @@
+"""Chunked prefill: prompts run inside the decode steps and give what a separate prefill gives."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+
+from inference_app.engine import EngineSettings, SamplingParams
+from inference_app.engine.engine import JaxEngine, model_for
+from inference_app.engine.step_plan import PendingPrompt, plan_step, step_row_buckets
+from inference_app.kernels import build
+from inference_app.model.loader import LoadedModel
+from tests.inference_app.engine_runs import decode_all
+
+STEPS = 10
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a land far away, there lived a small dragon who loved",
+    "def add(a, b):",
+    "<|im_start|>user\nName three colours of the rainbow.<|im_end|>\n<|im_start|>assistant\n",
+    "Water boils at",
+]
+# A step budget smaller than most prompts: prompts spill over several steps, next to decode rows.
+BASE = EngineSettings(max_slots=4, max_prefill_length=32, max_target_length=64, max_step_tokens=12)
+
+needs_kernels = pytest.mark.skipif(not build.available(), reason="the CPU kernels did not build here")
+
+
+# ----- the step planner (host only) -----------------------------------------------------------
+
+
+def test_step_buckets_cover_decode_then_grow_to_the_budget() -> None:
+    assert step_row_buckets(32, 256) == (1, 4, 16, 32, 48, 80, 128, 192, 256)
+    assert step_row_buckets(8, 8) == (1, 4, 8)
+    b = step_row_buckets(4, 100)
+    assert b[-1] == 100 and all(x < y <= x * 2 for x, y in itertools.pairwise(b[2:]))
+
+
+def test_plan_lays_out_decode_rows_then_chunks_in_arrival_order() -> None:
+    positions = np.array([7, 0, 3, 0], np.int32)
+    pending = {3: PendingPrompt(np.arange(100, 105, dtype=np.int32), done=2), 1: PendingPrompt(np.arange(9, dtype=np.int32))}
+    plan = plan_step([2, 0], positions, pending, (1, 4, 8), num_slots=4, max_target_length=64)
+    # decode slots 0, 2; then the rest of slot 3's prompt (3 tokens, finishing), then 3 of slot 1's
+    assert plan.slots.tolist() == [0, 2, 3, 3, 3, 1, 1, 1]
+    assert plan.positions.tolist() == [7, 3, 2, 3, 4, 0, 1, 2]
+    assert plan.from_state.tolist() == [True, True] + [False] * 6
+    assert plan.tokens[2:].tolist() == [102, 103, 104, 0, 1, 2]
+    assert plan.taken == {3: 3, 1: 3} and plan.completed == (3,)
+    assert plan.emitted == (0, 2, 3)  # slot 1 is still prefilling: no token for it yet
+    assert plan.logit_rows.tolist() == [0, 1, 4, 0] and plan.logit_slots.tolist() == [0, 2, 3, 4]
+
+
+def test_plan_pads_to_the_smallest_bucket_with_rows_that_touch_nothing() -> None:
+    plan = plan_step([1], np.zeros(4, np.int32), {2: PendingPrompt(np.arange(2, dtype=np.int32))}, (1, 4, 8), 4, 64)
+    assert len(plan.slots) == 4 and plan.slots[3] == 4 and plan.positions[3] == 64  # out of range
+    assert plan.emitted == (1, 2) and plan.completed == (2,)
+    with pytest.raises(ValueError, match="exceed the largest step bucket"):
+        plan_step([0, 1, 2], np.zeros(4, np.int32), {}, (1, 2), 4, 64)
+
+
+# ----- the engine (SmolLM2, float32) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model() -> LoadedModel:
+    return model_for(BASE)
+
+
+@pytest.fixture(scope="module")
+def chunked(model: LoadedModel) -> JaxEngine:
+    engine = JaxEngine(BASE, model)
+    if not engine.chunked_prefill:
+        pytest.skip("chunked prefill needs the CPU kernels")
+    return engine
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(model: LoadedModel) -> list[list[int]]:
+    ids = [model.tokenizer.encode(p) for p in PROMPTS]
+    assert max(map(len, ids)) > BASE.max_step_tokens  # some prompts need several steps
+    return ids
+
+
+def run_chunked(
+    engine: JaxEngine, prompts: list[list[int]], sampling: list[SamplingParams], steps: int, stagger: int = 0
+) -> list[list[int]]:
+    """Prompt i starts in slot i % slots once a slot is free (and not before step i * stagger)."""
+    outs: list[list[int]] = [[] for _ in prompts]
+    slot_of: dict[int, int] = {}
+    waiting = list(range(len(prompts)))
+    step = 0
+    while any(len(o) < steps for o in outs):
+        busy = set(slot_of.values())
+        while waiting and len(busy) < engine.max_slots and waiting[0] * stagger <= step:
+            i = waiting.pop(0)
+            slot = min(set(range(engine.max_slots)) - busy)
+            engine.add_prompt(slot, prompts[i], sampling[i])
+            slot_of[i], busy = slot, busy | {slot}
+        out = engine.generate()
+        tokens = np.asarray(out.tokens)
+        for i, slot in list(slot_of.items()):
+            if slot in out.slots:
+                outs[i].append(int(tokens[slot]))
+                if len(outs[i]) == steps:
+                    engine.release(slot)
+                    del slot_of[i]
+        step += 1
+    return outs
+
+
+@needs_kernels
+def test_chunked_equals_separate_prefill_greedy(
+    model: LoadedModel, chunked: JaxEngine, prompt_ids: list[list[int]]
+) -> None:
+    """Prompts arrive while others decode, spill over steps, and reuse freed slots."""
+    separate = JaxEngine(dataclasses.replace(BASE, chunked_prefill=False, max_slots=1), model)
+    assert not separate.chunked_prefill and separate.use_cpu_kernels
+    want = [decode_all(separate, [ids], [SamplingParams()], STEPS)[0] for ids in prompt_ids]
+    got = run_chunked(chunked, prompt_ids, [SamplingParams()] * len(prompt_ids), STEPS, stagger=3)
+    assert got == want
+
+
+@needs_kernels
+def test_chunked_seeded_sampling_equals_separate_prefill(
+    model: LoadedModel, chunked: JaxEngine, prompt_ids: list[list[int]]
+) -> None:
+    separate = JaxEngine(dataclasses.replace(BASE, chunked_prefill=False), model)
+    sampling = [SamplingParams(temperature=0.9, top_p=0.9, seed=100 + i) for i in range(4)]
+    want = decode_all(separate, prompt_ids[:4], sampling, STEPS)
+    assert run_chunked(chunked, prompt_ids[:4], sampling, STEPS) == want
+
+
+@needs_kernels
+def test_release_during_prefill_drops_the_rest_of_the_prompt(chunked: JaxEngine, prompt_ids: list[list[int]]) -> None:
+    before = run_chunked(chunked, [prompt_ids[0]], [SamplingParams()], 4)  # in slot 0
+    chunked.add_prompt(0, max(prompt_ids, key=len), SamplingParams())
+    assert 0 not in chunked.generate().slots  # only part of the long prompt ran
+    chunked.release(0)  # e.g. the client went away
+    after = run_chunked(chunked, [prompt_ids[0]], [SamplingParams()], 4)  # slot 0 again
+    assert after == before and not chunked._pending
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    "slot,ids,match",
+    [
+        (4, [1, 2], r"slot 4 out of range"),
+        (0, [], "prompt is empty"),
+        (0, [1, 10**6], "token ids out of range"),
+        (0, list(range(1, 40)), "limit is max_prefill_length=32"),
+    ],
+)
+def test_bad_add_prompt_is_a_clear_error(chunked: JaxEngine, slot: int, ids: list[int], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        chunked.add_prompt(slot, ids, SamplingParams())
+    assert not chunked._pending  # nothing half-added
+
+
+@needs_kernels
+def test_busy_slot_and_engine_without_chunking_are_clear_errors(chunked: JaxEngine, model: LoadedModel) -> None:
+    chunked.add_prompt(1, [1, 2, 3], SamplingParams())
+    with pytest.raises(ValueError, match="slot 1 is busy"):
+        chunked.add_prompt(1, [4, 5], SamplingParams())
+    chunked.release(1)
+    plain = JaxEngine(dataclasses.replace(BASE, chunked_prefill=False), model)
+    with pytest.raises(RuntimeError, match="no chunked prefill"):
+        plain.add_prompt(0, [1, 2], SamplingParams())
