@@ -9,8 +9,8 @@ background load hits both alike) and never loads both at once:
 2. throughput at each concurrency in `--levels`: the bundled prompt set, every request generating
    exactly its own `max_tokens` from the set (16 to 256, mean 119; or `--max-tokens` for all)
    (ours: `ignore_eos`, llama.cpp: `min_tokens`). Each side runs its fastest configuration on
-   this machine: ours with `--our-weights` (default bfloat16) and batched prefill, llama.cpp with
-   the Q8_0 file (faster here than the bundled Q4_1).
+   this machine: ours with `--our-weights` (default bfloat16) and chunked prefill (the CPU
+   default), llama.cpp with the Q8_0 file (faster here than the bundled Q4_1).
 
 Writes `bench/serving/results/<name>.json` and the PNG plots next to it.
 
@@ -128,7 +128,8 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=0,
                    help="tokens generated per request (default 0: each prompt's own max_tokens from the set)")
     p.add_argument("--our-weights", default="bfloat16", help="our --weight-dtype for the throughput levels")
-    p.add_argument("--our-prefill-batch", type=int, default=8, help="our --max-prefill-batch for the throughput levels")
+    p.add_argument("--our-flags", default="",
+                   help="more serve flags for our throughput levels, e.g. '--no-chunked-prefill --max-prefill-batch 8'")
     p.add_argument("--peer-gguf", choices=["q8_0", "q4_1"], default="q8_0",
                    help="llama.cpp's weights for the throughput levels")
     p.add_argument("--prompts", type=int, default=0, help="requests per level (default max(16, 2 x level))")
@@ -152,7 +153,7 @@ def main() -> None:
             if args.peer_gguf == "q8_0" and not Q8_0.exists():
                 subprocess.run(["bash", str(LLAMACPP), "quantize"], check=True)
             a = stack.enter_context(_closing(ours("ours", free_port(), log_dir, args, "--weight-dtype", args.our_weights,
-                                                  "--max-prefill-batch", str(args.our_prefill_batch))))
+                                                  *args.our_flags.split())))
             b = stack.enter_context(_closing(llamacpp("llama.cpp", free_port(), log_dir,
                                                       Q8_0 if args.peer_gguf == "q8_0" else None)))
             a.wait_ready()

@@ -23,9 +23,12 @@ def tables(data: dict[str, Any]) -> str:
     args = data.get("args", {})
     if rows and "our_weights" in args:
         tokens = args.get("max_tokens") or "each prompt's own max_tokens (16-256, mean 119)"
-        out += [f"Throughput levels: ours with `--weight-dtype {args['our_weights']} --max-prefill-batch "
-                f"{args['our_prefill_batch']}`, llama.cpp with the {args['peer_gguf'].upper()} file; tokens per "
-                f"request: {tokens}.", ""]
+        if "our_prefill_batch" in args:  # runs before chunked prefill
+            flags = f"`--max-prefill-batch {args['our_prefill_batch']}`"
+        else:
+            flags = f"`{args['our_flags']}`" if args.get("our_flags") else "(chunked prefill, the CPU default)"
+        out += [f"Throughput levels: ours with `--weight-dtype {args['our_weights']}` {flags}, llama.cpp with "
+                f"the {args['peer_gguf'].upper()} file; tokens per request: {tokens}.", ""]
     if rows:
         out += ["| concurrency | requests | ours out tok/s | llama.cpp out tok/s | ratio | ours TTFT p50 / p99 ms "
                 "| llama.cpp TTFT p50 / p99 ms | ours TPOT p50 ms | llama.cpp TPOT p50 ms | failed (ours/llama.cpp) |",

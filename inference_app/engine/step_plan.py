@@ -44,16 +44,18 @@ class StepPlan:
 
 
 def step_row_buckets(max_slots: int, budget: int) -> tuple[int, ...]:
-    """Row counts compiled for mixed steps: 1, 4, 16 ... up to `max_slots` (decode only), then
-    growing by about half up to the token budget, so a chunk pads at most a third."""
-    out = [1]
-    while out[-1] < max_slots:
-        out.append(min(out[-1] * 4, max_slots))
-    b = out[-1]
+    """Row counts compiled for steps: 1, 2, 4, 8, then powers of two and 1.5x powers of two
+    (12, 16, 24, 32, 48 ...) up to the token budget, plus `max_slots` itself. Rows beyond the
+    live ones are padding, so a step pads at most a third (a decode step of 9-12 live slots
+    runs 12 rows, not 16)."""
+    out = {max_slots, budget}
+    b = 1
     while b < budget:
-        b = min(budget, max(b + 1, ((b * 3 // 2) + 15) // 16 * 16))
-        out.append(b)
-    return tuple(out)
+        out.add(b)
+        if b >= 8 and b * 3 // 2 < budget:
+            out.add(b * 3 // 2)
+        b *= 2
+    return tuple(sorted(out))
 
 
 def plan_step(

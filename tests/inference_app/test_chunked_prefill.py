@@ -33,10 +33,11 @@ needs_kernels = pytest.mark.skipif(not build.available(), reason="the CPU kernel
 
 
 def test_step_buckets_cover_decode_then_grow_to_the_budget() -> None:
-    assert step_row_buckets(32, 256) == (1, 4, 16, 32, 48, 80, 128, 192, 256)
-    assert step_row_buckets(8, 8) == (1, 4, 8)
+    assert step_row_buckets(32, 256) == (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+    assert step_row_buckets(8, 8) == (1, 2, 4, 8)
+    assert 20 in step_row_buckets(20, 64)  # every slot busy: no padding rows
     b = step_row_buckets(4, 100)
-    assert b[-1] == 100 and all(x < y <= x * 2 for x, y in itertools.pairwise(b[2:]))
+    assert b[-1] == 100 and all(x < y <= x * 2 for x, y in itertools.pairwise(b))
 
 
 def test_plan_lays_out_decode_rows_then_chunks_in_arrival_order() -> None:
