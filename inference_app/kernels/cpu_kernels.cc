@@ -45,7 +45,11 @@ namespace {
 // A process-wide pool of worker threads that spin briefly between tasks. A decode step issues
 // about 150 kernel calls some tens of microseconds apart; waking a sleeping thread for each
 // (XLA's own intra-op pool, tried first) cost more than the work it took over. Workers spin
-// (yielding the CPU to anything runnable) for kSpinMicros after their last task, then sleep.
+// (yielding the CPU to anything runnable) for a while after their last task, then sleep: long
+// (kSpinMicros) when the next kernel call is due soon, as in a small decode step where every
+// matmul is a kernel; short (kBriefSpinMicros) after a call that XLA's own multi-threaded GEMMs
+// will follow, where a spinning worker would take a core from them (a 256-row step ran 15%
+// slower with the long spin).
 class SpinPool {
  public:
   int64_t threads() const { return workers_ + 1; }
@@ -58,7 +62,7 @@ class SpinPool {
   // Runs body(i) for i in [0, n) on the caller and the workers. The caller waits only for chunks
   // already claimed, so a worker that is slow to start never blocks it. Concurrent callers (XLA
   // may run two kernels at once) find the pool busy and run their chunks alone.
-  void ParallelFor(int64_t n, const std::function<void(int64_t)>& body) {
+  void ParallelFor(int64_t n, const std::function<void(int64_t)>& body, int64_t spin_micros) {
     if (n <= 0) return;
     std::unique_lock<std::mutex> submit(submit_mu_, std::try_to_lock);
     if (n == 1 || workers_ == 0 || !submit.owns_lock()) {
@@ -68,6 +72,7 @@ class SpinPool {
     auto task = std::make_shared<Task>();
     task->n = n;
     task->body = &body;
+    task->spin_micros = spin_micros;
     {
       std::lock_guard<std::mutex> lock(mu_);
       task_ = task;
@@ -83,11 +88,11 @@ class SpinPool {
     std::atomic<int64_t> next{0};
     std::atomic<int64_t> done{0};
     int64_t n = 0;
+    int64_t spin_micros = 0;
     const std::function<void(int64_t)>* body = nullptr;
     int64_t claimed_done() const { return std::min(n, next.load(std::memory_order_acquire)); }
   };
 
-  static constexpr int64_t kSpinMicros = 2000;
 
   static int DefaultWorkers() {
     if (const char* env = std::getenv("INFERENCE_APP_KERNEL_THREADS")) {
@@ -119,9 +124,10 @@ class SpinPool {
     for (;;) {
       auto idle_since = std::chrono::steady_clock::now();
       int spins = 0;
+      const int64_t spin = spin_;
       while (epoch_.load(std::memory_order_acquire) == seen) {
         if (++spins % 64 == 0 &&
-            std::chrono::steady_clock::now() - idle_since > std::chrono::microseconds(kSpinMicros)) {
+            std::chrono::steady_clock::now() - idle_since > std::chrono::microseconds(spin)) {
           std::unique_lock<std::mutex> lock(mu_);
           cv_.wait(lock, [&] { return epoch_.load(std::memory_order_acquire) != seen; });
           break;
@@ -134,11 +140,15 @@ class SpinPool {
         task = task_;
         seen = epoch_.load(std::memory_order_acquire);
       }
-      if (task) Run(*task);
+      if (task) {
+        spin_ = task->spin_micros;
+        Run(*task);
+      }
     }
   }
 
   const int workers_;
+  std::atomic<int64_t> spin_{2000};  // how long idle workers spin: set by the latest task
   std::mutex submit_mu_;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -146,8 +156,12 @@ class SpinPool {
   std::shared_ptr<Task> task_;
 };
 
-void ParallelFor(int64_t n, const std::function<void(int64_t)>& body) {
-  SpinPool::Get().ParallelFor(n, body);
+constexpr int64_t kSpinMicros = 2000;
+constexpr int64_t kBriefSpinMicros = 50;
+
+void ParallelFor(int64_t n, const std::function<void(int64_t)>& body,
+                 int64_t spin_micros = kSpinMicros) {
+  SpinPool::Get().ParallelFor(n, body, spin_micros);
 }
 
 int64_t NumChunks(int64_t units, int64_t min_units) {
@@ -374,6 +388,82 @@ inline __m256 Exp256(__m256 x) {
 }
 #endif
 
+#if defined(__AVX2__) && defined(__FMA__)
+// Softmax in place over each of the G score rows of length len.
+inline void SoftmaxRows(float* scores, int64_t g_heads, int64_t len) {
+  for (int64_t g = 0; g < g_heads; ++g) {
+    float* sg = scores + g * len;
+    float mx = sg[0];
+    for (int64_t t = 1; t < len; ++t) mx = std::max(mx, sg[t]);
+    const __m256 mxv = _mm256_set1_ps(mx);
+    __m256 sumv = _mm256_setzero_ps();
+    int64_t t = 0;
+    for (; t + 8 <= len; t += 8) {
+      const __m256 e = Exp256(_mm256_sub_ps(_mm256_loadu_ps(sg + t), mxv));
+      _mm256_storeu_ps(sg + t, e);
+      sumv = _mm256_add_ps(sumv, e);
+    }
+    float sum = HSum256(sumv);
+    for (; t < len; ++t) {
+      sg[t] = std::exp(sg[t] - mx);
+      sum += sg[t];
+    }
+    const float inv = 1.f / sum;
+    for (int64_t i = 0; i < len; ++i) sg[i] *= inv;
+  }
+}
+
+// AttendOne for a head size known at compile time (D / 8 vectors): the query and the output
+// accumulators stay in registers, and four keys share one horizontal reduction.
+template <int D>
+void AttendOneFixed(const float* q, const float* kc, const float* vc, float* out, int64_t g_heads,
+                    int64_t len, float scale, float* scores) {
+  constexpr int V = D / 8;
+  const __m128 scale4 = _mm_set1_ps(scale);
+  for (int64_t g = 0; g < g_heads; ++g) {
+    __m256 qv[V];
+    for (int i = 0; i < V; ++i) qv[i] = _mm256_loadu_ps(q + g * D + 8 * i);
+    float* sg = scores + g * len;
+    int64_t t = 0;
+    for (; t + 4 <= len; t += 4) {
+      const float* k0 = kc + t * D;
+      __m256 a0 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k0));
+      __m256 a1 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k0 + D));
+      __m256 a2 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k0 + 2 * D));
+      __m256 a3 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k0 + 3 * D));
+      for (int i = 1; i < V; ++i) {
+        a0 = _mm256_fmadd_ps(qv[i], _mm256_loadu_ps(k0 + 8 * i), a0);
+        a1 = _mm256_fmadd_ps(qv[i], _mm256_loadu_ps(k0 + D + 8 * i), a1);
+        a2 = _mm256_fmadd_ps(qv[i], _mm256_loadu_ps(k0 + 2 * D + 8 * i), a2);
+        a3 = _mm256_fmadd_ps(qv[i], _mm256_loadu_ps(k0 + 3 * D + 8 * i), a3);
+      }
+      // per 128-bit lane: [a0, a1, a2, a3] partial sums; the two lanes added give the four dots
+      const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+      const __m128 dots = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+      _mm_storeu_ps(sg + t, _mm_mul_ps(dots, scale4));
+    }
+    for (; t < len; ++t) {
+      const float* kr = kc + t * D;
+      __m256 acc = _mm256_mul_ps(qv[0], _mm256_loadu_ps(kr));
+      for (int i = 1; i < V; ++i) acc = _mm256_fmadd_ps(qv[i], _mm256_loadu_ps(kr + 8 * i), acc);
+      sg[t] = HSum256(acc) * scale;
+    }
+  }
+  SoftmaxRows(scores, g_heads, len);
+  for (int64_t g = 0; g < g_heads; ++g) {
+    const float* sg = scores + g * len;
+    __m256 acc[V];
+    for (int i = 0; i < V; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t t = 0; t < len; ++t) {
+      const __m256 p = _mm256_set1_ps(sg[t]);
+      const float* vr = vc + t * D;
+      for (int i = 0; i < V; ++i) acc[i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8 * i), acc[i]);
+    }
+    for (int i = 0; i < V; ++i) _mm256_storeu_ps(out + g * D + 8 * i, acc[i]);
+  }
+}
+#endif
+
 // One (row, kv head): its G query heads attend to cache entries [0, len).
 void AttendOne(const float* q, const float* kc, const float* vc, float* out, int64_t g_heads,
                int64_t len, int64_t d, float scale, float* scores) {
@@ -498,6 +588,8 @@ ffi::Error RaggedAttentionImpl(ffi::Buffer<ffi::F32> q,
   float* op = out->typed_data();
   // Units are claimed last row first: a prompt chunk's late rows (after the decode rows) cost
   // the most, and starting with them keeps the threads evenly loaded to the end.
+  // Rows beyond a few mean XLA's GEMMs, not kernels, run next: let the workers sleep soon.
+  const int64_t spin = n <= 4 ? kSpinMicros : kBriefSpinMicros;
   ParallelFor(n * kvh, [&](int64_t claimed) {
     const int64_t unit = n * kvh - 1 - claimed;
     const int64_t row = unit / kvh, h = unit % kvh;
@@ -510,9 +602,16 @@ ffi::Error RaggedAttentionImpl(ffi::Buffer<ffi::F32> q,
     thread_local std::vector<float> scores;
     if (static_cast<int64_t>(scores.size()) < g * len) scores.resize(g * len);
     const int64_t cache_off = (slot[row] * kvh + h) * t_max * d;
+#if defined(__AVX2__) && defined(__FMA__)
+    if (d == 64) {  // SmolLM2, Llama 3.2 1B/3B
+      AttendOneFixed<64>(qp + q_off, kp + cache_off, vp + cache_off, op + q_off, g, len, scale,
+                         scores.data());
+      return;
+    }
+#endif
     AttendOne(qp + q_off, kp + cache_off, vp + cache_off, op + q_off, g, len, d, scale,
               scores.data());
-  });
+  }, spin);
   return ffi::Error::Success();
 }
 

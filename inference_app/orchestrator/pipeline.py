@@ -190,11 +190,12 @@ class Orchestrator:
         if warmup:
             t0 = time.monotonic()
             self.engine.warmup()
-            log.info(
-                "Warm-up done in %.1fs (prefill buckets %s)",
-                time.monotonic() - t0,
-                ", ".join(map(str, self.engine.prefill_buckets)),
+            label, sizes = (
+                ("step rows", getattr(self.engine, "step_buckets", ()))
+                if self.chunked
+                else ("prefill buckets", self.engine.prefill_buckets)
             )
+            log.info("Warm-up done in %.1fs (%s %s)", time.monotonic() - t0, label, ", ".join(map(str, sizes)))
         stages = (
             (("generate", self._chunked_generate_loop),)
             if self.chunked
