@@ -287,7 +287,7 @@ def ragged_forward(
     row's own prefix in place, which plain XLA could only do by gathering a copy per row.
     """
     if not cpu_kernels.active() or cache[0]["k"].dtype != jnp.float32:
-        raise NotImplementedError("ragged steps need the CPU attention kernel and a float32 KV cache")
+        raise RuntimeError("ragged steps need the CPU attention kernel and a float32 KV cache")
     dtype = _compute_dtype(params)
     scale = 1.0 / np.sqrt(cfg.head_dim)
     x = embed(params, tokens, dtype)  # [N, D]
