@@ -19,7 +19,7 @@ from inference_app.engine.engine import JaxEngine, load_engine
 from inference_app.model.transformer import prefill_forward
 from tests.inference_app.engine_runs import decode_greedy
 
-GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[2] / "golden"
 
 
 @pytest.fixture(scope="module")
