@@ -31,17 +31,20 @@ from inference_app.engine.api import EngineSettings, Prefix, SamplingParams, Ste
 from inference_app.engine.sharding import cache_sharding, make_mesh, param_shardings, replicated
 from inference_app.engine.step_plan import PendingPrompt, plan_step, step_row_buckets
 from inference_app.kernels import build as kernel_build
-from inference_app.kernels import ops as cpu_kernels
+from inference_app.kernels.ops import NATIVE_CPU, PURE_JAX
 from inference_app.model.config import ModelConfig
 from inference_app.model.loader import LoadedModel, load_model
 from inference_app.model.tokenizer import TextTokenizer
 from inference_app.model.transformer import (
+    Attention,
     LayerKV,
     Params,
-    decode_forward,
-    prefill_forward,
+    RaggedKernelAttention,
+    SlotAttention,
+    forward,
+    lm_head,
+    prefill,
     quantize_kv,
-    ragged_forward,
 )
 from inference_app.models import embedded_model_path
 
@@ -255,14 +258,15 @@ class JaxEngine:
         cfg = self.config
         kv_dtype = self.kv_dtype
         int8_kv = jnp.dtype(kv_dtype) == jnp.int8
+        kernels = NATIVE_CPU if self.use_cpu_kernels else PURE_JAX
+        kernel_attention = self.use_cpu_kernels and jnp.dtype(kv_dtype) == jnp.float32
 
         def prefill_fn(
             params: Params, tokens: jax.Array, length: jax.Array, samp: tuple[jax.Array, ...]
         ) -> Any:
-            with cpu_kernels.enabled(self.use_cpu_kernels):  # read while tracing
-                logits, kv = prefill_forward(params, cfg, tokens, length)
+            logits, kv = prefill(params, cfg, tokens, length, kernels=kernels)
             temperature, top_k, top_p, seeds = samp
-            first = sampling.sample(logits, temperature, top_k, top_p, seeds, length)
+            first = sampling.sample(logits, temperature, top_k, top_p, seeds, length, kernels)
             return first, kv
 
         def insert_fn(
@@ -294,13 +298,18 @@ class JaxEngine:
             greedy: bool,
         ) -> Any:
             rows = positions.shape[0]  # static: the row bucket; positions/samp hold only those rows
-            with cpu_kernels.enabled(self.use_cpu_kernels):  # read while tracing
-                logits, cache = decode_forward(params, cfg, cache, tokens[:rows], positions, attn_len)
-                if greedy:
-                    nxt = sampling.greedy(logits)
-                else:
-                    temperature, top_k, top_p, seeds = samp
-                    nxt = sampling.sample(logits, temperature, top_k, top_p, seeds, positions + 1)
+            attention: Attention = (
+                RaggedKernelAttention(jnp.arange(rows, dtype=jnp.int32), positions)
+                if kernel_attention
+                else SlotAttention.up_to(positions, attn_len)
+            )
+            x, cache = forward(params, cfg, tokens[:rows], positions, attention, cache, kernels)
+            logits = lm_head(params, cfg, x, kernels)
+            if greedy:
+                nxt = sampling.greedy(logits, kernels)
+            else:
+                temperature, top_k, top_p, seeds = samp
+                nxt = sampling.sample(logits, temperature, top_k, top_p, seeds, positions + 1, kernels)
             return tokens.at[:rows].set(nxt.astype(tokens.dtype)), cache
 
         num_slots = self.settings.max_slots
@@ -317,12 +326,15 @@ class JaxEngine:
             logit_slots: jax.Array,
             samp: tuple[jax.Array, ...],
         ) -> Any:
-            with cpu_kernels.enabled(True):  # read while tracing
-                last = state[jnp.clip(slots, 0, num_slots - 1)]  # decode rows: last step's token
-                rows_in = jnp.where(from_state, last, tokens)
-                logits, cache = ragged_forward(params, cfg, cache, rows_in, slots, positions, logit_rows)
-                temperature, top_k, top_p, seeds = samp
-                nxt = sampling.sample(logits, temperature, top_k, top_p, seeds, positions[logit_rows] + 1)
+            last = state[jnp.clip(slots, 0, num_slots - 1)]  # decode rows: last step's token
+            rows_in = jnp.where(from_state, last, tokens)
+            attention = RaggedKernelAttention(slots, positions)
+            x, cache = forward(params, cfg, rows_in, positions, attention, cache, NATIVE_CPU)
+            logits = lm_head(params, cfg, x[logit_rows], NATIVE_CPU)
+            temperature, top_k, top_p, seeds = samp
+            nxt = sampling.sample(
+                logits, temperature, top_k, top_p, seeds, positions[logit_rows] + 1, NATIVE_CPU
+            )
             return state.at[logit_slots].set(nxt.astype(state.dtype), mode="drop"), cache
 
         opts = self.compiler_options or None
