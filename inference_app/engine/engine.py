@@ -28,10 +28,12 @@ from jax.sharding import Mesh
 
 from inference_app.engine import sampling
 from inference_app.engine.api import EngineSettings, Prefix, SamplingParams, StepOutput
+from inference_app.engine.buckets import fit, fit_or_largest, ladder, step_rows
+from inference_app.engine.policy import EnginePolicy, derive_policy, resolve_dtypes
 from inference_app.engine.sharding import cache_sharding, make_mesh, param_shardings, replicated
-from inference_app.engine.step_plan import PendingPrompt, plan_step, step_row_buckets
+from inference_app.engine.step_plan import PendingPrompt, plan_step
 from inference_app.kernels import build as kernel_build
-from inference_app.kernels.ops import NATIVE_CPU, PURE_JAX
+from inference_app.kernels.ops import NATIVE_CPU
 from inference_app.model.config import ModelConfig
 from inference_app.model.loader import LoadedModel, load_model
 from inference_app.model.tokenizer import TextTokenizer
@@ -59,50 +61,6 @@ PREFILL_BATCH_TOKENS = 512
 # orchestrator fills the lowest free slot first), so a lone request on a 32-slot server pays for
 # a 1-row step, not a 32-row one. Buckets grow by this factor to bound the number of compiles.
 ROW_BUCKET_GROWTH = 4
-
-# XLA:CPU compiler options for int8-weight engines. YNNPACK dot fusions run the int8-weight
-# matrix-vector products (which XLA's own loop emitter handles at only the fp32 rate) through
-# XNNPACK's YNN kernels; fp32 runs as fast without them and keeps row-bucketed decode steps.
-# Passed per jit (not via XLA_FLAGS), so they apply regardless of when jax was imported and form
-# part of the compilation-cache key.
-CPU_COMPILER_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
-
-
-def buckets(smallest: int, largest: int) -> tuple[int, ...]:
-    """Powers of two from `smallest` (capped at `largest`), always ending with `largest`."""
-    out = []
-    b = smallest
-    while b < largest:
-        out.append(b)
-        b *= 2
-    out.append(largest)
-    return tuple(out)
-
-
-def row_buckets(smallest: int, largest: int) -> tuple[int, ...]:
-    """`smallest` x ROW_BUCKET_GROWTH^i below `largest`, always ending with `largest`."""
-    out = []
-    b = smallest
-    while b < largest:
-        out.append(b)
-        b *= ROW_BUCKET_GROWTH
-    out.append(largest)
-    return tuple(out)
-
-
-def resolve_dtypes(settings: EngineSettings, platform: str) -> tuple[Any, Any, bool]:
-    """(compute dtype, KV dtype, int8 weights) for a platform; `auto` is fp32 on CPU, bf16 elsewhere.
-
-    An `auto` KV cache follows the compute dtype, except on CPU where it stays float32: the CPU
-    attention kernel reads float32, and a bf16 cache would save memory, not time.
-    """
-    auto = jnp.float32 if platform == "cpu" else jnp.bfloat16
-    w = settings.weight_dtype
-    compute = auto if w in ("auto", "int8") else jnp.dtype(w).type
-    kv_auto = jnp.float32 if platform == "cpu" else compute
-    kv = kv_auto if settings.kv_dtype == "auto" else jnp.dtype(settings.kv_dtype).type
-    return compute, kv, w == "int8"
-
 
 def enable_compilation_cache(path: str | None) -> None:
     """Persist compiled executables across processes (startup drops from compile to load time)."""
@@ -150,7 +108,6 @@ class JaxEngine:
         self.config: ModelConfig = model.config
         self.tokenizer: TextTokenizer = model.tokenizer
         devices = list(devices if devices is not None else jax.devices())
-        self.compute_dtype, self.kv_dtype, self.int8_weights = resolve_dtypes(settings, devices[0].platform)
         s = settings
         if s.mode == "disaggregated":
             if len(devices) < 2 or len(devices) % 2:
@@ -166,21 +123,17 @@ class JaxEngine:
         self.generate_mesh: Mesh = (
             self.prefill_mesh if prefill_devices is generate_devices else make_mesh(generate_devices, *axes)
         )
-        self.prefill_buckets = buckets(min(MIN_PREFILL_BUCKET, s.max_prefill_length), s.max_prefill_length)
-        # Native decode kernels: single CPU device only (they know nothing of sharding).
-        self.use_cpu_kernels = (
-            s.cpu_kernels
-            and devices[0].platform == "cpu"
-            and self.generate_mesh.size == 1
-            and jnp.dtype(self.compute_dtype) in (jnp.float32, jnp.bfloat16)
-            and kernel_build.available()
+        self.policy: EnginePolicy = derive_policy(
+            s, devices[0].platform, self.generate_mesh.size, kernel_build.available
         )
+        self.chunked_prefill = self.policy.chunked_prefill
+        self.prefill_buckets = ladder(min(MIN_PREFILL_BUCKET, s.max_prefill_length), s.max_prefill_length)
         # The attention kernel reads each slot only up to its own position, so one compiled
         # attention length serves every step.
         self.attention_buckets = (
             (s.max_target_length,)
-            if self.use_cpu_kernels and jnp.dtype(self.kv_dtype) == jnp.float32
-            else buckets(min(MIN_ATTENTION_BUCKET, s.max_target_length), s.max_target_length)
+            if self.policy.kernel_attention
+            else ladder(min(MIN_ATTENTION_BUCKET, s.max_target_length), s.max_target_length)
         )
 
         self.prefill_params: Params = jax.device_put(
@@ -201,14 +154,10 @@ class JaxEngine:
         elif isinstance(slot_axes, str):
             slot_axes = (slot_axes,)
         slot_shards = int(np.prod([self.generate_mesh.shape[a] for a in slot_axes]))
-        # YNNPACK dots (int8 weights on CPU, below) first copy a sliced cache: there, every step
-        # keeps all rows (measured, 32-slot cache, 1 active: 164 ms/step sliced vs 105 ms full).
-        self.ynn_dots = devices[0].platform == "cpu" and self.int8_weights
-        # (With the attention kernel no sliced cache is ever copied: row buckets stay on.)
         self.row_buckets = (
             (s.max_slots,)
-            if self.ynn_dots and not self.use_cpu_kernels
-            else row_buckets(slot_shards, s.max_slots)
+            if self.policy.full_width_steps
+            else ladder(slot_shards, s.max_slots, growth=ROW_BUCKET_GROWTH)
         )
         rep = replicated(self.generate_mesh)
         self._rep = rep
@@ -221,16 +170,7 @@ class JaxEngine:
         self._seeds = np.zeros(b, np.uint32)
         self._active: set[int] = set()
         self._rng = np.random.default_rng()
-        self.compiler_options = dict(CPU_COMPILER_OPTIONS) if self.ynn_dots else {}
-        # Chunked prefill runs prompts inside the decode steps through the ragged attention
-        # kernel, so it needs what that kernel needs.
-        self.chunked_prefill = (
-            s.chunked_prefill
-            and s.mode == "interleaved"
-            and self.use_cpu_kernels
-            and jnp.dtype(self.kv_dtype) == jnp.float32
-        )
-        self.step_buckets = step_row_buckets(s.max_slots, max(s.max_step_tokens, s.max_slots))
+        self.step_buckets = step_rows(s.max_slots, max(s.max_step_tokens, s.max_slots))
         self._pending: dict[int, PendingPrompt] = {}  # slot -> prompt being prefilled, FIFO
         self._build_functions()
 
@@ -240,14 +180,14 @@ class JaxEngine:
         cfg, s = self.config, self.settings
         shape = (s.max_slots, cfg.num_kv_heads, s.max_target_length, cfg.head_dim)
         mesh = self.generate_mesh
-        int8 = jnp.dtype(self.kv_dtype) == jnp.int8
+        int8 = jnp.dtype(self.policy.kv_dtype) == jnp.int8
 
         def zeros(shp: tuple[int, ...], dtype: Any) -> jax.Array:
             return jax.jit(partial(jnp.zeros, shp, dtype), out_shardings=cache_sharding(mesh, shp))()
 
         cache = []
         for _ in range(cfg.num_layers):
-            layer = {"k": zeros(shape, self.kv_dtype), "v": zeros(shape, self.kv_dtype)}
+            layer = {"k": zeros(shape, self.policy.kv_dtype), "v": zeros(shape, self.policy.kv_dtype)}
             if int8:
                 layer["k_scale"] = zeros(shape[:3], jnp.float32)
                 layer["v_scale"] = zeros(shape[:3], jnp.float32)
@@ -256,10 +196,10 @@ class JaxEngine:
 
     def _build_functions(self) -> None:
         cfg = self.config
-        kv_dtype = self.kv_dtype
+        kv_dtype = self.policy.kv_dtype
         int8_kv = jnp.dtype(kv_dtype) == jnp.int8
-        kernels = NATIVE_CPU if self.use_cpu_kernels else PURE_JAX
-        kernel_attention = self.use_cpu_kernels and jnp.dtype(kv_dtype) == jnp.float32
+        kernels = self.policy.kernels
+        kernel_attention = self.policy.kernel_attention
 
         def prefill_fn(
             params: Params, tokens: jax.Array, length: jax.Array, samp: tuple[jax.Array, ...]
@@ -337,7 +277,7 @@ class JaxEngine:
             )
             return state.at[logit_slots].set(nxt.astype(state.dtype), mode="drop"), cache
 
-        opts = self.compiler_options or None
+        opts = self.policy.compiler_options or None
         self._mixed_fn = jax.jit(
             mixed_fn,
             donate_argnums=(1,),
@@ -376,12 +316,12 @@ class JaxEngine:
         return self.settings.max_target_length
 
     def prefill_bucket(self, length: int) -> int:
-        for b in self.prefill_buckets:
-            if length <= b:
-                return b
-        raise ValueError(
-            f"prompt has {length} tokens; the limit is max_prefill_length={self.max_prefill_length}"
-        )
+        bucket = fit(self.prefill_buckets, length)
+        if bucket is None:
+            raise ValueError(
+                f"prompt has {length} tokens; the limit is max_prefill_length={self.max_prefill_length}"
+            )
+        return bucket
 
     def prefill_batch_rows(self, bucket: int) -> int:
         """How many prompts of this bucket `prefill_many` may take at once (a power of two)."""
@@ -497,18 +437,11 @@ class JaxEngine:
     def attention_bucket(self) -> int:
         """Smallest compiled cache prefix covering every active slot's next position."""
         need = 1 + max((int(self._positions[i]) for i in self._active), default=0)
-        for b in self.attention_buckets:
-            if need <= b:
-                return b
-        return self.attention_buckets[-1]
+        return fit_or_largest(self.attention_buckets, need)
 
     def row_bucket(self) -> int:
         """Smallest compiled row count covering every active slot."""
-        need = 1 + max(self._active, default=0)
-        for b in self.row_buckets:
-            if need <= b:
-                return b
-        return self.row_buckets[-1]
+        return fit_or_largest(self.row_buckets, 1 + max(self._active, default=0))
 
     def generate(self) -> StepOutput:
         if self.chunked_prefill:

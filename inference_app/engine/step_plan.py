@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from inference_app.engine.buckets import fit_or_largest
+
 
 @dataclass
 class PendingPrompt:
@@ -43,21 +45,6 @@ class StepPlan:
     completed: tuple[int, ...]  # slots whose prompt finished prefilling in this step
 
 
-def step_row_buckets(max_slots: int, budget: int) -> tuple[int, ...]:
-    """Row counts compiled for steps: 1, 2, 4, 8, then powers of two and 1.5x powers of two
-    (12, 16, 24, 32, 48 ...) up to the token budget, plus `max_slots` itself. Rows beyond the
-    live ones are padding, so a step pads at most a third (a decode step of 9-12 live slots
-    runs 12 rows, not 16)."""
-    out = {max_slots, budget}
-    b = 1
-    while b < budget:
-        out.add(b)
-        if b >= 8 and b * 3 // 2 < budget:
-            out.add(b * 3 // 2)
-        b *= 2
-    return tuple(sorted(out))
-
-
 def plan_step(
     decoding: Iterable[int],
     positions: np.ndarray,
@@ -70,7 +57,7 @@ def plan_step(
     order, in the smallest bucket that holds them all (or the largest, with the chunks cut)."""
     decode = sorted(decoding)
     want = len(decode) + sum(p.left for p in pending.values())
-    rows = next((b for b in buckets if b >= want), buckets[-1])
+    rows = fit_or_largest(buckets, want)
     if len(decode) > rows:
         raise ValueError(f"{len(decode)} decoding slots exceed the largest step bucket ({rows} rows)")
     tokens = np.zeros(rows, np.int32)

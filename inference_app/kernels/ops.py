@@ -27,7 +27,7 @@ class KernelChoice:
     """Which native kernels traced code may call; hashable, so it is a static jit argument.
 
     `cpu`: the kernels of `cpu_kernels.cc` (one CPU device, library loaded). With int8 weights
-    the engine then also compiles with YNNPACK dot fusions (`CPU_COMPILER_OPTIONS`), which
+    the engine then also compiles with YNNPACK dot fusions (see `engine/policy.py`), which
     `int8_matmul` relies on for its many-row GEMMs.
     """
 
