@@ -21,7 +21,7 @@ In interleaved mode prefill and decode share one device group: a FIFO (ticket) l
 alternate, so a stream of new prompts cannot starve decoding and vice versa. In disaggregated mode
 they run truly in parallel on their own groups.
 
-With an engine that prefills in chunks (`engine.chunked_prefill`, the CPU engine), stages 2-3
+With an engine that prefills in chunks (`ChunkedPrefill`, the CPU engine), stages 2-3
 fold into the generate thread: it hands each admitted prompt to a free slot (`add_prompt`), and
 every step runs the decoding slots plus chunks of those prompts; the step that finishes a prompt
 also yields its first token. No prompt pauses decoding, and none is padded to a length bucket.
@@ -45,7 +45,14 @@ from typing import Any
 
 import numpy as np
 
-from inference_app.engine.api import Engine, Prefix
+from inference_app.engine.api import (
+    BatchedPrefill,
+    ChunkedPrefill,
+    Engine,
+    Prefix,
+    batched_prefill,
+    chunked_prefill,
+)
 from inference_app.orchestrator.metrics import ServingMetrics
 from inference_app.orchestrator.request import (
     BadRequest,
@@ -133,7 +140,10 @@ class Orchestrator:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
         self.engine = engine
         self.tokenizer = engine.tokenizer
-        self.mode = engine.settings.mode
+        self.mode = engine.mode
+        # The engine's optional capabilities, checked once: they pick the code path.
+        self._batched: BatchedPrefill | None = batched_prefill(engine)
+        self._chunked: ChunkedPrefill | None = chunked_prefill(engine)
         self.max_slots = engine.max_slots
         self.max_prefill_length = engine.max_prefill_length
         self.max_target_length = engine.max_target_length
@@ -152,7 +162,6 @@ class Orchestrator:
         self._in_flight_lock = threading.Condition()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.chunked = bool(getattr(engine, "chunked_prefill", False)) and hasattr(engine, "add_prompt")
         self._admitting = False
         self.failure: str | None = None
         self.metrics.max_slots.set(self.max_slots)
@@ -191,24 +200,24 @@ class Orchestrator:
             t0 = time.monotonic()
             self.engine.warmup()
             label, sizes = (
-                ("step rows", getattr(self.engine, "step_buckets", ()))
-                if self.chunked
+                ("step rows", self._chunked.step_buckets)
+                if self._chunked is not None
                 else ("prefill buckets", self.engine.prefill_buckets)
             )
             log.info("Warm-up done in %.1fs (%s %s)", time.monotonic() - t0, label, ", ".join(map(str, sizes)))
         stages = (
             (("generate", self._chunked_generate_loop),)
-            if self.chunked
+            if self._chunked is not None
             else (
                 ("prefill", self._prefill_loop),
                 ("transfer", self._transfer_loop),
                 ("generate", self._generate_loop),
             )
         )
-        if self.chunked:
+        if self._chunked is not None:
             log.info(
                 "Chunked prefill: prompts run inside the generate steps (up to %d token rows a step).",
-                max(self.engine.settings.max_step_tokens, self.max_slots),
+                max(self._chunked.step_buckets),
             )
         for stage, target in (*stages, ("detokenize", self._detokenize_loop)):
             log.info("Spinning up %s thread 0.", stage)
@@ -326,12 +335,11 @@ class Orchestrator:
         Only jobs whose credit is free right now join (never waiting here); a job of another
         bucket ends the batch and is returned to be prefilled next, so order is kept.
         """
-        rows_for = getattr(self.engine, "prefill_batch_rows", None)
-        bucket_of = getattr(self.engine, "prefill_bucket", None)
-        if rows_for is None or bucket_of is None or not hasattr(self.engine, "prefill_many"):
+        engine = self._batched
+        if engine is None:
             return [first], None
-        bucket = bucket_of(len(first.request.prompt_ids))
-        limit = rows_for(bucket)
+        bucket = engine.prefill_bucket(len(first.request.prompt_ids))
+        limit = engine.prefill_batch_rows(bucket)
         batch = [first]
         while len(batch) < limit and self._credits.acquire(blocking=False):
             try:
@@ -343,7 +351,7 @@ class Orchestrator:
                 if job is None:
                     break
                 continue
-            if bucket_of(len(job.request.prompt_ids)) != bucket:
+            if engine.prefill_bucket(len(job.request.prompt_ids)) != bucket:
                 self._credits.release()
                 return batch, job
             job.holds_credit = True
@@ -356,10 +364,10 @@ class Orchestrator:
         try:
             t0 = time.monotonic()
             with self._holding(self._prefill_lock):
-                if len(batch) == 1:
-                    prefixes = [self.engine.prefill(batch[0].request.prompt_ids, batch[0].request.sampling)]
+                if len(batch) == 1 or self._batched is None:
+                    prefixes = [self.engine.prefill(j.request.prompt_ids, j.request.sampling) for j in batch]
                 else:
-                    prefixes = self.engine.prefill_many(  # type: ignore[attr-defined]
+                    prefixes = self._batched.prefill_many(
                         [j.request.prompt_ids for j in batch], [j.request.sampling for j in batch]
                     )
             self.metrics.prefill_step.observe(time.monotonic() - t0)
@@ -434,7 +442,8 @@ class Orchestrator:
 
     def _add_prompts(self, block: bool) -> None:
         """Give waiting requests free slots; their prompts run in the coming steps."""
-        while None in self._slots:
+        engine = self._chunked
+        while engine is not None and None in self._slots:
             try:
                 job = self._admission.get(timeout=_POLL_S) if block else self._admission.get_nowait()
             except queue.Empty:
@@ -446,7 +455,7 @@ class Orchestrator:
                 continue
             slot = self._slots.index(None)
             try:
-                self.engine.add_prompt(slot, job.request.prompt_ids, job.request.sampling)  # type: ignore[attr-defined]
+                engine.add_prompt(slot, job.request.prompt_ids, job.request.sampling)
             except Exception as exc:
                 log.exception("[%s] prefill failed", job.id)
                 job.fail(f"Prefill failed: {type(exc).__name__}: {exc}")
