@@ -125,6 +125,7 @@ class FakeEngine:
         self.warmed_up = False
         self.gate = threading.Event()  # clear it to pause decoding (tests of queues and drain)
         self.gate.set()
+        self.held = threading.Event()  # set while a step waits for the gate
         self._lock = threading.Lock()
         self._last_tokens: DonatableTokens | None = None
 
@@ -191,7 +192,10 @@ class FakeEngine:
             self.max_active = max(self.max_active, self.active)
 
     def generate(self) -> StepOutput:
-        self.gate.wait()
+        if not self.gate.is_set():
+            self.held.set()
+            self.gate.wait()
+            self.held.clear()
         time.sleep(self.step_delay)
         out = np.zeros(self.max_slots, dtype=np.int32)
         emitted = []

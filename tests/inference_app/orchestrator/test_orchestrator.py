@@ -230,15 +230,22 @@ def test_queue_full_is_rejected_not_buffered(engine: FakeEngine) -> None:
             except QueueFull as exc:
                 rejected += 1
                 assert exc.status == 429 and exc.retry_after == 1
-            time.sleep(0.01)  # let prefill pick up what it can
+            if i == 0:
+                _wait(engine.held.is_set)  # the first request decodes: its step holds the device
         # slots + one prefilled lookahead + the queue bound; everything else refused
         assert accepted <= engine.max_slots + 1 + 2 and rejected >= 20 - (engine.max_slots + 3)
         assert orch.metrics.requests.labels(outcome="rejected_queue_full")._value.get() == rejected
-        # gauges are read at scrape time, not at start-up;
-        # interleaved: the blocked decode step holds the device, so prefill (and the queue) stand still
-        scraped = orch.metrics.render().decode()
-        assert f"inference_queue_depth {float(orch.queue_depth)}" in scraped and orch.queue_depth >= 1
-        assert f"inference_requests_in_flight {float(accepted)}" in scraped
+
+        # Gauges are read at scrape time, not at start-up. Interleaved, the held step keeps the
+        # device, so prefill takes at most one more prompt and the queue stays non-empty.
+        def scrape_shows_depth() -> bool:
+            depth = orch.queue_depth
+            scraped = orch.metrics.render().decode()
+            return depth == orch.queue_depth and f"inference_queue_depth {float(depth)}" in scraped
+
+        _wait(scrape_shows_depth)
+        assert orch.queue_depth >= 1
+        assert f"inference_requests_in_flight {float(accepted)}" in orch.metrics.render().decode()
     finally:
         engine.gate.set()
         orch.stop()
