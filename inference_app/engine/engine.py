@@ -348,7 +348,8 @@ class JaxEngine:
         self._check_prompt(prompt_ids)
         if len(prompt_ids) > self.max_prefill_length:
             raise ValueError(
-                f"prompt has {len(prompt_ids)} tokens; the limit is max_prefill_length={self.max_prefill_length}"
+                f"prompt has {len(prompt_ids)} tokens; "
+                f"the limit is max_prefill_length={self.max_prefill_length}"
             )
         self._set_sampling(slot, self._resolve(sampling))
         self._pending[slot] = PendingPrompt(np.asarray(prompt_ids, np.int32))

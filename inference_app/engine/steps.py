@@ -44,7 +44,9 @@ from inference_app.model.transformer import prefill as prefill_logits
 AttentionKind = Literal["ragged_kernel", "slot"]
 
 
-@partial(jax.tree_util.register_dataclass, data_fields=["temperature", "top_k", "top_p", "seeds"], meta_fields=[])
+@partial(
+    jax.tree_util.register_dataclass, data_fields=["temperature", "top_k", "top_p", "seeds"], meta_fields=[]
+)
 @dataclass(frozen=True)
 class SamplingRows:
     """Sampling parameters per sampled row, arrays [R] (see `sampling.sample`)."""

@@ -247,7 +247,8 @@ class Orchestrator:
                 if self._chunked is not None
                 else ("prefill buckets", self.engine.prefill_buckets)
             )
-            log.info("Warm-up done in %.1fs (%s %s)", time.monotonic() - t0, label, ", ".join(map(str, sizes)))
+            took = time.monotonic() - t0
+            log.info("Warm-up done in %.1fs (%s %s)", took, label, ", ".join(map(str, sizes)))
         admission: Admission[Any]
         if self._chunked is not None:
             stages: tuple[tuple[str, Callable[[], None]], ...] = ()
