@@ -12,7 +12,8 @@ import pulumi
 import pulumi_gcp as gcp
 
 from components import manifests
-from components.config import StackConfig, gcs_bucket
+from components.config import StackConfig
+from components.config_rules import gcs_bucket
 from components.k8s_objects import register
 from components.service_accounts import ServiceAccount, ServiceAccountArgs
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import yaml
 
-from components.config import ConfigError, load_stack_file, read_stack_file
+from components.config import ConfigError
 from components.mocks import Recording, ResourceRecord, run_program
 from components.render import render
+from components.stack_file import load_stack_file, read_stack_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

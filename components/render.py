@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 
 from components import catalog, manifests
-from components.config import ConfigError, StackConfig, load_stack_file
+from components.config import ConfigError, StackConfig
+from components.stack_file import load_stack_file
 
 
 def to_yaml(objects: list[dict[str, Any]]) -> str:

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
-from components.config import StackConfig, gcs_bucket
+from components.config import StackConfig
+from components.config_rules import gcs_bucket
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from components import catalog
-from components.config import image_problem
+from components.config_rules import image_problem
 
 
 def test_v6e_facts_from_the_issue() -> None:

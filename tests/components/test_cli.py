@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from components import config_docs, manifests, preview, render
+from components.config import SECTIONS
 
 from .conftest import REPO_ROOT, STACKS, STACKS_DIR, load_stack
 
@@ -56,7 +57,7 @@ def test_config_reference_in_docs_is_up_to_date() -> None:
         "docs/infra.md is stale: run .venv/bin/python -m components.config_docs --write docs/infra.md"
     )
     # Every field of every section is documented.
-    for section, model in config_docs._SECTIONS.items():
+    for section, model in SECTIONS.items():
         for name in model.model_fields:
             assert f"`tpu-pathways-inference:{section}.{name}" in table
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from components import catalog, manifests
-from components.config import StackConfig, parse_stack_config, read_stack_file
+from components.config import StackConfig, parse_stack_config
+from components.stack_file import read_stack_file
 from inference_app import batch as batch_cli
 from inference_app.server import cli as serve_cli
 from policy.checks import image_reference_problem
