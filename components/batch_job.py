@@ -6,6 +6,7 @@ that may read the input bucket and write the output bucket, nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -25,6 +26,7 @@ class BatchJobArgs:
     service_account_object: Obj  # the Kubernetes SA (manifests.batch_service_account)
     job_object: Obj  # the Job (manifests.batch_job)
     workload: pulumi.Resource  # the Job starts once the model server is Available
+    identity_pool_ready: Sequence[pulumi.Resource]  # the cluster: it creates `<project>.svc.id.goog`
 
 
 class BatchJob(pulumi.ComponentResource):
@@ -58,7 +60,9 @@ class BatchJob(pulumi.ComponentResource):
                 ),
                 role="roles/iam.workloadIdentityUser",
                 member=f"serviceAccount:{args.project}.svc.id.goog[{ksa['namespace']}/{ksa['name']}]",
-                opts=child,
+                # The identity pool exists once a cluster with Workload Identity does; binding to it
+                # earlier fails with "Identity Pool does not exist".
+                opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.identity_pool_ready)),
             ),
         ]
         ksa_resource = register(

@@ -30,6 +30,10 @@ class _Model(BaseModel):
 
 _M = TypeVar("_M", bound=_Model)
 
+# Values of command-line flags and env vars: `pulumi config set --path` stores `1` as an integer
+# and `true` as a boolean, so these accept numbers and booleans besides strings.
+FlagValue = bool | int | float | str
+
 
 def _defaults(cls: type[_M]) -> _M:
     """A section with every default (typed for mypy, which has no Pydantic plugin here)."""
@@ -46,24 +50,64 @@ class SystemPoolConfig(_Model):
     node_count: int = Field(1, ge=1, le=10, description="Nodes in the system pool.")
 
 
+class MaintenanceWindow(_Model):
+    """A recurring window in which GKE may upgrade (RFC 3339 times, an RFC 5545 RRULE, UTC)."""
+
+    start_time: str = Field(..., description="First window's start, e.g. 2025-01-04T02:00:00Z.")
+    end_time: str = Field(..., description="First window's end (sets the length), e.g. 2025-01-04T08:00:00Z.")
+    recurrence: str = Field(..., description="RRULE, e.g. FREQ=WEEKLY;BYDAY=SA,SU.")
+
+
+class MaintenanceExclusion(_Model):
+    """A period without upgrades, e.g. a launch or a traffic peak."""
+
+    name: str = Field(..., description="Exclusion name.")
+    start_time: str = Field(..., description="RFC 3339 start.")
+    end_time: str = Field(..., description="RFC 3339 end.")
+    scope: Literal["NO_UPGRADES", "NO_MINOR_UPGRADES", "NO_MINOR_OR_NODE_UPGRADES"] = Field(
+        "NO_MINOR_OR_NODE_UPGRADES", description="What is held back (NO_UPGRADES: at most 30 days)."
+    )
+
+
+class MaintenanceConfig(_Model):
+    window: MaintenanceWindow | None = Field(
+        None,
+        description="Recurring maintenance window (>= 48 h per 32 days in runs of >= 4 h); "
+        "unset: GKE may upgrade at any time.",
+    )
+    exclusions: list[MaintenanceExclusion] = Field(
+        default_factory=list, description="Maintenance exclusions (no upgrades in these periods)."
+    )
+
+
 class ClusterConfig(_Model):
     create: bool = Field(True, description="Create the GKE cluster; false deploys into an existing cluster.")
     name: str = Field("pathways-inference", description="GKE cluster name (DNS label, at most 40 chars).")
     zone: str = Field(
-        ..., description="Zone of the cluster and its TPU pools; must offer the TPU generation."
+        ..., description="Zone of the TPU pools (and of a zonal cluster); must offer the TPU generation."
+    )
+    regional: bool = Field(
+        False,
+        description="Regional control plane (replicated across the region's zones, no downtime when GKE "
+        "upgrades it); the node pools stay in `zone`.",
     )
     release_channel: Literal["RAPID", "REGULAR", "STABLE"] = Field(
-        "REGULAR", description="GKE release channel."
+        "REGULAR", description="GKE release channel; its default version is used unless min_master_version."
     )
     min_master_version: str | None = Field(
         None,
-        description="Minimum GKE version; defaults to the TPU generation's minimum (v6e: 1.31.2-gke.1115000).",
+        description="Optional minimum GKE version: a minor like 1.33 (recommended) or an exact version "
+        "the zone offers. Unset: the channel's default. Checked at preview against the TPU generation's "
+        "minimum (v6e 1.31.2-gke.1115000; flex-start 1.33.0-gke.1712000).",
     )
     deletion_protection: bool = Field(
         True, description="GKE deletion protection; must be true in production."
     )
     system_pool: SystemPoolConfig = Field(
         default_factory=lambda: _defaults(SystemPoolConfig), description="The CPU system pool."
+    )
+    maintenance: MaintenanceConfig = Field(
+        default_factory=lambda: _defaults(MaintenanceConfig), description="When GKE may upgrade."
     )
     kubeconfig_path: str | None = Field(
         None,
@@ -75,6 +119,43 @@ class ClusterConfig(_Model):
     node_service_account: str | None = Field(
         None,
         description="Existing cluster only: e-mail of the TPU nodes' service account to grant bucket access.",
+    )
+
+
+class AuthorizedNetwork(_Model):
+    cidr_block: str = Field(..., description="CIDR allowed to reach the control plane, e.g. 203.0.113.0/24.")
+    display_name: str = Field(..., description="What the range is (office VPN, CI runners, ...).")
+
+
+class NetworkConfig(_Model):
+    """The cluster's VPC: created per stack by default (many organisations have no `default` network)."""
+
+    create: bool = Field(
+        True, description="Create a VPC and subnetwork for the cluster; false: use `name` and `subnetwork`."
+    )
+    name: str | None = Field(
+        None, description="VPC name; default <cluster.name>-vpc when created, required when not."
+    )
+    subnetwork: str | None = Field(
+        None, description="Subnetwork name (in the TPU region); default <cluster.name>-nodes when created."
+    )
+    nodes_cidr: str = Field("10.10.0.0/20", description="Created subnetwork: primary range (node IPs).")
+    pods_cidr: str = Field("10.20.0.0/14", description="Created subnetwork: secondary range for pod IPs.")
+    services_cidr: str = Field("10.24.0.0/20", description="Created subnetwork: secondary range for Services.")
+    pods_range_name: str = Field("pods", description="Name of the pods secondary range.")
+    services_range_name: str = Field("services", description="Name of the Services secondary range.")
+    private_nodes: bool | None = Field(
+        None,
+        description="Nodes without public IPs; unset: true in production, false in development.",
+    )
+    cloud_nat: bool | None = Field(
+        None,
+        description="Cloud NAT for the nodes' egress (image pulls outside Google, the LWS controller's "
+        "registry); unset: on for private nodes in a created VPC.",
+    )
+    master_authorized_networks: list[AuthorizedNetwork] = Field(
+        default_factory=list,
+        description="CIDRs allowed to reach the control plane (empty: any address, with authentication).",
     )
 
 
@@ -92,6 +173,13 @@ class TpuConfig(_Model):
     )
     allow_unlisted_zone: bool = Field(
         False, description="Accept a zone the catalog does not list for the generation."
+    )
+    max_run_duration_hours: int | None = Field(
+        None,
+        ge=1,
+        le=catalog.FLEX_START_MAX_RUN_HOURS,
+        description="Flex-start only: hours a TPU VM may run before GKE deletes it (at most 168 = 7 days, "
+        "the default); the pool then obtains a new slice.",
     )
 
 
@@ -151,14 +239,17 @@ class ServingConfig(_Model):
     maxtext_config: str = Field(
         "MaxText/configs/base.yml", description="MaxText config file (first argument)."
     )
-    maxtext_extra_args: dict[str, str] = Field(
+    maxtext_extra_args: dict[str, FlagValue] = Field(
         default_factory=dict,
-        description="Extra MaxText key=value flags, in order; may not repeat generated keys.",
+        description="Extra MaxText key=value flags, in order; may not repeat generated keys. Numbers and "
+        "booleans (as `config set --path` stores them) render as MaxText reads them (true/false).",
     )
     pathways_rm_extra_args: list[str] = Field(
         default_factory=list, description="Extra flags for the Pathways resource manager."
     )
-    model_server_env: dict[str, str] = Field(dict(), description="Extra env for the model container.")
+    model_server_env: dict[str, FlagValue] = Field(
+        default_factory=dict, description="Extra env for the model container (values rendered as strings)."
+    )
     probes: ProbeConfig = Field(
         default_factory=lambda: _defaults(ProbeConfig), description="Health-probe timing."
     )
@@ -175,8 +266,14 @@ class ServingConfig(_Model):
 
 
 class ImagesConfig(_Model):
-    pathways_server: str = Field(catalog.PATHWAYS_SERVER_IMAGE, description="Pathways server (rm + workers).")
-    pathways_proxy: str = Field(catalog.PATHWAYS_PROXY_IMAGE, description="Pathways proxy.")
+    pathways_server: str | None = Field(
+        None,
+        description="Pathways server (rm + workers); default server:jax-<v> for the engine's JAX "
+        "(JetStream 0.5.3, inference-app: catalog.INFERENCE_APP_JAX_VERSION).",
+    )
+    pathways_proxy: str | None = Field(
+        None, description="Pathways proxy; default proxy_server:jax-<v>, matching the model container's JAX."
+    )
     jetstream_maxtext: str = Field(catalog.JETSTREAM_MAXTEXT_IMAGE, description="JetStream MaxText server.")
     jetstream_http: str = Field(catalog.JETSTREAM_HTTP_IMAGE, description="JetStream HTTP front end.")
     inference_app: str | None = Field(
@@ -217,6 +314,11 @@ class AutoscalingConfig(_Model):
         "jetstream_prefill_backlog_size (JetStream) or inference_queue_depth (inference-app).",
     )
     target_average_value: str = Field("10", description="Target average value (Kubernetes quantity).")
+    install_metrics_adapter: bool = Field(
+        True,
+        description="Install the Custom Metrics Stackdriver Adapter (pinned manifest) with read access to "
+        "Cloud Monitoring; false if the cluster already serves the custom/external metrics APIs.",
+    )
 
 
 class BatchJobConfig(_Model):
@@ -238,6 +340,7 @@ class StackConfig(_Model):
         "production", description="production enforces deletion protection."
     )
     cluster: ClusterConfig
+    network: NetworkConfig = Field(default_factory=lambda: _defaults(NetworkConfig))
     tpu: TpuConfig
     model: ModelConfig
     serving: ServingConfig = Field(default_factory=lambda: _defaults(ServingConfig))
@@ -359,8 +462,58 @@ class StackConfig(_Model):
         return f"gs://{self.scratch_bucket}/tmp"
 
     @property
-    def min_master_version(self) -> str:
-        return self.cluster.min_master_version or self.generation.min_gke_version
+    def cluster_location(self) -> str:
+        """Where the control plane lives: the TPU zone, or its region with a regional control plane."""
+        return self.region if self.cluster.regional else self.cluster.zone
+
+    @property
+    def required_gke_version(self) -> str:
+        """The oldest GKE version the TPU pools accept (flex-start raises the generation's minimum)."""
+        if self.tpu.capacity == "flex-start":
+            return catalog.FLEX_START_MIN_GKE_VERSION
+        return self.generation.min_gke_version
+
+    @property
+    def private_nodes(self) -> bool:
+        if self.network.private_nodes is not None:
+            return self.network.private_nodes
+        return self.environment == "production"
+
+    @property
+    def cloud_nat(self) -> bool:
+        if self.network.cloud_nat is not None:
+            return self.network.cloud_nat
+        return self.private_nodes and self.network.create
+
+    @property
+    def network_name(self) -> str:
+        return self.network.name if self.network.name is not None else f"{self.cluster.name}-vpc"
+
+    @property
+    def subnetwork_name(self) -> str:
+        return self.network.subnetwork if self.network.subnetwork is not None else f"{self.cluster.name}-nodes"
+
+    @property
+    def pathways_jax_version(self) -> str:
+        """The JAX the leader's model container runs; the Pathways proxy must match it."""
+        return catalog.ENGINE_JAX_VERSIONS[self.serving.engine]
+
+    @property
+    def pathways_server_image(self) -> str:
+        if self.images.pathways_server is not None:
+            return self.images.pathways_server
+        return catalog.pathways_server_image(self.pathways_jax_version)
+
+    @property
+    def pathways_proxy_image(self) -> str:
+        if self.images.pathways_proxy is not None:
+            return self.images.pathways_proxy
+        return catalog.pathways_proxy_image(self.pathways_jax_version)
+
+    @property
+    def checkpoint_bucket(self) -> str:
+        """The bucket of `model.checkpoint` (the nodes get read access to it)."""
+        return config_rules.gcs_bucket(self.model.checkpoint)
 
     def service_account_id(self, role: str) -> str:
         """GCP service-account id `<stack>-<role>`, the stack cut so the id fits 30 characters."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ END = "<!-- config-reference:end -->"
 def _type_name(annotation: Any) -> str:
     text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
     text = text or str(annotation).replace("typing.", "")
-    return text.replace("Literal", "one of ").replace("|", "\\|")
+    return text.replace("Literal", "one of ").replace("components.config.", "").replace("|", "\\|")
 
 
 def _default(info: FieldInfo) -> str:
@@ -50,12 +51,31 @@ def _constraints(info: FieldInfo) -> str:
     return (" (" + ", ".join(parts) + ")") if parts else ""
 
 
+def _nested_model(annotation: Any) -> tuple[type[BaseModel], str] | None:
+    """A section (`X`), an optional block (`X | None`) or a list of blocks (`list[X]`) to expand."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, "."
+    args = typing.get_args(annotation)
+    models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+    if len(models) == 1 and typing.get_origin(annotation) is list:
+        return models[0], "[]."
+    if len(models) == 1 and type(None) in args:
+        return models[0], "."
+    return None
+
+
 def _rows(model: type[BaseModel], prefix: str) -> list[str]:
     rows = []
     for name, info in model.model_fields.items():
         annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            rows.extend(_rows(annotation, f"{prefix}{name}."))
+        nested = _nested_model(annotation)
+        if nested is not None:
+            inner, sep = nested
+            if info.description and not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                kind = "list" if sep == "[]." else "optional block"
+                desc = info.description.replace("|", "\\|")
+                rows.append(f"| `{prefix}{name}` | {kind} | {_default(info)} | {desc} |")
+            rows.extend(_rows(inner, f"{prefix}{name}{sep}"))
             continue
         desc = (info.description or "").replace("|", "\\|")
         rows.append(

@@ -8,9 +8,11 @@ them at once. The helpers (`gcs_path_problem`, `image_problem`, ...) are reused 
 
 from __future__ import annotations
 
+import ipaddress
 import re
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
 
 from components import catalog
 
@@ -131,16 +133,19 @@ def cluster_rules(c: StackConfig) -> list[str]:
         )
     if cl.min_master_version is not None:
         wanted = gke_version_key(cl.min_master_version)
-        minimum = gke_version_key(gen.min_gke_version)
+        required = c.required_gke_version
+        needs = "flex-start TPUs need" if c.tpu.capacity == "flex-start" else f"TPU {gen.name} needs"
         if wanted is None:
             out.append(
-                f"cluster.min_master_version: {cl.min_master_version!r} is not a GKE version like 1.31.2-gke.1115000"
+                f"cluster.min_master_version: {cl.min_master_version!r} is not a GKE version "
+                "(a minor like 1.33, or 1.33.0-gke.1712000)"
             )
-        elif minimum is not None and wanted < minimum:
+        elif wanted < (gke_version_key(required) or ()):
             out.append(
-                f"cluster.min_master_version: TPU {gen.name} needs GKE >= {gen.min_gke_version}; "
-                f"{cl.min_master_version} is older (raise it or leave it unset)"
+                f"cluster.min_master_version: {needs} GKE >= {required}; {cl.min_master_version} is older "
+                "(raise it or leave it unset)"
             )
+    out += _maintenance_problems(c)
     if c.environment == "production" and not cl.deletion_protection:
         out.append(
             "cluster.deletion_protection: must be true in production (or set environment: development)"
@@ -160,6 +165,91 @@ def cluster_rules(c: StackConfig) -> list[str]:
         out.append(
             "cluster.context: required with cluster.create: false (the kubeconfig context to deploy into)"
         )
+    return out
+
+
+def _rfc3339(value: str) -> datetime | None:
+    """A UTC "Zulu" time; GKE returns UTC, so another offset would show as a permanent diff."""
+    if not value.endswith("Z"):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _maintenance_problems(c: StackConfig) -> list[str]:
+    """GKE's rules for maintenance policies (cloud.google.com/kubernetes-engine/docs/maintenance-window)."""
+    out = []
+    m = c.cluster.maintenance
+    if m.window is not None:
+        w = m.window
+        start, end = _rfc3339(w.start_time), _rfc3339(w.end_time)
+        if start is None or end is None:
+            out.append(
+                "cluster.maintenance.window: start_time and end_time must be RFC 3339 in UTC, "
+                "e.g. 2025-01-04T02:00:00Z (GKE returns UTC; another offset is a permanent diff)"
+            )
+        elif end <= start:
+            out.append("cluster.maintenance.window: end_time must be after start_time")
+        else:
+            hours = (end - start).total_seconds() / 3600
+            rule = dict(part.split("=", 1) for part in w.recurrence.split(";") if "=" in part)
+            days = len(rule.get("BYDAY", "").split(",")) if rule.get("BYDAY") else 1
+            per_32_days = {"DAILY": 32, "WEEKLY": 4 * days}.get(rule.get("FREQ", ""))
+            if per_32_days is None:
+                out.append(
+                    f"cluster.maintenance.window.recurrence: {w.recurrence!r} must be an RRULE with "
+                    "FREQ=DAILY or FREQ=WEEKLY (e.g. FREQ=WEEKLY;BYDAY=SA,SU)"
+                )
+            elif hours < 4 or hours * per_32_days < 48:
+                out.append(
+                    f"cluster.maintenance.window: {hours:g} h x {per_32_days} windows per 32 days; GKE "
+                    "needs at least 48 h in 32 days, in windows of at least 4 h (lengthen it or add days)"
+                )
+    for i, e in enumerate(m.exclusions):
+        start, end = _rfc3339(e.start_time), _rfc3339(e.end_time)
+        where = f"cluster.maintenance.exclusions[{i}]"
+        if start is None or end is None:
+            out.append(f"{where}: start_time and end_time must be RFC 3339 in UTC, e.g. 2025-11-20T00:00:00Z")
+        elif end <= start:
+            out.append(f"{where}: end_time must be after start_time")
+        elif e.scope == "NO_UPGRADES" and end - start > timedelta(days=30):
+            out.append(f"{where}: a NO_UPGRADES exclusion lasts at most 30 days (use NO_MINOR_UPGRADES)")
+    return out
+
+
+def network_rules(c: StackConfig) -> list[str]:
+    out: list[str] = []
+    n = c.network
+    if not c.cluster.create:
+        if n.model_fields_set:
+            out.append("network: only for a cluster the stack creates (cluster.create: true); remove it")
+        return out
+    if not n.create and (n.name is None or n.subnetwork is None):
+        out.append("network.name, network.subnetwork: required with network.create: false (your VPC's names)")
+    if n.create:
+        ranges = {"nodes_cidr": n.nodes_cidr, "pods_cidr": n.pods_cidr, "services_cidr": n.services_cidr}
+        parsed = {}
+        for field, cidr in ranges.items():
+            try:
+                parsed[field] = ipaddress.ip_network(cidr)
+            except ValueError:
+                out.append(f"network.{field}: {cidr!r} is not an IPv4 CIDR like 10.10.0.0/20")
+        fields = sorted(parsed)
+        for i, a in enumerate(fields):
+            for b in fields[i + 1 :]:
+                if parsed[a].overlaps(parsed[b]):
+                    out.append(f"network.{a}: {ranges[a]} overlaps network.{b} ({ranges[b]})")
+    for field in ("name", "subnetwork", "pods_range_name", "services_range_name"):
+        value = getattr(n, field)
+        if value is not None and not DNS_LABEL.match(value):
+            out.append(f"network.{field}: {value!r} must be a lowercase name (a-z, 0-9, '-')")
+    for i, an in enumerate(n.master_authorized_networks):
+        try:
+            ipaddress.ip_network(an.cidr_block)
+        except ValueError:
+            out.append(f"network.master_authorized_networks[{i}].cidr_block: {an.cidr_block!r} is not a CIDR")
     return out
 
 
@@ -184,8 +274,17 @@ def tpu_rules(c: StackConfig) -> list[str]:
         out.append("tpu.reservation: required when tpu.capacity is reservation (the reservation's name)")
     if t.capacity != "reservation" and t.reservation:
         out.append(f"tpu.reservation: only used with tpu.capacity: reservation (capacity is {t.capacity})")
-    if t.capacity == "flex-start" and not c.cluster.create:
-        out.append("tpu.capacity: flex-start needs cluster.create: true (the stack creates the pools)")
+    if t.capacity == "flex-start":
+        if not c.cluster.create:
+            out.append("tpu.capacity: flex-start needs cluster.create: true (the stack creates the pools)")
+        if c.cluster.zone not in gen.flex_start_zones and not t.allow_unlisted_zone:
+            out.append(
+                f"tpu.capacity: flex-start {gen.name} is not offered in {c.cluster.zone}; use one of "
+                f"{', '.join(gen.flex_start_zones)} ({catalog.FLEX_START_SOURCE}; or set "
+                "tpu.allow_unlisted_zone: true if Google now offers it there)"
+            )
+    elif t.max_run_duration_hours is not None:
+        out.append("tpu.max_run_duration_hours: only used with tpu.capacity: flex-start; remove it")
     return out
 
 
@@ -291,6 +390,20 @@ def images_rules(c: StackConfig) -> list[str]:
         image = getattr(c.images, field)
         if image is not None and (problem := image_problem(image)) is not None:
             out.append(f"images.{field}: {problem}")
+    for field, image in (
+        ("pathways_server", c.pathways_server_image),
+        ("pathways_proxy", c.pathways_proxy_image),
+    ):
+        tag = image.rpartition(":")[2]
+        if (
+            c.serving.engine == "inference-app"
+            and tag.startswith("jax-")
+            and tag != f"jax-{c.pathways_jax_version}"
+        ):
+            out.append(
+                f"images.{field}: {image} is built for {tag}, but serving.engine inference-app runs JAX "
+                f"{c.pathways_jax_version}; the proxy must match the client's JAX (use the default)"
+            )
     if c.images.inference_app is None:
         if c.serving.engine == "inference-app":
             out.append(
@@ -367,6 +480,7 @@ def batch_job_rules(c: StackConfig) -> list[str]:
 RULES: Final[tuple[Callable[[StackConfig], list[str]], ...]] = (
     stack_rules,
     cluster_rules,
+    network_rules,
     tpu_rules,
     model_rules,
     serving_rules,
@@ -381,3 +495,41 @@ RULES: Final[tuple[Callable[[StackConfig], list[str]], ...]] = (
 def problems(c: StackConfig) -> list[str]:
     """Every rule violated by `c`, section by section."""
     return [p for rule in RULES for p in rule(c)]
+
+
+# ------------------------------------------------------------------------------- placeholders
+
+# The stack files ship `your-...` values (project, checkpoint bucket); they must never reach GCP.
+_PLACEHOLDER = re.compile(r"(?:^|[/:.@])your-[a-z0-9-]*")
+
+
+def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{path}[{i}]")
+
+
+def placeholders(c: StackConfig) -> dict[str, str]:
+    """Config paths (`project`, `model.checkpoint`, ...) whose value is still a `your-...` placeholder."""
+    return {
+        path: value for path, value in _strings(c.model_dump(exclude={"stack"}), "") if _PLACEHOLDER.search(value)
+    }
+
+
+def placeholder_problems(c: StackConfig) -> list[str]:
+    """Every value still a placeholder, with the command that sets it."""
+    out = []
+    for path, value in placeholders(c).items():
+        if path == "project":
+            out.append(f"gcp:project: {value!r} is a placeholder; run: pulumi config set gcp:project <id>")
+        else:
+            out.append(
+                f"{path}: {value!r} is a placeholder; run: pulumi config set --path "
+                f"'tpu-pathways-inference:{path}' <value>"
+            )
+    return out

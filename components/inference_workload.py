@@ -28,6 +28,7 @@ class InferenceWorkloadArgs:
     objects: WorkloadObjects
     controller: pulumi.Resource  # the LWS controller install; the CR is created after it
     after: list[pulumi.Resource]  # e.g. the scratch bucket and TPU pools (nothing to wait for if empty)
+    metrics_api: list[pulumi.Resource]  # what serves the HPA's metric (the metrics adapter), if any
 
 
 class InferenceWorkload(pulumi.ComponentResource):
@@ -63,7 +64,9 @@ class InferenceWorkload(pulumi.ComponentResource):
                 f"{name}-podmonitoring", o.pod_monitoring, pulumi.ResourceOptions(parent=self, depends_on=[lws])
             )
             register(
-                f"{name}-hpa", o.autoscaler, pulumi.ResourceOptions(parent=self, depends_on=[lws, source])
+                f"{name}-hpa",
+                o.autoscaler,
+                pulumi.ResourceOptions(parent=self, depends_on=[lws, source, *args.metrics_api]),
             )
         self.lws = lws
         port = catalog.HTTP_PORT

@@ -1,8 +1,8 @@
-"""The Pulumi program's two steps: read the typed config, then build every component from it.
+"""The Pulumi program's steps: read the typed config, check it against the cloud, build the components.
 
 This is the one place that maps the whole `StackConfig` onto each component's narrow args (what
-that component consumes). `__main__.py` only calls `read_pulumi_config` and `build`; tests and
-`preview` run the same code under mocks.
+that component consumes). `__main__.py` only calls `read_pulumi_config`, `check_before_registering`
+and `build`; tests and `preview` run the same code under mocks.
 """
 
 from __future__ import annotations
@@ -11,15 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
+import pulumi_gcp as gcp
 
-from components import catalog, manifests
+from components import catalog, cost, manifests
 from components.batch_job import BatchJob, BatchJobArgs
-from components.config import PROJECT_PLACEHOLDER, ConfigError, StackConfig, parse_stack_config
-from components.config_rules import gcs_bucket
+from components.config import ConfigError, StackConfig, parse_stack_config
+from components.config_rules import gcs_bucket, placeholder_problems, placeholders
 from components.existing_cluster import ExistingCluster, ExistingClusterArgs
-from components.gke_cluster import GkeCluster, GkeClusterArgs
+from components.gke_cluster import ClusterNetworking, GkeCluster, GkeClusterArgs
 from components.inference_workload import InferenceWorkload, InferenceWorkloadArgs, WorkloadObjects
 from components.lws_controller import LwsController, LwsControllerArgs
+from components.metrics_adapter import MetricsAdapter, MetricsAdapterArgs
+from components.network import Network, NetworkArgs
+from components.preflight import preflight_problems
 from components.service_accounts import ServiceAccount, ServiceAccountArgs
 from components.storage import ScratchStorage, ScratchStorageArgs
 from components.tpu_slice_pool import SlicePoolSpec, TpuSlicePool, TpuSlicePoolArgs
@@ -40,11 +44,32 @@ def read_pulumi_config() -> StackConfig:
         raise ConfigError(
             f"cluster.kubeconfig_path: {path} is not a file (point it at your kubeconfig or remove it)"
         )
-    if c.project == PROJECT_PLACEHOLDER and not pulumi.runtime.is_dry_run():
-        raise ConfigError(
-            f"gcp:project: still the placeholder {PROJECT_PLACEHOLDER!r}; run: pulumi config set gcp:project <id>"
-        )
     return c
+
+
+def check_before_registering(c: StackConfig) -> bool:
+    """Refuse placeholders and what the cloud would refuse, before any resource is registered.
+
+    On `pulumi up` a placeholder is an error. Under `pulumi preview` it is a warning (the stack
+    files ship them) and the pre-flight reads that depend on it are skipped. Returns whether the
+    project is real, so lookups such as the project number may run.
+    """
+    unset = placeholders(c)
+    if unset and not pulumi.runtime.is_dry_run():
+        raise ConfigError("\n".join(placeholder_problems(c)))
+    for message in placeholder_problems(c):
+        pulumi.log.warn(f"{message} (`pulumi up` refuses placeholders; the checks that need it are skipped)")
+    problems = preflight_problems(c, skip=unset.keys())
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return "project" not in unset
+
+
+def project_number(c: StackConfig, cloud_read: bool) -> str:
+    """The project number (IAM principals name projects by number); a marker when not looked up."""
+    if not cloud_read:
+        return "PROJECT_NUMBER"  # preview with a placeholder project: nothing to look up
+    return str(gcp.organizations.get_project(project_id=c.project).number)
 
 
 def resource_labels(c: StackConfig) -> dict[str, str]:
@@ -62,16 +87,48 @@ def node_service_account(c: StackConfig, role: str, display: str) -> ServiceAcco
     )
 
 
-def cluster_args(c: StackConfig) -> GkeClusterArgs:
+def network_args(c: StackConfig) -> NetworkArgs:
+    n = c.network
+    return NetworkArgs(
+        project=c.project,
+        region=c.region,
+        network_name=c.network_name,
+        subnetwork_name=c.subnetwork_name,
+        nodes_cidr=n.nodes_cidr,
+        pods_cidr=n.pods_cidr,
+        services_cidr=n.services_cidr,
+        pods_range_name=n.pods_range_name,
+        services_range_name=n.services_range_name,
+        cloud_nat=c.cloud_nat,
+    )
+
+
+def cluster_networking(c: StackConfig, network: Network | None) -> ClusterNetworking:
+    """The created VPC's links, or your VPC's names (network.create: false)."""
+    return ClusterNetworking(
+        network=network.network if network is not None else c.network_name,
+        subnetwork=network.subnetwork if network is not None else c.subnetwork_name,
+        pods_range_name=c.network.pods_range_name,
+        services_range_name=c.network.services_range_name,
+        private_nodes=c.private_nodes,
+        master_authorized_networks=c.network.master_authorized_networks,
+        after=network.resources if network is not None else [],
+    )
+
+
+def cluster_args(c: StackConfig, networking: ClusterNetworking) -> GkeClusterArgs:
     return GkeClusterArgs(
         project=c.project,
         name=c.cluster.name,
-        location=c.cluster.zone,
+        location=c.cluster_location,
+        node_zone=c.cluster.zone,
         release_channel=c.cluster.release_channel,
-        min_master_version=c.min_master_version,
+        min_master_version=c.cluster.min_master_version,
         deletion_protection=c.cluster.deletion_protection,
         system_pool=c.cluster.system_pool,
         system_service_account=node_service_account(c, "system-nodes", "GKE system nodes"),
+        maintenance=c.cluster.maintenance,
+        networking=networking,
         labels=resource_labels(c),
     )
 
@@ -81,6 +138,7 @@ def slice_pool_spec(c: StackConfig, index: int) -> SlicePoolSpec:
     return SlicePoolSpec(
         index=index,
         project=c.project,
+        location=c.cluster_location,
         zone=c.cluster.zone,
         machine_type=c.tpu.machine_type,
         topology=c.tpu.topology,
@@ -89,6 +147,7 @@ def slice_pool_spec(c: StackConfig, index: int) -> SlicePoolSpec:
         capacity=c.tpu.capacity,
         reservation=c.tpu.reservation,
         scale_from_zero=index >= c.always_on_slices or c.tpu.capacity == "flex-start",
+        max_run_duration_hours=c.tpu.max_run_duration_hours,
     )
 
 
@@ -100,7 +159,7 @@ def storage_args(c: StackConfig, node_member: pulumi.Input[str] | None) -> Scrat
         force_destroy=c.storage.force_destroy,
         retention_days=c.storage.scratch_retention_days,
         labels=resource_labels(c),
-        checkpoint_bucket=gcs_bucket(c.model.checkpoint),
+        checkpoint_bucket=c.checkpoint_bucket,
         node_member=node_member,
     )
 
@@ -115,7 +174,9 @@ def workload_objects(c: StackConfig) -> WorkloadObjects:
     )
 
 
-def batch_job_args(c: StackConfig, workload: pulumi.Resource) -> BatchJobArgs:
+def batch_job_args(
+    c: StackConfig, workload: pulumi.Resource, identity_pool_ready: list[pulumi.Resource]
+) -> BatchJobArgs:
     b = c.batch_job
     ksa, job = manifests.batch_service_account(c), manifests.batch_job(c)
     assert b.input is not None and b.output is not None and ksa is not None and job is not None  # enabled
@@ -131,14 +192,20 @@ def batch_job_args(c: StackConfig, workload: pulumi.Resource) -> BatchJobArgs:
         service_account_object=ksa,
         job_object=job,
         workload=workload,
+        identity_pool_ready=identity_pool_ready,
     )
 
 
-def build(c: StackConfig) -> dict[str, pulumi.Input[Any]]:
-    """Register every resource of the stack; returns the stack outputs."""
+def build(c: StackConfig, *, cloud_read: bool = True) -> dict[str, pulumi.Input[Any]]:
+    """Register every resource of the stack; returns the stack outputs.
+
+    `cloud_read` is what `check_before_registering` returned: false only under a preview with
+    placeholders, where nothing is looked up in the cloud.
+    """
     cluster: GkeCluster | ExistingCluster
     if c.cluster.create:
-        cluster = GkeCluster("gke", cluster_args(c))
+        network = Network("network", network_args(c)) if c.network.create else None
+        cluster = GkeCluster("gke", cluster_args(c, cluster_networking(c, network)))
     else:
         assert c.cluster.context is not None  # validated
         cluster = ExistingCluster(
@@ -161,6 +228,7 @@ def build(c: StackConfig) -> dict[str, pulumi.Input[Any]]:
                     spec=slice_pool_spec(c, i),
                     cluster_name=cluster.cluster_name,
                     service_account_email=tpu_sa.email,
+                    after=tpu_sa.bindings,
                 ),
             )
             for i in range(c.slice_count)
@@ -174,9 +242,26 @@ def build(c: StackConfig) -> dict[str, pulumi.Input[Any]]:
     controller = LwsController(
         "lws", LwsControllerArgs(version=c.lws.version, install=c.lws.install), opts=k8s_opts
     )
+    metrics_api: list[pulumi.Resource] = []
+    if c.autoscaling.enabled and c.autoscaling.install_metrics_adapter:
+        adapter = MetricsAdapter(
+            "metrics-adapter",
+            MetricsAdapterArgs(
+                project=c.project,
+                project_number=project_number(c, cloud_read),
+                identity_pool_ready=cluster.ready,
+            ),
+            opts=k8s_opts,
+        )
+        metrics_api = adapter.ready
     workload = InferenceWorkload(
         "inference",
-        InferenceWorkloadArgs(objects=workload_objects(c), controller=controller, after=[storage, *pools]),
+        InferenceWorkloadArgs(
+            objects=workload_objects(c),
+            controller=controller,
+            after=[storage, *pools],
+            metrics_api=metrics_api,
+        ),
         opts=k8s_opts,
     )
     outputs: dict[str, pulumi.Input[Any]] = {
@@ -189,8 +274,9 @@ def build(c: StackConfig) -> dict[str, pulumi.Input[Any]]:
         "curl_command": workload.curl_command,
         "scratch_location": storage.scratch_location,
         "lws_version": controller.version,
+        "cost_estimate": cost.as_output(cost.estimate(c)),
     }
     if c.batch_job.enabled:
-        batch = BatchJob("batch", batch_job_args(c, workload.lws), opts=k8s_opts)
+        batch = BatchJob("batch", batch_job_args(c, workload.lws, cluster.ready), opts=k8s_opts)
         outputs["batch_job_name"] = batch.job_name
     return outputs

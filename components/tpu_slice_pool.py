@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,8 @@ class SlicePoolSpec:
 
     index: int  # the pool is named tpu-<index>
     project: str
-    zone: str
+    location: str  # the cluster's location (its zone, or its region with a regional control plane)
+    zone: str  # where the slice's VMs run
     machine_type: str
     topology: str
     vms: int  # VMs in the slice = nodes of the pool
@@ -25,6 +27,7 @@ class SlicePoolSpec:
     capacity: str  # on-demand | spot | reservation | flex-start
     reservation: str | None
     scale_from_zero: bool  # autoscaling headroom or flex-start: 0..vms nodes
+    max_run_duration_hours: int | None = None  # flex-start only (GKE's default: 7 days)
 
 
 def node_pool_inputs(spec: SlicePoolSpec) -> dict[str, Any]:
@@ -48,6 +51,8 @@ def node_pool_inputs(spec: SlicePoolSpec) -> dict[str, Any]:
     elif spec.capacity == "flex-start":
         node_config["flex_start"] = True
         node_config["reservation_affinity"] = {"consume_reservation_type": "NO_RESERVATION"}
+        if spec.max_run_duration_hours is not None:
+            node_config["max_run_duration"] = f"{spec.max_run_duration_hours * 3600}s"
     elif spec.capacity == "reservation":
         node_config["reservation_affinity"] = {
             "consume_reservation_type": "SPECIFIC_RESERVATION",
@@ -57,11 +62,15 @@ def node_pool_inputs(spec: SlicePoolSpec) -> dict[str, Any]:
     inputs: dict[str, Any] = {
         "name": f"tpu-{spec.index}",
         "project": spec.project,
-        "location": spec.zone,
+        "location": spec.location,
         "node_locations": [spec.zone],
         "management": {"auto_repair": True, "auto_upgrade": True},
         "node_config": node_config,
     }
+    if spec.capacity != "flex-start":  # flex-start pools get GKE's short-lived upgrades instead
+        # No surge: a surge node would need a second slice's quota and capacity. GKE recreates a
+        # multi-host slice as a unit anyway, so the maintenance window decides when that happens.
+        inputs["upgrade_settings"] = {"strategy": "SURGE", "max_surge": 0, "max_unavailable": 1}
     if spec.scale_from_zero:
         inputs["initial_node_count"] = 0
         inputs["autoscaling"] = {
@@ -82,6 +91,7 @@ class TpuSlicePoolArgs:
     spec: SlicePoolSpec
     cluster_name: pulumi.Input[str]
     service_account_email: pulumi.Input[str]
+    after: Sequence[pulumi.Resource]  # the nodes' account's role bindings (logs from the first boot)
 
 
 class TpuSlicePool(pulumi.ComponentResource):
@@ -94,7 +104,16 @@ class TpuSlicePool(pulumi.ComponentResource):
         pool = gcp.container.NodePool(
             f"{name}-node-pool",
             cluster=args.cluster_name,
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=list(args.after),
+                # The pool's name is fixed (tpu-<i>), so a replacement (new topology, capacity type)
+                # must delete the old slice first; the two could not coexist under one name.
+                delete_before_replace=True,
+                # Set at creation only: GKE updates it when the autoscaler or a user resizes the pool,
+                # and a change would force a new pool.
+                ignore_changes=["initialNodeCount"] if "initial_node_count" in inputs else None,
+            ),
             **inputs,
         )
         self.node_pool_name = pool.name

@@ -77,8 +77,8 @@ def test_ports_match_the_reference() -> None:
 @pytest.mark.parametrize(
     "image",
     [
-        catalog.PATHWAYS_SERVER_IMAGE,
-        catalog.PATHWAYS_PROXY_IMAGE,
+        *(catalog.pathways_server_image(v) for v in catalog.ENGINE_JAX_VERSIONS.values()),
+        *(catalog.pathways_proxy_image(v) for v in catalog.ENGINE_JAX_VERSIONS.values()),
         catalog.JETSTREAM_MAXTEXT_IMAGE,
         catalog.JETSTREAM_HTTP_IMAGE,
     ],
