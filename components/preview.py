@@ -1,8 +1,9 @@
 """`python -m components.preview --stack <name>`: an offline plan of a stack.
 
 Runs the real `__main__.py` under recording mocks (components.mocks) with the stack file's config
-and prints the resource tree (type, name, provider, dependencies), the stack outputs and the
-rendered Kubernetes manifests. It is NOT a cloud diff: nothing is read from GCP or a cluster; use
+and prints the resource tree (type, name, provider, dependencies), the warnings (placeholders),
+the stack outputs and the rendered Kubernetes manifests. Pre-flight reads are answered by the
+mocks' healthy-project invokes. It is NOT a cloud diff: nothing is read from GCP or a cluster; use
 `pulumi preview` for that.
 """
 
@@ -73,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# Offline plan of stack {args.stack!r} (recording mocks; not a cloud diff)")
     print(f"# {len(rec.resources)} resources  (* component, + resource)\n")
     print(tree(rec))
+    if rec.warnings:
+        print("\n# Warnings (what `pulumi preview` would print)")
+        print("\n".join(f"warning: {w}" for w in rec.warnings))
     print("\n# Stack outputs")
     print(yaml.safe_dump(rec.outputs, sort_keys=True, width=1000), end="")
     print("\n# Kubernetes manifests")
