@@ -1,9 +1,10 @@
-"""The stack's typed configuration: frozen Pydantic models plus every cross-field rule.
+"""The stack's typed configuration: frozen Pydantic sections, the StackConfig and its derived facts.
 
-Read once (from Pulumi config in `__main__.py`, or from a stack file by `render`/`preview`) and
-validated before any resource is registered. Unknown keys are errors, and every error names the
-field and the fix. Derived facts (VMs, LWS size, slots, memory estimate) are properties, never
-fields a user could set inconsistently.
+Read once (from Pulumi config in `__main__.py`, or from a stack file by `stack_file`) and validated
+before any resource is registered: Pydantic checks each field, `config_rules` (one function per
+section) the rules across fields. Unknown keys are errors, and every error names the field and the
+fix. Derived facts (VMs, LWS size, slots, memory estimate, the Pathways images of the engine's JAX,
+the cluster's location) are properties, never fields a user could set inconsistently.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from components import catalog, config_rules
 
 PROJECT: Final = "tpu-pathways-inference"  # Pulumi project name = our config namespace
 PROJECT_PLACEHOLDER: Final = "your-gcp-project-id"
+
 
 class ConfigError(ValueError):
     """Invalid stack configuration; the message lists every problem as `field: problem (fix)`."""
@@ -141,7 +143,9 @@ class NetworkConfig(_Model):
     )
     nodes_cidr: str = Field("10.10.0.0/20", description="Created subnetwork: primary range (node IPs).")
     pods_cidr: str = Field("10.20.0.0/14", description="Created subnetwork: secondary range for pod IPs.")
-    services_cidr: str = Field("10.24.0.0/20", description="Created subnetwork: secondary range for Services.")
+    services_cidr: str = Field(
+        "10.24.0.0/20", description="Created subnetwork: secondary range for Services."
+    )
     pods_range_name: str = Field("pods", description="Name of the pods secondary range.")
     services_range_name: str = Field("services", description="Name of the Services secondary range.")
     private_nodes: bool | None = Field(
@@ -491,7 +495,9 @@ class StackConfig(_Model):
 
     @property
     def subnetwork_name(self) -> str:
-        return self.network.subnetwork if self.network.subnetwork is not None else f"{self.cluster.name}-nodes"
+        return (
+            self.network.subnetwork if self.network.subnetwork is not None else f"{self.cluster.name}-nodes"
+        )
 
     @property
     def pathways_jax_version(self) -> str:

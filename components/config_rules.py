@@ -517,7 +517,9 @@ def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
 def placeholders(c: StackConfig) -> dict[str, str]:
     """Config paths (`project`, `model.checkpoint`, ...) whose value is still a `your-...` placeholder."""
     return {
-        path: value for path, value in _strings(c.model_dump(exclude={"stack"}), "") if _PLACEHOLDER.search(value)
+        path: value
+        for path, value in _strings(c.model_dump(exclude={"stack"}), "")
+        if _PLACEHOLDER.search(value)
     }
 
 

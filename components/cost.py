@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from components import catalog
-from components.config import ConfigError, StackConfig
-from components.stack_file import load_stack_file
+from components.config import StackConfig
+from components.stack_file import load_for_command
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,12 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     estimates = []
     for stack in args.stack:
-        path = REPO_ROOT / "stacks" / f"Pulumi.{stack}.yaml"
-        try:
-            estimates.append(estimate(load_stack_file(path)))
-        except ConfigError as err:
-            print(f"error: invalid stack configuration in {path}:\n{err}", file=sys.stderr)
+        c = load_for_command(REPO_ROOT / "stacks" / f"Pulumi.{stack}.yaml")
+        if c is None:
             return 2
+        estimates.append(estimate(c))
     sys.stdout.write(report(estimates))
     return 0
 

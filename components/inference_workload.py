@@ -61,7 +61,9 @@ class InferenceWorkload(pulumi.ComponentResource):
         if o.pod_monitoring is not None and o.autoscaler is not None:
             # The PodMonitoring is what makes the HPA's metric exist; create it first.
             source = register(
-                f"{name}-podmonitoring", o.pod_monitoring, pulumi.ResourceOptions(parent=self, depends_on=[lws])
+                f"{name}-podmonitoring",
+                o.pod_monitoring,
+                pulumi.ResourceOptions(parent=self, depends_on=[lws]),
             )
             register(
                 f"{name}-hpa",

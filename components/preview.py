@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import runpy
-import sys
 from pathlib import Path
 
 import yaml
 
-from components.config import ConfigError
 from components.mocks import Recording, ResourceRecord, run_program
 from components.render import render
-from components.stack_file import load_stack_file, read_stack_file
+from components.stack_file import load_for_command, read_stack_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,10 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack", required=True, help="stack name: stacks/Pulumi.<stack>.yaml")
     args = parser.parse_args(argv)
     path = REPO_ROOT / "stacks" / f"Pulumi.{args.stack}.yaml"
-    try:
-        config = load_stack_file(path)
-    except ConfigError as err:
-        print(f"error: invalid stack configuration in {path}:\n{err}", file=sys.stderr)
+    config = load_for_command(path)
+    if config is None:
         return 2
     rec = run_stack(args.stack)
     print(f"# Offline plan of stack {args.stack!r} (recording mocks; not a cloud diff)")

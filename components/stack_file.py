@@ -46,6 +46,15 @@ def load_stack_file(path: Path) -> StackConfig:
     return parse_stack_config(read_stack_file(path), stack=stack_name_from_path(path))
 
 
+def load_for_command(path: Path) -> StackConfig | None:
+    """The offline commands' loading: the config, or None after printing its problems to stderr."""
+    try:
+        return load_stack_file(path)
+    except ConfigError as err:
+        print(f"error: invalid stack configuration in {path}:\n{err}", file=sys.stderr)
+        return None
+
+
 def set_value(config: dict[str, Any], key: str, value: str) -> None:
     """Set `namespace:section.a.b` (or a top-level key such as `gcp:project`) to a string value."""
     top, _, path = key.partition(".")

@@ -322,7 +322,11 @@ def test_deploy_stops_before_pulumi_while_a_placeholder_is_left(tmp_path: Path) 
     step = _step("deploy.yml", "up", "set the stack's project and checkpoint")
     (tmp_path / "stacks").mkdir()
     shutil.copy(ROOT / "stacks" / "Pulumi.dev.yaml", tmp_path / "stacks")
-    env = {"STACK": "dev", "GCP_PROJECT_ID": "acme-inference-prod", "MODEL_CHECKPOINT": "gs://your-checkpoint-bucket/x"}
+    env = {
+        "STACK": "dev",
+        "GCP_PROJECT_ID": "acme-inference-prod",
+        "MODEL_CHECKPOINT": "gs://your-checkpoint-bucket/x",
+    }
     result = _run_step(step, tmp_path, env)
     assert result.returncode == 1
     assert "model.checkpoint" in result.stderr and "placeholder" in result.stderr

@@ -79,7 +79,9 @@ def test_preflight_refuses_a_channel_default_older_than_the_generation() -> None
 
 def test_preflight_refuses_a_version_the_zone_no_longer_offers() -> None:
     values = _real(variant("dev", cluster={"min_master_version": "1.31.2-gke.1115000"}))
-    with pytest.raises(pulumi.RunError, match=r"cluster\.min_master_version: 1\.31\.2-gke\.1115000 is not offered"):
+    with pytest.raises(
+        pulumi.RunError, match=r"cluster\.min_master_version: 1\.31\.2-gke\.1115000 is not offered"
+    ):
         run_main(values, "dev")
 
 
@@ -94,13 +96,21 @@ def test_preflight_refuses_a_minor_the_zone_does_not_offer() -> None:
 
 # Cluster inputs that describe the (deleted) default pool: the provider reads back what GKE
 # reports and plans a replacement when they differ (terraform-provider-google #12070, #17511).
-DRIFT_PRONE_CLUSTER_FIELDS = ("nodeConfig", "nodePools", "initialNodeCount", "nodeVersion", "nodePoolDefaults")
+DRIFT_PRONE_CLUSTER_FIELDS = (
+    "nodeConfig",
+    "nodePools",
+    "initialNodeCount",
+    "nodeVersion",
+    "nodePoolDefaults",
+)
 
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_cluster_inputs_carry_no_drift_prone_fields(stack: str) -> None:
     cluster = run_main(stack_values(stack), stack).one(CLUSTER)
-    drifting = [f for f in DRIFT_PRONE_CLUSTER_FIELDS if f in cluster.inputs and f not in cluster.ignore_changes]
+    drifting = [
+        f for f in DRIFT_PRONE_CLUSTER_FIELDS if f in cluster.inputs and f not in cluster.ignore_changes
+    ]
     assert drifting == [], f"set at create only, but not ignored afterwards: {drifting}"
     assert cluster.inputs["removeDefaultNodePool"] is True
 
@@ -119,7 +129,9 @@ def test_scale_from_zero_pools_ignore_their_initial_count() -> None:
 def test_placeholder_checkpoint_is_refused_before_any_resource_on_up() -> None:
     values = {**stack_values("llama31-405b-v6e16"), "gcp:project": "my-real-project"}
     rec = Recording()
-    with pytest.raises(pulumi.RunError, match=r"model\.checkpoint: .*your-checkpoint-bucket.* is a placeholder"):
+    with pytest.raises(
+        pulumi.RunError, match=r"model\.checkpoint: .*your-checkpoint-bucket.* is a placeholder"
+    ):
         run_main(values, "llama31-405b-v6e16", preview=False, recording=rec)
     assert rec.resources == []
 

@@ -29,7 +29,10 @@ def test_production_gets_its_own_vpc_private_nodes_and_nat() -> None:
     assert cluster["privateClusterConfig"] == {"enablePrivateNodes": True}
     assert subnet["privateIpGoogleAccess"] is True
     assert {r["rangeName"] for r in subnet["secondaryIpRanges"]} == {"pods", "services"}
-    assert cluster["ipAllocationPolicy"] == {"clusterSecondaryRangeName": "pods", "servicesSecondaryRangeName": "services"}
+    assert cluster["ipAllocationPolicy"] == {
+        "clusterSecondaryRangeName": "pods",
+        "servicesSecondaryRangeName": "services",
+    }
     assert cluster["subnetwork"].endswith("/subnetworks/pathways-405b-nodes")
     nat = rec.one("gcp:compute/routerNat:RouterNat")
     assert nat.urn in rec.one(CLUSTER).dependencies  # egress works before the first node boots
@@ -46,7 +49,10 @@ def test_an_existing_vpc_is_used_by_name() -> None:
     values = variant("dev", network={"create": False, "name": "shared-vpc", "subnetwork": "tpu-nodes"})
     rec = run_main(values, "dev")
     assert rec.by_type("gcp:compute/network:Network") == []
-    assert (rec.one(CLUSTER).inputs["network"], rec.one(CLUSTER).inputs["subnetwork"]) == ("shared-vpc", "tpu-nodes")
+    assert (rec.one(CLUSTER).inputs["network"], rec.one(CLUSTER).inputs["subnetwork"]) == (
+        "shared-vpc",
+        "tpu-nodes",
+    )
 
 
 def test_authorized_networks_and_a_regional_control_plane() -> None:
@@ -58,7 +64,9 @@ def test_authorized_networks_and_a_regional_control_plane() -> None:
     rec = run_main(values, "llama31-405b-v6e16")
     cluster = rec.one(CLUSTER).inputs
     assert cluster["location"] == "us-east5" and cluster["nodeLocations"] == ["us-east5-b"]
-    assert cluster["masterAuthorizedNetworksConfig"] == {"cidrBlocks": [{"cidrBlock": "203.0.113.0/24", "displayName": "vpn"}]}
+    assert cluster["masterAuthorizedNetworksConfig"] == {
+        "cidrBlocks": [{"cidrBlock": "203.0.113.0/24", "displayName": "vpn"}]
+    }
     for pool in rec.by_type(POOL):
         assert pool.inputs["location"] == "us-east5" and pool.inputs["nodeLocations"] == ["us-east5-b"]
 
@@ -126,19 +134,46 @@ def test_tpu_pools_never_surge_and_flex_start_pools_keep_gkes_strategy() -> None
     ("maintenance", "expected"),
     [
         (
-            {"window": {"start_time": "2025-01-04T02:00:00Z", "end_time": "2025-01-04T04:00:00Z", "recurrence": "FREQ=WEEKLY;BYDAY=SA"}},
+            {
+                "window": {
+                    "start_time": "2025-01-04T02:00:00Z",
+                    "end_time": "2025-01-04T04:00:00Z",
+                    "recurrence": "FREQ=WEEKLY;BYDAY=SA",
+                }
+            },
             "GKE needs at least 48 h in 32 days",
         ),
         (
-            {"window": {"start_time": "2025-01-04T02:00:00+01:00", "end_time": "2025-01-04T08:00:00Z", "recurrence": "FREQ=DAILY"}},
+            {
+                "window": {
+                    "start_time": "2025-01-04T02:00:00+01:00",
+                    "end_time": "2025-01-04T08:00:00Z",
+                    "recurrence": "FREQ=DAILY",
+                }
+            },
             "must be RFC 3339 in UTC",
         ),
         (
-            {"window": {"start_time": "2025-01-04T02:00:00Z", "end_time": "2025-01-04T08:00:00Z", "recurrence": "every weekend"}},
+            {
+                "window": {
+                    "start_time": "2025-01-04T02:00:00Z",
+                    "end_time": "2025-01-04T08:00:00Z",
+                    "recurrence": "every weekend",
+                }
+            },
             "must be an RRULE",
         ),
         (
-            {"exclusions": [{"name": "x", "start_time": "2025-01-01T00:00:00Z", "end_time": "2025-03-01T00:00:00Z", "scope": "NO_UPGRADES"}]},
+            {
+                "exclusions": [
+                    {
+                        "name": "x",
+                        "start_time": "2025-01-01T00:00:00Z",
+                        "end_time": "2025-03-01T00:00:00Z",
+                        "scope": "NO_UPGRADES",
+                    }
+                ]
+            },
             "a NO_UPGRADES exclusion lasts at most 30 days",
         ),
     ],
@@ -154,10 +189,16 @@ def test_maintenance_rules(maintenance: dict[str, Any], expected: str) -> None:
 
 def test_autoscaling_installs_the_metrics_adapter_with_its_iam() -> None:
     rec = run_main(_real(variant("dev", autoscaling={"enabled": True})), "dev")
-    manifest = next(r for r in rec.by_type("kubernetes:yaml/v2:ConfigFile") if r.name == "metrics-adapter-manifest")
+    manifest = next(
+        r for r in rec.by_type("kubernetes:yaml/v2:ConfigFile") if r.name == "metrics-adapter-manifest"
+    )
     assert manifest.inputs["file"] == catalog.METRICS_ADAPTER_MANIFEST_URL
     assert "/af49d863755c0535f598cfde9288ae9a75251d38/" in manifest.inputs["file"]  # pinned, not master
-    viewer = next(r for r in rec.by_type("gcp:projects/iAMMember:IAMMember") if r.name == "metrics-adapter-monitoring-viewer")
+    viewer = next(
+        r
+        for r in rec.by_type("gcp:projects/iAMMember:IAMMember")
+        if r.name == "metrics-adapter-monitoring-viewer"
+    )
     assert viewer.inputs["role"] == "roles/monitoring.viewer"
     assert viewer.inputs["member"] == adapter_principal("my-real-project", MOCK_PROJECT_NUMBER)
     assert rec.one(CLUSTER).urn in viewer.dependencies  # the identity pool exists first
@@ -194,7 +235,11 @@ def test_preview_with_a_real_project_still_checks_versions_and_zone() -> None:
 @pytest.mark.parametrize(
     ("token", "answer", "expected"),
     [
-        ("gcp:storage/getBucketObjects:getBucketObjects", {"bucketObjects": []}, "model.checkpoint: nothing exists under"),
+        (
+            "gcp:storage/getBucketObjects:getBucketObjects",
+            {"bucketObjects": []},
+            "model.checkpoint: nothing exists under",
+        ),
         (
             "gcp:storage/getBucketObjects:getBucketObjects",
             ({}, [("bucket", "googleapi: Error 404: The specified bucket does not exist")]),
@@ -205,7 +250,11 @@ def test_preview_with_a_real_project_still_checks_versions_and_zone() -> None:
             ({}, [("bucket", "googleapi: Error 403: storage.buckets.getIamPolicy denied")]),
             "its IAM policy cannot be read",
         ),
-        ("gcp:compute/getMachineTypes:getMachineTypes", {"machineTypes": []}, "cluster.zone: us-east5-b does not offer ct6e-standard-1t"),
+        (
+            "gcp:compute/getMachineTypes:getMachineTypes",
+            {"machineTypes": []},
+            "cluster.zone: us-east5-b does not offer ct6e-standard-1t",
+        ),
     ],
 )
 def test_preflight_reports_what_the_cloud_would_refuse(token: str, answer: Any, expected: str) -> None:
@@ -223,7 +272,12 @@ def test_a_failed_unmocked_invoke_is_not_mistaken_for_a_cloud_answer() -> None:
         tpu_zone_problems(load_stack("dev"))
 
     with pytest.raises(UnmockedCallError):
-        run_program({"gcp:project": "p"}, "dev", program, invokes={"gcp:compute/getMachineTypes:getMachineTypes": _raise})
+        run_program(
+            {"gcp:project": "p"},
+            "dev",
+            program,
+            invokes={"gcp:compute/getMachineTypes:getMachineTypes": _raise},
+        )
 
 
 def _raise(args: dict[str, Any]) -> Any:

@@ -55,7 +55,11 @@ def _variants(kubeconfig: str) -> dict[str, tuple[str, dict[str, Any]]]:
                 "dev",
                 serving=app,
                 images={"inference_app": IMG},
-                batch_job={"enabled": True, "input": "gs://my-data/in.jsonl", "output": "gs://my-data/out.jsonl"},
+                batch_job={
+                    "enabled": True,
+                    "input": "gs://my-data/in.jsonl",
+                    "output": "gs://my-data/out.jsonl",
+                },
             ),
         ),
         "flex-start": (
@@ -66,7 +70,10 @@ def _variants(kubeconfig: str) -> dict[str, tuple[str, dict[str, Any]]]:
             "llama2-70b-disagg",
             variant("llama2-70b-disagg", tpu={"capacity": "reservation", "reservation": "my-v6e-res"}),
         ),
-        "inference-app": ("llama2-70b-disagg", variant("llama2-70b-disagg", serving=app, images={"inference_app": IMG})),
+        "inference-app": (
+            "llama2-70b-disagg",
+            variant("llama2-70b-disagg", serving=app, images={"inference_app": IMG}),
+        ),
         "existing-cluster": (
             "dev",
             variant(
@@ -116,7 +123,9 @@ def _problems(rec: Recording) -> list[str]:
                 assert set(spec["selector"]) <= POD_MONITORING_KEYS["spec.selector"]
                 assert all(set(e) <= POD_MONITORING_KEYS["spec.endpoints[]"] for e in spec["endpoints"])
             continue
-        problems += [f"{r.type} {r.name}: {p}" for p in sdk_inputs.unknown_keys(r.inputs, sdk_inputs.Obj(cls))]
+        problems += [
+            f"{r.type} {r.name}: {p}" for p in sdk_inputs.unknown_keys(r.inputs, sdk_inputs.Obj(cls))
+        ]
     return problems
 
 
@@ -145,7 +154,10 @@ def test_a_misspelt_nested_key_is_caught() -> None:
         gcp.container.NodePool(
             "typo",
             cluster="c",
-            node_config={"machine_type": "ct6e-standard-4t", "workload_metadata_confg": {"mode": "GCE_METADATA"}},
+            node_config={
+                "machine_type": "ct6e-standard-4t",
+                "workload_metadata_confg": {"mode": "GCE_METADATA"},
+            },
             placement_policy={"type": "COMPACT", "tpu_topolgy": "4x4"},
         )
 
@@ -162,7 +174,9 @@ def test_a_misspelt_kubernetes_key_is_caught() -> None:
     import pulumi_kubernetes as k8s
 
     def program() -> None:
-        k8s.core.v1.Service("svc", metadata={"name": "s"}, spec={"ports": [{"port": 80, "target_prot": 8000}]})
+        k8s.core.v1.Service(
+            "svc", metadata={"name": "s"}, spec={"ports": [{"port": 80, "target_prot": 8000}]}
+        )
 
     rec = run_program({"gcp:project": "my-project"}, "dev", program)
     assert any("spec.ports[0].target_prot" in p for p in _problems(rec)), _problems(rec)
