@@ -32,6 +32,7 @@ from inference_app.engine.sharding import cache_sharding, make_mesh, param_shard
 from inference_app.engine.step_plan import PendingPrompt, plan_step, step_row_buckets
 from inference_app.kernels import build as kernel_build
 from inference_app.kernels import ops as cpu_kernels
+from inference_app.model.catalog import embedded_model_path
 from inference_app.model.config import ModelConfig
 from inference_app.model.loader import LoadedModel, load_model
 from inference_app.model.tokenizer import TextTokenizer
@@ -43,7 +44,6 @@ from inference_app.model.transformer import (
     quantize_kv,
     ragged_forward,
 )
-from inference_app.models import embedded_model_path
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,7 @@
 """`python -m inference_app generate`: one prompt in, its continuation out (greedy by default).
 
+The shortest path through the stack: catalog -> engine, driven directly (no orchestrator, no HTTP).
+
 The engine is sized to the request (one slot, the prompt's exact length as the only prefill
 bucket) so a single generation compiles as little as possible.
 """
@@ -13,7 +15,7 @@ import time
 from typing import Any
 
 from inference_app.engine.api import EngineSettings, SamplingParams
-from inference_app.models import CATALOG, DEFAULT_MODEL
+from inference_app.model.catalog import CATALOG, DEFAULT_MODEL
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
