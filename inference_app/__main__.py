@@ -13,7 +13,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("inference_app.generate", "Generate a continuation of one prompt (greedy by default)."),
     "serve": ("inference_app.server.cli", "Serve the model over HTTP (JetStream /generate + OpenAI API)."),
-    "batch": ("inference_app.batch", "Run a JSONL file of prompts, resumably, against a server or in-process."),
+    "batch": ("inference_app.batch.cli", "Run a JSONL file of prompts, resumably, against a server or in-process."),
     "bench": ("inference_app.bench", "Benchmark a serving endpoint (ours or any OpenAI-compatible one)."),
 }
 

@@ -70,7 +70,7 @@ def test_autoscaling_metric_is_served_where_the_pod_monitoring_scrapes() -> None
 
 
 def test_batch_command_parses_with_the_batch_cli() -> None:
-    from inference_app import batch
+    from inference_app.batch import cli as batch
 
     c = _config("dev")
     command = manifests.batch_command(c)

@@ -16,7 +16,7 @@ import pytest
 
 from components import catalog, manifests
 from components.config import StackConfig, parse_stack_config, read_stack_file
-from inference_app import batch as batch_cli
+from inference_app.batch import cli as batch_cli
 from inference_app.server import cli as serve_cli
 from policy.checks import image_reference_problem
 from tests.docker.dockerfile import Stage, parse

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
-from inference_app.batch_client import Backend, record
-from inference_app.batch_io import BatchItem
+from inference_app.batch.client import Backend, record
+from inference_app.batch.items import BatchItem
 from inference_app.engine.api import Engine, EngineSettings, SamplingParams
 from inference_app.orchestrator import (
     Event,

@@ -16,11 +16,12 @@ from typing import Any
 import fsspec
 import pytest
 
-from inference_app import batch
-from inference_app.batch_io import Journal, parse_item
+from inference_app.batch import cli as batch
+from inference_app.batch.items import parse_item
+from inference_app.batch.store import Journal
 from inference_app.bench_fakeserver import BackgroundServer, FakeState, create_app
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture()
@@ -202,7 +203,7 @@ def test_journal_appends_whole_lines(tmp_path: Path) -> None:
 
 
 def test_local_mode_runs_the_orchestrator_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from inference_app import batch_local
+    from inference_app.batch import local as batch_local
     from inference_app.engine.api import EngineSettings, SamplingParams
     from tests.inference_app.fakes import ByteTokenizer, FakeEngine, expected_ids
 

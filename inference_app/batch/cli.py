@@ -5,7 +5,10 @@ Input lines are `{"id": ..., "prompt": "..."}` or `{"id": ..., "messages": [...]
 line carries the id, the text, `finish_reason`, token counts, latency, attempts and `error`
 (null on success). Lines are written in completion order; ids already finished in the output are
 skipped, so re-running the same command after any crash continues where it stopped. See
-`inference_app/batch_io.py` for why no line is ever torn and how `gs://` output is kept safe.
+`store.py` for why no line is ever torn and how `gs://` output is kept safe.
+
+Flow: `items` (validate every line) -> this module's workers -> a `Backend` (`client`: HTTP with
+retries, or `local`: the orchestrator in-process) -> `store` (the journal).
 
 Requests go to `--endpoint` (any OpenAI-compatible server, ours included), or with `--local` to an
 engine and orchestrator inside this process (no HTTP, same batching).
@@ -26,8 +29,9 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from inference_app.batch_client import Backend, RetryPolicy, run_item, wait_ready
-from inference_app.batch_io import BatchItem, ResultStore, is_final, read_items
+from inference_app.batch.client import Backend, RetryPolicy, run_item, wait_ready
+from inference_app.batch.items import BatchItem, read_items
+from inference_app.batch.store import ResultStore, is_final
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -130,7 +134,7 @@ async def run(args: argparse.Namespace) -> int:
                file=sys.stderr, dynamic_ncols=True)
     try:
         if args.local:
-            from inference_app.batch_local import local_backend  # imports JAX only when needed
+            from inference_app.batch.local import local_backend  # imports JAX only when needed
 
             async with local_backend(args) as backend:
                 tally = await run_items(todo, store, backend, args.concurrency, bar, stop)
