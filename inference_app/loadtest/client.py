@@ -1,6 +1,7 @@
 """One streamed request against a serving endpoint, timed token by token.
 
-The benchmark needs the time of every streamed chunk to derive TTFT (first chunk), inter-token
+`runner.py` calls `timed_request` once per prompt; `metrics.py` aggregates the `RequestResult`s.
+The load test needs the time of every streamed chunk to derive TTFT (first chunk), inter-token
 latency (gaps between chunks) and TPOT. Two wire formats are understood, so the same tool
 measures our server and any OpenAI-compatible peer (llama.cpp, vLLM):
 
@@ -12,7 +13,7 @@ measures our server and any OpenAI-compatible peer (llama.cpp, vLLM):
   `data:` line or one JSON object per line) carries `{"response": "<new text>"}`; an optional
   final object may carry `usage` like the OpenAI API.
 
-Only the standard library, httpx and numpy are imported: the benchmark never loads JAX.
+Only the standard library and httpx are imported: the load test never loads JAX.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Summary statistics of a benchmark run: rates over the wall-clock span and latency percentiles.
+"""Summary statistics of a load-test run: rates over the wall-clock span and latency percentiles.
+
+Last step of `runner.py`: per-request `RequestResult`s (from `client.py`) -> one summary dict.
 
 Latencies are reported in milliseconds as mean, median and p99 (the shape vLLM's and
 JetStream's benchmarks use, so numbers compare). Failed requests count only toward `errors`.
@@ -11,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from inference_app.bench_client import RequestResult
+from inference_app.loadtest.client import RequestResult
 
 
 def stats_ms(values: Sequence[float]) -> dict[str, float | None]:
