@@ -140,25 +140,29 @@ def server_options(args: argparse.Namespace, settings: EngineSettings) -> Server
 
 
 def engine_factory(settings: EngineSettings, inject_fault: str | None) -> Callable[[], Engine]:
-    fault = None
+    wrap: Callable[[Engine], Engine] | None = None
     if inject_fault is not None:
-        from inference_app.orchestrator.faults import parse_fault_spec
-
+        try:  # test doubles are not part of the product image
+            from inference_app.testing.faults import FaultInjectingEngine, parse_fault_spec
+        except ImportError:
+            raise SystemExit(
+                "serve: --inject-fault is a test-only flag and needs inference_app.testing, which this "
+                "installation leaves out (the product image does); run it from a source checkout."
+            ) from None
         try:
-            fault = parse_fault_spec(inject_fault)
+            stage, marker = parse_fault_spec(inject_fault)
         except ValueError as exc:
             raise SystemExit(f"serve: {exc}") from None
+
+        def wrap(engine: Engine) -> Engine:
+            log.warning("TEST ONLY: injecting faults in %s for prompts containing %r", stage, marker)
+            return FaultInjectingEngine(engine, stage, marker)
 
     def build() -> Engine:
         from inference_app.engine import load_engine
 
         engine = cast(Engine, load_engine(settings))  # JaxEngine types its tokenizer concretely
-        if fault is not None:
-            from inference_app.orchestrator.faults import FaultInjectingEngine
-
-            log.warning("TEST ONLY: injecting faults in %s for prompts containing %r", *fault)
-            engine = FaultInjectingEngine(engine, *fault)
-        return engine
+        return engine if wrap is None else wrap(engine)
 
     return build
 

@@ -36,8 +36,8 @@ MARKER = "BOOM"
 def serve_main(argv: list[str] | None = None) -> int:
     """A real server around FakeEngine + fault injection for prompts containing MARKER."""
     from inference_app.engine.api import Engine, EngineSettings
-    from inference_app.orchestrator.faults import FaultInjectingEngine, parse_fault_spec
     from inference_app.server.cli import LOG_FORMAT, ServerOptions, run_server
+    from inference_app.testing.faults import FaultInjectingEngine, parse_fault_spec
     from tests.inference_app.fakes import FakeEngine
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)

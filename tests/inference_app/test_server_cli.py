@@ -87,6 +87,13 @@ def test_inject_fault_spec_is_checked_before_loading() -> None:
     assert callable(cli.engine_factory(EngineSettings(), "prefill:X"))  # valid: nothing loaded yet
 
 
+def test_inject_fault_without_the_testing_package_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The product image leaves `inference_app.testing` out; the flag then fails with a reason."""
+    monkeypatch.setitem(sys.modules, "inference_app.testing.faults", None)  # import raises ImportError
+    with pytest.raises(SystemExit, match=r"test-only flag and needs inference_app\.testing"):
+        cli.engine_factory(EngineSettings(), "prefill:X")
+
+
 # ----- Pathways ------------------------------------------------------------------------------
 
 PROXY_ENV = {"JAX_PLATFORMS": "proxy", "JAX_BACKEND_TARGET": "grpc://localhost:38681"}

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from inference_app.orchestrator.faults import FaultInjectingEngine
 from inference_app.server.app import create_app
 from inference_app.server.options import ServerOptions
+from inference_app.testing.faults import FaultInjectingEngine
 from tests.inference_app.fakes import EOS, ByteTokenizer, FakeEngine, expected_ids
 from tests.inference_app.serving_cases import bad_inputs, check_error
 

@@ -19,7 +19,7 @@ import pytest
 from inference_app.batch import cli as batch
 from inference_app.batch.items import parse_item
 from inference_app.batch.store import Journal
-from inference_app.bench_fakeserver import BackgroundServer, FakeState, create_app
+from inference_app.testing.fake_server import BackgroundServer, FakeState, create_app
 
 REPO = Path(__file__).resolve().parents[3]
 

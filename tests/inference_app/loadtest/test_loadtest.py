@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from inference_app.bench_fakeserver import BackgroundServer, FakeState, create_app
 from inference_app.loadtest import cli, runner
 from inference_app.loadtest.client import RequestResult
 from inference_app.loadtest.dataset import load_prompts, sample_prompts
 from inference_app.loadtest.metrics import summarize
+from inference_app.testing.fake_server import BackgroundServer, FakeState, create_app
 
 DELAY = 0.02  # seconds per streamed token from the fake server
 

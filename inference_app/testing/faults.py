@@ -1,5 +1,8 @@
 """Test-only fault injection: an Engine wrapper that raises for requests whose prompt has a marker.
 
+Sits between the orchestrator and a real (or fake) engine. Part of `inference_app.testing`, which
+the product image leaves out.
+
 Used by the fault tests (in-process through `create_app(config, engine=FaultInjectingEngine(...))`,
 and in a real server process through `serve --inject-fault STAGE:MARKER`). Stages:
 

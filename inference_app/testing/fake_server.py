@@ -1,4 +1,7 @@
-"""A model-free stand-in server for testing the batch and bench clients (and trying them out).
+"""A model-free stand-in server for testing the batch and loadtest clients (and trying them out).
+
+Part of `inference_app.testing` (test doubles; left out of the product image): it stands where
+the whole server -> orchestrator -> engine stack would, behind the same HTTP API.
 
 It speaks the same wire formats as our server — `/generate` (JSON or streamed) and OpenAI
 `/v1/completions`, `/v1/chat/completions`, `/v1/models` — and answers `max_tokens` words
@@ -9,7 +12,7 @@ checked exactly and quickly. Markers in the prompt inject failures, counted per 
 - `FAIL400`: always 400 with a message (a permanent client error).
 - `DROPxN`: the first N attempts have the connection closed without a response.
 
-Run standalone: `.venv/bin/python -m inference_app.bench_fakeserver --port 8123 --token-delay 0.01`.
+Run standalone: `.venv/bin/python -m inference_app.testing.fake_server --port 8123 --token-delay 0.01`.
 """
 
 from __future__ import annotations
