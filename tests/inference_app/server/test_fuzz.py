@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from schemathesis.core.result import Ok
 from schemathesis.generation import GenerationMode
 
+from tests.inference_app.server.test_faults import start
 from tests.inference_app.serving_cases import ServerProcess
-from tests.inference_app.test_faults import start
 
 POST_PATHS = ("/generate", "/v1/completions", "/v1/chat/completions")
 

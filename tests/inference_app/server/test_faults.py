@@ -7,7 +7,7 @@ Each fault has its expected outcome asserted:
 - clients that disconnect mid-stream -> their slots are freed (metrics) and serving goes on;
 - SIGTERM during load -> everything admitted finishes complete, later requests get 503, exit 0.
 
-Also the entry point for those server processes: `python -m tests.inference_app.test_faults`
+Also the entry point for those server processes: `python -m tests.inference_app.server.test_faults`
 (FakeEngine wrapped in serve's `FaultInjectingEngine`, through the real `run_server`).
 """
 
@@ -62,7 +62,7 @@ def serve_main(argv: list[str] | None = None) -> int:
 
 
 def start(*args: str) -> ServerProcess:
-    srv = ServerProcess(list(args), module="tests.inference_app.test_faults")
+    srv = ServerProcess(list(args), module="tests.inference_app.server.test_faults")
     srv.wait_healthy(timeout=60)
     return srv
 

@@ -25,8 +25,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.inference_app.server.test_faults import expected_text, start
 from tests.inference_app.serving_cases import ServerProcess
-from tests.inference_app.test_faults import expected_text, start
 
 KINDS = ("generate", "generate-stream", "completions", "completions-stream", "chat")
 
