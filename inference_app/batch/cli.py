@@ -32,6 +32,8 @@ from tqdm import tqdm
 from inference_app.batch.client import Backend, RetryPolicy, run_item, wait_ready
 from inference_app.batch.items import BatchItem, read_items
 from inference_app.batch.store import ResultStore, is_final
+from inference_app.engine.settings import EngineSettings, add_engine_arguments, settings_from_args
+from inference_app.model.catalog import DEFAULT_MODEL
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,10 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--local", action="store_true", help="run the engine in this process (no server)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     parser.add_argument("--max-tokens", type=int, default=256, help="default output budget per line (default 256)")
-    parser.add_argument("--model", help="model name to send (default: the server's first model); "
-                        "with --local, the catalog model (default smollm2-135m)")
-    parser.add_argument("--model-path", help="--local only: GGUF file or HF directory instead of --model")
-    parser.add_argument("--max-slots", type=int, default=8, help="--local only: decode slots (default 8)")
     parser.add_argument("--max-attempts", type=int, default=6, help="tries per line on 429/5xx/connection errors")
     parser.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds")
     parser.add_argument("--ready-timeout", type=float, default=900.0,
@@ -55,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--upload-every", type=float, default=30.0,
                         help="seconds between uploads of remote output (default 30)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs stay quiet)")
+    add_engine_arguments(
+        parser,
+        title="model and engine (--local; with --endpoint only --model applies)",
+        model_help=f"with --endpoint: the model name to send (default: the server's first model); with "
+        f"--local: the catalog model (default {DEFAULT_MODEL})",
+    )
 
 
 @dataclass
@@ -118,7 +122,7 @@ async def http_backend(args: argparse.Namespace, client: httpx.AsyncClient) -> B
     return call
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace, local: EngineSettings | None) -> int:
     items = read_items(args.input)
     store = ResultStore(args.output, args.journal, args.upload_every)
     done = {key for key, rec in store.records.items() if is_final(rec)}
@@ -133,10 +137,10 @@ async def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(items), initial=skipped, desc="batch", unit="req", disable=args.no_progress,
                file=sys.stderr, dynamic_ncols=True)
     try:
-        if args.local:
+        if local is not None:
             from inference_app.batch.local import local_backend  # imports JAX only when needed
 
-            async with local_backend(args) as backend:
+            async with local_backend(local, args.concurrency, args.max_tokens) as backend:
                 tally = await run_items(todo, store, backend, args.concurrency, bar, stop)
         else:
             timeout = httpx.Timeout(args.timeout, connect=30.0)
@@ -172,7 +176,8 @@ def main(args: argparse.Namespace) -> int:
         print("batch: --max-attempts must be >= 1", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(run(args))
+        local = settings_from_args(args) if args.local else None
+        return asyncio.run(run(args, local))
     except (ValueError, OSError) as exc:
         print(f"batch: {exc}", file=sys.stderr)
         return 2

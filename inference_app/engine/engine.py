@@ -27,7 +27,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from inference_app.engine import sampling
-from inference_app.engine.api import EngineSettings, Prefix, SamplingParams, StepOutput
+from inference_app.engine.api import Prefix, SamplingParams, StepOutput
+from inference_app.engine.settings import EngineSettings
 from inference_app.engine.sharding import cache_sharding, make_mesh, param_shardings, replicated
 from inference_app.engine.step_plan import PendingPrompt, plan_step, step_row_buckets
 from inference_app.kernels import build as kernel_build

@@ -19,7 +19,8 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
-from inference_app.engine.api import Engine, EngineSettings, Prefix, SamplingParams, StepOutput, Tokenizer
+from inference_app.engine.api import Engine, Prefix, SamplingParams, StepOutput, Tokenizer
+from inference_app.engine.settings import EngineSettings
 
 FaultStage = Literal["prefill", "insert", "generate"]
 FAULT_STAGES: tuple[str, ...] = get_args(FaultStage)

@@ -204,17 +204,26 @@ def test_journal_appends_whole_lines(tmp_path: Path) -> None:
 
 def test_local_mode_runs_the_orchestrator_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from inference_app.batch import local as batch_local
-    from inference_app.engine.api import EngineSettings, SamplingParams
+    from inference_app.engine.api import SamplingParams
+    from inference_app.engine.settings import EngineSettings
     from tests.inference_app.fakes import ByteTokenizer, FakeEngine, expected_ids
 
-    settings = EngineSettings(max_slots=2, max_prefill_length=64, max_target_length=160)
-    monkeypatch.setattr(batch_local, "build_engine", lambda args: FakeEngine(settings=settings))
+    built: list[EngineSettings] = []
+
+    def build(settings: EngineSettings) -> FakeEngine:
+        built.append(settings)
+        return FakeEngine(settings=settings)
+
+    monkeypatch.setattr(batch_local, "build_engine", build)
     rows: list[dict[str, Any]] = [{"id": i, "prompt": f"local {i}", "max_tokens": 20} for i in range(6)]
     rows += [{"id": "long", "prompt": "x" * 100}, {"id": "chat", "messages": [{"role": "user", "content": "hi"}]}]
     write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
     assert run_batch("--input", str(tmp_path / "in.jsonl"), "--output", str(out), "--local",
-                     "--concurrency", "4", "--max-tokens", "10") == 0
+                     "--concurrency", "4", "--max-tokens", "10", "--max-slots", "2", "--max-prefill-length", "64",
+                     "--max-target-length", "160", "--kv-dtype", "float32") == 0
+    # The engine flags are serve's (engine/settings.py), so --local can size the engine and set dtypes.
+    assert built == [EngineSettings(max_slots=2, max_prefill_length=64, max_target_length=160, kv_dtype="float32")]
     recs = {r["id"]: r for r in read_jsonl(out)}
     tok = ByteTokenizer()
     for i in range(6):
