@@ -195,3 +195,22 @@ def test_create_app_needs_exactly_one_engine_source() -> None:
         create_app(OPTIONS)
     with pytest.raises(ValueError, match="exactly one"):
         create_app(OPTIONS, engine=FakeEngine(), engine_factory=FakeEngine)
+
+
+@pytest.mark.parametrize("path", ["/generate", "/v1/completions", "/v1/chat/completions"])
+def test_a_failure_mid_stream_ends_with_the_one_error_body(path: str) -> None:
+    """After the headers went out, the error is the stream's last chunk, in the same shape (and with the
+    same `type` for its status) as an error answer."""
+    app = create_app(OPTIONS, engine=FakeEngine(step_delay=0.02))
+    body = {"max_tokens": 100, "ignore_eos": True, "stream": True}
+    body |= {"messages": [{"role": "user", "content": "x"}]} if "chat" in path else {"prompt": "x"}
+    with TestClient(app) as c:
+        wait_ready(c)
+        with c.stream("POST", path, json=body) as r:
+            lines = (line.removeprefix("data: ") for line in r.iter_lines() if line)
+            next(lines)
+            app.state.serving.abort_in_flight("The server is shutting down.")
+            rest = [line for line in lines if line != "[DONE]"]
+            request_id = r.headers["x-request-id"]
+    assert json.loads(rest[-1]) == {"error": {"message": "The server is shutting down.", "type": "service_unavailable",
+                                              "param": None, "code": 503, "request_id": request_id}}
