@@ -16,8 +16,14 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("inference_app.generate", "Generate a continuation of one prompt (greedy by default)."),
     "serve": ("inference_app.server.cli", "Serve the model over HTTP (JetStream /generate + OpenAI API)."),
-    "batch": ("inference_app.batch.cli", "Run a JSONL file of prompts, resumably, against a server or in-process."),
-    "loadtest": ("inference_app.loadtest.cli", "Load-test a serving endpoint (ours or any OpenAI-compatible one)."),
+    "batch": (
+        "inference_app.batch.cli",
+        "Run a JSONL file of prompts, resumably, against a server or in-process.",
+    ),
+    "loadtest": (
+        "inference_app.loadtest.cli",
+        "Load-test a serving endpoint (ours or any OpenAI-compatible one).",
+    ),
 }
 # Other names a command answers to: `bench` was the load generator's first name (scripts use it).
 ALIASES: dict[str, str] = {"bench": "loadtest"}

@@ -43,15 +43,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--endpoint", help="server base URL, e.g. http://127.0.0.1:8000")
     where.add_argument("--local", action="store_true", help="run the engine in this process (no server)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
-    parser.add_argument("--max-tokens", type=int, default=256, help="default output budget per line (default 256)")
-    parser.add_argument("--max-attempts", type=int, default=6, help="tries per line on 429/5xx/connection errors")
+    parser.add_argument(
+        "--max-tokens", type=int, default=256, help="default output budget per line (default 256)"
+    )
+    parser.add_argument(
+        "--max-attempts", type=int, default=6, help="tries per line on 429/5xx/connection errors"
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds")
-    parser.add_argument("--ready-timeout", type=float, default=900.0,
-                        help="how long to wait for the endpoint to come up (default 900 s)")
-    parser.add_argument("--journal", type=Path, help="local journal for remote (gs://) output "
-                        "(default: a file under the temp dir named after --output)")
-    parser.add_argument("--upload-every", type=float, default=30.0,
-                        help="seconds between uploads of remote output (default 30)")
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=900.0,
+        help="how long to wait for the endpoint to come up (default 900 s)",
+    )
+    parser.add_argument(
+        "--journal",
+        type=Path,
+        help="local journal for remote (gs://) output "
+        "(default: a file under the temp dir named after --output)",
+    )
+    parser.add_argument(
+        "--upload-every",
+        type=float,
+        default=30.0,
+        help="seconds between uploads of remote output (default 30)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs stay quiet)")
     add_engine_arguments(
         parser,
@@ -117,7 +133,9 @@ async def http_backend(args: argparse.Namespace, client: httpx.AsyncClient) -> B
     policy = RetryPolicy(max_attempts=args.max_attempts)
 
     async def call(item: BatchItem) -> dict[str, Any]:
-        return await run_item(client, args.endpoint, item, model=model, max_tokens=args.max_tokens, policy=policy)
+        return await run_item(
+            client, args.endpoint, item, model=model, max_tokens=args.max_tokens, policy=policy
+        )
 
     return call
 
@@ -129,13 +147,23 @@ async def run(args: argparse.Namespace, local: EngineSettings | None) -> int:
     todo = [item for item in items if item.key not in done]
     skipped = len(items) - len(todo)
     if store.journal.repaired_bytes:
-        print(f"batch: dropped a torn last line ({store.journal.repaired_bytes} bytes) from {store.journal.path}; "
-              "that request is redone", file=sys.stderr)
+        print(
+            f"batch: dropped a torn last line ({store.journal.repaired_bytes} bytes) from "
+            f"{store.journal.path}; that request is redone",
+            file=sys.stderr,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)  # finish in-flight lines, save, exit
-    bar = tqdm(total=len(items), initial=skipped, desc="batch", unit="req", disable=args.no_progress,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(items),
+        initial=skipped,
+        desc="batch",
+        unit="req",
+        disable=args.no_progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     try:
         if local is not None:
             from inference_app.batch.local import local_backend  # imports JAX only when needed
@@ -144,7 +172,9 @@ async def run(args: argparse.Namespace, local: EngineSettings | None) -> int:
                 tally = await run_items(todo, store, backend, args.concurrency, bar, stop)
         else:
             timeout = httpx.Timeout(args.timeout, connect=30.0)
-            limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+            limits = httpx.Limits(
+                max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+            )
             async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
                 backend = await http_backend(args, client)
                 tally = await run_items(todo, store, backend, args.concurrency, bar, stop)
@@ -152,7 +182,9 @@ async def run(args: argparse.Namespace, local: EngineSettings | None) -> int:
         bar.close()
         store.close()
     elapsed = time.perf_counter() - tally.start
-    unfinished = sum(1 for item in items if not is_final(store.records.get(item.key, {"error": {"retryable": True}})))
+    unfinished = sum(
+        1 for item in items if not is_final(store.records.get(item.key, {"error": {"retryable": True}}))
+    )
     print(
         f"batch: {len(items)} lines, {skipped} already done, {tally.ok} ok, "
         f"{sum(tally.errors.values())} errors{' ' + str(dict(tally.errors)) if tally.errors else ''}, "

@@ -109,12 +109,22 @@ async def run_item(client: httpx.AsyncClient, endpoint: str, item: BatchItem, *,
         try:
             resp = await client.post(url, json=body)
         except httpx.TransportError as exc:
-            failure: dict[str, Any] = {"status": None, "message": f"{type(exc).__name__}: {exc}", "retryable": True}
+            failure: dict[str, Any] = {
+                "status": None,
+                "message": f"{type(exc).__name__}: {exc}",
+                "retryable": True,
+            }
         else:
             if resp.status_code == 200:
                 text, finish, usage = parse_response(item, resp.json())
-                return record(item, text=text, finish_reason=finish, usage=usage,
-                              latency_s=time.perf_counter() - start, attempts=attempt)
+                return record(
+                    item,
+                    text=text,
+                    finish_reason=finish,
+                    usage=usage,
+                    latency_s=time.perf_counter() - start,
+                    attempts=attempt,
+                )
             retryable = resp.status_code in RETRY_STATUSES
             failure = {"status": resp.status_code, "message": error_message(resp), "retryable": retryable}
             if not retryable:

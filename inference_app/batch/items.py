@@ -78,11 +78,14 @@ def parse_item(where: str, line: str) -> BatchItem:
     if prompt is not None and (not isinstance(prompt, str) or not prompt):
         raise ValueError(f"{where}: 'prompt' must be a non-empty string")
     if messages is not None and not (
-        isinstance(messages, list) and messages
-        and all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in messages)
+        isinstance(messages, list)
+        and messages
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        )
     ):
-        raise ValueError(f"{where}: 'messages' must be a non-empty list of {{\"role\": str, \"content\": str}}")
+        raise ValueError(f'{where}: \'messages\' must be a non-empty list of {{"role": str, "content": str}}')
     return BatchItem(item_id, prompt, messages, _check_sampling(where, row), row.get("metadata"))
 
 

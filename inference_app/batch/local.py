@@ -92,12 +92,15 @@ def build_engine(settings: EngineSettings) -> Engine:
 
 
 @asynccontextmanager
-async def local_backend(settings: EngineSettings, concurrency: int, default_max_tokens: int) -> AsyncIterator[Backend]:
+async def local_backend(
+    settings: EngineSettings, concurrency: int, default_max_tokens: int
+) -> AsyncIterator[Backend]:
     """Load and warm up the engine, run the orchestrator for the duration of the batch."""
     engine = await asyncio.to_thread(build_engine, settings)
     orch = Orchestrator(engine, max_queue=max(64, concurrency))
     await asyncio.to_thread(orch.start)
     try:
+
         async def call(item: BatchItem) -> dict[str, Any]:
             return await run_local(orch, item, default_max_tokens)
 

@@ -117,7 +117,9 @@ def default_journal_path(output_url: str) -> Path:
 class ResultStore:
     """Where results go: the journal, mirrored to a remote object when the output is remote."""
 
-    def __init__(self, output_url: str, journal_path: Path | None = None, upload_every_s: float = 30.0) -> None:
+    def __init__(
+        self, output_url: str, journal_path: Path | None = None, upload_every_s: float = 30.0
+    ) -> None:
         self.output_url = output_url
         self.remote = not is_local(output_url)
         self.upload_every_s = upload_every_s

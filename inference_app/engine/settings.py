@@ -105,37 +105,79 @@ def add_engine_arguments(
     m = parser.add_argument_group(title)
     src = m.add_mutually_exclusive_group()
     src.add_argument("--model", default=None, help=model_help)
-    src.add_argument("--model-path", default=None, help="GGUF file, Hugging Face directory, or gs:// URL of either")
-    m.add_argument("--weight-dtype", choices=DTYPES, default=_DEFAULT.weight_dtype,
-                   help="auto: float32 on CPU, bfloat16 on TPU/GPU (default %(default)s)")
-    m.add_argument("--kv-dtype", choices=DTYPES, default=_DEFAULT.kv_dtype,
-                   help="KV cache dtype (default %(default)s)")
-    m.add_argument("--compilation-cache-dir", default=_DEFAULT.compilation_cache_dir,
-                   help="persistent XLA compilation cache ('' disables; default %(default)s)")
+    src.add_argument(
+        "--model-path", default=None, help="GGUF file, Hugging Face directory, or gs:// URL of either"
+    )
+    m.add_argument(
+        "--weight-dtype",
+        choices=DTYPES,
+        default=_DEFAULT.weight_dtype,
+        help="auto: float32 on CPU, bfloat16 on TPU/GPU (default %(default)s)",
+    )
+    m.add_argument(
+        "--kv-dtype", choices=DTYPES, default=_DEFAULT.kv_dtype, help="KV cache dtype (default %(default)s)"
+    )
+    m.add_argument(
+        "--compilation-cache-dir",
+        default=_DEFAULT.compilation_cache_dir,
+        help="persistent XLA compilation cache ('' disables; default %(default)s)",
+    )
     if not serving:
         return
-    m.add_argument("--mode", choices=MODES, default=_DEFAULT.mode,
-                   help="interleaved: one device group prefills and decodes; disaggregated: devices split "
-                   "in two halves, prefill on one and decode on the other (default %(default)s)")
-    m.add_argument("--max-slots", type=positive_int, default=_DEFAULT.max_slots,
-                   help="decode slots = requests generated concurrently (default %(default)s)")
-    m.add_argument("--max-prefill-length", type=positive_int, default=_DEFAULT.max_prefill_length,
-                   help="longest prompt in tokens; longer prompts get 400 (default %(default)s)")
-    m.add_argument("--max-target-length", type=positive_int, default=_DEFAULT.max_target_length,
-                   help="prompt + generated tokens per slot (default %(default)s)")
-    m.add_argument("--max-prefill-batch", type=positive_int, default=_DEFAULT.max_prefill_batch,
-                   help="separate prefill stage: prompts of one length bucket prefilled together (short "
-                   "prompts only; each batch shape is compiled during warm-up; default %(default)s)")
-    m.add_argument("--no-chunked-prefill", action="store_true",
-                   help="CPU: use the separate prefill stage instead of prefilling prompts in chunks "
-                   "inside the decode steps (chunked prefill needs the native CPU kernels)")
-    m.add_argument("--max-step-tokens", type=positive_int, default=_DEFAULT.max_step_tokens,
-                   help="chunked prefill: token rows per step, decode rows + prompt chunks (default %(default)s)")
+    m.add_argument(
+        "--mode",
+        choices=MODES,
+        default=_DEFAULT.mode,
+        help="interleaved: one device group prefills and decodes; disaggregated: devices split "
+        "in two halves, prefill on one and decode on the other (default %(default)s)",
+    )
+    m.add_argument(
+        "--max-slots",
+        type=positive_int,
+        default=_DEFAULT.max_slots,
+        help="decode slots = requests generated concurrently (default %(default)s)",
+    )
+    m.add_argument(
+        "--max-prefill-length",
+        type=positive_int,
+        default=_DEFAULT.max_prefill_length,
+        help="longest prompt in tokens; longer prompts get 400 (default %(default)s)",
+    )
+    m.add_argument(
+        "--max-target-length",
+        type=positive_int,
+        default=_DEFAULT.max_target_length,
+        help="prompt + generated tokens per slot (default %(default)s)",
+    )
+    m.add_argument(
+        "--max-prefill-batch",
+        type=positive_int,
+        default=_DEFAULT.max_prefill_batch,
+        help="separate prefill stage: prompts of one length bucket prefilled together (short "
+        "prompts only; each batch shape is compiled during warm-up; default %(default)s)",
+    )
+    m.add_argument(
+        "--no-chunked-prefill",
+        action="store_true",
+        help="CPU: use the separate prefill stage instead of prefilling prompts in chunks "
+        "inside the decode steps (chunked prefill needs the native CPU kernels)",
+    )
+    m.add_argument(
+        "--max-step-tokens",
+        type=positive_int,
+        default=_DEFAULT.max_step_tokens,
+        help="chunked prefill: token rows per step, decode rows + prompt chunks (default %(default)s)",
+    )
     m.add_argument("--ici-fsdp-parallelism", type=_parallelism, default=_DEFAULT.ici_fsdp_parallelism)
-    m.add_argument("--ici-autoregressive-parallelism", type=_parallelism,
-                   default=_DEFAULT.ici_autoregressive_parallelism)
-    m.add_argument("--ici-tensor-parallelism", type=_parallelism, default=_DEFAULT.ici_tensor_parallelism,
-                   help="mesh axes fsdp x autoregressive x tensor; -1 fills the remaining devices")
+    m.add_argument(
+        "--ici-autoregressive-parallelism", type=_parallelism, default=_DEFAULT.ici_autoregressive_parallelism
+    )
+    m.add_argument(
+        "--ici-tensor-parallelism",
+        type=_parallelism,
+        default=_DEFAULT.ici_tensor_parallelism,
+        help="mesh axes fsdp x autoregressive x tensor; -1 fills the remaining devices",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> EngineSettings:

@@ -25,18 +25,27 @@ from inference_app.loadtest.runner import LoadTestSettings, run_load_test
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoint", required=True, help="base URL, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--api", choices=["generate", "openai"], default="openai",
-                        help="openai: /v1/completions (any OpenAI-compatible server); generate: our /generate")
+    parser.add_argument(
+        "--api",
+        choices=["generate", "openai"],
+        default="openai",
+        help="openai: /v1/completions (any OpenAI-compatible server); generate: our /generate",
+    )
     parser.add_argument("--num-prompts", type=int, default=100)
     load = parser.add_mutually_exclusive_group(required=True)
     load.add_argument("--concurrency", type=int, help="closed loop: this many requests always in flight")
-    load.add_argument("--request-rate", type=float, help="open loop: Poisson arrivals at this many requests/s")
+    load.add_argument(
+        "--request-rate", type=float, help="open loop: Poisson arrivals at this many requests/s"
+    )
     parser.add_argument("--max-tokens", type=int, help="cap on each prompt's output budget")
     parser.add_argument("--model", help="model name for the OpenAI API (default: first of /v1/models)")
     parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--fixed-output", choices=["ignore_eos", "min_tokens"],
-                        help="make every request generate exactly its max_tokens via this request field "
-                        "(ours/vLLM: ignore_eos; llama.cpp server: min_tokens)")
+    parser.add_argument(
+        "--fixed-output",
+        choices=["ignore_eos", "min_tokens"],
+        help="make every request generate exactly its max_tokens via this request field "
+        "(ours/vLLM: ignore_eos; llama.cpp server: min_tokens)",
+    )
     parser.add_argument("--dataset", help="JSONL of {id, prompt, max_tokens} (default: the bundled set)")
     parser.add_argument("--seed", type=int, default=0, help="prompt order and arrival times")
     parser.add_argument("--warmup", type=int, default=1, help="untimed requests sent first")

@@ -53,12 +53,23 @@ class RequestResult:
 FixedOutput = Literal["ignore_eos", "min_tokens"]
 
 
-def request_body(api: Api, model: str | None, prompt: str, max_tokens: int, temperature: float,
-                 fixed_output: FixedOutput | None = None) -> dict[str, Any]:
+def request_body(
+    api: Api,
+    model: str | None,
+    prompt: str,
+    max_tokens: int,
+    temperature: float,
+    fixed_output: FixedOutput | None = None,
+) -> dict[str, Any]:
     """The streamed request. `fixed_output` names the field that makes a server generate exactly
     `max_tokens` (ours and vLLM: `ignore_eos`; llama.cpp's server: `min_tokens`), so two servers
     are compared on the same amount of work even though their greedy outputs differ."""
-    body: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens, "stream": True, "temperature": temperature}
+    body: dict[str, Any] = {
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "temperature": temperature,
+    }
     if api == "openai":
         body["model"] = model or "default"
     if fixed_output == "ignore_eos":

@@ -43,7 +43,9 @@ def load_prompts(path: str | None = None) -> list[DatasetPrompt]:
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ValueError(f"{source} line {n}: expected a JSON object with 'prompt' ({exc})") from exc
         if not isinstance(prompt, str) or not prompt or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ValueError(f"{source} line {n}: 'prompt' must be a non-empty string, 'max_tokens' an int >= 1")
+            raise ValueError(
+                f"{source} line {n}: 'prompt' must be a non-empty string, 'max_tokens' an int >= 1"
+            )
         prompts.append(DatasetPrompt(str(row.get("id", n)), prompt, max_tokens))
     if not prompts:
         raise ValueError(f"{source}: no prompts")

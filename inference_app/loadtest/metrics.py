@@ -27,7 +27,9 @@ def stats_ms(values: Sequence[float]) -> dict[str, float | None]:
     }
 
 
-def summarize(results: Sequence[RequestResult], duration_s: float, prompt_tokens: Sequence[int]) -> dict[str, Any]:
+def summarize(
+    results: Sequence[RequestResult], duration_s: float, prompt_tokens: Sequence[int]
+) -> dict[str, Any]:
     """Aggregate per-request results; `prompt_tokens[i]` is the fallback input count of request i."""
     ok = [r for r in results if r.ok]
     input_tokens = sum(

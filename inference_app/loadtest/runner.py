@@ -111,7 +111,11 @@ async def run_load_test(settings: LoadTestSettings) -> dict[str, Any]:
     summary = summarize(done, duration, fallback)
     return {
         "settings": {**asdict(settings), "model": model},
-        "host": {"platform": platform.platform(), "python": platform.python_version(), "load_avg": load_avg()},
+        "host": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_avg": load_avg(),
+        },
         "summary": summary,
         "requests": [
             {"id": p.id, **{k: v for k, v in asdict(r).items() if k != "text"}}

@@ -55,7 +55,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     # The error body's fields are all always sent, so its validation schema describes the wire.
     bodies: list[type[BaseModel]] = [*REQUEST_BODIES.values(), ErrorResponse]
-    _, defs = models_json_schema([(m, "validation") for m in bodies], ref_template="#/components/schemas/{model}")
+    _, defs = models_json_schema(
+        [(m, "validation") for m in bodies], ref_template="#/components/schemas/{model}"
+    )
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.update(defs.get("$defs", {}))
     for path, model in REQUEST_BODIES.items():

@@ -39,21 +39,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("HTTP")
     g.add_argument("--host", default=ServerOptions.host, help="bind address (default %(default)s)")
     g.add_argument("--port", type=int, default=ServerOptions.port, help="port (default %(default)s)")
-    g.add_argument("--max-queue", type=positive_int, default=ServerOptions.max_queue,
-                   help="admitted requests waiting for prefill before answering 429 (default %(default)s)")
-    g.add_argument("--drain-timeout", type=float, default=ServerOptions.drain_timeout_s,
-                   help="SIGTERM: seconds in-flight requests may take to finish (default %(default)s)")
-    g.add_argument("--no-warmup", action="store_true",
-                   help="skip compiling every prefill bucket before /healthcheck turns 200 (first requests compile)")
+    g.add_argument(
+        "--max-queue",
+        type=positive_int,
+        default=ServerOptions.max_queue,
+        help="admitted requests waiting for prefill before answering 429 (default %(default)s)",
+    )
+    g.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=ServerOptions.drain_timeout_s,
+        help="SIGTERM: seconds in-flight requests may take to finish (default %(default)s)",
+    )
+    g.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="skip compiling every prefill bucket before /healthcheck turns 200 (first requests compile)",
+    )
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     add_engine_arguments(p)
-    p.add_argument_group("platform").add_argument("--pathways", action="store_true",
-                   help="run JAX through the Pathways proxy (needs JAX_PLATFORMS=proxy, JAX_BACKEND_TARGET, pathwaysutils)")
+    p.add_argument_group("platform").add_argument(
+        "--pathways",
+        action="store_true",
+        help="run JAX through the Pathways proxy "
+        "(needs JAX_PLATFORMS=proxy, JAX_BACKEND_TARGET, pathwaysutils)",
+    )
 
     t = p.add_argument_group("testing")
-    t.add_argument("--inject-fault", metavar="STAGE:MARKER", default=None,
-                   help="TEST ONLY: raise in STAGE (prefill|insert|generate) for prompts containing MARKER")
+    t.add_argument(
+        "--inject-fault",
+        metavar="STAGE:MARKER",
+        default=None,
+        help="TEST ONLY: raise in STAGE (prefill|insert|generate) for prompts containing MARKER",
+    )
 
 
 def server_options(args: argparse.Namespace, settings: EngineSettings) -> ServerOptions:
@@ -131,7 +150,9 @@ class DrainingServer(uvicorn.Server):
             log.info("Drained: no request in flight; shutting down.")
         else:
             log.warning("Drain deadline of %.0fs passed; the remaining requests fail with 503.", timeout)
-            self.state.abort_in_flight(f"The server is shutting down (drain deadline of {timeout:g}s passed).")
+            self.state.abort_in_flight(
+                f"The server is shutting down (drain deadline of {timeout:g}s passed)."
+            )
         self.should_exit = True
 
 

@@ -49,7 +49,15 @@ def error_response(
     body = ErrorResponse.of(status, message, param, request_id_of(request))
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     level = logging.WARNING if status < 500 else logging.ERROR
-    log.log(level, "[%s] %s %s -> %d: %s", request_id_of(request), request.method, request.url.path, status, message)
+    log.log(
+        level,
+        "[%s] %s %s -> %d: %s",
+        request_id_of(request),
+        request.method,
+        request.url.path,
+        status,
+        message,
+    )
     return JSONResponse(body.body(), status_code=status, headers=headers)
 
 
@@ -142,11 +150,15 @@ async def parse_body(request: Request, model: type[M], max_bytes: int) -> M:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ApiError(400, f"The request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.") from None
+        raise ApiError(
+            400, f"The request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}."
+        ) from None
     try:
         json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise ApiError(400, "The request body contains invalid Unicode (an unpaired surrogate escape).") from None
+        raise ApiError(
+            400, "The request body contains invalid Unicode (an unpaired surrogate escape)."
+        ) from None
     if not isinstance(data, dict):
         raise ApiError(400, f"The request body must be a JSON object, got {type(data).__name__}.")
     try:

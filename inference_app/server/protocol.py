@@ -146,7 +146,11 @@ class ErrorResponse(ResponseModel):
     @classmethod
     def of(cls, status: int, message: str, param: str | None = None, request_id: str = "") -> ErrorResponse:
         info = ErrorInfo(
-            message=message, type=ERROR_TYPES.get(status, "error"), param=param, code=status, request_id=request_id
+            message=message,
+            type=ERROR_TYPES.get(status, "error"),
+            param=param,
+            code=status,
+            request_id=request_id,
         )
         return cls(error=info)
 

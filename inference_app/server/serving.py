@@ -66,7 +66,9 @@ class Generation:
             message = await self._http_request.receive()
             if message["type"] == "http.disconnect":
                 if self.job.cancel():
-                    log.info("[%s] client disconnected; request cancelled, slot freed", self.request.request_id)
+                    log.info(
+                        "[%s] client disconnected; request cancelled, slot freed", self.request.request_id
+                    )
                 return
 
     async def first(self) -> Event:
@@ -187,7 +189,9 @@ async def respond(gen: Generation, stream: bool, renderer: Renderer, framing: Fr
     if isinstance(first, Failed):
         gen.close()
         raise ApiError(first.status, first.message)
-    return StreamingResponse(_stream(gen, renderer, framing), media_type=framing.media_type, headers=framing.headers)
+    return StreamingResponse(
+        _stream(gen, renderer, framing), media_type=framing.media_type, headers=framing.headers
+    )
 
 
 async def _stream(gen: Generation, renderer: Renderer, framing: Framing) -> AsyncIterator[str]:
@@ -200,7 +204,9 @@ async def _stream(gen: Generation, renderer: Renderer, framing: Framing) -> Asyn
             elif isinstance(event, Finished):
                 yield framing.frame(renderer.finished(event))
             else:  # failed after the headers were sent: the error is the last chunk
-                yield framing.frame(ErrorResponse.of(event.status, event.message, request_id=gen.request.request_id))
+                yield framing.frame(
+                    ErrorResponse.of(event.status, event.message, request_id=gen.request.request_id)
+                )
         if framing.done is not None:
             yield framing.done
     finally:

@@ -46,8 +46,10 @@ async def serve_generate(state: ServingState, request: Request, body: GenerateRe
 
 
 def health(state: ServingState) -> JSONResponse:
-    """200 only when loaded, warmed up and admitting; 503 (with the phase) while loading, draining or failed."""
+    """200 only when loaded, warmed up and admitting; 503 with the phase while loading, draining or failed."""
     if state.ready:
         return JSONResponse(HealthResponse(response=Liveness(is_live=True)).body())
     liveness = Liveness(is_live=False, phase=state.phase, error=state.error or None)
-    return JSONResponse(HealthResponse(response=liveness).body(), status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse(
+        HealthResponse(response=liveness).body(), status_code=503, headers={"Retry-After": "5"}
+    )

@@ -38,7 +38,9 @@ from inference_app.server.state import ServingState
 def check_model(state: ServingState, body: OpenAIRequest) -> None:
     if body.model is not None and body.model != state.options.model_name:
         raise ApiError(
-            404, f"Model {body.model!r} is not served here; this server serves {state.options.model_name!r}.", "model"
+            404,
+            f"Model {body.model!r} is not served here; this server serves {state.options.model_name!r}.",
+            "model",
         )
 
 
@@ -72,14 +74,22 @@ class ChatRenderer:
         self.id, self.created, self.model = f"chatcmpl-{request_id}", int(time.time()), model
 
     def _chunk(self, delta: DeltaMessage, finished: Finished | None = None) -> ChatCompletionChunk:
-        choice = ChatCompletionStreamChoice(delta=delta, finish_reason=None if finished is None else finished.reason)
-        return ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice],
-                                   usage=None if finished is None else usage_of(finished))
+        choice = ChatCompletionStreamChoice(
+            delta=delta, finish_reason=None if finished is None else finished.reason
+        )
+        return ChatCompletionChunk(
+            id=self.id,
+            created=self.created,
+            model=self.model,
+            choices=[choice],
+            usage=None if finished is None else usage_of(finished),
+        )
 
     def whole(self, text: str, finished: Finished) -> ChatCompletionResponse:
         choice = ChatCompletionChoice(message=AssistantMessage(content=text), finish_reason=finished.reason)
-        return ChatCompletionResponse(id=self.id, created=self.created, model=self.model, choices=[choice],
-                                      usage=usage_of(finished))
+        return ChatCompletionResponse(
+            id=self.id, created=self.created, model=self.model, choices=[choice], usage=usage_of(finished)
+        )
 
     def opening(self) -> list[ResponseModel]:
         return [self._chunk(DeltaMessage(role="assistant", content=""))]
@@ -94,7 +104,9 @@ class ChatRenderer:
 async def serve_completion(state: ServingState, request: Request, body: CompletionRequest) -> Response:
     check_model(state, body)
     gen = start_generation(state, request, body, encode_prompt(state, body.prompt_text()), body.max_tokens)
-    return await respond(gen, body.stream, CompletionRenderer(gen.request.request_id, state.options.model_name), SSE)
+    return await respond(
+        gen, body.stream, CompletionRenderer(gen.request.request_id, state.options.model_name), SSE
+    )
 
 
 async def serve_chat(state: ServingState, request: Request, body: ChatCompletionRequest) -> Response:
@@ -111,7 +123,9 @@ async def serve_chat(state: ServingState, request: Request, body: ChatCompletion
     room = state.engine.max_target_length - len(prompt_ids)
     max_tokens = body.token_budget(default=max(1, min(state.options.chat_default_max_tokens, room)))
     gen = start_generation(state, request, body, prompt_ids, max_tokens)
-    return await respond(gen, body.stream, ChatRenderer(gen.request.request_id, state.options.model_name), SSE)
+    return await respond(
+        gen, body.stream, ChatRenderer(gen.request.request_id, state.options.model_name), SSE
+    )
 
 
 def list_models(state: ServingState) -> ModelList:

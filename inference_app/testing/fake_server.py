@@ -64,14 +64,19 @@ def create_app(token_delay_s: float = 0.0) -> FastAPI:
         attempt = state.attempts[prompt]
         for m in MARKER.finditer(prompt):
             if m.group(0) == "FAIL400":
-                return JSONResponse({"error": {"message": "prompt rejected (FAIL400 marker)"}}, status_code=400)
+                return JSONResponse(
+                    {"error": {"message": "prompt rejected (FAIL400 marker)"}}, status_code=400
+                )
             kind, n = m.group(1), int(m.group(2))
             if attempt <= n:
                 if kind == "DROP":
                     return StreamingResponse(_broken_body(), media_type="application/json")
                 status = 429 if kind == "FAIL429" else 503
-                return JSONResponse({"error": {"message": f"injected {status}"}}, status_code=status,
-                                    headers={"Retry-After": "0"})
+                return JSONResponse(
+                    {"error": {"message": f"injected {status}"}},
+                    status_code=status,
+                    headers={"Retry-After": "0"},
+                )
         return None
 
     def words(n: int) -> list[str]:

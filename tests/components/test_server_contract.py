@@ -63,7 +63,9 @@ def test_autoscaling_metric_is_served_where_the_pod_monitoring_scrapes() -> None
     from inference_app.server.app import create_app
     from inference_app.server.options import ServerOptions
 
-    app = create_app(ServerOptions(), engine_factory=lambda: pytest.fail("no engine is loaded without a lifespan"))
+    app = create_app(
+        ServerOptions(), engine_factory=lambda: pytest.fail("no engine is loaded without a lifespan")
+    )
     assert catalog.METRICS_PATH in app.openapi()["paths"]
     gauge = catalog.AUTOSCALING_METRICS["inference-app"].split("|")[1]
     exported = ServingMetrics().render().decode()

@@ -42,7 +42,8 @@ def final(stages: list[Stage]) -> Stage:
 def test_reader_joins_continuations_and_splits_stages(tmp_path: Path) -> None:
     f = tmp_path / "Dockerfile"
     f.write_text(
-        "# syntax=docker/dockerfile:1\nARG X=1\nFROM a:1 AS one\nRUN echo \\\n  hi\n\nFROM --platform=linux/amd64 b:2\nUSER 1\n"
+        "# syntax=docker/dockerfile:1\nARG X=1\nFROM a:1 AS one\nRUN echo \\\n  hi\n\n"
+        "FROM --platform=linux/amd64 b:2\nUSER 1\n"
     )
     one, two = parse(f)
     assert (one.image, one.name, two.image, two.name) == ("a:1", "one", "b:2", None)

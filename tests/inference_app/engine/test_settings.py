@@ -37,20 +37,56 @@ def test_every_command_defaults_to_the_engine_defaults(command: str) -> None:
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_sets_model_dtypes_and_cache_the_same_way(command: str) -> None:
-    s = settings_from_args(parse(command, "--model-path", "gs://b/m/", "--weight-dtype", "int8", "--kv-dtype",
-                                 "bfloat16", "--compilation-cache-dir", ""))
+    s = settings_from_args(
+        parse(
+            command,
+            "--model-path",
+            "gs://b/m/",
+            "--weight-dtype",
+            "int8",
+            "--kv-dtype",
+            "bfloat16",
+            "--compilation-cache-dir",
+            "",
+        )
+    )
     assert (s.model, s.model_path, s.weight_dtype, s.kv_dtype, s.compilation_cache_dir) == (
-        None, "gs://b/m/", "int8", "bfloat16", None)
+        None,
+        "gs://b/m/",
+        "int8",
+        "bfloat16",
+        None,
+    )
     with pytest.raises(argparse.ArgumentError):
         parse(command, "--weight-dtype", "fp8")
 
 
 @pytest.mark.parametrize("command", ["serve", "batch"])
 def test_serving_commands_size_the_engine(command: str) -> None:
-    s = settings_from_args(parse(command, "--max-slots", "3", "--max-prefill-length", "100", "--max-target-length",
-                                 "300", "--mode", "disaggregated", "--no-chunked-prefill", "--max-step-tokens", "64"))
-    assert s == EngineSettings(max_slots=3, max_prefill_length=100, max_target_length=300, mode="disaggregated",
-                               chunked_prefill=False, max_step_tokens=64)
+    s = settings_from_args(
+        parse(
+            command,
+            "--max-slots",
+            "3",
+            "--max-prefill-length",
+            "100",
+            "--max-target-length",
+            "300",
+            "--mode",
+            "disaggregated",
+            "--no-chunked-prefill",
+            "--max-step-tokens",
+            "64",
+        )
+    )
+    assert s == EngineSettings(
+        max_slots=3,
+        max_prefill_length=100,
+        max_target_length=300,
+        mode="disaggregated",
+        chunked_prefill=False,
+        max_step_tokens=64,
+    )
 
 
 def test_generate_sizes_its_engine_itself() -> None:
@@ -59,7 +95,9 @@ def test_generate_sizes_its_engine_itself() -> None:
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_an_unknown_catalog_model_names_the_flag_and_the_choices(command: str) -> None:
-    with pytest.raises(SettingsError, match=r"--model 'gpt-4' is not in the catalog \(smollm2-135m\).*--model-path"):
+    with pytest.raises(
+        SettingsError, match=r"--model 'gpt-4' is not in the catalog \(smollm2-135m\).*--model-path"
+    ):
         settings_from_args(parse(command, "--model", "gpt-4"))
 
 

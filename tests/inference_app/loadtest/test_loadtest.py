@@ -1,4 +1,4 @@
-"""The load generator (`loadtest`, alias `bench`): timing maths against a server with a known per-token delay."""
+"""The load generator (`loadtest`, alias `bench`): timing maths against a server with a known token delay."""
 
 from __future__ import annotations
 
@@ -35,11 +35,31 @@ def run_cli(*argv: str) -> int:
 
 
 @pytest.mark.parametrize("api", ["openai", "generate"])
-def test_closed_loop_measures_known_token_timing(fake: tuple[str, FakeState], api: str, tmp_path: Path) -> None:
+def test_closed_loop_measures_known_token_timing(
+    fake: tuple[str, FakeState], api: str, tmp_path: Path
+) -> None:
     url, state = fake
     out = tmp_path / "r.json"
-    assert run_cli("--endpoint", url, "--api", api, "--num-prompts", "9", "--concurrency", "3",
-                   "--max-tokens", "8", "--warmup", "0", "--output", str(out), "--save-requests") == 0
+    assert (
+        run_cli(
+            "--endpoint",
+            url,
+            "--api",
+            api,
+            "--num-prompts",
+            "9",
+            "--concurrency",
+            "3",
+            "--max-tokens",
+            "8",
+            "--warmup",
+            "0",
+            "--output",
+            str(out),
+            "--save-requests",
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     s = report["summary"]
     assert s["completed"] == 9 and s["failed"] == 0 and s["output_tokens"] == 72
@@ -55,7 +75,9 @@ def test_closed_loop_measures_known_token_timing(fake: tuple[str, FakeState], ap
 
 def test_open_loop_follows_the_request_rate(fake: tuple[str, FakeState]) -> None:
     url, _ = fake
-    settings = runner.LoadTestSettings(endpoint=url, num_prompts=20, request_rate=40.0, max_tokens=2, warmup=0)
+    settings = runner.LoadTestSettings(
+        endpoint=url, num_prompts=20, request_rate=40.0, max_tokens=2, warmup=0
+    )
     report = asyncio.run(runner.run_load_test(settings))
     offsets = runner.arrival_times(20, 40.0, 0)
     # The run cannot finish before the last arrival plus two tokens.
@@ -74,16 +96,22 @@ def test_poisson_arrivals_have_the_requested_mean_gap() -> None:
 def test_errors_are_counted_not_averaged(fake: tuple[str, FakeState], tmp_path: Path) -> None:
     url, _ = fake
     data = tmp_path / "d.jsonl"
-    data.write_text('{"id": "a", "prompt": "fine", "max_tokens": 3}\n{"id": "b", "prompt": "FAIL400", "max_tokens": 3}\n')
-    settings = runner.LoadTestSettings(endpoint=url, num_prompts=4, concurrency=2, dataset=str(data), warmup=0)
+    data.write_text(
+        '{"id": "a", "prompt": "fine", "max_tokens": 3}\n{"id": "b", "prompt": "FAIL400", "max_tokens": 3}\n'
+    )
+    settings = runner.LoadTestSettings(
+        endpoint=url, num_prompts=4, concurrency=2, dataset=str(data), warmup=0
+    )
     s = asyncio.run(runner.run_load_test(settings))["summary"]
     assert s["completed"] == 2 and s["failed"] == 2 and s["errors"] == {"HTTP 400": 2}
     assert s["output_tokens"] == 6
 
 
 def test_summary_percentiles() -> None:
-    results = [RequestResult(ok=True, latency=1.0 + i / 100, ttft=0.1 * (i + 1), itl=[0.01] * 9, output_tokens=10)
-               for i in range(100)]
+    results = [
+        RequestResult(ok=True, latency=1.0 + i / 100, ttft=0.1 * (i + 1), itl=[0.01] * 9, output_tokens=10)
+        for i in range(100)
+    ]
     s = summarize(results, duration_s=10.0, prompt_tokens=[5] * 100)
     assert s["ttft_ms"]["median"] == pytest.approx(5050.0)
     assert s["ttft_ms"]["p99"] == pytest.approx(9901.0)

@@ -31,7 +31,8 @@ def test_cluster_command_maps_onto_settings() -> None:
     args = parse(
         "--host", "0.0.0.0", "--port", "8000", "--model-path", "gs://bucket/llama3.1-8b/", "--mode",
         "disaggregated", "--max-slots", "10", "--max-prefill-length", "1024", "--max-target-length", "2048",
-        "--ici-fsdp-parallelism", "1", "--ici-autoregressive-parallelism", "2", "--ici-tensor-parallelism", "8",
+        "--ici-fsdp-parallelism", "1", "--ici-autoregressive-parallelism", "2",
+        "--ici-tensor-parallelism", "8",
         "--weight-dtype", "int8", "--kv-dtype", "int8", "--pathways", "--max-queue", "256",
         "--compilation-cache-dir", "/cache/jax",
     )  # fmt: skip
@@ -77,7 +78,9 @@ def test_bad_flags_are_refused(argv: list[str]) -> None:
 
 
 def test_prefill_limit_must_leave_room() -> None:
-    with pytest.raises(SettingsError, match=r"--max-prefill-length .* must be smaller than --max-target-length"):
+    with pytest.raises(
+        SettingsError, match=r"--max-prefill-length .* must be smaller than --max-target-length"
+    ):
         settings_from_args(parse("--max-prefill-length", "512", "--max-target-length", "512"))
     with pytest.raises(SystemExit, match=r"^serve: --max-prefill-length"):  # before anything loads
         cli.main(parse("--max-prefill-length", "512", "--max-target-length", "512"))

@@ -75,8 +75,11 @@ def expected_text(prompt: str, max_tokens: int) -> str:
 
 
 def generate(base: str, prompt: str, max_tokens: int, timeout: float = 60) -> httpx.Response:
-    return httpx.post(f"{base}/generate", json={"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True},
-                      timeout=timeout)
+    return httpx.post(
+        f"{base}/generate",
+        json={"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True},
+        timeout=timeout,
+    )
 
 
 def counter(srv: ServerProcess, outcome: str) -> float:
@@ -112,7 +115,9 @@ def test_exception_in_one_request_fails_only_that_request(server: ServerProcess)
     assert boom.status_code == 500
     assert "injected fault in prefill" in boom.json()["error"]["message"]
     assert httpx.get(f"{server.base}/healthcheck").status_code == 200
-    assert generate(server.base, "after the fault", 5).json()["response"] == expected_text("after the fault", 5)
+    assert generate(server.base, "after the fault", 5).json()["response"] == expected_text(
+        "after the fault", 5
+    )
     assert counter(server, "error") == errors_before + 1
 
 

@@ -43,7 +43,9 @@ def expected_text(prompt: str, max_tokens: int) -> str:
 
 
 def test_generate_returns_the_continuation_only(client: TestClient) -> None:
-    r = client.post("/generate", json={"prompt": "What are the top 5 programming languages", "max_tokens": 20})
+    r = client.post(
+        "/generate", json={"prompt": "What are the top 5 programming languages", "max_tokens": 20}
+    )
     assert r.status_code == 200 and r.headers["x-request-id"]
     assert r.json() == {"response": expected_text("What are the top 5 programming languages", 20)}
 
@@ -51,7 +53,9 @@ def test_generate_returns_the_continuation_only(client: TestClient) -> None:
 def test_client_request_id_is_echoed(client: TestClient) -> None:
     r = client.post("/generate", json={"prompt": "hi", "max_tokens": 2}, headers={"X-Request-Id": "abc-123"})
     assert r.headers["x-request-id"] == "abc-123"
-    r = client.post("/generate", json={"prompt": "hi", "max_tokens": 2}, headers={"X-Request-Id": "bad id\x01"})
+    r = client.post(
+        "/generate", json={"prompt": "hi", "max_tokens": 2}, headers={"X-Request-Id": "bad id\x01"}
+    )
     assert r.headers["x-request-id"] != "bad id\x01" and len(r.headers["x-request-id"]) == 16
 
 
@@ -101,7 +105,9 @@ def test_chat_completions_use_the_chat_template(client: TestClient) -> None:
     assert out["object"] == "chat.completion" and out["choices"][0]["message"]["role"] == "assistant"
     assert out["choices"][0]["message"]["content"] == expected_text(rendered, 9)
     assert out["usage"]["prompt_tokens"] == len(rendered.encode())
-    s = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 9, "temperature": 0, "stream": True})
+    s = client.post(
+        "/v1/chat/completions", json={"messages": messages, "max_tokens": 9, "temperature": 0, "stream": True}
+    )
     chunks = [json.loads(p) for p in _sse_events(s.text)[:-1]]
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
@@ -126,7 +132,9 @@ def test_bad_input_gets_the_documented_4xx(client: TestClient, case: object) -> 
     from tests.inference_app.serving_cases import BadInput
 
     assert isinstance(case, BadInput)
-    r = client.request(case.method, case.path, content=case.body, headers={"content-type": "application/json"})
+    r = client.request(
+        case.method, case.path, content=case.body, headers={"content-type": "application/json"}
+    )
     check_error(case, r)
 
 
@@ -134,7 +142,11 @@ def test_still_serving_after_bad_inputs_and_metrics_count_them(client: TestClien
     r = client.post("/generate", json={"prompt": "after the storm", "max_tokens": 5})
     assert r.status_code == 200 and r.json()["response"] == expected_text("after the storm", 5)
     metrics = client.get("/metrics").text
-    bad = next(line for line in metrics.splitlines() if line.startswith('inference_requests_total{outcome="bad_request"}'))
+    bad = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith('inference_requests_total{outcome="bad_request"}')
+    )
     assert float(bad.split()[-1]) >= 20
     for name in (
         "inference_queue_depth",
@@ -212,5 +224,12 @@ def test_a_failure_mid_stream_ends_with_the_one_error_body(path: str) -> None:
             app.state.serving.abort_in_flight("The server is shutting down.")
             rest = [line for line in lines if line != "[DONE]"]
             request_id = r.headers["x-request-id"]
-    assert json.loads(rest[-1]) == {"error": {"message": "The server is shutting down.", "type": "service_unavailable",
-                                              "param": None, "code": 503, "request_id": request_id}}
+    assert json.loads(rest[-1]) == {
+        "error": {
+            "message": "The server is shutting down.",
+            "type": "service_unavailable",
+            "param": None,
+            "code": 503,
+            "request_id": request_id,
+        }
+    }
