@@ -129,7 +129,9 @@ def test_slow_reader_gets_everything_and_does_not_hold_up_others(server: ServerP
     sock.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     received = bytearray()
-    time.sleep(0.3)  # the slow client has not read a byte yet
+    tokens_before = server.metric("inference_generated_tokens_total")
+    # The slow client reads nothing while its request streams into the socket buffers.
+    wait_for(lambda: server.metric("inference_generated_tokens_total") >= tokens_before + 100)
     t0 = time.monotonic()
     with ThreadPoolExecutor(6) as pool:
         others = list(pool.map(lambda i: generate(server.base, f"other {i}", 30, timeout=20), range(6)))
