@@ -1,5 +1,8 @@
 """`python -m inference_app serve`: the HTTP server (uvicorn) with a SIGTERM drain.
 
+The outermost layer of serving: flags -> `ServerOptions` + `EngineSettings` (`engine/settings.py`)
+-> `create_app` (`app.py`) with an engine factory that loads the model in the background -> uvicorn.
+
 SIGTERM: `/healthcheck` turns 503 and new requests get 503 at once, in-flight requests finish (up
 to `--drain-timeout` seconds; the rest fail with 503), then the process exits 0. A second SIGTERM
 or a SIGINT (Ctrl-C) stops at once.
