@@ -32,9 +32,10 @@ import numpy as np
 from jax.sharding import Mesh
 
 from inference_app.engine import steps
-from inference_app.engine.api import EngineSettings, Prefix, SamplingParams, StepOutput
+from inference_app.engine.api import Prefix, SamplingParams, StepOutput
 from inference_app.engine.buckets import fit, ladder, step_rows
 from inference_app.engine.policy import EnginePolicy, derive_policy, resolve_dtypes
+from inference_app.engine.settings import EngineSettings
 from inference_app.engine.sharding import cache_sharding, make_mesh, param_shardings, replicated
 from inference_app.engine.step_plan import (
     PendingPrompt,
@@ -47,11 +48,11 @@ from inference_app.engine.step_plan import (
 )
 from inference_app.engine.steps import SamplingRows, StepInputs
 from inference_app.kernels import build as kernel_build
+from inference_app.model.catalog import embedded_model_path
 from inference_app.model.config import ModelConfig
 from inference_app.model.loader import LoadedModel, load_model
 from inference_app.model.tokenizer import TextTokenizer
 from inference_app.model.transformer import LayerKV, Params
-from inference_app.models import embedded_model_path
 
 log = logging.getLogger(__name__)
 
