@@ -41,6 +41,7 @@ from inference_app.engine.step_plan import (
     PendingPrompt,
     RaggedLayout,
     SlotLayout,
+    SlotView,
     StepLayout,
     StepPlan,
     StepShape,
@@ -363,7 +364,7 @@ class JaxEngine:
 
     def next_step(self) -> tuple[StepPlan, StepShape]:
         """The layout and compiled shape of the step `generate` would run now."""
-        return self.layout.plan(self._active, self._positions, self._pending, self._temperature)
+        return self.layout.plan(SlotView(self._active, self._positions, self._pending, self._temperature))
 
     def generate(self) -> StepOutput:
         plan, shape = self.next_step()
