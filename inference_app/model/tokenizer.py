@@ -2,6 +2,9 @@
 
 Two sources: a Hugging Face `tokenizer.json` (+ `tokenizer_config.json` for the chat template and
 EOS), or a GGUF file's vocabulary and merges, rebuilt as the byte-level BPE that llama.cpp runs.
+Loaded with the weights (`loader.py`); the engine exposes it as `engine.tokenizer` (the
+`api.Tokenizer` protocol) to the server, which encodes prompts, and the orchestrator, which
+decodes tokens.
 """
 
 from __future__ import annotations
