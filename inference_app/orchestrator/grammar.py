@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # a type stub only
 
 # The JSON the model writes: separators as json.dumps writes them, no free-form whitespace (a small
 # model given free whitespace can fill max_tokens with newlines).
-_JSON_LAYOUT: JsonCompileOptions = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
+JSON_LAYOUT: JsonCompileOptions = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
 _LENIENT: JsonCompileOptions = {"lenient": True}  # ignore keywords the grammar cannot enforce
 
 
@@ -70,7 +70,7 @@ def _json_grammar(schema: dict[str, Any], lenient: bool) -> str:
     try:
         return str(
             llguidance.LLMatcher.grammar_from_json_schema(
-                json.dumps(schema), defaults=_JSON_LAYOUT, overrides=_LENIENT if lenient else None
+                json.dumps(schema), defaults=JSON_LAYOUT, overrides=_LENIENT if lenient else None
             )
         )
     except (TypeError, ValueError) as exc:
