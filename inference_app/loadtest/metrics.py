@@ -1,4 +1,6 @@
-"""Summary statistics of a benchmark run: rates over the wall-clock span and latency percentiles.
+"""Summary statistics of a load-test run: rates over the wall-clock span and latency percentiles.
+
+Last step of `runner.py`: per-request `RequestResult`s (from `client.py`) -> one summary dict.
 
 Latencies are reported in milliseconds as mean, median and p99 (the shape vLLM's and
 JetStream's benchmarks use, so numbers compare). Failed requests count only toward `errors`.
@@ -11,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from inference_app.bench_client import RequestResult
+from inference_app.loadtest.client import RequestResult
 
 
 def stats_ms(values: Sequence[float]) -> dict[str, float | None]:
@@ -25,7 +27,9 @@ def stats_ms(values: Sequence[float]) -> dict[str, float | None]:
     }
 
 
-def summarize(results: Sequence[RequestResult], duration_s: float, prompt_tokens: Sequence[int]) -> dict[str, Any]:
+def summarize(
+    results: Sequence[RequestResult], duration_s: float, prompt_tokens: Sequence[int]
+) -> dict[str, Any]:
     """Aggregate per-request results; `prompt_tokens[i]` is the fallback input count of request i."""
     ok = [r for r in results if r.ok]
     input_tokens = sum(

@@ -25,8 +25,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.inference_app.server.test_faults import expected_text, start
 from tests.inference_app.serving_cases import ServerProcess
-from tests.inference_app.test_faults import expected_text, start
 
 KINDS = ("generate", "generate-stream", "completions", "completions-stream", "chat")
 
@@ -54,9 +54,17 @@ def one_request(client: httpx.Client, kind: str, prompt: str, n: int) -> tuple[i
         body: dict[str, object] = {"prompt": prompt, "max_tokens": n, "ignore_eos": True, "temperature": 0.0}
         path = "/generate"
     elif kind.startswith("completions"):
-        body, path = {"prompt": prompt, "max_tokens": n, "ignore_eos": True, "temperature": 0.0}, "/v1/completions"
+        body, path = (
+            {"prompt": prompt, "max_tokens": n, "ignore_eos": True, "temperature": 0.0},
+            "/v1/completions",
+        )
     else:
-        body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": n, "ignore_eos": True, "temperature": 0.0}
+        body = {
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": n,
+            "ignore_eos": True,
+            "temperature": 0.0,
+        }
         path = "/v1/chat/completions"
     if not kind.endswith("stream"):
         r = client.post(path, json=body)
@@ -133,7 +141,9 @@ def soak(srv: ServerProcess, *, clients: int, duration_s: float, max_tokens: tup
                     if complete:
                         report.ok += 1
                     else:
-                        report.lost.append(f"{kind} {prompt!r}: {status} {text[:200]!r} tokens={tokens} {finish}")
+                        report.lost.append(
+                            f"{kind} {prompt!r}: {status} {text[:200]!r} tokens={tokens} {finish}"
+                        )
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
     for t in threads:

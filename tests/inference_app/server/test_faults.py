@@ -7,7 +7,7 @@ Each fault has its expected outcome asserted:
 - clients that disconnect mid-stream -> their slots are freed (metrics) and serving goes on;
 - SIGTERM during load -> everything admitted finishes complete, later requests get 503, exit 0.
 
-Also the entry point for those server processes: `python -m tests.inference_app.test_faults`
+Also the entry point for those server processes: `python -m tests.inference_app.server.test_faults`
 (FakeEngine wrapped in serve's `FaultInjectingEngine`, through the real `run_server`).
 """
 
@@ -36,8 +36,8 @@ MARKER = "BOOM"
 def serve_main(argv: list[str] | None = None) -> int:
     """A real server around FakeEngine + fault injection for prompts containing MARKER."""
     from inference_app.engine.api import Engine, EngineSettings
-    from inference_app.orchestrator.faults import FaultInjectingEngine, parse_fault_spec
     from inference_app.server.cli import LOG_FORMAT, ServerOptions, run_server
+    from inference_app.testing.faults import FaultInjectingEngine, parse_fault_spec
     from tests.inference_app.fakes import FakeEngine
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
@@ -62,7 +62,7 @@ def serve_main(argv: list[str] | None = None) -> int:
 
 
 def start(*args: str) -> ServerProcess:
-    srv = ServerProcess(list(args), module="tests.inference_app.test_faults")
+    srv = ServerProcess(list(args), module="tests.inference_app.server.test_faults")
     srv.wait_healthy(timeout=60)
     return srv
 
@@ -75,8 +75,11 @@ def expected_text(prompt: str, max_tokens: int) -> str:
 
 
 def generate(base: str, prompt: str, max_tokens: int, timeout: float = 60) -> httpx.Response:
-    return httpx.post(f"{base}/generate", json={"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True},
-                      timeout=timeout)
+    return httpx.post(
+        f"{base}/generate",
+        json={"prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True},
+        timeout=timeout,
+    )
 
 
 def counter(srv: ServerProcess, outcome: str) -> float:
@@ -112,7 +115,9 @@ def test_exception_in_one_request_fails_only_that_request(server: ServerProcess)
     assert boom.status_code == 500
     assert "injected fault in prefill" in boom.json()["error"]["message"]
     assert httpx.get(f"{server.base}/healthcheck").status_code == 200
-    assert generate(server.base, "after the fault", 5).json()["response"] == expected_text("after the fault", 5)
+    assert generate(server.base, "after the fault", 5).json()["response"] == expected_text(
+        "after the fault", 5
+    )
     assert counter(server, "error") == errors_before + 1
 
 
@@ -124,7 +129,9 @@ def test_slow_reader_gets_everything_and_does_not_hold_up_others(server: ServerP
     sock.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     received = bytearray()
-    time.sleep(0.3)  # the slow client has not read a byte yet
+    tokens_before = server.metric("inference_generated_tokens_total")
+    # The slow client reads nothing while its request streams into the socket buffers.
+    wait_for(lambda: server.metric("inference_generated_tokens_total") >= tokens_before + 100)
     t0 = time.monotonic()
     with ThreadPoolExecutor(6) as pool:
         others = list(pool.map(lambda i: generate(server.base, f"other {i}", 30, timeout=20), range(6)))

@@ -5,7 +5,10 @@ Input lines are `{"id": ..., "prompt": "..."}` or `{"id": ..., "messages": [...]
 line carries the id, the text, `finish_reason`, token counts, latency, attempts and `error`
 (null on success). Lines are written in completion order; ids already finished in the output are
 skipped, so re-running the same command after any crash continues where it stopped. See
-`inference_app/batch_io.py` for why no line is ever torn and how `gs://` output is kept safe.
+`store.py` for why no line is ever torn and how `gs://` output is kept safe.
+
+Flow: `items` (validate every line) -> this module's workers -> a `Backend` (`client`: HTTP with
+retries, or `local`: the orchestrator in-process) -> `store` (the journal).
 
 Requests go to `--endpoint` (any OpenAI-compatible server, ours included), or with `--local` to an
 engine and orchestrator inside this process (no HTTP, same batching).
@@ -26,8 +29,11 @@ from typing import Any
 import httpx
 from tqdm import tqdm
 
-from inference_app.batch_client import Backend, RetryPolicy, run_item, wait_ready
-from inference_app.batch_io import BatchItem, ResultStore, is_final, read_items
+from inference_app.batch.client import Backend, RetryPolicy, run_item, wait_ready
+from inference_app.batch.items import BatchItem, read_items
+from inference_app.batch.store import ResultStore, is_final
+from inference_app.engine.settings import EngineSettings, add_engine_arguments, settings_from_args
+from inference_app.model.catalog import DEFAULT_MODEL
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,20 +43,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--endpoint", help="server base URL, e.g. http://127.0.0.1:8000")
     where.add_argument("--local", action="store_true", help="run the engine in this process (no server)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
-    parser.add_argument("--max-tokens", type=int, default=256, help="default output budget per line (default 256)")
-    parser.add_argument("--model", help="model name to send (default: the server's first model); "
-                        "with --local, the catalog model (default smollm2-135m)")
-    parser.add_argument("--model-path", help="--local only: GGUF file or HF directory instead of --model")
-    parser.add_argument("--max-slots", type=int, default=8, help="--local only: decode slots (default 8)")
-    parser.add_argument("--max-attempts", type=int, default=6, help="tries per line on 429/5xx/connection errors")
+    parser.add_argument(
+        "--max-tokens", type=int, default=256, help="default output budget per line (default 256)"
+    )
+    parser.add_argument(
+        "--max-attempts", type=int, default=6, help="tries per line on 429/5xx/connection errors"
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="per-request timeout in seconds")
-    parser.add_argument("--ready-timeout", type=float, default=900.0,
-                        help="how long to wait for the endpoint to come up (default 900 s)")
-    parser.add_argument("--journal", type=Path, help="local journal for remote (gs://) output "
-                        "(default: a file under the temp dir named after --output)")
-    parser.add_argument("--upload-every", type=float, default=30.0,
-                        help="seconds between uploads of remote output (default 30)")
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=900.0,
+        help="how long to wait for the endpoint to come up (default 900 s)",
+    )
+    parser.add_argument(
+        "--journal",
+        type=Path,
+        help="local journal for remote (gs://) output "
+        "(default: a file under the temp dir named after --output)",
+    )
+    parser.add_argument(
+        "--upload-every",
+        type=float,
+        default=30.0,
+        help="seconds between uploads of remote output (default 30)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs stay quiet)")
+    add_engine_arguments(
+        parser,
+        title="model and engine (--local; with --endpoint only --model applies)",
+        model_help=f"with --endpoint: the model name to send (default: the server's first model); with "
+        f"--local: the catalog model (default {DEFAULT_MODEL})",
+    )
 
 
 @dataclass
@@ -109,34 +133,48 @@ async def http_backend(args: argparse.Namespace, client: httpx.AsyncClient) -> B
     policy = RetryPolicy(max_attempts=args.max_attempts)
 
     async def call(item: BatchItem) -> dict[str, Any]:
-        return await run_item(client, args.endpoint, item, model=model, max_tokens=args.max_tokens, policy=policy)
+        return await run_item(
+            client, args.endpoint, item, model=model, max_tokens=args.max_tokens, policy=policy
+        )
 
     return call
 
 
-async def run(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace, local: EngineSettings | None) -> int:
     items = read_items(args.input)
     store = ResultStore(args.output, args.journal, args.upload_every)
     done = {key for key, rec in store.records.items() if is_final(rec)}
     todo = [item for item in items if item.key not in done]
     skipped = len(items) - len(todo)
     if store.journal.repaired_bytes:
-        print(f"batch: dropped a torn last line ({store.journal.repaired_bytes} bytes) from {store.journal.path}; "
-              "that request is redone", file=sys.stderr)
+        print(
+            f"batch: dropped a torn last line ({store.journal.repaired_bytes} bytes) from "
+            f"{store.journal.path}; that request is redone",
+            file=sys.stderr,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)  # finish in-flight lines, save, exit
-    bar = tqdm(total=len(items), initial=skipped, desc="batch", unit="req", disable=args.no_progress,
-               file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(items),
+        initial=skipped,
+        desc="batch",
+        unit="req",
+        disable=args.no_progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
     try:
-        if args.local:
-            from inference_app.batch_local import local_backend  # imports JAX only when needed
+        if local is not None:
+            from inference_app.batch.local import local_backend  # imports JAX only when needed
 
-            async with local_backend(args) as backend:
+            async with local_backend(local, args.concurrency, args.max_tokens) as backend:
                 tally = await run_items(todo, store, backend, args.concurrency, bar, stop)
         else:
             timeout = httpx.Timeout(args.timeout, connect=30.0)
-            limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+            limits = httpx.Limits(
+                max_connections=args.concurrency, max_keepalive_connections=args.concurrency
+            )
             async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
                 backend = await http_backend(args, client)
                 tally = await run_items(todo, store, backend, args.concurrency, bar, stop)
@@ -144,7 +182,9 @@ async def run(args: argparse.Namespace) -> int:
         bar.close()
         store.close()
     elapsed = time.perf_counter() - tally.start
-    unfinished = sum(1 for item in items if not is_final(store.records.get(item.key, {"error": {"retryable": True}})))
+    unfinished = sum(
+        1 for item in items if not is_final(store.records.get(item.key, {"error": {"retryable": True}}))
+    )
     print(
         f"batch: {len(items)} lines, {skipped} already done, {tally.ok} ok, "
         f"{sum(tally.errors.values())} errors{' ' + str(dict(tally.errors)) if tally.errors else ''}, "
@@ -168,7 +208,8 @@ def main(args: argparse.Namespace) -> int:
         print("batch: --max-attempts must be >= 1", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(run(args))
+        local = settings_from_args(args) if args.local else None
+        return asyncio.run(run(args, local))
     except (ValueError, OSError) as exc:
         print(f"batch: {exc}", file=sys.stderr)
         return 2

@@ -1,4 +1,7 @@
-"""A model-free stand-in server for testing the batch and bench clients (and trying them out).
+"""A model-free stand-in server for testing the batch and loadtest clients (and trying them out).
+
+Part of `inference_app.testing` (test doubles; left out of the product image): it stands where
+the whole server -> orchestrator -> engine stack would, behind the same HTTP API.
 
 It speaks the same wire formats as our server — `/generate` (JSON or streamed) and OpenAI
 `/v1/completions`, `/v1/chat/completions`, `/v1/models` — and answers `max_tokens` words
@@ -9,7 +12,7 @@ checked exactly and quickly. Markers in the prompt inject failures, counted per 
 - `FAIL400`: always 400 with a message (a permanent client error).
 - `DROPxN`: the first N attempts have the connection closed without a response.
 
-Run standalone: `.venv/bin/python -m inference_app.bench_fakeserver --port 8123 --token-delay 0.01`.
+Run standalone: `.venv/bin/python -m inference_app.testing.fake_server --port 8123 --token-delay 0.01`.
 """
 
 from __future__ import annotations
@@ -61,14 +64,19 @@ def create_app(token_delay_s: float = 0.0) -> FastAPI:
         attempt = state.attempts[prompt]
         for m in MARKER.finditer(prompt):
             if m.group(0) == "FAIL400":
-                return JSONResponse({"error": {"message": "prompt rejected (FAIL400 marker)"}}, status_code=400)
+                return JSONResponse(
+                    {"error": {"message": "prompt rejected (FAIL400 marker)"}}, status_code=400
+                )
             kind, n = m.group(1), int(m.group(2))
             if attempt <= n:
                 if kind == "DROP":
                     return StreamingResponse(_broken_body(), media_type="application/json")
                 status = 429 if kind == "FAIL429" else 503
-                return JSONResponse({"error": {"message": f"injected {status}"}}, status_code=status,
-                                    headers={"Retry-After": "0"})
+                return JSONResponse(
+                    {"error": {"message": f"injected {status}"}},
+                    status_code=status,
+                    headers={"Retry-After": "0"},
+                )
         return None
 
     def words(n: int) -> list[str]:

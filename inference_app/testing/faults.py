@@ -1,5 +1,8 @@
 """Test-only fault injection: an Engine wrapper that raises for requests whose prompt has a marker.
 
+Sits between the orchestrator and a real (or fake) engine. Part of `inference_app.testing`, which
+the product image leaves out.
+
 Used by the fault tests (in-process through `create_app(config, engine=FaultInjectingEngine(...))`,
 and in a real server process through `serve --inject-fault STAGE:MARKER`). Stages:
 
@@ -16,7 +19,8 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
-from inference_app.engine.api import Engine, EngineSettings, Prefix, SamplingParams, StepOutput, Tokenizer
+from inference_app.engine.api import Engine, Prefix, SamplingParams, StepOutput, Tokenizer
+from inference_app.engine.settings import EngineSettings
 
 FaultStage = Literal["prefill", "insert", "generate"]
 FAULT_STAGES: tuple[str, ...] = get_args(FaultStage)

@@ -1,6 +1,7 @@
 """One streamed request against a serving endpoint, timed token by token.
 
-The benchmark needs the time of every streamed chunk to derive TTFT (first chunk), inter-token
+`runner.py` calls `timed_request` once per prompt; `metrics.py` aggregates the `RequestResult`s.
+The load test needs the time of every streamed chunk to derive TTFT (first chunk), inter-token
 latency (gaps between chunks) and TPOT. Two wire formats are understood, so the same tool
 measures our server and any OpenAI-compatible peer (llama.cpp, vLLM):
 
@@ -12,7 +13,7 @@ measures our server and any OpenAI-compatible peer (llama.cpp, vLLM):
   `data:` line or one JSON object per line) carries `{"response": "<new text>"}`; an optional
   final object may carry `usage` like the OpenAI API.
 
-Only the standard library, httpx and numpy are imported: the benchmark never loads JAX.
+Only the standard library and httpx are imported: the load test never loads JAX.
 """
 
 from __future__ import annotations
@@ -52,12 +53,23 @@ class RequestResult:
 FixedOutput = Literal["ignore_eos", "min_tokens"]
 
 
-def request_body(api: Api, model: str | None, prompt: str, max_tokens: int, temperature: float,
-                 fixed_output: FixedOutput | None = None) -> dict[str, Any]:
+def request_body(
+    api: Api,
+    model: str | None,
+    prompt: str,
+    max_tokens: int,
+    temperature: float,
+    fixed_output: FixedOutput | None = None,
+) -> dict[str, Any]:
     """The streamed request. `fixed_output` names the field that makes a server generate exactly
     `max_tokens` (ours and vLLM: `ignore_eos`; llama.cpp's server: `min_tokens`), so two servers
     are compared on the same amount of work even though their greedy outputs differ."""
-    body: dict[str, Any] = {"prompt": prompt, "max_tokens": max_tokens, "stream": True, "temperature": temperature}
+    body: dict[str, Any] = {
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "temperature": temperature,
+    }
     if api == "openai":
         body["model"] = model or "default"
     if fixed_output == "ignore_eos":

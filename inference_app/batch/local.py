@@ -8,16 +8,16 @@ a prompt the orchestrator rejects (too long, `max_tokens` beyond the cache room)
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
-from inference_app.batch_client import Backend, record
-from inference_app.batch_io import BatchItem
-from inference_app.engine.api import Engine, EngineSettings, SamplingParams
+from inference_app.batch.client import Backend, record
+from inference_app.batch.items import BatchItem
+from inference_app.engine.api import Engine, SamplingParams
+from inference_app.engine.settings import EngineSettings
 from inference_app.orchestrator import (
     Event,
     Failed,
@@ -28,12 +28,6 @@ from inference_app.orchestrator import (
     RequestRejected,
     TextDelta,
 )
-
-
-def engine_settings(args: argparse.Namespace) -> EngineSettings:
-    if args.model_path is not None:
-        return EngineSettings(model=None, model_path=args.model_path, max_slots=args.max_slots)
-    return EngineSettings(model=args.model or "smollm2-135m", max_slots=args.max_slots)
 
 
 def generation_request(orch: Orchestrator, item: BatchItem, default_max_tokens: int) -> GenerationRequest:
@@ -90,22 +84,25 @@ async def run_local(orch: Orchestrator, item: BatchItem, default_max_tokens: int
                   attempts=attempts)
 
 
-def build_engine(args: argparse.Namespace) -> Engine:
+def build_engine(settings: EngineSettings) -> Engine:
     """Load the model (tests substitute a fake engine here)."""
     from inference_app.engine import load_engine  # JAX is imported here, never for --endpoint
 
-    return cast(Engine, load_engine(engine_settings(args)))
+    return cast(Engine, load_engine(settings))
 
 
 @asynccontextmanager
-async def local_backend(args: argparse.Namespace) -> AsyncIterator[Backend]:
+async def local_backend(
+    settings: EngineSettings, concurrency: int, default_max_tokens: int
+) -> AsyncIterator[Backend]:
     """Load and warm up the engine, run the orchestrator for the duration of the batch."""
-    engine = await asyncio.to_thread(build_engine, args)
-    orch = Orchestrator(engine, max_queue=max(64, args.concurrency))
+    engine = await asyncio.to_thread(build_engine, settings)
+    orch = Orchestrator(engine, max_queue=max(64, concurrency))
     await asyncio.to_thread(orch.start)
     try:
+
         async def call(item: BatchItem) -> dict[str, Any]:
-            return await run_local(orch, item, args.max_tokens)
+            return await run_local(orch, item, default_max_tokens)
 
         yield call
     finally:

@@ -9,7 +9,7 @@ import types
 import pytest
 
 from inference_app import pathways
-from inference_app.engine.api import EngineSettings
+from inference_app.engine.settings import EngineSettings, SettingsError, settings_from_args
 from inference_app.server import cli
 
 
@@ -21,8 +21,8 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_defaults_are_the_engine_defaults_and_the_embedded_model() -> None:
     args = parse()
-    assert cli.engine_settings(args) == EngineSettings()
-    opts = cli.server_options(args, cli.engine_settings(args))
+    assert settings_from_args(args) == EngineSettings()
+    opts = cli.server_options(args, settings_from_args(args))
     assert (opts.host, opts.port, opts.model_name, opts.warmup) == ("127.0.0.1", 8000, "smollm2-135m", True)
 
 
@@ -31,11 +31,12 @@ def test_cluster_command_maps_onto_settings() -> None:
     args = parse(
         "--host", "0.0.0.0", "--port", "8000", "--model-path", "gs://bucket/llama3.1-8b/", "--mode",
         "disaggregated", "--max-slots", "10", "--max-prefill-length", "1024", "--max-target-length", "2048",
-        "--ici-fsdp-parallelism", "1", "--ici-autoregressive-parallelism", "2", "--ici-tensor-parallelism", "8",
+        "--ici-fsdp-parallelism", "1", "--ici-autoregressive-parallelism", "2",
+        "--ici-tensor-parallelism", "8",
         "--weight-dtype", "int8", "--kv-dtype", "int8", "--pathways", "--max-queue", "256",
         "--compilation-cache-dir", "/cache/jax",
     )  # fmt: skip
-    s = cli.engine_settings(args)
+    s = settings_from_args(args)
     assert s == EngineSettings(
         model=None,
         model_path="gs://bucket/llama3.1-8b/",
@@ -56,7 +57,7 @@ def test_cluster_command_maps_onto_settings() -> None:
 
 
 def test_empty_cache_dir_disables_the_cache_and_tensor_minus_one_fills() -> None:
-    s = cli.engine_settings(parse("--compilation-cache-dir", "", "--ici-tensor-parallelism", "-1"))
+    s = settings_from_args(parse("--compilation-cache-dir", "", "--ici-tensor-parallelism", "-1"))
     assert s.compilation_cache_dir is None and s.ici_tensor_parallelism == -1
 
 
@@ -77,14 +78,25 @@ def test_bad_flags_are_refused(argv: list[str]) -> None:
 
 
 def test_prefill_limit_must_leave_room() -> None:
-    with pytest.raises(SystemExit, match=r"--max-prefill-length .* must be smaller than --max-target-length"):
-        cli.engine_settings(parse("--max-prefill-length", "512", "--max-target-length", "512"))
+    with pytest.raises(
+        SettingsError, match=r"--max-prefill-length .* must be smaller than --max-target-length"
+    ):
+        settings_from_args(parse("--max-prefill-length", "512", "--max-target-length", "512"))
+    with pytest.raises(SystemExit, match=r"^serve: --max-prefill-length"):  # before anything loads
+        cli.main(parse("--max-prefill-length", "512", "--max-target-length", "512"))
 
 
 def test_inject_fault_spec_is_checked_before_loading() -> None:
     with pytest.raises(SystemExit, match="STAGE:MARKER"):
         cli.engine_factory(EngineSettings(), "decode:X")
     assert callable(cli.engine_factory(EngineSettings(), "prefill:X"))  # valid: nothing loaded yet
+
+
+def test_inject_fault_without_the_testing_package_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The product image leaves `inference_app.testing` out; the flag then fails with a reason."""
+    monkeypatch.setitem(sys.modules, "inference_app.testing.faults", None)  # import raises ImportError
+    with pytest.raises(SystemExit, match=r"test-only flag and needs inference_app\.testing"):
+        cli.engine_factory(EngineSettings(), "prefill:X")
 
 
 # ----- Pathways ------------------------------------------------------------------------------

@@ -44,7 +44,9 @@ def server() -> Iterator[ServerProcess]:
 
 
 def generate(srv: ServerProcess, prompt: str, max_tokens: int, **extra: object) -> str:
-    r = httpx.post(f"{srv.base}/generate", json={"prompt": prompt, "max_tokens": max_tokens, **extra}, timeout=120)
+    r = httpx.post(
+        f"{srv.base}/generate", json={"prompt": prompt, "max_tokens": max_tokens, **extra}, timeout=120
+    )
     assert r.status_code == 200, r.text
     text = r.json()["response"]
     assert isinstance(text, str)
@@ -87,13 +89,20 @@ def test_concurrent_greedy_requests_equal_each_served_alone(server: ServerProces
 def test_streaming_equals_non_streaming(server: ServerProcess) -> None:
     prompt, n = PROMPTS[2], 12
     whole = generate(server, prompt, n, ignore_eos=True)
-    with httpx.stream("POST", f"{server.base}/generate", json={"prompt": prompt, "max_tokens": n, "stream": True,
-                                                              "ignore_eos": True}, timeout=120) as r:
+    with httpx.stream(
+        "POST",
+        f"{server.base}/generate",
+        json={"prompt": prompt, "max_tokens": n, "stream": True, "ignore_eos": True},
+        timeout=120,
+    ) as r:
         lines = [json.loads(line) for line in r.iter_lines() if line]
     assert "".join(x["response"] for x in lines[:-1]) == whole and len(lines) > 3
     assert lines[-1]["finish_reason"] == "length" and lines[-1]["usage"]["completion_tokens"] == n
-    r = httpx.post(f"{server.base}/v1/completions", json={"prompt": prompt, "max_tokens": n, "temperature": 0,
-                                                         "ignore_eos": True, "stream": True}, timeout=120)
+    r = httpx.post(
+        f"{server.base}/v1/completions",
+        json={"prompt": prompt, "max_tokens": n, "temperature": 0, "ignore_eos": True, "stream": True},
+        timeout=120,
+    )
     events = r.text.split("\n\n")
     assert events[-2:] == ["data: [DONE]", ""]
     chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]

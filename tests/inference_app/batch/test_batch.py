@@ -16,11 +16,12 @@ from typing import Any
 import fsspec
 import pytest
 
-from inference_app import batch
-from inference_app.batch_io import Journal, parse_item
-from inference_app.bench_fakeserver import BackgroundServer, FakeState, create_app
+from inference_app.batch import cli as batch
+from inference_app.batch.items import parse_item
+from inference_app.batch.store import Journal
+from inference_app.testing.fake_server import BackgroundServer, FakeState, create_app
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture()
@@ -44,7 +45,9 @@ def run_batch(*argv: str) -> int:
     return batch.main(parser.parse_args([*argv, "--no-progress"]))
 
 
-def test_retries_transient_failures_and_records_permanent_ones(fake: tuple[str, FakeState], tmp_path: Path) -> None:
+def test_retries_transient_failures_and_records_permanent_ones(
+    fake: tuple[str, FakeState], tmp_path: Path
+) -> None:
     url, state = fake
     rows: list[dict[str, Any]] = [
         {"id": 1, "prompt": "plain", "max_tokens": 4},
@@ -67,16 +70,31 @@ def test_retries_transient_failures_and_records_permanent_ones(fake: tuple[str, 
     assert recs["drop"]["attempts"] == 2 and recs["drop"]["error"] is None
     assert recs["chat"]["text"] == " w0 w1"
     # A permanent 4xx: recorded with the server's message, sent exactly once.
-    assert recs["bad"]["error"] == {"status": 400, "message": "prompt rejected (FAIL400 marker)", "retryable": False}
+    assert recs["bad"]["error"] == {
+        "status": 400,
+        "message": "prompt rejected (FAIL400 marker)",
+        "retryable": False,
+    }
     assert state.attempts["FAIL400 please"] == 1
 
 
-def test_rerun_skips_finished_ids_and_retries_exhausted_ones(fake: tuple[str, FakeState], tmp_path: Path) -> None:
+def test_rerun_skips_finished_ids_and_retries_exhausted_ones(
+    fake: tuple[str, FakeState], tmp_path: Path
+) -> None:
     url, state = fake
     rows = [{"id": i, "prompt": f"p{i}"} for i in range(5)] + [{"id": "flaky", "prompt": "FAIL503x3 x"}]
     write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
-    args = ("--input", str(tmp_path / "in.jsonl"), "--output", str(out), "--endpoint", url, "--max-tokens", "2")
+    args = (
+        "--input",
+        str(tmp_path / "in.jsonl"),
+        "--output",
+        str(out),
+        "--endpoint",
+        url,
+        "--max-tokens",
+        "2",
+    )
     assert run_batch(*args, "--max-attempts", "2") == 1  # one line still needs a retry -> nonzero
     first = read_jsonl(out)
     assert len(first) == 6
@@ -103,12 +121,27 @@ def test_torn_last_line_is_dropped_and_redone(fake: tuple[str, FakeState], tmp_p
 
 def test_kill_9_mid_run_leaves_whole_lines_and_resume_completes(tmp_path: Path) -> None:
     n = 60
-    write_jsonl(tmp_path / "in.jsonl", [{"id": f"q{i}", "prompt": f"prompt {i}", "max_tokens": 10} for i in range(n)])
+    write_jsonl(
+        tmp_path / "in.jsonl", [{"id": f"q{i}", "prompt": f"prompt {i}", "max_tokens": 10} for i in range(n)]
+    )
     out = tmp_path / "out.jsonl"
     app = create_app(token_delay_s=0.01)  # ~0.1 s per request, 4 at a time: ~1.5 s in total
     with BackgroundServer(app) as server:
-        cmd = [sys.executable, "-m", "inference_app", "batch", "--input", str(tmp_path / "in.jsonl"),
-               "--output", str(out), "--endpoint", server.url, "--concurrency", "4", "--no-progress"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "inference_app",
+            "batch",
+            "--input",
+            str(tmp_path / "in.jsonl"),
+            "--output",
+            str(out),
+            "--endpoint",
+            server.url,
+            "--concurrency",
+            "4",
+            "--no-progress",
+        ]
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while (not out.exists() or out.read_text().count("\n") < 12) and time.monotonic() < deadline:
@@ -130,14 +163,25 @@ def test_kill_9_mid_run_leaves_whole_lines_and_resume_completes(tmp_path: Path) 
     assert app.state.fake.requests <= n + 4  # at most the in-flight requests were sent twice
 
 
-def test_remote_output_is_uploaded_and_resumed_from_a_fresh_journal(fake: tuple[str, FakeState], tmp_path: Path) -> None:
+def test_remote_output_is_uploaded_and_resumed_from_a_fresh_journal(
+    fake: tuple[str, FakeState], tmp_path: Path
+) -> None:
     url, state = fake
     remote = "memory://batch-test/results.jsonl"  # an fsspec object store, like gs://
     fs = fsspec.filesystem("memory")
     if fs.exists(remote):
         fs.rm(remote)
     write_jsonl(tmp_path / "in.jsonl", [{"id": i, "prompt": f"p{i}"} for i in range(6)])
-    common = ("--input", str(tmp_path / "in.jsonl"), "--output", remote, "--endpoint", url, "--max-tokens", "2")
+    common = (
+        "--input",
+        str(tmp_path / "in.jsonl"),
+        "--output",
+        remote,
+        "--endpoint",
+        url,
+        "--max-tokens",
+        "2",
+    )
     assert run_batch(*common, "--journal", str(tmp_path / "pod1.jsonl")) == 0
     uploaded = [json.loads(line) for line in fs.cat_file(remote).decode().splitlines()]
     assert sorted(r["id"] for r in uploaded) == list(range(6))
@@ -146,14 +190,29 @@ def test_remote_output_is_uploaded_and_resumed_from_a_fresh_journal(fake: tuple[
     write_jsonl(tmp_path / "in.jsonl", [{"id": i, "prompt": f"p{i}"} for i in range(8)])
     assert run_batch(*common, "--journal", str(tmp_path / "pod2.jsonl")) == 0
     assert state.requests == sent + 2
-    assert sorted(json.loads(line)["id"] for line in fs.cat_file(remote).decode().splitlines()) == list(range(8))
+    assert sorted(json.loads(line)["id"] for line in fs.cat_file(remote).decode().splitlines()) == list(
+        range(8)
+    )
 
 
-def test_summary_reports_counts(fake: tuple[str, FakeState], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_summary_reports_counts(
+    fake: tuple[str, FakeState], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     url, _ = fake
     write_jsonl(tmp_path / "in.jsonl", [{"id": 1, "prompt": "a"}, {"id": 2, "prompt": "FAIL400"}])
-    assert run_batch("--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl"),
-                     "--endpoint", url, "--max-tokens", "3") == 0
+    assert (
+        run_batch(
+            "--input",
+            str(tmp_path / "in.jsonl"),
+            "--output",
+            str(tmp_path / "o.jsonl"),
+            "--endpoint",
+            url,
+            "--max-tokens",
+            "3",
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "2 lines, 0 already done, 1 ok, 1 errors" in err and "3 tokens" in err
 
@@ -202,18 +261,51 @@ def test_journal_appends_whole_lines(tmp_path: Path) -> None:
 
 
 def test_local_mode_runs_the_orchestrator_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from inference_app import batch_local
-    from inference_app.engine.api import EngineSettings, SamplingParams
+    from inference_app.batch import local as batch_local
+    from inference_app.engine.api import SamplingParams
+    from inference_app.engine.settings import EngineSettings
     from tests.inference_app.fakes import ByteTokenizer, FakeEngine, expected_ids
 
-    settings = EngineSettings(max_slots=2, max_prefill_length=64, max_target_length=160)
-    monkeypatch.setattr(batch_local, "build_engine", lambda args: FakeEngine(settings=settings))
+    built: list[EngineSettings] = []
+
+    def build(settings: EngineSettings) -> FakeEngine:
+        built.append(settings)
+        return FakeEngine(settings=settings)
+
+    monkeypatch.setattr(batch_local, "build_engine", build)
     rows: list[dict[str, Any]] = [{"id": i, "prompt": f"local {i}", "max_tokens": 20} for i in range(6)]
-    rows += [{"id": "long", "prompt": "x" * 100}, {"id": "chat", "messages": [{"role": "user", "content": "hi"}]}]
+    rows += [
+        {"id": "long", "prompt": "x" * 100},
+        {"id": "chat", "messages": [{"role": "user", "content": "hi"}]},
+    ]
     write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
-    assert run_batch("--input", str(tmp_path / "in.jsonl"), "--output", str(out), "--local",
-                     "--concurrency", "4", "--max-tokens", "10") == 0
+    assert (
+        run_batch(
+            "--input",
+            str(tmp_path / "in.jsonl"),
+            "--output",
+            str(out),
+            "--local",
+            "--concurrency",
+            "4",
+            "--max-tokens",
+            "10",
+            "--max-slots",
+            "2",
+            "--max-prefill-length",
+            "64",
+            "--max-target-length",
+            "160",
+            "--kv-dtype",
+            "float32",
+        )
+        == 0
+    )
+    # The engine flags are serve's (engine/settings.py), so --local can size the engine and set dtypes.
+    assert built == [
+        EngineSettings(max_slots=2, max_prefill_length=64, max_target_length=160, kv_dtype="float32")
+    ]
     recs = {r["id"]: r for r in read_jsonl(out)}
     tok = ByteTokenizer()
     for i in range(6):

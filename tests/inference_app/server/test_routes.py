@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from inference_app.orchestrator.faults import FaultInjectingEngine
 from inference_app.server.app import create_app
 from inference_app.server.options import ServerOptions
+from inference_app.testing.faults import FaultInjectingEngine
 from tests.inference_app.fakes import EOS, ByteTokenizer, FakeEngine, expected_ids
 from tests.inference_app.serving_cases import bad_inputs, check_error
 
@@ -43,7 +43,9 @@ def expected_text(prompt: str, max_tokens: int) -> str:
 
 
 def test_generate_returns_the_continuation_only(client: TestClient) -> None:
-    r = client.post("/generate", json={"prompt": "What are the top 5 programming languages", "max_tokens": 20})
+    r = client.post(
+        "/generate", json={"prompt": "What are the top 5 programming languages", "max_tokens": 20}
+    )
     assert r.status_code == 200 and r.headers["x-request-id"]
     assert r.json() == {"response": expected_text("What are the top 5 programming languages", 20)}
 
@@ -51,7 +53,9 @@ def test_generate_returns_the_continuation_only(client: TestClient) -> None:
 def test_client_request_id_is_echoed(client: TestClient) -> None:
     r = client.post("/generate", json={"prompt": "hi", "max_tokens": 2}, headers={"X-Request-Id": "abc-123"})
     assert r.headers["x-request-id"] == "abc-123"
-    r = client.post("/generate", json={"prompt": "hi", "max_tokens": 2}, headers={"X-Request-Id": "bad id\x01"})
+    r = client.post(
+        "/generate", json={"prompt": "hi", "max_tokens": 2}, headers={"X-Request-Id": "bad id\x01"}
+    )
     assert r.headers["x-request-id"] != "bad id\x01" and len(r.headers["x-request-id"]) == 16
 
 
@@ -101,7 +105,9 @@ def test_chat_completions_use_the_chat_template(client: TestClient) -> None:
     assert out["object"] == "chat.completion" and out["choices"][0]["message"]["role"] == "assistant"
     assert out["choices"][0]["message"]["content"] == expected_text(rendered, 9)
     assert out["usage"]["prompt_tokens"] == len(rendered.encode())
-    s = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 9, "temperature": 0, "stream": True})
+    s = client.post(
+        "/v1/chat/completions", json={"messages": messages, "max_tokens": 9, "temperature": 0, "stream": True}
+    )
     chunks = [json.loads(p) for p in _sse_events(s.text)[:-1]]
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
@@ -126,7 +132,9 @@ def test_bad_input_gets_the_documented_4xx(client: TestClient, case: object) -> 
     from tests.inference_app.serving_cases import BadInput
 
     assert isinstance(case, BadInput)
-    r = client.request(case.method, case.path, content=case.body, headers={"content-type": "application/json"})
+    r = client.request(
+        case.method, case.path, content=case.body, headers={"content-type": "application/json"}
+    )
     check_error(case, r)
 
 
@@ -134,7 +142,11 @@ def test_still_serving_after_bad_inputs_and_metrics_count_them(client: TestClien
     r = client.post("/generate", json={"prompt": "after the storm", "max_tokens": 5})
     assert r.status_code == 200 and r.json()["response"] == expected_text("after the storm", 5)
     metrics = client.get("/metrics").text
-    bad = next(line for line in metrics.splitlines() if line.startswith('inference_requests_total{outcome="bad_request"}'))
+    bad = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith('inference_requests_total{outcome="bad_request"}')
+    )
     assert float(bad.split()[-1]) >= 20
     for name in (
         "inference_queue_depth",
@@ -195,3 +207,29 @@ def test_create_app_needs_exactly_one_engine_source() -> None:
         create_app(OPTIONS)
     with pytest.raises(ValueError, match="exactly one"):
         create_app(OPTIONS, engine=FakeEngine(), engine_factory=FakeEngine)
+
+
+@pytest.mark.parametrize("path", ["/generate", "/v1/completions", "/v1/chat/completions"])
+def test_a_failure_mid_stream_ends_with_the_one_error_body(path: str) -> None:
+    """After the headers went out, the error is the stream's last chunk, in the same shape (and with the
+    same `type` for its status) as an error answer."""
+    app = create_app(OPTIONS, engine=FakeEngine(step_delay=0.02))
+    body = {"max_tokens": 100, "ignore_eos": True, "stream": True}
+    body |= {"messages": [{"role": "user", "content": "x"}]} if "chat" in path else {"prompt": "x"}
+    with TestClient(app) as c:
+        wait_ready(c)
+        with c.stream("POST", path, json=body) as r:
+            lines = (line.removeprefix("data: ") for line in r.iter_lines() if line)
+            next(lines)
+            app.state.serving.abort_in_flight("The server is shutting down.")
+            rest = [line for line in lines if line != "[DONE]"]
+            request_id = r.headers["x-request-id"]
+    assert json.loads(rest[-1]) == {
+        "error": {
+            "message": "The server is shutting down.",
+            "type": "service_unavailable",
+            "param": None,
+            "code": 503,
+            "request_id": request_id,
+        }
+    }

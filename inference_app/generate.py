@@ -1,5 +1,7 @@
 """`python -m inference_app generate`: one prompt in, its continuation out (greedy by default).
 
+The shortest path through the stack: catalog -> engine, driven directly (no orchestrator, no HTTP).
+
 The engine is sized to the request (one slot, the prompt's exact length as the only prefill
 bucket) so a single generation compiles as little as possible.
 """
@@ -7,13 +9,14 @@ bucket) so a single generation compiles as little as possible.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from typing import Any
 
-from inference_app.engine.api import EngineSettings, SamplingParams
-from inference_app.models import CATALOG, DEFAULT_MODEL
+from inference_app.engine.api import SamplingParams
+from inference_app.engine.settings import add_engine_arguments, settings_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,16 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help='print {"prompt_ids", "token_ids", "text"}')
     parser.add_argument("--stop-at-eos", action="store_true", help="stop after an end-of-sequence token")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", choices=sorted(CATALOG), help=f"embedded model (default {DEFAULT_MODEL})")
-    source.add_argument("--model-path", help="GGUF file or Hugging Face directory (local or gs://)")
-    parser.add_argument("--weight-dtype", default="auto", choices=["auto", "float32", "bfloat16", "int8"])
-    parser.add_argument("--kv-dtype", default="auto", choices=["auto", "float32", "bfloat16", "int8"])
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--compilation-cache-dir", default=".jax_cache")
+    # One slot, sized to this prompt (see `run`): the serving flags (slots, lengths, mode) do not apply.
+    add_engine_arguments(parser, serving=False)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -63,15 +62,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from inference_app.engine.engine import JaxEngine, enable_compilation_cache, model_for
 
-    model_name = None if args.model_path else (args.model or DEFAULT_MODEL)
-    base = EngineSettings(
-        model=model_name,
-        model_path=args.model_path,
-        max_slots=1,
-        weight_dtype=args.weight_dtype,
-        kv_dtype=args.kv_dtype,
-        compilation_cache_dir=args.compilation_cache_dir,
-    )
+    base = dataclasses.replace(settings_from_args(args), max_slots=1)
     enable_compilation_cache(base.compilation_cache_dir)
     start = time.perf_counter()
     model = model_for(base)
@@ -81,16 +72,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not prompt_ids:
         raise ValueError("--prompt encodes to zero tokens")
     n = len(prompt_ids)
-    settings = EngineSettings(
-        model=base.model,
-        model_path=base.model_path,
-        max_slots=1,
-        max_prefill_length=n,
-        max_target_length=n + args.max_tokens + 1,
-        weight_dtype=base.weight_dtype,
-        kv_dtype=base.kv_dtype,
-        compilation_cache_dir=base.compilation_cache_dir,
-    )
+    settings = dataclasses.replace(base, max_prefill_length=n, max_target_length=n + args.max_tokens + 1)
     engine = JaxEngine(settings, model)
     sampling = SamplingParams(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed

@@ -1,5 +1,8 @@
 """Send one batch item to an OpenAI-compatible endpoint, retrying what is worth retrying.
 
+The HTTP `Backend` of `batch --endpoint` (`local.py` is the in-process one); both turn a
+`BatchItem` into the same output record, which `cli.py` appends to the `store`.
+
 Prompts go to `/v1/completions`, chat messages to `/v1/chat/completions` (non-streaming: the
 response carries the text, `finish_reason` and usage counts). Retried, with exponential backoff
 and jitter (or the server's `Retry-After` when it sends one): 429, 5xx, and transport errors
@@ -18,9 +21,9 @@ from typing import Any
 
 import httpx
 
-from inference_app.batch_io import BatchItem
+from inference_app.batch.items import BatchItem
 
-# Turns one input line into its output record (HTTP here, in-process in batch_local).
+# Turns one input line into its output record (HTTP here, in-process in `local.py`).
 Backend = Callable[[BatchItem], Awaitable[dict[str, Any]]]
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -106,12 +109,22 @@ async def run_item(client: httpx.AsyncClient, endpoint: str, item: BatchItem, *,
         try:
             resp = await client.post(url, json=body)
         except httpx.TransportError as exc:
-            failure: dict[str, Any] = {"status": None, "message": f"{type(exc).__name__}: {exc}", "retryable": True}
+            failure: dict[str, Any] = {
+                "status": None,
+                "message": f"{type(exc).__name__}: {exc}",
+                "retryable": True,
+            }
         else:
             if resp.status_code == 200:
                 text, finish, usage = parse_response(item, resp.json())
-                return record(item, text=text, finish_reason=finish, usage=usage,
-                              latency_s=time.perf_counter() - start, attempts=attempt)
+                return record(
+                    item,
+                    text=text,
+                    finish_reason=finish,
+                    usage=usage,
+                    latency_s=time.perf_counter() - start,
+                    attempts=attempt,
+                )
             retryable = resp.status_code in RETRY_STATUSES
             failure = {"status": resp.status_code, "message": error_message(resp), "retryable": retryable}
             if not retryable:

@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from inference_app import generate_cli
+from inference_app import generate
 
 GOLDEN = json.loads((Path(__file__).resolve().parent.parent / "golden" / "smollm2_golden.json").read_text())
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     parser = argparse.ArgumentParser()
-    generate_cli.add_arguments(parser)
-    code = generate_cli.main(parser.parse_args(list(argv)))
+    generate.add_arguments(parser)
+    code = generate.main(parser.parse_args(list(argv)))
     out = capsys.readouterr()
     return code, out.out, out.err
 

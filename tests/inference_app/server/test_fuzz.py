@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from schemathesis.core.result import Ok
 from schemathesis.generation import GenerationMode
 
+from tests.inference_app.server.test_faults import start
 from tests.inference_app.serving_cases import ServerProcess
-from tests.inference_app.test_faults import start
 
 POST_PATHS = ("/generate", "/v1/completions", "/v1/chat/completions")
 
@@ -37,7 +37,9 @@ def check_answer(status: int, body: object, where: str) -> None:
     assert status < 500, f"{where}: {status} {body!r:.300}"
     if 400 <= status < 500 and isinstance(body, dict):
         err = body.get("error")
-        assert isinstance(err, dict) and err.get("message") and err.get("code") == status, f"{where}: {body!r:.300}"
+        assert isinstance(err, dict) and err.get("message") and err.get("code") == status, (
+            f"{where}: {body!r:.300}"
+        )
 
 
 @pytest.mark.parametrize("examples", [60, pytest.param(1000, marks=pytest.mark.slow)])
@@ -76,11 +78,17 @@ def test_schema_driven_fuzzing_gets_no_5xx(server: ServerProcess, examples: int)
 
 
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-@given(path=st.sampled_from(POST_PATHS),
-       raw=st.one_of(st.binary(max_size=300),
-                     st.text(max_size=200).map(lambda t: ('{"prompt": "' + t).encode("utf-8", "surrogatepass")),
-                     st.binary(max_size=100).map(lambda b: b'{"prompt": "' + b + b'", "max_tokens": 3}')))
+@given(
+    path=st.sampled_from(POST_PATHS),
+    raw=st.one_of(
+        st.binary(max_size=300),
+        st.text(max_size=200).map(lambda t: ('{"prompt": "' + t).encode("utf-8", "surrogatepass")),
+        st.binary(max_size=100).map(lambda b: b'{"prompt": "' + b + b'", "max_tokens": 3}'),
+    ),
+)
 def test_raw_bodies_get_4xx_not_5xx(server: ServerProcess, path: str, raw: bytes) -> None:
-    r = httpx.post(f"{server.base}{path}", content=raw, headers={"content-type": "application/json"}, timeout=30)
+    r = httpx.post(
+        f"{server.base}{path}", content=raw, headers={"content-type": "application/json"}, timeout=30
+    )
     body = r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text
     check_answer(r.status_code, body, f"{path} {raw!r:.200}")
