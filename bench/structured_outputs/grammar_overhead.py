@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from inference_app.model.catalog import embedded_model_path
 from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
-from inference_app.models import embedded_model_path
 
 TOKENIZER = gguf_tokenizer(GGUFCheckpoint(str(embedded_model_path("smollm2-135m"))))
 TOKDIR = tempfile.mkdtemp()
@@ -81,7 +81,9 @@ def llguidance_case(schema: dict[str, Any] | None) -> tuple[float, Step]:
 
     lltok = llguidance.LLTokenizer(TOKENIZER.backend.to_str(), n_vocab=V, eos_token=EOS)
     t0 = time.perf_counter()
-    m = llguidance.LLMatcher(lltok, llguidance.LLMatcher.grammar_from_json_schema(schema or {"type": "object"}))
+    m = llguidance.LLMatcher(
+        lltok, llguidance.LLMatcher.grammar_from_json_schema(schema or {"type": "object"})
+    )
     compile_s = time.perf_counter() - t0
     mask = lln.allocate_token_bitmask(1, V)
 
@@ -100,7 +102,11 @@ def xgrammar_case(schema: dict[str, Any] | None) -> tuple[float, Step]:
     hf = PreTrainedTokenizerFast(tokenizer_file=f"{TOKDIR}/tokenizer.json", eos_token="<|im_end|>")
     compiler = xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(hf, vocab_size=V), max_threads=1)
     t0 = time.perf_counter()
-    grammar = compiler.compile_json_schema(json.dumps(schema)) if schema else compiler.compile_builtin_json_grammar()
+    grammar = (
+        compiler.compile_json_schema(json.dumps(schema))
+        if schema
+        else compiler.compile_builtin_json_grammar()
+    )
     compile_s = time.perf_counter() - t0
     m = xgr.GrammarMatcher(grammar)
     mask = xgr.allocate_token_bitmask(1, V)
@@ -153,7 +159,8 @@ def main() -> None:
             us = sorted(t * 1e6 for t in walk(step))
             print(
                 f"{lib:10s} {label:11s} compile {compile_s * 1e3:8.1f} ms  per token: median "
-                f"{statistics.median(us):7.1f} us  p90 {us[int(0.9 * len(us))]:8.1f} us  max {us[-1]:8.1f} us "
+                f"{statistics.median(us):7.1f} us  p90 {us[int(0.9 * len(us))]:8.1f} us  "
+                f"max {us[-1]:8.1f} us "
                 f"({len(us)} tokens)"
             )
 

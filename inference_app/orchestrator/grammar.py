@@ -26,7 +26,11 @@ if TYPE_CHECKING:  # a type stub only
 
 # The JSON the model writes: separators as json.dumps writes them, no free-form whitespace (a small
 # model given free whitespace can fill max_tokens with newlines).
-JSON_LAYOUT: JsonCompileOptions = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
+JSON_LAYOUT: JsonCompileOptions = {
+    "whitespace_flexible": False,
+    "key_separator": ": ",
+    "item_separator": ", ",
+}
 _LENIENT: JsonCompileOptions = {"lenient": True}  # ignore keywords the grammar cannot enforce
 
 

@@ -57,6 +57,10 @@ def _text_only(v: Any) -> bool:
     return v is None or v == ["text"]
 
 
+def _falsy(v: Any) -> bool:
+    return v is None or v is False
+
+
 def _one(v: Any) -> bool:
     return v is None or (isinstance(v, int) and not isinstance(v, bool) and v == 1)
 
@@ -71,30 +75,59 @@ def _no_function_call(v: Any) -> bool:
 
 RULES: tuple[FieldRule, ...] = (
     # --- honoured ----------------------------------------------------------------------------
-    FieldRule("model", BOTH, "supported", "the served Hugging Face id or its short alias; another name is 404"),
-    FieldRule("messages", CHAT, "supported",
-              "roles developer/system/user/assistant/tool; content a string, null or a list of text parts; "
-              "rendered with the model's chat template"),
-    FieldRule("prompt", COMPLETIONS, "supported", "a string, a list of strings, token ids, or a list of token-id lists"),
-    FieldRule("max_tokens", BOTH, "supported", "default 16 (completions) / the room left, at most 256 (chat)"),
+    FieldRule(
+        "model", BOTH, "supported", "the served Hugging Face id or its short alias; another name is 404"
+    ),
+    FieldRule(
+        "messages",
+        CHAT,
+        "supported",
+        "roles developer/system/user/assistant/tool; content a string, null or a list of text parts; "
+        "rendered with the model's chat template",
+    ),
+    FieldRule(
+        "prompt",
+        COMPLETIONS,
+        "supported",
+        "a string, a list of strings, token ids, or a list of token-id lists",
+    ),
+    FieldRule(
+        "max_tokens", BOTH, "supported", "default 16 (completions) / the room left, at most 256 (chat)"
+    ),
     FieldRule("max_completion_tokens", CHAT, "supported", "as max_tokens"),
     FieldRule("temperature", BOTH, "supported", "0..2, default 1; 0 is greedy"),
     FieldRule("top_p", BOTH, "supported", "(0, 1]"),
     FieldRule("seed", BOTH, "supported", "same seed + prompt = same tokens"),
     FieldRule("stop", BOTH, "supported", "a string or up to 8 strings"),
     FieldRule("stream", BOTH, "supported", "server-sent events ending with data: [DONE]"),
-    FieldRule("stream_options", BOTH, "supported",
-              "include_usage: a last chunk with usage and choices: []; continuous_usage_stats (vLLM): usage "
-              "on every chunk; include_obfuscation is accepted and ignored"),
-    FieldRule("n", BOTH, "supported", "several choices from one prefill"),
-    FieldRule("logprobs", BOTH, "supported",
-              "chat: true/false; completions: 0..20 top alternatives; from the logits the sampler used"),
-    FieldRule("top_logprobs", CHAT, "supported", "0..20, with logprobs: true"),
-    FieldRule("echo", COMPLETIONS, "supported", "the prompt is prepended, with its logprobs when logprobs is set"),
-    FieldRule("response_format", CHAT, "supported",
-              "text, json_object, json_schema (strict or not): enforced with token masks"),
-    FieldRule("tools", CHAT, "supported", "type function; arguments constrained to each function's JSON schema"),
-    FieldRule("tool_choice", CHAT, "supported", "none, auto, required, or a named function"),
+    FieldRule(
+        "stream_options",
+        BOTH,
+        "supported",
+        "include_usage: a last chunk with usage and choices: []; continuous_usage_stats (vLLM): usage "
+        "on every chunk; include_obfuscation is accepted and ignored",
+    ),
+    FieldRule("n", BOTH, "supported", "up to 8 choices, each sampled with its own seed"),
+    FieldRule("echo", COMPLETIONS, "supported", "the prompt text is prepended to each choice"),
+    FieldRule(
+        "response_format",
+        CHAT,
+        "supported",
+        'type "text"; json_object and json_schema are refused (400) until the engine applies token masks',
+    ),
+    FieldRule(
+        "tools",
+        CHAT,
+        "supported",
+        "type function; described to the model (its chat template, or a system message when the "
+        "template ignores tools); <tool_call> blocks in the answer become tool_calls",
+    ),
+    FieldRule(
+        "tool_choice",
+        CHAT,
+        "supported",
+        "none, auto; required and a named function are refused (400) until the engine applies token masks",
+    ),
     # --- accepted, no effect (informational, or a hint a local server has no use for) ---------
     FieldRule("user", BOTH, "ignored", "informational"),
     FieldRule("store", CHAT, "ignored", "nothing is stored"),
@@ -108,49 +141,118 @@ RULES: tuple[FieldRule, ...] = (
     FieldRule("reasoning_effort", CHAT, "ignored", "the model does not reason in a separate channel"),
     FieldRule("verbosity", CHAT, "ignored", "a hint to reasoning models"),
     # --- features this server does not have: neutral values accepted ----------------------------
-    FieldRule("frequency_penalty", BOTH, "unsupported", "repetition penalties are not implemented",
-              _zero, "0 or null"),
-    FieldRule("presence_penalty", BOTH, "unsupported", "repetition penalties are not implemented",
-              _zero, "0 or null"),
+    FieldRule(
+        "logprobs",
+        CHAT,
+        "unsupported",
+        "the engine does not return log-probabilities yet",
+        _falsy,
+        "false or null",
+    ),
+    FieldRule(
+        "logprobs",
+        COMPLETIONS,
+        "unsupported",
+        "the engine does not return log-probabilities yet",
+        _none,
+        "null",
+    ),
+    FieldRule(
+        "top_logprobs",
+        CHAT,
+        "unsupported",
+        "the engine does not return log-probabilities yet",
+        _zero,
+        "0 or null",
+    ),
+    FieldRule(
+        "frequency_penalty",
+        BOTH,
+        "unsupported",
+        "repetition penalties are not implemented",
+        _zero,
+        "0 or null",
+    ),
+    FieldRule(
+        "presence_penalty",
+        BOTH,
+        "unsupported",
+        "repetition penalties are not implemented",
+        _zero,
+        "0 or null",
+    ),
     FieldRule("logit_bias", BOTH, "unsupported", "logit biases are not implemented", _empty, "{} or null"),
-    FieldRule("best_of", COMPLETIONS, "unsupported", "server-side best-of ranking is not implemented",
-              _one, "1 or null"),
-    FieldRule("suffix", COMPLETIONS, "unsupported", "fill-in-the-middle is not implemented",
-              _no_suffix, '"" or null'),
+    FieldRule(
+        "best_of",
+        COMPLETIONS,
+        "unsupported",
+        "server-side best-of ranking is not implemented",
+        _one,
+        "1 or null",
+    ),
+    FieldRule(
+        "suffix",
+        COMPLETIONS,
+        "unsupported",
+        "fill-in-the-middle is not implemented",
+        _no_suffix,
+        '"" or null',
+    ),
     FieldRule("audio", CHAT, "unsupported", "the model is text only", _none, "null"),
     FieldRule("modalities", CHAT, "unsupported", "the model is text only", _text_only, '["text"] or null'),
     FieldRule("prediction", CHAT, "unsupported", "predicted outputs are not implemented", _none, "null"),
     FieldRule("web_search_options", CHAT, "unsupported", "there is no web search", _none, "null"),
     FieldRule("moderation", CHAT, "unsupported", "there is no moderation model", _none, "null"),
-    FieldRule("functions", CHAT, "unsupported", "the deprecated functions API: send tools instead",
-              _empty, "[] or null"),
-    FieldRule("function_call", CHAT, "unsupported", "the deprecated functions API: send tool_choice instead",
-              _no_function_call, '"none" or null'),
+    FieldRule(
+        "functions",
+        CHAT,
+        "unsupported",
+        "the deprecated functions API: send tools instead",
+        _empty,
+        "[] or null",
+    ),
+    FieldRule(
+        "function_call",
+        CHAT,
+        "unsupported",
+        "the deprecated functions API: send tool_choice instead",
+        _no_function_call,
+        '"none" or null',
+    ),
 )
 BY_NAME: dict[tuple[Endpoint, str], FieldRule] = {(e, r.name): r for r in RULES for e in r.endpoints}
 
 
 def screen(data: dict[str, Any], endpoint: Endpoint) -> tuple[dict[str, Any], list[str]]:
-    """(the body without ignored fields, the names dropped); raises `UnsupportedField`."""
+    """(the body without ignored fields, the names dropped); raises `UnsupportedField`.
+
+    An explicit null of a supported field means its default, as in OpenAI's API, so it is dropped too."""
     kept: dict[str, Any] = {}
     dropped: list[str] = []
     for name, value in data.items():
         rule = BY_NAME.get((endpoint, name))
-        if rule is None or rule.status == "supported":
+        if rule is not None and rule.status == "supported" and value is None:
+            dropped.append(name)
+        elif rule is None or rule.status == "supported":
             kept[name] = value
         elif rule.status == "ignored" or (rule.neutral is not None and rule.neutral(value)):
             dropped.append(name)
         else:
             raise UnsupportedField(
                 name,
-                f"{name}: not supported by this server ({rule.note}); send {rule.neutral_text} or leave it out.",
+                f"{name}: not supported by this server ({rule.note}); "
+                f"send {rule.neutral_text} or leave it out.",
             )
     return kept, dropped
 
 
 def compatibility_table() -> str:
     """The markdown table of docs/serving.md (kept equal to `RULES` by a test)."""
-    label = {"supported": "supported", "ignored": "accepted, ignored", "unsupported": "rejected unless neutral"}
+    label = {
+        "supported": "supported",
+        "ignored": "accepted, ignored",
+        "unsupported": "rejected unless neutral",
+    }
     where = {BOTH: "both", CHAT: "chat", COMPLETIONS: "completions"}
     lines = ["| Field | Endpoint | Status | Notes |", "|---|---|---|---|"]
     for r in RULES:

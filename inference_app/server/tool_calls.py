@@ -41,12 +41,13 @@ class ToolCall:
 def tools_system_prompt(functions: list[Function]) -> str:
     """What a model whose template ignores `tools` is told about them."""
     specs = "\n".join(
-        json.dumps({"name": f.name, "description": f.description, "parameters": f.parameters}) for f in functions
+        json.dumps({"name": f.name, "description": f.description, "parameters": f.parameters})
+        for f in functions
     )
     return (
         "You can call functions. Their signatures, one JSON object per line:\n"
         f"{specs}\n"
-        f"To call one, answer with {OPEN}{{\"name\": <function name>, \"arguments\": <arguments object>}}{CLOSE} "
+        f'To call one, answer with {OPEN}{{"name": <function name>, "arguments": <arguments object>}}{CLOSE} '
         "and nothing else."
     )
 
@@ -67,7 +68,9 @@ def call_grammar(functions: list[Function]) -> GrammarSpec:
         raise ValueError("a forced tool call needs at least one function")
     rules = [f"fn{i}: %json {json.dumps(_call_schema(f))}" for i, f in enumerate(functions)]
     alternatives = " | ".join(f"fn{i}" for i in range(len(functions)))
-    grammar = "\n".join([f"start: {json.dumps(OPEN)} call {json.dumps(CLOSE)}", f"call: {alternatives}", *rules])
+    grammar = "\n".join(
+        [f"start: {json.dumps(OPEN)} call {json.dumps(CLOSE)}", f"call: {alternatives}", *rules]
+    )
     return GrammarSpec.lark(grammar)
 
 
@@ -84,11 +87,17 @@ def parse_tool_calls(text: str, functions: list[Function]) -> tuple[str | None, 
             obj = json.loads(match.group(1))
         except json.JSONDecodeError:
             continue
-        if not isinstance(obj, dict) or obj.get("name") not in names or not isinstance(obj.get("arguments", {}), dict):
+        if (
+            not isinstance(obj, dict)
+            or obj.get("name") not in names
+            or not isinstance(obj.get("arguments", {}), dict)
+        ):
             continue
         kept.append(text[last : match.start()])
         last = match.end()
-        calls.append(ToolCall(f"call_{uuid.uuid4().hex[:24]}", obj["name"], json.dumps(obj.get("arguments", {}))))
+        calls.append(
+            ToolCall(f"call_{uuid.uuid4().hex[:24]}", obj["name"], json.dumps(obj.get("arguments", {})))
+        )
     kept.append(text[last:])
     content = "".join(kept).strip()
     return (content or None) if calls else text, calls

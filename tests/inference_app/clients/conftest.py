@@ -13,13 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from inference_app.model.catalog import embedded_model_path
 from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
-from inference_app.models import embedded_model_path
 from tests.inference_app.serving_cases import ServerProcess
 
 MAX_SLOTS, MAX_PREFILL, MAX_TARGET = 4, 256, 512
-OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "LITELLM_LOCAL_MODEL_COST_MAP": "True", "OPENAI_API_KEY": "unused"}
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "OPENAI_API_KEY": "unused",
+}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -37,8 +42,15 @@ def offline() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def server() -> Iterator[ServerProcess]:
     srv = ServerProcess(
-        ["serve", "--max-slots", str(MAX_SLOTS), "--max-prefill-length", str(MAX_PREFILL),
-         "--max-target-length", str(MAX_TARGET)],
+        [
+            "serve",
+            "--max-slots",
+            str(MAX_SLOTS),
+            "--max-prefill-length",
+            str(MAX_PREFILL),
+            "--max-target-length",
+            str(MAX_TARGET),
+        ],
         env=OFFLINE,
     )
     try:

@@ -38,11 +38,15 @@ def test_completions_sync_and_async(client: openai.OpenAI, model: str, server: S
     assert whole.choices[0].text
 
     async def twice() -> list[str]:
-        aclient = openai.AsyncOpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0, timeout=120)
-        answers = await asyncio.gather(*(
-            aclient.completions.create(model=model, prompt="The capital of France is", **GREEDY)  # type: ignore[arg-type]
-            for _ in range(2)
-        ))
+        aclient = openai.AsyncOpenAI(
+            base_url=f"{server.base}/v1", api_key="unused", max_retries=0, timeout=120
+        )
+        answers = await asyncio.gather(
+            *(
+                aclient.completions.create(model=model, prompt="The capital of France is", **GREEDY)  # type: ignore[arg-type]
+                for _ in range(2)
+            )
+        )
         await aclient.close()
         return [a.choices[0].text for a in answers]
 

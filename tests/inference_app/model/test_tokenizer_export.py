@@ -1,4 +1,4 @@
-"""The tokenizer directory we export, loaded by transformers' AutoTokenizer (what guidellm and lm-eval use)."""
+"""The tokenizer directory we export, loaded by transformers' AutoTokenizer (as guidellm and lm-eval do)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,16 @@ from typing import Any
 
 import pytest
 
+from inference_app.model.catalog import embedded_model_path
 from inference_app.model.tokenizer import TextTokenizer
 from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
-from inference_app.models import embedded_model_path
 
-TEXTS = ["Hello world", "def f(x):\n    return x ** 2\n", "1234 and 日本語 😀", "<|im_start|>user\nHi<|im_end|>\n"]
+TEXTS = [
+    "Hello world",
+    "def f(x):\n    return x ** 2\n",
+    "1234 and 日本語 😀",
+    "<|im_start|>user\nHi<|im_end|>\n",
+]
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"}]
 
 
@@ -35,8 +40,10 @@ def test_autotokenizer_encodes_and_decodes_as_ours(ours: TextTokenizer, loaded: 
     assert loaded.decode(ids) == ours.decode(ids)
 
 
-def test_autotokenizer_knows_eos_and_renders_the_chat_template_as_ours(ours: TextTokenizer, loaded: Any) -> None:
+def test_autotokenizer_knows_eos_and_renders_the_chat_template_as_ours(
+    ours: TextTokenizer, loaded: Any
+) -> None:
     assert loaded.eos_token_id in ours.eos_token_ids
-    assert loaded.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True) == ours.apply_chat_template(
-        CHAT, add_generation_prompt=True
-    )
+    assert loaded.apply_chat_template(
+        CHAT, tokenize=False, add_generation_prompt=True
+    ) == ours.apply_chat_template(CHAT, add_generation_prompt=True)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from inference_app.engine.token_mask import apply_bitmask
+from inference_app.model.catalog import embedded_model_path
 from inference_app.model.tokenizer import TextTokenizer
 from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
-from inference_app.models import embedded_model_path
 from inference_app.orchestrator.grammar import GrammarCompiler, GrammarError, GrammarSpec
 
 EOS = 2

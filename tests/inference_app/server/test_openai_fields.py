@@ -26,21 +26,48 @@ def test_no_rule_names_a_field_the_sdk_does_not_send(endpoint: str, params: type
 
 
 def test_informational_and_neutral_fields_are_dropped_and_listed() -> None:
-    body = {"model": "m", "messages": [], "store": True, "metadata": {"a": "b"}, "frequency_penalty": 0,
-            "logit_bias": {}, "audio": None, "modalities": ["text"], "function_call": "none", "temperature": None}
+    body = {
+        "model": "m",
+        "messages": [],
+        "store": True,
+        "metadata": {"a": "b"},
+        "frequency_penalty": 0,
+        "logit_bias": {},
+        "audio": None,
+        "modalities": ["text"],
+        "function_call": "none",
+        "temperature": None,
+    }
     kept, dropped = screen(body, "chat")
-    assert kept == {"model": "m", "messages": [], "temperature": None}
-    assert sorted(dropped) == ["audio", "frequency_penalty", "function_call", "logit_bias", "metadata",
-                               "modalities", "store"]
+    assert kept == {"model": "m", "messages": []}
+    assert sorted(dropped) == [
+        "audio",
+        "frequency_penalty",
+        "function_call",
+        "logit_bias",
+        "metadata",
+        "modalities",
+        "store",
+        "temperature",
+    ]
 
 
 @pytest.mark.parametrize(
     ("endpoint", "field", "value"),
-    [("chat", "frequency_penalty", 0.5), ("chat", "logit_bias", {"50256": -100}), ("chat", "audio", {"voice": "x"}),
-     ("chat", "modalities", ["text", "audio"]), ("completions", "best_of", 3), ("completions", "suffix", "end"),
-     ("chat", "functions", [{"name": "f"}]), ("chat", "presence_penalty", True)],
+    [
+        ("chat", "frequency_penalty", 0.5),
+        ("chat", "logit_bias", {"50256": -100}),
+        ("chat", "audio", {"voice": "x"}),
+        ("chat", "modalities", ["text", "audio"]),
+        ("completions", "best_of", 3),
+        ("completions", "suffix", "end"),
+        ("chat", "functions", [{"name": "f"}]),
+        ("chat", "presence_penalty", True),
+    ],
 )
-def test_a_real_use_of_an_unsupported_feature_is_refused_naming_the_field(endpoint: str, field: str, value: object) -> None:
+def test_a_real_use_of_an_unsupported_feature_is_refused_naming_the_field(
+    endpoint: str, field: str, value: object
+) -> None:
     with pytest.raises(UnsupportedField, match=f"^{field}: not supported by this server") as info:
         screen({field: value}, endpoint)  # type: ignore[arg-type]
     assert info.value.name == field
@@ -49,7 +76,6 @@ def test_a_real_use_of_an_unsupported_feature_is_refused_naming_the_field(endpoi
 def test_fields_outside_the_openai_schema_are_left_for_the_model_to_refuse() -> None:
     assert screen({"max_token": 5, "priority": 1}, "chat") == ({"max_token": 5, "priority": 1}, [])
     assert screen({"store": True}, "completions") == ({"store": True}, [])  # chat-only field
-
 
 
 def test_rules_are_unique() -> None:

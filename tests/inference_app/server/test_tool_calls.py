@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from inference_app.model.catalog import embedded_model_path
 from inference_app.model.tokenizer import TextTokenizer
 from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
-from inference_app.models import embedded_model_path
 from inference_app.orchestrator.grammar import GrammarCompiler
 from inference_app.server.tool_calls import (
     Function,
@@ -19,10 +19,26 @@ from inference_app.server.tool_calls import (
     tools_system_prompt,
 )
 
-ADD = Function("add", "Add two integers.", {"type": "object", "properties": {"a": {"type": "integer"},
-               "b": {"type": "integer"}}, "required": ["a", "b"], "additionalProperties": False})
-WEATHER = Function("weather", "Weather in a city.", {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"], "additionalProperties": False})
+ADD = Function(
+    "add",
+    "Add two integers.",
+    {
+        "type": "object",
+        "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+        "required": ["a", "b"],
+        "additionalProperties": False,
+    },
+)
+WEATHER = Function(
+    "weather",
+    "Weather in a city.",
+    {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +59,24 @@ def accepts(compiler: GrammarCompiler, tokenizer: TextTokenizer, text: str) -> b
 def test_the_forced_call_grammar_takes_a_valid_call_of_each_function(
     compiler: GrammarCompiler, tokenizer: TextTokenizer
 ) -> None:
-    assert accepts(compiler, tokenizer, '<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>')
-    assert accepts(compiler, tokenizer, '<tool_call>{"name": "weather", "arguments": {"city": "Paris"}}</tool_call>')
+    assert accepts(
+        compiler, tokenizer, '<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>'
+    )
+    assert accepts(
+        compiler, tokenizer, '<tool_call>{"name": "weather", "arguments": {"city": "Paris"}}</tool_call>'
+    )
 
 
-@pytest.mark.parametrize("text", [
-    '<tool_call>{"name": "add", "arguments": {"a": "1", "b": 2}}</tool_call>',  # a string where an int belongs
-    '<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>',  # a required argument missing
-    '<tool_call>{"name": "sub", "arguments": {"a": 1, "b": 2}}</tool_call>',  # an unknown function
-    'Sure! <tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>',  # text around the call
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        # a string where an int belongs
+        '<tool_call>{"name": "add", "arguments": {"a": "1", "b": 2}}</tool_call>',
+        '<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>',  # a required argument missing
+        '<tool_call>{"name": "sub", "arguments": {"a": 1, "b": 2}}</tool_call>',  # an unknown function
+        'Sure! <tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>',  # text around the call
+    ],
+)
 def test_the_forced_call_grammar_refuses_anything_else(
     compiler: GrammarCompiler, tokenizer: TextTokenizer, text: str
 ) -> None:
@@ -79,7 +103,8 @@ def test_a_masked_walk_from_random_logits_ends_in_a_parseable_call(
 
 
 def test_parsing_keeps_text_and_skips_blocks_that_are_not_calls() -> None:
-    text = 'Let me add.\n<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>\n<tool_call>oops</tool_call>'
+    call = '<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>'
+    text = f"Let me add.\n{call}\n<tool_call>oops</tool_call>"
     content, calls = parse_tool_calls(text, [ADD])
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [("add", {"a": 1, "b": 2})]
     assert content == "Let me add.\n\n<tool_call>oops</tool_call>"
