@@ -98,7 +98,8 @@ def test_completions_and_sse_framing(client: TestClient) -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] == "length" and all("usage" not in c for c in chunks)
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
     # usage only when asked for: a last chunk of its own, with no choices (as OpenAI sends it)
-    asked = client.post("/v1/completions", json={**body, "stream": True, "stream_options": {"include_usage": True}})
+    with_usage = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    asked = client.post("/v1/completions", json=with_usage)
     *_, usage_chunk = [json.loads(p) for p in _sse_events(asked.text)[:-1]]
     assert usage_chunk["choices"] == [] and usage_chunk["usage"] == whole["usage"]
 
