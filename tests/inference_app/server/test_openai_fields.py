@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from openai.types import completion_create_params as completions_params
 from openai.types.chat import completion_create_params as chat_params
 
-from inference_app.server.openai_fields import BY_NAME, RULES, UnsupportedField, screen
+from inference_app.server.openai_fields import BY_NAME, RULES, UnsupportedField, compatibility_table, screen
 
 
 def sdk_fields(params: type) -> set[str]:
@@ -80,3 +82,8 @@ def test_fields_outside_the_openai_schema_are_left_for_the_model_to_refuse() -> 
 
 def test_rules_are_unique() -> None:
     assert len(RULES) == len({(r.name, r.endpoints) for r in RULES})
+
+
+def test_the_docs_show_the_table() -> None:
+    docs = (Path(__file__).parents[3] / "docs" / "serving.md").read_text()
+    assert compatibility_table() in docs
