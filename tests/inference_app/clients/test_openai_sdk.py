@@ -59,3 +59,61 @@ def test_error_classes(client: openai.OpenAI, model: str) -> None:
     assert "max_token" in str(bad.value)
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="no-such-model", prompt="x", max_tokens=1)
+
+
+def test_what_current_sdks_and_agents_send(client: openai.OpenAI, model: str) -> None:
+    plain = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        **GREEDY,  # type: ignore[arg-type]
+    )
+    lenient = client.chat.completions.create(
+        model="smollm2-135m",  # the catalog alias
+        messages=[
+            {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}], "name": "ann"},
+        ],
+        top_p=None,
+        n=None,
+        seed=None,
+        stop=None,
+        logprobs=False,
+        top_logprobs=None,
+        store=False,
+        metadata={"k": "v"},
+        service_tier="auto",
+        user="u1",
+        frequency_penalty=0,
+        presence_penalty=0,
+        logit_bias={},
+        response_format={"type": "text"},
+        parallel_tool_calls=True,
+        **GREEDY,  # type: ignore[arg-type]
+    )
+    assert lenient.choices[0].message.content == plain.choices[0].message.content
+    assert client.models.retrieve(model).id == model
+
+
+def test_n_choices_and_the_usage_chunk(client: openai.OpenAI, model: str) -> None:
+    two = client.completions.create(
+        model=model, prompt="Once upon a time", n=2, temperature=1.0, seed=7, max_tokens=6
+    )
+    assert [c.index for c in two.choices] == [0, 1] and two.usage is not None
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+        **GREEDY,  # type: ignore[arg-type]
+    )
+    chunks = list(stream)
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_unsupported_features_are_bad_requests_naming_the_field(client: openai.OpenAI, model: str) -> None:
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "x"}], frequency_penalty=0.5, max_tokens=1
+        )
+    assert "frequency_penalty: not supported" in str(bad.value)
