@@ -41,16 +41,14 @@ def offline() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[ServerProcess]:
-    srv = ServerProcess(
-        [
-            "serve",
-            "--max-slots", str(MAX_SLOTS),
-            "--max-prefill-length", str(MAX_PREFILL),
-            "--max-target-length", str(MAX_TARGET),
-            "--max-step-tokens", "64",  # fewer step shapes to compile before healthy; prompts are short
-        ],  # fmt: skip
-        env=OFFLINE,
-    )
+    args = [
+        "serve",
+        "--max-slots", str(MAX_SLOTS),
+        "--max-prefill-length", str(MAX_PREFILL),
+        "--max-target-length", str(MAX_TARGET),
+        "--max-step-tokens", "64",  # fewer step shapes to compile before healthy; prompts are short
+    ]  # fmt: skip
+    srv = ServerProcess(args, env=OFFLINE)
     try:
         srv.wait_healthy(timeout=900)
         yield srv
