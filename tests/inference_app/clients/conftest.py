@@ -27,7 +27,7 @@ OFFLINE = {
 }
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def offline() -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in OFFLINE}
     os.environ.update(OFFLINE)
@@ -39,7 +39,7 @@ def offline() -> Iterator[None]:
             os.environ[key] = value
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped once the client tests are done, not at the end of the suite
 def server() -> Iterator[ServerProcess]:
     args = [
         "serve",
