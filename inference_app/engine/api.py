@@ -77,7 +77,8 @@ class StepLogprobs:
 
     def host(self) -> StepLogprobs:
         """The arrays copied to host (waits for the device)."""
-        return StepLogprobs(*(np.asarray(a) for a in (self.tokens, self.chosen, self.top_ids, self.top_logprobs)))
+        arrays = (self.tokens, self.chosen, self.top_ids, self.top_logprobs)
+        return StepLogprobs(*(np.asarray(a) for a in arrays))
 
     def row(self, r: int, top: int) -> TokenLogprobs:
         """Row `r` with its `top` most likely alternatives (host arrays: call `host()` first)."""

@@ -225,7 +225,9 @@ class JaxEngine:
         cfg, kernels = self.config, self.policy.kernels
         opts = self.policy.compiler_options or None
         self._prefill_fn = jax.jit(
-            partial(steps.prefill, cfg=cfg, kernels=kernels), static_argnames=("logprobs",), compiler_options=opts
+            partial(steps.prefill, cfg=cfg, kernels=kernels),
+            static_argnames=("logprobs",),
+            compiler_options=opts,
         )
         self._score_fn = jax.jit(partial(steps.score, cfg=cfg, kernels=kernels), compiler_options=opts)
         # Only the cache is donated: the token vector is tiny, and keeping it undonated means a
@@ -338,7 +340,8 @@ class JaxEngine:
         tokens = np.zeros((1, self.prefill_bucket(n)), np.int32)
         tokens[0, :n] = prompt_ids
         rows: StepLogprobs = self._score_fn(self.prefill_params, tokens, np.asarray([n], np.int32))
-        host = StepLogprobs(*(np.asarray(a)[0] for a in (rows.tokens, rows.chosen, rows.top_ids, rows.top_logprobs)))
+        host = rows.host()
+        host = StepLogprobs(host.tokens[0], host.chosen[0], host.top_ids[0], host.top_logprobs[0])
         return [host.row(p, top) for p in range(n - 1)]
 
     def transfer(self, prefix: Prefix) -> Prefix:

@@ -185,8 +185,7 @@ def step(
     state = state.at[inputs.logit_slots].set(nxt.astype(state.dtype), mode="drop")
     if not logprobs:
         return state, cache, None
-    per_slot = jax.tree.map(
-        lambda a: jnp.zeros((state.shape[0], *a.shape[1:]), a.dtype).at[inputs.logit_slots].set(a, mode="drop"),
-        logprobs_of(logits, nxt),
-    )
-    return state, cache, per_slot
+    def by_slot(a: jax.Array) -> jax.Array:
+        return jnp.zeros((state.shape[0], *a.shape[1:]), a.dtype).at[inputs.logit_slots].set(a, mode="drop")
+
+    return state, cache, jax.tree.map(by_slot, logprobs_of(logits, nxt))

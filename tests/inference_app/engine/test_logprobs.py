@@ -61,7 +61,9 @@ def check(lp: TokenLogprobs, ref_row: np.ndarray, top: int) -> None:
         assert abs(ref_row[token] - p) < 1e-3
 
 
-def decode(engine: JaxEngine, sp: SamplingParams, chunked: bool) -> tuple[list[int], list[TokenLogprobs | None]]:
+def decode(
+    engine: JaxEngine, sp: SamplingParams, chunked: bool
+) -> tuple[list[int], list[TokenLogprobs | None]]:
     """STEPS tokens of PROMPT in slot 1 (prefill + insert, or chunked prefill inside the steps)."""
     tokens: list[int] = []
     lps: list[TokenLogprobs | None] = []
