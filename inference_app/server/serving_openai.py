@@ -170,7 +170,9 @@ class CompletionRenderer:
                 tops.append(None)
             else:
                 values.append(lp.logprob)
-                top = {self.tokenizer.decode([t]): p for t, p in lp.top}
+                top: dict[str, float] = {}
+                for t, p in lp.top:  # most likely first: two tokens reading alike keep the higher
+                    top.setdefault(self.tokenizer.decode([t]), p)
                 top.setdefault(token, lp.logprob)  # the chosen token is always listed (as vLLM)
                 tops.append(top)
         self._offsets[index] = at

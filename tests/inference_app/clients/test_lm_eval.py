@@ -53,10 +53,11 @@ def test_generate_until_runs_to_completion(server: ServerProcess, tmp_path: Path
     assert "exact_match,none" in results["results"]["local_qa"]
 
 
+# lm-eval joins context and choice with its default target_delimiter, a space
 CHOICES = [
-    ("The capital of France is", [" Paris", " Berlin", " a banana"], 0),
-    ("Two plus two equals", [" four", " seven"], 0),
-    ("The sky on a clear day is", [" blue", " green", " made of cheese"], 0),
+    ("The capital of France is", ["Paris", "Berlin", "a banana"], 0),
+    ("Two plus two equals", ["four", "seven"], 0),
+    ("The sky on a clear day is", ["blue", "green", "made of cheese"], 0),
 ]
 
 
@@ -114,7 +115,7 @@ def test_loglikelihood_task_matches_a_forward_of_the_model(server: ServerProcess
     assert results is not None
     samples = sorted(results["samples"]["local_mc"], key=lambda s: s["doc_id"])
     assert len(samples) == len(CHOICES)
-    pairs = [(q, c) for q, choices, _ in CHOICES for c in choices]
+    pairs = [(q, " " + c) for q, choices, _ in CHOICES for c in choices]
     expected = iter(reference_loglikelihoods(pairs))
     for sample, (_, choices, _) in zip(samples, CHOICES, strict=True):
         served = [r[0] for r in sample["resps"]]  # one (loglikelihood, is_greedy) per choice
