@@ -103,7 +103,10 @@ def test_an_unknown_catalog_model_names_the_flag_and_the_choices(command: str) -
 
 def test_the_default_model_is_named_once() -> None:
     assert DEFAULT_MODEL in CATALOG
-    assert EngineSettings().model == ServerOptions().model_name == DEFAULT_MODEL
+    assert EngineSettings().model == DEFAULT_MODEL
+    # served under its Hugging Face id, with the catalog name as an alias (issue 12)
+    assert ServerOptions().model_name == CATALOG[DEFAULT_MODEL].hf_id
+    assert ServerOptions().model_aliases == (DEFAULT_MODEL,)
 
 
 def test_engine_settings_keeps_its_import_paths() -> None:
