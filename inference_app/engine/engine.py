@@ -180,14 +180,15 @@ class JaxEngine:
             else buckets(min(MIN_ATTENTION_BUCKET, s.max_target_length), s.max_target_length)
         )
 
-        self.prefill_params: Params = jax.device_put(
-            model.params, param_shardings(self.prefill_mesh, model.params)
-        )
+        # The weights place themselves (streamed shard by shard for big checkpoints); the
+        # generate mesh, if separate, gets a device-to-device copy.
+        abstract = model.weights.abstract()
+        self.prefill_params: Params = model.weights.place(param_shardings(self.prefill_mesh, abstract))
         if self.generate_mesh is self.prefill_mesh:
             self.generate_params = self.prefill_params
         else:
             self.generate_params = jax.device_put(
-                model.params, param_shardings(self.generate_mesh, model.params)
+                self.prefill_params, param_shardings(self.generate_mesh, abstract)
             )
         self._cache = self._allocate_cache()
         self._cache_shardings = jax.tree.map(lambda a: a.sharding, self._cache)

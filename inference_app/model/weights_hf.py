@@ -178,19 +178,30 @@ class HFCheckpoint:
         self._files.clear()
 
     def tokenizer(self) -> TextTokenizer:
-        if not self._exists("tokenizer.json"):
-            raise FileNotFoundError(f"{self.path}: no tokenizer.json")
-        tok_cfg = (
-            json.loads(self._read("tokenizer_config.json")) if self._exists("tokenizer_config.json") else None
-        )
-        if (
-            tok_cfg is not None
-            and tok_cfg.get("chat_template") is None
-            and self._exists("chat_template.jinja")
-        ):
-            tok_cfg["chat_template"] = self._read("chat_template.jinja").decode()
-        eos = self.hf_config.get("eos_token_id")
-        if self._exists("generation_config.json"):
-            eos = json.loads(self._read("generation_config.json")).get("eos_token_id", eos)
-        eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-        return from_hf_files(self._read("tokenizer.json").decode(), tok_cfg, eos_ids)
+        return tokenizer_from_dir(self.path, self.hf_config.get("eos_token_id"))
+
+
+def tokenizer_from_dir(path: str, eos: Any = None) -> TextTokenizer:
+    """The tokenizer of a Hugging Face directory (`tokenizer.json`, optional `tokenizer_config.json`,
+    `chat_template.jinja`, `generation_config.json`), local or any fsspec URL. `eos` is the
+    config.json's `eos_token_id`, which generation_config.json overrides."""
+    fs, root = fsspec.core.url_to_fs(path)
+    if root.endswith("tokenizer.json"):
+        root = root.rsplit("/", 1)[0]
+
+    def read(name: str) -> bytes:
+        with fs.open(_join(root, name), "rb") as f:
+            return bytes(f.read())
+
+    def exists(name: str) -> bool:
+        return bool(fs.exists(_join(root, name)))
+
+    if not exists("tokenizer.json"):
+        raise FileNotFoundError(f"{path}: no tokenizer.json")
+    tok_cfg = json.loads(read("tokenizer_config.json")) if exists("tokenizer_config.json") else None
+    if tok_cfg is not None and tok_cfg.get("chat_template") is None and exists("chat_template.jinja"):
+        tok_cfg["chat_template"] = read("chat_template.jinja").decode()
+    if exists("generation_config.json"):
+        eos = json.loads(read("generation_config.json")).get("eos_token_id", eos)
+    eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    return from_hf_files(read("tokenizer.json").decode(), tok_cfg, eos_ids)
