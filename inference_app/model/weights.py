@@ -120,10 +120,24 @@ def block(plan: ParamPlan, read: RowReader, index: tuple[slice, ...], dtype: Any
     runs, sizes = _out_runs(plan, out_index)
     parts = [plan.rows(read, a, b) for a, b in runs]
     m = parts[0] if len(parts) == 1 else np.concatenate(parts)
-    m = m.reshape(*sizes, *plan.in_shape)[(slice(None),) * n_out + tuple(in_index)]
-    if plan.kind == "in_first":
-        m = m.transpose(*range(n_out, m.ndim), *range(n_out))
-    return np.ascontiguousarray(m, dtype)
+    m = m.reshape(len(m), *plan.in_shape)[(slice(None), *in_index)]
+    in_sel = m.shape[1:]
+    if plan.kind == "rows_first":  # dtype None: keep the stored dtype
+        return np.ascontiguousarray(m, dtype).reshape(*sizes, *in_sel)
+    return _transpose(m.reshape(len(m), -1), dtype).reshape(*in_sel, *sizes)
+
+
+# Rows per tile of `_transpose`: a tile's source rows stay in cache while its columns are written.
+TRANSPOSE_TILE = 128
+
+
+def _transpose(a: np.ndarray, dtype: Any) -> np.ndarray:
+    """a.T as a new C-contiguous `dtype` array, copied in row tiles (a plain strided copy of a
+    large matrix runs at a fraction of memory speed)."""
+    out = np.empty((a.shape[1], a.shape[0]), dtype)
+    for i in range(0, a.shape[0], TRANSPOSE_TILE):
+        out[:, i : i + TRANSPOSE_TILE] = a[i : i + TRANSPOSE_TILE].T
+    return out
 
 
 def int8_rows(plan: ParamPlan, read: RowReader, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:

@@ -134,7 +134,7 @@ def dequantized_tree(aqt: dict[str, Any], params: dict[str, Any]) -> dict[str, A
             for name, node in mods.items():
                 q = node["AqtDotGeneral_0"]["qrhs"]["value"].astype(np.float32)
                 s = node["AqtDotGeneral_0"]["qrhs"]["scale"].astype(np.float32)
-                contracted, lead = _AQT_DIMS[name]
+                contracted = _AQT_DIMS[name][0]
                 keep = [1 if j in contracted else n for j, n in enumerate(q.shape)]
                 out["decoder"][layer][group][name]["kernel"] = q * s.reshape(keep)
     return out

@@ -3,6 +3,7 @@ report memory as JSON. Run in a subprocess by test_streaming.py (the device coun
 before JAX starts) and by bench/model/bench_load.py.
 
 Usage: python -m tests.inference_app.streaming_check CKPT_DIR [--logits] [--weight-dtype D]
+       [--device-transpose auto|on|off]
 
 Peak RSS is read from /proc/self/status VmHWM after resetting it (`/proc/self/clear_refs` 5)
 just before placement; on CPU the placed weights live in this process's memory, so
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("path")
     ap.add_argument("--logits", action="store_true", help="also compare logits with the host load")
     ap.add_argument("--weight-dtype", default="float32", choices=["float32", "bfloat16", "int8"])
+    ap.add_argument("--device-transpose", choices=["auto", "on", "off"], default="auto")
     a = ap.parse_args()
     devices = jax.devices()
     assert len(devices) == 8, f"expected 8 virtual devices, got {len(devices)}"
@@ -49,6 +51,8 @@ def main() -> None:
     int8 = a.weight_dtype == "int8"
     dtype = np.float32 if int8 else np.dtype(a.weight_dtype)
     model = load_model(a.path, dtype, int8=int8)
+    if a.device_transpose != "auto":
+        model.weights.device_transpose = a.device_transpose == "on"  # type: ignore[attr-defined]
     shardings = param_shardings(mesh, model.weights.abstract())
     ckpt_bytes = sum(f.stat().st_size for f in Path(a.path).glob("*.safetensors"))
     Path("/proc/self/clear_refs").write_text("5")
