@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from inference_app.engine.api import EngineSettings, SamplingParams
+from inference_app.model.architectures import ARCHITECTURES
 from inference_app.models import CATALOG, DEFAULT_MODEL
 
 
@@ -24,9 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help='print {"prompt_ids", "token_ids", "text"}')
     parser.add_argument("--stop-at-eos", action="store_true", help="stop after an end-of-sequence token")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--model", choices=sorted(CATALOG), help=f"embedded model (default {DEFAULT_MODEL})")
-    source.add_argument("--model-path", help="GGUF file or Hugging Face directory (local or gs://)")
+    parser.add_argument(
+        "--model",
+        choices=sorted({*CATALOG, *ARCHITECTURES}),
+        help=f"embedded model (default {DEFAULT_MODEL}), or with --model-path of a MaxText checkpoint its architecture",
+    )
+    parser.add_argument("--model-path", help="GGUF file, Hugging Face or MaxText (Orbax) directory (local or gs://)")
+    parser.add_argument("--tokenizer-path", help="Hugging Face directory with the tokenizer (MaxText checkpoints)")
     parser.add_argument("--weight-dtype", default="auto", choices=["auto", "float32", "bfloat16", "int8"])
     parser.add_argument("--kv-dtype", default="auto", choices=["auto", "float32", "bfloat16", "int8"])
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -63,10 +68,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from inference_app.engine.engine import JaxEngine, enable_compilation_cache, model_for
 
-    model_name = None if args.model_path else (args.model or DEFAULT_MODEL)
+    model_name = args.model if args.model_path else (args.model or DEFAULT_MODEL)
     base = EngineSettings(
         model=model_name,
         model_path=args.model_path,
+        tokenizer_path=args.tokenizer_path,
         max_slots=1,
         weight_dtype=args.weight_dtype,
         kv_dtype=args.kv_dtype,
@@ -84,6 +90,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     settings = EngineSettings(
         model=base.model,
         model_path=base.model_path,
+        tokenizer_path=base.tokenizer_path,
         max_slots=1,
         max_prefill_length=n,
         max_target_length=n + args.max_tokens + 1,

@@ -76,10 +76,13 @@ class Tokenizer(Protocol):
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """How to build an engine. Exactly one of `model` (catalog name) or `model_path` is set."""
+    """How to build an engine: `model` (catalog name) and/or `model_path` (see below)."""
 
+    # `model` alone: an embedded model (models.py). With `model_path`: the architecture of a
+    # checkpoint that carries no config (MaxText/Orbax; model/architectures.py), else unused.
     model: str | None = "smollm2-135m"
-    model_path: str | None = None  # GGUF file, HF directory, or gs:// URL of either
+    model_path: str | None = None  # GGUF file, HF directory, MaxText (Orbax) directory; local or gs://
+    tokenizer_path: str | None = None  # HF directory or tokenizer.json, for MaxText checkpoints
     mode: Mode = "interleaved"
     max_slots: int = 8
     max_prefill_length: int = 512

@@ -32,6 +32,7 @@ from inference_app.engine.sharding import cache_sharding, make_mesh, param_shard
 from inference_app.engine.step_plan import PendingPrompt, plan_step, step_row_buckets
 from inference_app.kernels import build as kernel_build
 from inference_app.kernels import ops as cpu_kernels
+from inference_app.model.architectures import ARCHITECTURES
 from inference_app.model.config import ModelConfig
 from inference_app.model.loader import LoadedModel, load_model
 from inference_app.model.tokenizer import TextTokenizer
@@ -112,9 +113,12 @@ def enable_compilation_cache(path: str | None) -> None:
 
 
 def validate_settings(s: EngineSettings) -> None:
-    if (s.model is None) == (s.model_path is None):
+    if s.model is None and s.model_path is None:
+        raise ValueError("set EngineSettings.model (catalog name) or EngineSettings.model_path")
+    if s.model is not None and s.model_path is not None and s.model not in ARCHITECTURES:
         raise ValueError(
-            "set exactly one of EngineSettings.model (catalog name) or EngineSettings.model_path"
+            f"EngineSettings.model {s.model!r} with a model_path names the checkpoint's architecture; "
+            f"choose one of {sorted(ARCHITECTURES)} or leave model unset (HF and GGUF carry their own)"
         )
     if s.max_slots < 1:
         raise ValueError(f"EngineSettings.max_slots must be >= 1, got {s.max_slots}")
@@ -634,7 +638,13 @@ def model_for(settings: EngineSettings, devices: Sequence[jax.Device] | None = N
         path = str(embedded_model_path(settings.model or ""))
     platform = (list(devices) if devices is not None else jax.devices())[0].platform
     compute, _, int8 = resolve_dtypes(settings, platform)
-    return load_model(path, dtype=np.dtype(compute), int8=int8)
+    return load_model(
+        path,
+        dtype=np.dtype(compute),
+        int8=int8,
+        model_name=settings.model if settings.model_path is not None else None,
+        tokenizer_path=settings.tokenizer_path,
+    )
 
 
 def load_engine(settings: EngineSettings, devices: Sequence[jax.Device] | None = None) -> JaxEngine:

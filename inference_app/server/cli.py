@@ -20,6 +20,7 @@ import uvicorn
 
 from inference_app import pathways
 from inference_app.engine.api import Engine, EngineSettings, Mode
+from inference_app.model.architectures import ARCHITECTURES
 from inference_app.server.app import create_app
 from inference_app.server.options import ServerOptions
 from inference_app.server.state import ServingState
@@ -61,10 +62,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     m = p.add_argument_group("model and engine")
-    src = m.add_mutually_exclusive_group()
-    src.add_argument("--model", default=None,
-                     help=f"catalog model name (default {_DEFAULT.model}: the embedded SmolLM2-135M-Instruct)")
-    src.add_argument("--model-path", default=None, help="GGUF file, Hugging Face directory, or gs:// URL of either")
+    m.add_argument("--model", default=None,
+                   help=f"catalog model name (default {_DEFAULT.model}: the embedded SmolLM2-135M-Instruct); "
+                   "with --model-path of a MaxText checkpoint, its architecture (e.g. llama3.1-405b)")
+    m.add_argument("--model-path", default=None,
+                   help="GGUF file, Hugging Face directory or MaxText (Orbax) checkpoint directory; local or gs://")
+    m.add_argument("--tokenizer-path", default=None,
+                   help="Hugging Face directory (or tokenizer.json) with the tokenizer, for MaxText checkpoints")
     m.add_argument("--mode", choices=MODES, default=_DEFAULT.mode,
                    help="interleaved: one device group prefills and decodes; disaggregated: devices split "
                    "in two halves, prefill on one and decode on the other (default %(default)s)")
@@ -107,10 +111,16 @@ def engine_settings(args: argparse.Namespace) -> EngineSettings:
             f"serve: --max-prefill-length ({args.max_prefill_length}) must be smaller than "
             f"--max-target-length ({args.max_target_length}) to leave room for generated tokens."
         )
-    model = None if args.model_path else (args.model or _DEFAULT.model)
+    if args.model_path and args.model and args.model not in ARCHITECTURES:
+        raise SystemExit(
+            f"serve: --model {args.model} with --model-path must name the checkpoint's architecture "
+            f"(one of {', '.join(sorted(ARCHITECTURES))}; MaxText checkpoints need it, HF and GGUF do not)."
+        )
+    model = args.model if args.model_path else (args.model or _DEFAULT.model)
     return EngineSettings(
         model=model,
         model_path=args.model_path,
+        tokenizer_path=args.tokenizer_path,
         mode=args.mode,
         max_slots=args.max_slots,
         max_prefill_length=args.max_prefill_length,

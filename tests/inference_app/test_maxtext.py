@@ -17,15 +17,14 @@ from inference_app.model.architectures import Architecture
 from inference_app.model.loader import LoadedModel, checkpoint_format, load_model
 from inference_app.model.transformer import QInt8, prefill_forward
 from tests.inference_app import maxtext_checkpoint as mt
-from tests.inference_app.tiny_llama import make_tiny_llama
 
 PROMPT = [17, 250, 3, 9000, 41, 41, 7, 1234, 5, 48000, 77, 2, 600, 12, 13, 14]
 STEPS = 12
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+def tiny_dir(tiny_llama_dir: Path) -> Path:
+    return tiny_llama_dir
 
 
 def _register(monkeypatch: pytest.MonkeyPatch, tiny_dir: Path, interleaved: bool) -> str:

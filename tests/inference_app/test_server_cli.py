@@ -55,6 +55,19 @@ def test_cluster_command_maps_onto_settings() -> None:
     assert (opts.host, opts.max_queue, opts.model_name) == ("0.0.0.0", 256, "llama3.1-8b")
 
 
+def test_maxtext_checkpoint_flags() -> None:
+    """`--model` names the architecture of a MaxText checkpoint, which carries no config or tokenizer."""
+    s = cli.engine_settings(
+        parse("--model", "llama3.1-405b", "--model-path", "gs://b/ckpt/0/items", "--tokenizer-path", "gs://b/tok")
+    )
+    assert (s.model, s.model_path, s.tokenizer_path) == ("llama3.1-405b", "gs://b/ckpt/0/items", "gs://b/tok")
+
+
+def test_model_with_a_path_must_be_an_architecture() -> None:
+    with pytest.raises(SystemExit, match="--model smollm2-135m with --model-path must name"):
+        cli.engine_settings(parse("--model", "smollm2-135m", "--model-path", "/x.gguf"))
+
+
 def test_empty_cache_dir_disables_the_cache_and_tensor_minus_one_fills() -> None:
     s = cli.engine_settings(parse("--compilation-cache-dir", "", "--ici-tensor-parallelism", "-1"))
     assert s.compilation_cache_dir is None and s.ici_tensor_parallelism == -1
@@ -68,7 +81,6 @@ def test_empty_cache_dir_disables_the_cache_and_tensor_minus_one_fills() -> None
         ["--weight-dtype", "fp8"],
         ["--mode", "pipelined"],
         ["--ici-tensor-parallelism", "0"],
-        ["--model", "smollm2-135m", "--model-path", "/x.gguf"],
     ],
 )
 def test_bad_flags_are_refused(argv: list[str]) -> None:
