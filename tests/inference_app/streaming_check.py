@@ -3,7 +3,7 @@ report memory as JSON. Run in a subprocess by test_streaming.py (the device coun
 before JAX starts) and by bench/model/bench_load.py.
 
 Usage: python -m tests.inference_app.streaming_check CKPT_DIR [--logits] [--weight-dtype D]
-       [--device-transpose auto|on|off]
+       [--device-transpose auto|on|off] [--host-load]
 
 Peak RSS is read from /proc/self/status VmHWM after resetting it (`/proc/self/clear_refs` 5)
 just before placement; on CPU the placed weights live in this process's memory, so
@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from inference_app.engine.sharding import make_mesh, param_shardings
-from inference_app.model.loader import load_model
+from inference_app.model.loader import HostWeights, load_model
 from inference_app.model.transformer import prefill_forward
 
 PROMPT = [5, 17, 300, 1200, 7, 99, 4000, 12, 8, 15000, 3, 42]
@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--logits", action="store_true", help="also compare logits with the host load")
     ap.add_argument("--weight-dtype", default="float32", choices=["float32", "bfloat16", "int8"])
     ap.add_argument("--device-transpose", choices=["auto", "on", "off"], default="auto")
+    ap.add_argument("--host-load", action="store_true",
+                    help="the pre-streaming way: whole host arrays, then one device_put (for comparison)")
     a = ap.parse_args()
     devices = jax.devices()
     assert len(devices) == 8, f"expected 8 virtual devices, got {len(devices)}"
@@ -58,7 +60,10 @@ def main() -> None:
     Path("/proc/self/clear_refs").write_text("5")
     before = _status("VmRSS")
     start = time.perf_counter()
-    params = jax.block_until_ready(model.weights.place(shardings))
+    if a.host_load:
+        params = jax.block_until_ready(HostWeights(model.params).place(shardings))
+    else:
+        params = jax.block_until_ready(model.weights.place(shardings))
     seconds = time.perf_counter() - start
     peak = _status("VmHWM")
     placed = placed_bytes(params)
