@@ -72,7 +72,7 @@ def main() -> int:
         client = storage.Client(project="bench", credentials=AnonymousCredentials())
         blob = client.bucket(BUCKET).blob(OBJECT)
         blob.upload_from_string(payload)
-        fs = gcsfs.GCSFileSystem(endpoint_url=host, token="anon")  # noqa: S106
+        fs = gcsfs.GCSFileSystem(endpoint_url=host, token="anon")
         path = f"{BUCKET}/{OBJECT}"
         bounds = list(range(0, SIZE, CHUNK))
 
