@@ -398,6 +398,8 @@ class MaxTextWeights:
     def place(self, shardings: Params) -> Params:
         cfg, dtype, int8 = self.cfg, self.dtype, self.int8
         layers = []
+        # Every layer has the same shapes and shardings: one compiled conversion serves them all.
+        convert_one = jax.jit(convert_layer, static_argnums=(2, 3, 4, 5), out_shardings=shardings["layers"][0])
         for i in range(cfg.num_layers):
             target = shardings["layers"][i]
             want: dict[str, NamedSharding] = {}
@@ -412,10 +414,9 @@ class MaxTextWeights:
             kernels = {
                 module: self._kernel(got, self.info.kernel(i, module)) for mods in _MODULES.values() for module in mods
             }
-            convert = jax.jit(
-                convert_layer, static_argnums=(2, 3, 4, 5), out_shardings=target
+            layers.append(
+                convert_one(kernels, (got[norms[0]], got[norms[1]]), cfg, self.arch.rope_interleaved, dtype, int8)
             )
-            layers.append(convert(kernels, (got[norms[0]], got[norms[1]]), cfg, self.arch.rope_interleaved, dtype, int8))
             del got, kernels
         top = {k: v for k, v in shardings.items() if k != "layers"}
         emb_t = top["embed"].q if isinstance(top["embed"], QInt8) else top["embed"]
