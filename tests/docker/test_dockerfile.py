@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from components import catalog, manifests
-from components.config import StackConfig, parse_stack_config, read_stack_file
+from components.config import StackConfig, parse_stack_config
+from components.stack_file import read_stack_file
 from inference_app import batch as batch_cli
 from inference_app.server import cli as serve_cli
 from policy.checks import image_reference_problem
@@ -185,3 +186,16 @@ def test_the_batch_jobs_command_and_user_fit_the_image(final: Stage) -> None:
     assert user is not None and int(user.value.split(":")[0]) == run_as, (
         "Dockerfile USER and the Job's runAsUser differ"
     )
+
+
+def test_the_images_jax_is_the_one_its_pathways_proxy_is_built_for() -> None:
+    """The proxy must match the client's JAX: the image pins JAX exactly (the `tpu` extra it installs),
+    and the stack deploys the Pathways images of that version with serving.engine inference-app."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["tpu"]
+    (jax_pin,) = [e for e in extras if e.startswith("jax[tpu]")]
+    assert jax_pin == f"jax[tpu]=={catalog.INFERENCE_APP_JAX_VERSION}", jax_pin
+    serving = read_stack_file(ROOT / "stacks" / "Pulumi.dev.yaml")["tpu-pathways-inference:serving"]
+    serving = {k: v for k, v in serving.items() if k != "maxtext_extra_args"}
+    c = _inference_app_stack(serving={**serving, "engine": "inference-app"})
+    assert c.pathways_proxy_image == catalog.pathways_proxy_image(catalog.INFERENCE_APP_JAX_VERSION)
+    assert c.pathways_server_image == catalog.pathways_server_image(catalog.INFERENCE_APP_JAX_VERSION)
