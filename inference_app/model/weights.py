@@ -246,13 +246,16 @@ def host_leaf(plan: ParamPlan, read: RowReader, dtype: Any, int8: bool) -> Any:
     return block(plan, read, tuple(slice(None) for _ in plan.shape), dtype)
 
 
-def rows_of(get: TensorGetter) -> RowReader:
-    """A RowReader over a whole-tensor getter (one tensor cached: consecutive reads share it)."""
+def rows_of(get: TensorGetter, keep: int = 4) -> RowReader:
+    """A RowReader over a whole-tensor getter. The last `keep` tensors stay cached: a fused
+    parameter interleaves its sources (q, k, v per KV head; gate, up), and a getter may be
+    expensive (GGUF dequantizes the whole tensor)."""
     cache: dict[str, np.ndarray] = {}
 
     def read(name: str, start: int, stop: int) -> np.ndarray:
         if name not in cache:
-            cache.clear()
+            if len(cache) >= keep:
+                cache.pop(next(iter(cache)))
             cache[name] = get(name)
         return cache[name][start:stop]
 
