@@ -85,13 +85,15 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
 
 
 def reference_table() -> str:
+    env_field = StackConfig.model_fields["environment"]
     lines = [
         START,
         "| Key | Type | Default | Meaning and rule |",
         "|---|---|---|---|",
-        "| `gcp:project` | str | **required** | GCP project id (never committed: the stacks hold a placeholder). |",
-        f"| `{PROJECT}:environment` | {_type_name(StackConfig.model_fields['environment'].annotation)} | "
-        f"{_default(StackConfig.model_fields['environment'])} | {StackConfig.model_fields['environment'].description} |",
+        "| `gcp:project` | str | **required** | "
+        "GCP project id (never committed: the stacks hold a placeholder). |",
+        f"| `{PROJECT}:environment` | {_type_name(env_field.annotation)} | "
+        f"{_default(env_field)} | {env_field.description} |",
     ]
     for section, model in SECTIONS.items():
         lines.extend(_rows(model, f"{PROJECT}:{section}."))

@@ -263,7 +263,8 @@ def tpu_rules(c: StackConfig) -> list[str]:
         )
     elif t.topology not in gen.topologies:
         out.append(
-            f"tpu.topology: {t.topology!r} is not a {gen.name} topology; use one of {', '.join(gen.topologies)}"
+            f"tpu.topology: {t.topology!r} is not a {gen.name} topology; "
+            f"use one of {', '.join(gen.topologies)}"
         )
     elif t.machine_type not in gen.topologies[t.topology]:
         fits = ", ".join(gen.topologies[t.topology])
@@ -359,8 +360,8 @@ def serving_rules(c: StackConfig) -> list[str]:
             out.append(f"serving.{field}: {value!r} must be a lowercase DNS label (a-z, 0-9, '-')")
     if s.max_prefill_predict_length >= s.max_target_length:
         out.append(
-            f"serving.max_prefill_predict_length: {s.max_prefill_predict_length} must be < serving.max_target_length "
-            f"({s.max_target_length}); the target length includes the prompt"
+            f"serving.max_prefill_predict_length: {s.max_prefill_predict_length} must be < "
+            f"serving.max_target_length ({s.max_target_length}); the target length includes the prompt"
         )
     out += _parallelism_problems(c)
     overlap = set(s.maxtext_extra_args) & set(GENERATED_MAXTEXT_KEYS)
@@ -373,7 +374,8 @@ def serving_rules(c: StackConfig) -> list[str]:
         out.append("serving.maxtext_extra_args: only used by engine jetstream-maxtext; remove it")
     if s.engine != "inference-app" and "drain_timeout_seconds" in s.model_fields_set:
         out.append(
-            "serving.drain_timeout_seconds: only used by engine inference-app (JetStream has no drain flag); remove it"
+            "serving.drain_timeout_seconds: only used by engine inference-app "
+            "(JetStream has no drain flag); remove it"
         )
     if s.ready_timeout_seconds <= s.probes.startup_initial_delay_seconds:
         out.append(
@@ -449,8 +451,8 @@ def autoscaling_rules(c: StackConfig) -> list[str]:
     generated = set(s.maxtext_extra_args) & set(AUTOSCALING_MAXTEXT_KEYS)
     if s.engine == "jetstream-maxtext" and generated:
         out.append(
-            f"serving.maxtext_extra_args: {', '.join(sorted(generated))} is generated when autoscaling.enabled "
-            f"(JetStream's exporter on port {catalog.JETSTREAM_METRICS_PORT}); remove it"
+            f"serving.maxtext_extra_args: {', '.join(sorted(generated))} is generated when "
+            f"autoscaling.enabled (JetStream's exporter on port {catalog.JETSTREAM_METRICS_PORT}); remove it"
         )
     return out
 
@@ -472,7 +474,8 @@ def batch_job_rules(c: StackConfig) -> list[str]:
         out.append(f"batch_job.name: {b.name!r} must be a lowercase DNS label")
     if b.max_tokens >= c.serving.max_target_length:
         out.append(
-            f"batch_job.max_tokens: {b.max_tokens} must be < serving.max_target_length ({c.serving.max_target_length})"
+            f"batch_job.max_tokens: {b.max_tokens} must be < serving.max_target_length "
+            f"({c.serving.max_target_length})"
         )
     return out
 

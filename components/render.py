@@ -27,7 +27,8 @@ def render(c: StackConfig) -> str:
         f"({c.serving.mode}, engine {c.serving.engine}).\n"
     )
     if c.lws.install:
-        header += f"# Applied first (server-side): the LWS controller from {catalog.lws_manifest_url(c.lws.version)}\n"
+        url = catalog.lws_manifest_url(c.lws.version)
+        header += f"# Applied first (server-side): the LWS controller from {url}\n"
     return header + to_yaml(manifests.workload_objects(c))
 
 

@@ -93,19 +93,21 @@ def main() -> int:
     md = [
         f"# Checkpoint load benchmark ({results['date_utc']} UTC)",
         "",
-        f"{results['machine']}; synthetic Llama ({args.size}, {gb:.2f} GB fp32 safetensors) loaded from local "
-        "disk onto 8 virtual CPU devices (fsdp 2 x tensor 4), one fresh process per run. "
+        f"{results['machine']}; synthetic Llama ({args.size}, {gb:.2f} GB fp32 safetensors) loaded from "
+        "local disk onto 8 virtual CPU devices (fsdp 2 x tensor 4), one fresh process per run. "
         f"Command: `{results['command']}`.",
         "",
         "`extra` = peak RSS during placement - RSS before - bytes placed on the devices (on CPU the "
         "devices are this process's memory), i.e. what loading held on top of the model.",
         "",
-        "| config | page cache | seconds | GB/s (checkpoint bytes / s) | CPU seconds (all threads) | placed GB | extra GB | extra / checkpoint | load avg before/after |",
+        "| config | page cache | seconds | GB/s (checkpoint bytes / s) | CPU seconds (all threads) "
+        "| placed GB | extra GB | extra / checkpoint | load avg before/after |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         md.append(
-            f"| {r['config']} | {r['cache']} | {r['seconds']:.2f} | {r['gb_per_s']:.3f} | {r['cpu_seconds']:.1f} | "
+            f"| {r['config']} | {r['cache']} | {r['seconds']:.2f} | {r['gb_per_s']:.3f} "
+            f"| {r['cpu_seconds']:.1f} | "
             f"{r['placed_bytes'] / 1e9:.2f} | {r['extra_bytes'] / 1e9:.3f} | "
             f"{r['extra_bytes'] / r['checkpoint_bytes']:.1%} | {r['load_before']} / {r['load_after']} |"
         )

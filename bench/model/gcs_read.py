@@ -51,8 +51,8 @@ def main() -> int:
     port = _free_port()
     data = tempfile.mkdtemp()
     emu = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "-d", data, "start", "--host", "127.0.0.1", "--port", str(port),
-         "--default-bucket", BUCKET],
+        [sys.executable, "-m", "gcp_storage_emulator", "-d", data, "start", "--host", "127.0.0.1",
+         "--port", str(port), "--default-bucket", BUCKET],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     host = f"http://127.0.0.1:{port}"
@@ -117,14 +117,16 @@ def main() -> int:
                 cpu = cpu1.ru_utime - cpu0.ru_utime + cpu1.ru_stime - cpu0.ru_stime
                 if got != payload:
                     raise AssertionError(f"{name}: wrong bytes")
-                rows.append({"method": name, "rep": rep, "seconds": round(secs, 3), "mb_s": round(SIZE / secs / 1e6, 1),
-                             "client_cpu_s": round(cpu, 2), "load": round(os.getloadavg()[0], 2)})  # fmt: skip
+                rows.append({"method": name, "rep": rep, "seconds": round(secs, 3),
+                             "mb_s": round(SIZE / secs / 1e6, 1), "client_cpu_s": round(cpu, 2),
+                             "load": round(os.getloadavg()[0], 2)})  # fmt: skip
                 print(rows[-1], flush=True)
     finally:
         emu.terminate()
         emu.wait(timeout=10)
     out = {"date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "object_mib": SIZE // 2**20,
-           "command": "PYTHONPATH=/tmp/gcsemu .venv/bin/python bench/model/gcs_read.py", "runs": rows}  # fmt: skip
+           "command": "PYTHONPATH=/tmp/gcsemu .venv/bin/python bench/model/gcs_read.py",
+           "runs": rows}  # fmt: skip
     (HERE / "gcs_read.json").write_text(json.dumps(out, indent=1) + "\n")
     md = [
         f"# Ranged GCS reads against a local emulator ({out['date_utc']} UTC)",
@@ -138,7 +140,8 @@ def main() -> int:
         "| method | run | seconds | MB/s | client CPU s | load avg |",
         "|---|---|---|---|---|---|",
         *[
-            f"| {r['method']} | {r['rep']} | {r['seconds']} | {r['mb_s']} | {r['client_cpu_s']} | {r['load']} |"
+            f"| {r['method']} | {r['rep']} | {r['seconds']} | {r['mb_s']} | {r['client_cpu_s']} "
+            f"| {r['load']} |"
             for r in rows
         ],
     ]

@@ -32,7 +32,7 @@ kernel's shape, `qrhs/scale` transposed to the output order).
                                                               scale [1, 1, *out dims]}
 
 Q/K rows are in Meta's adjacent-pair RoPE order for names starting with "llama3.1" and in the
-rotate-halves order otherwise (`architectures.py`); we store rotate-halves.
+rotate-halves order otherwise (`catalog.py`); we store rotate-halves.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from inference_app.model.architectures import Architecture, architecture
+from inference_app.model.catalog import Architecture, architecture
 from inference_app.model.config import ModelConfig
 from inference_app.model.tokenizer import TextTokenizer
 from inference_app.model.transformer import Params, QInt8
@@ -202,7 +202,9 @@ def check_tree(info: TreeInfo, cfg: ModelConfig, name: str) -> None:
                 f"{leaf}: expected shape {shape} for --model {name}, checkpoint has {got}"
             )
     if f"params/params/decoder/layers_{cfg.num_layers}/pre_self_attention_layer_norm/scale" in info.leaves:
-        raise MaxTextCheckpointError(f"checkpoint has more than the {cfg.num_layers} layers of --model {name}")
+        raise MaxTextCheckpointError(
+            f"checkpoint has more than the {cfg.num_layers} layers of --model {name}"
+        )
 
 
 # ---- MaxText layout -> ours (pure jnp, run on device) -----------------------------------------
@@ -247,7 +249,11 @@ class _Kernel:
 
 
 def _combine(
-    parts: list[tuple[jax.Array, jax.Array | None]], dtype: Any, int8: bool, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+    parts: list[tuple[jax.Array, jax.Array | None]],
+    dtype: Any,
+    int8: bool,
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
 ) -> Any:
     """Out-major pieces (already in our channel order) -> our float array or QInt8."""
     n_in = math.prod(in_shape)
@@ -268,7 +274,12 @@ def _combine(
 
 
 def convert_layer(
-    k: dict[str, _Kernel], norms: tuple[jax.Array, jax.Array], cfg: ModelConfig, arch_interleaved: bool, dtype: Any, int8: bool
+    k: dict[str, _Kernel],
+    norms: tuple[jax.Array, jax.Array],
+    cfg: ModelConfig,
+    arch_interleaved: bool,
+    dtype: Any,
+    int8: bool,
 ) -> dict[str, Any]:
     """One MaxText layer -> our layer dict (float arrays or QInt8), see the module docstring."""
     kv, g, hd, d, f = cfg.num_kv_heads, cfg.group_size, cfg.head_dim, cfg.hidden_size, cfg.ffn_size
@@ -348,7 +359,9 @@ def _spec_like(target: NamedSharding, dims: tuple[int | None, ...], shape: tuple
 class MaxTextWeights:
     """A MaxText checkpoint, restored into our layout and shardings (see the module docstring)."""
 
-    def __init__(self, path: str, arch: Architecture, name: str, dtype: Any, int8: bool, route: Route) -> None:
+    def __init__(
+        self, path: str, arch: Architecture, name: str, dtype: Any, int8: bool, route: Route
+    ) -> None:
         import orbax.checkpoint as ocp
 
         self.path, self.arch, self.cfg = path, arch, arch.config
@@ -399,7 +412,9 @@ class MaxTextWeights:
         cfg, dtype, int8 = self.cfg, self.dtype, self.int8
         layers = []
         # Every layer has the same shapes and shardings: one compiled conversion serves them all.
-        convert_one = jax.jit(convert_layer, static_argnums=(2, 3, 4, 5), out_shardings=shardings["layers"][0])
+        convert_one = jax.jit(
+            convert_layer, static_argnums=(2, 3, 4, 5), out_shardings=shardings["layers"][0]
+        )
         for i in range(cfg.num_layers):
             target = shardings["layers"][i]
             want: dict[str, NamedSharding] = {}
@@ -407,21 +422,30 @@ class MaxTextWeights:
                 for module in modules:
                     for leaf in self.info.kernel(i, module):
                         want[leaf] = self._leaf_sharding(leaf, module, target[ours])
-            norms = [f"params/params/decoder/layers_{i}/{n}_self_attention_layer_norm/scale" for n in ("pre", "post")]
+            norms = [
+                f"params/params/decoder/layers_{i}/{n}_self_attention_layer_norm/scale"
+                for n in ("pre", "post")
+            ]
             for n in norms:
                 want[n] = target["attn_norm"]
             got = self._restore(want)
             kernels = {
-                module: self._kernel(got, self.info.kernel(i, module)) for mods in _MODULES.values() for module in mods
+                module: self._kernel(got, self.info.kernel(i, module))
+                for mods in _MODULES.values()
+                for module in mods
             }
             layers.append(
-                convert_one(kernels, (got[norms[0]], got[norms[1]]), cfg, self.arch.rope_interleaved, dtype, int8)
+                convert_one(
+                    kernels, (got[norms[0]], got[norms[1]]), cfg, self.arch.rope_interleaved, dtype, int8
+                )
             )
             del got, kernels
         top = {k: v for k, v in shardings.items() if k != "layers"}
         emb_t = top["embed"].q if isinstance(top["embed"], QInt8) else top["embed"]
         want = {
-            "params/params/token_embedder/embedding": _spec_like(emb_t, (0, 1), self.info.leaves["params/params/token_embedder/embedding"][0]),
+            "params/params/token_embedder/embedding": _spec_like(
+                emb_t, (0, 1), self.info.leaves["params/params/token_embedder/embedding"][0]
+            ),
             "params/params/decoder/decoder_norm/scale": top["final_norm"],
         }
         if not self.tied:
@@ -461,13 +485,23 @@ def dataclass_replace_tied(cfg: ModelConfig, tied: bool) -> ModelConfig:
 
 
 def load(
-    path: str, dtype: Any, int8: bool, *, model_name: str | None, tokenizer_path: str | None,
-    environ: Mapping[str, str] | None = None, platforms: str | None = None,
+    path: str,
+    dtype: Any,
+    int8: bool,
+    *,
+    model_name: str | None,
+    tokenizer_path: str | None,
+    environ: Mapping[str, str] | None = None,
+    platforms: str | None = None,
     arch: Architecture | None = None,
 ) -> tuple[ModelConfig, MaxTextWeights, TextTokenizer]:
     """Open a MaxText checkpoint: architecture from the catalog, tokenizer from `tokenizer_path`."""
     if arch is None:
-        arch = architecture(model_name, f"{path} is a MaxText (Orbax) checkpoint, which carries no model config: name its architecture with --model")
+        arch = architecture(
+            model_name,
+            f"{path} is a MaxText (Orbax) checkpoint, which carries no model config: "
+            "name its architecture with --model",
+        )
     if tokenizer_path is None:
         raise MaxTextCheckpointError(
             f"{path} is a MaxText checkpoint, which carries no tokenizer: pass --tokenizer-path with a "
@@ -479,4 +513,3 @@ def load(
     weights = MaxTextWeights(path, arch, model_name or "(given)", dtype, int8, route)
     cfg = dataclass_replace_tied(arch.config, weights.tied)
     return cfg, weights, tokenizer_from_dir(tokenizer_path)
-

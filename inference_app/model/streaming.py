@@ -8,8 +8,9 @@ covers (`weights.block` / `weights.int8_rows`), quantizes them when int8 is aske
 the host shard over a small bounded queue; the main thread `device_put`s it to its device and
 drops the host copy. Matrices travel in the checkpoint's row order and dtype ([*out, *in], the
 cheap side for the host) and one jitted transpose + cast per parameter, sharded like the result,
-puts them in our [*in, *out] layout on the devices, where a transpose is fast. Reading the next shard overlaps the transfer of the previous one, and host memory
-holds at most a few shards (the queue depth + the one being built), never the model.
+puts them in our [*in, *out] layout on the devices, where a transpose is fast. Reading the next
+shard overlaps the transfer of the previous one, and host memory holds at most a few shards (the
+queue depth + the one being built), never the model.
 
 Devices holding the same block (replication) get one read. Works the same for CPU virtual
 devices, TPU, and Pathways (whose single controller addresses every device).
@@ -73,7 +74,9 @@ def _flatten(tree: Params) -> dict[Path, Any]:
     return out
 
 
-def _groups(sharding: NamedSharding, shape: tuple[int, ...]) -> list[tuple[tuple[slice, ...], list[jax.Device]]]:
+def _groups(
+    sharding: NamedSharding, shape: tuple[int, ...]
+) -> list[tuple[tuple[slice, ...], list[jax.Device]]]:
     """Unique shard indices of `shape` under `sharding` and the devices holding each."""
     groups: dict[tuple[tuple[int, int], ...], tuple[tuple[slice, ...], list[jax.Device]]] = {}
     for dev, idx in sharding.addressable_devices_indices_map(shape).items():
@@ -85,7 +88,13 @@ def _groups(sharding: NamedSharding, shape: tuple[int, ...]) -> list[tuple[tuple
 
 
 def _leaf_shards(
-    path: Path, plan: ParamPlan, read: RowReader, sharding: Any, dtype: Any, int8: bool, device_transpose: bool
+    path: Path,
+    plan: ParamPlan,
+    read: RowReader,
+    sharding: Any,
+    dtype: Any,
+    int8: bool,
+    device_transpose: bool,
 ) -> Iterator[_Shard]:
     if int8 and plan.quantizable:
         q_groups = _groups(sharding.q, (plan.n_out, int(np.prod(plan.in_shape))))
@@ -231,7 +240,11 @@ class StreamedWeights:
         return build_tree(self.cfg, leaves)
 
     def _assemble(
-        self, path: Path, plan: ParamPlan, sharding: Any, placed: dict[tuple[Path, str], dict[jax.Device, jax.Array]]
+        self,
+        path: Path,
+        plan: ParamPlan,
+        sharding: Any,
+        placed: dict[tuple[Path, str], dict[jax.Device, jax.Array]],
     ) -> Any:
         def array(part: str, shape: tuple[int, ...], s: NamedSharding) -> jax.Array:
             by_dev = placed.pop((path, part))

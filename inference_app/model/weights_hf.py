@@ -97,7 +97,8 @@ class HFCheckpoint:
 
     def __post_init__(self) -> None:
         self.fs, self.root = fsspec.core.url_to_fs(self.path)
-        self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self.local = "file" in protocols
         if not self.fs.exists(_join(self.root, "config.json")):
             raise FileNotFoundError(f"{self.path}: no config.json (expected a Hugging Face model directory)")
         self.hf_config: dict[str, Any] = json.loads(self._read("config.json"))

@@ -143,7 +143,9 @@ def test_inference_app_engine_replaces_jetstream() -> None:
 
 
 def test_leader_grace_period_covers_the_drain() -> None:
-    """Kubernetes' default 30 s grace would SIGKILL our server mid-drain; JetStream renders keep the guide's."""
+    """Kubernetes' default 30 s grace would SIGKILL our server mid-drain.
+
+    JetStream renders keep the guide's grace period."""
     leader = manifests.leader_worker_set(_inference_app("dev"))["spec"]["leaderWorkerTemplate"][
         "leaderTemplate"
     ]

@@ -165,8 +165,10 @@ def test_a_misspelt_nested_key_is_caught() -> None:
     (pool,) = rec.resources
     assert "workload_metadata_confg" in pool.inputs["nodeConfig"]  # passed through untranslated
     assert sorted(_problems(rec)) == [
-        "gcp:container/nodePool:NodePool typo: nodeConfig.workload_metadata_confg: unknown to NodePoolNodeConfigArgs",
-        "gcp:container/nodePool:NodePool typo: placementPolicy.tpu_topolgy: unknown to NodePoolPlacementPolicyArgs",
+        "gcp:container/nodePool:NodePool typo: nodeConfig.workload_metadata_confg: "
+        "unknown to NodePoolNodeConfigArgs",
+        "gcp:container/nodePool:NodePool typo: placementPolicy.tpu_topolgy: "
+        "unknown to NodePoolPlacementPolicyArgs",
     ]
 
 

@@ -8,6 +8,7 @@ flags the real CLI accepts, the same flags the stack's manifest passes.
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import tomllib
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from components import catalog, manifests
 from components.config import StackConfig, parse_stack_config
 from components.stack_file import read_stack_file
-from inference_app import batch as batch_cli
+from inference_app.batch import cli as batch_cli
 from inference_app.server import cli as serve_cli
 from policy.checks import image_reference_problem
 from tests.docker.dockerfile import Stage, parse
@@ -42,7 +43,8 @@ def final(stages: list[Stage]) -> Stage:
 def test_reader_joins_continuations_and_splits_stages(tmp_path: Path) -> None:
     f = tmp_path / "Dockerfile"
     f.write_text(
-        "# syntax=docker/dockerfile:1\nARG X=1\nFROM a:1 AS one\nRUN echo \\\n  hi\n\nFROM --platform=linux/amd64 b:2\nUSER 1\n"
+        "# syntax=docker/dockerfile:1\nARG X=1\nFROM a:1 AS one\nRUN echo \\\n  hi\n\n"
+        "FROM --platform=linux/amd64 b:2\nUSER 1\n"
     )
     one, two = parse(f)
     assert (one.image, one.name, two.image, two.name) == ("a:1", "one", "b:2", None)
@@ -160,6 +162,23 @@ def test_dockerignore_admits_exactly_what_the_build_copies() -> None:
                 copied.update(copy.value.split()[:-1])
     assert copied == included
     assert all((ROOT / p).exists() for p in included)
+
+
+def test_test_doubles_stay_out_of_the_image_and_out_of_the_serving_path() -> None:
+    """`inference_app/testing` is excluded from the build context, so no product module may import
+    it at module level (only `serve --inject-fault` does, lazily, and says why when it is absent)."""
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
+    assert "inference_app/testing/" in patterns
+    offenders = []
+    for path in sorted((ROOT / "inference_app").rglob("*.py")):
+        if "testing" in path.relative_to(ROOT / "inference_app").parts:
+            continue
+        for node in ast.parse(path.read_text()).body:  # module-level statements only
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "inference_app.testing" or n.startswith("inference_app.testing.") for n in names):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
 
 
 def _inference_app_stack(**sections: object) -> StackConfig:

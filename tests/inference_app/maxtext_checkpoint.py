@@ -115,7 +115,9 @@ def quantize_tree(tree: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
             for name, leaf in body[group].items():
                 contracted, lead = _AQT_DIMS[name]
                 q, scale = aqt_int8(leaf["kernel"], contracted, lead)
-                aqt["decoder"][layer][group][name] = {"AqtDotGeneral_0": {"qrhs": {"value": q, "scale": scale}}}
+                aqt["decoder"][layer][group][name] = {
+                    "AqtDotGeneral_0": {"qrhs": {"value": q, "scale": scale}}
+                }
                 params["decoder"][layer][group][name]["kernel"] = {}
     return aqt, params
 
@@ -173,7 +175,9 @@ def write_hf_from_maxtext(tree: dict[str, Any], template: Path, directory: Path,
     for i in range(cfg.num_layers):
         p, L = f"model.layers.{i}.", dec[f"layers_{i}"]
         sa, mlp = L["self_attention"], L["mlp"]
-        out[p + "self_attn.q_proj.weight"] = (unrope(sa["query"]["kernel"]) * np.float32(math.sqrt(hd))).reshape(d, h * hd).T
+        out[p + "self_attn.q_proj.weight"] = (
+            (unrope(sa["query"]["kernel"]) * np.float32(math.sqrt(hd))).reshape(d, h * hd).T
+        )
         out[p + "self_attn.k_proj.weight"] = unrope(sa["key"]["kernel"]).reshape(d, k * hd).T
         out[p + "self_attn.v_proj.weight"] = sa["value"]["kernel"].reshape(d, k * hd).T
         out[p + "self_attn.o_proj.weight"] = sa["out"]["kernel"].transpose(2, 0, 1).reshape(d, h * hd)
@@ -183,7 +187,9 @@ def write_hf_from_maxtext(tree: dict[str, Any], template: Path, directory: Path,
         out[p + "input_layernorm.weight"] = L["pre_self_attention_layer_norm"]["scale"]
         out[p + "post_attention_layernorm.weight"] = L["post_self_attention_layer_norm"]["scale"]
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({n: np.ascontiguousarray(v, np.float32) for n, v in out.items()}, str(directory / "model.safetensors"))
+    save_file(
+        {n: np.ascontiguousarray(v, np.float32) for n, v in out.items()}, str(directory / "model.safetensors")
+    )
     for f in template.iterdir():
         if f.suffix == ".json":
             shutil.copy(f, directory / f.name)

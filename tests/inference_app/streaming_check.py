@@ -45,8 +45,11 @@ def main() -> None:
     ap.add_argument("--logits", action="store_true", help="also compare logits with the host load")
     ap.add_argument("--weight-dtype", default="float32", choices=["float32", "bfloat16", "int8"])
     ap.add_argument("--device-transpose", choices=["auto", "on", "off"], default="auto")
-    ap.add_argument("--host-load", action="store_true",
-                    help="the pre-streaming way: whole host arrays, then one device_put (for comparison)")
+    ap.add_argument(
+        "--host-load",
+        action="store_true",
+        help="the pre-streaming way: whole host arrays, then one device_put (for comparison)",
+    )
     a = ap.parse_args()
     devices = jax.devices()
     assert len(devices) == 8, f"expected 8 virtual devices, got {len(devices)}"

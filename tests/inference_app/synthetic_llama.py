@@ -14,13 +14,23 @@ from safetensors.numpy import save_file
 
 # ~2.15 GB of fp32 (9 layers of a 2048-wide GQA model + 32000-token embedding and head).
 BIG: dict[str, Any] = dict(
-    hidden_size=2048, intermediate_size=5632, num_hidden_layers=9, num_attention_heads=16,
-    num_key_value_heads=4, head_dim=128, vocab_size=32000,
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_hidden_layers=9,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    head_dim=128,
+    vocab_size=32000,
 )
 # ~0.32 GB: the same shape of model, small enough for every `make test`.
 SMALL: dict[str, Any] = dict(
-    hidden_size=1024, intermediate_size=2816, num_hidden_layers=4, num_attention_heads=8,
-    num_key_value_heads=4, head_dim=128, vocab_size=16000,
+    hidden_size=1024,
+    intermediate_size=2816,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=128,
+    vocab_size=16000,
 )
 
 
@@ -44,9 +54,16 @@ def _tensors(cfg: dict[str, Any], layer: int) -> dict[str, tuple[int, ...]]:
 def write_synthetic_llama(directory: Path, sizes: dict[str, Any], tokenizer_from: Path, seed: int = 0) -> int:
     """Write the checkpoint; returns the bytes of tensor data written."""
     cfg = dict(
-        architectures=["LlamaForCausalLM"], model_type="llama", rms_norm_eps=1e-5, rope_theta=500000.0,
-        max_position_embeddings=2048, tie_word_embeddings=False, torch_dtype="float32",
-        bos_token_id=1, eos_token_id=2, **sizes,
+        architectures=["LlamaForCausalLM"],
+        model_type="llama",
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+        bos_token_id=1,
+        eos_token_id=2,
+        **sizes,
     )
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(cfg))
@@ -66,7 +83,9 @@ def write_synthetic_llama(directory: Path, sizes: dict[str, Any], tokenizer_from
             if len(shape) == 1:
                 arrays[name] = (1.0 + 0.1 * rng.standard_normal(shape, np.float32)).astype(np.float32)
             else:
-                arrays[name] = (rng.standard_normal(shape, np.float32) * np.float32(0.02 if "embed" not in name else 1.0))
+                arrays[name] = rng.standard_normal(shape, np.float32) * np.float32(
+                    0.02 if "embed" not in name else 1.0
+                )
             total += arrays[name].nbytes
             index[name] = fname
         save_file(arrays, str(directory / fname), metadata={"format": "pt"})

@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from inference_app.model import architectures, maxtext
-from inference_app.model.architectures import Architecture
+from inference_app.model import catalog, maxtext
+from inference_app.model.catalog import Architecture
 from inference_app.model.loader import LoadedModel, checkpoint_format, load_model
 from inference_app.model.transformer import QInt8, prefill_forward
 from tests.inference_app import maxtext_checkpoint as mt
@@ -32,7 +32,7 @@ def _register(monkeypatch: pytest.MonkeyPatch, tiny_dir: Path, interleaved: bool
 
     name = "tiny-llama3.1" if interleaved else "tiny-llama2"
     arch = Architecture(HFCheckpoint(str(tiny_dir)).config, rope_interleaved=interleaved)
-    monkeypatch.setitem(architectures.ARCHITECTURES, name, arch)
+    monkeypatch.setitem(catalog.ARCHITECTURES, name, arch)
     return name
 
 
@@ -112,7 +112,9 @@ def test_int8_checkpoint_restores_to_the_weights_it_stands_for(
     as_float = load_model(str(ckpt), np.float32, model_name=name, tokenizer_path=str(tiny_dir))
     hf_float = load_model(str(hf), np.float32)
     np.testing.assert_allclose(
-        _logits_and_greedy(_placed(as_float), as_float)[0], _logits_and_greedy(_placed(hf_float), hf_float)[0], atol=2e-5
+        _logits_and_greedy(_placed(as_float), as_float)[0],
+        _logits_and_greedy(_placed(hf_float), hf_float)[0],
+        atol=2e-5,
     )
 
 
@@ -131,18 +133,20 @@ def test_restore_route() -> None:
 def test_errors_name_the_fix(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tree = mt.maxtext_tree(tiny_dir, True)
     ckpt = mt.write_maxtext(tree, tmp_path / "ok")
-    with pytest.raises(architectures.UnknownArchitectureError, match="name its architecture with --model"):
+    with pytest.raises(catalog.UnknownArchitectureError, match="name its architecture with --model"):
         load_model(str(ckpt), np.float32, tokenizer_path=str(tiny_dir))
     name = _register(monkeypatch, tiny_dir, True)
     with pytest.raises(maxtext.MaxTextCheckpointError, match="--tokenizer-path"):
         load_model(str(ckpt), np.float32, model_name=name)
-    small = dataclasses.replace(architectures.ARCHITECTURES[name].config, hidden_size=32)
-    monkeypatch.setitem(architectures.ARCHITECTURES, "wrong", Architecture(small, True))
+    small = dataclasses.replace(catalog.ARCHITECTURES[name].config, hidden_size=32)
+    monkeypatch.setitem(catalog.ARCHITECTURES, "wrong", Architecture(small, True))
     with pytest.raises(maxtext.MaxTextCheckpointError, match="expected shape"):
         load_model(str(ckpt), np.float32, model_name="wrong", tokenizer_path=str(tiny_dir))
     layers = {k: v for k, v in tree["decoder"].items() if k.startswith("layers_")}
     scanned = {k: v for k, v in tree["decoder"].items() if not k.startswith("layers_")}
     scanned["layers"] = jax.tree.map(lambda *xs: np.stack(xs, axis=1), *layers.values())
-    ck2 = mt.write_maxtext({"decoder": scanned, "token_embedder": tree["token_embedder"]}, tmp_path / "scanned")
+    ck2 = mt.write_maxtext(
+        {"decoder": scanned, "token_embedder": tree["token_embedder"]}, tmp_path / "scanned"
+    )
     with pytest.raises(maxtext.MaxTextCheckpointError, match="scanned"):
         load_model(str(ck2), np.float32, model_name=name, tokenizer_path=str(tiny_dir))

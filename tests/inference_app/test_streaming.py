@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from inference_app.model.catalog import embedded_model_path
 from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
-from inference_app.models import embedded_model_path
 from tests.inference_app.synthetic_llama import BIG, SMALL, write_synthetic_llama
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,11 @@ def run_streaming_check(path: Path, *args: str) -> dict[str, Any]:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     proc = subprocess.run(
         [sys.executable, "-m", "tests.inference_app.streaming_check", str(path), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
@@ -68,8 +72,13 @@ def test_streamed_load_2gb(tmp_path: Path) -> None:
 
 
 TINY: dict[str, Any] = dict(
-    hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, head_dim=16, vocab_size=300,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    vocab_size=300,
 )
 
 
