@@ -1,4 +1,4 @@
-"""The per-stack Pathways scratch bucket and the TPU nodes' access to it and to the checkpoint.
+"""The per-stack Pathways scratch bucket and the TPU nodes' access to it, the checkpoint and its tokenizer.
 
 The guide points Pathways at Google's shared `gs://cloud-pathways-staging/tmp`, which is not ours to
 write; each stack gets its own private bucket instead.
@@ -22,6 +22,7 @@ class ScratchStorageArgs:
     retention_days: int
     labels: Mapping[str, str]
     checkpoint_bucket: str  # the nodes get read access to it
+    tokenizer_bucket: str | None  # another bucket the model server reads (its tokenizer), or None
     node_member: pulumi.Input[str] | None  # "serviceAccount:<email>" of the TPU nodes; None: grant nothing
 
 
@@ -61,6 +62,14 @@ class ScratchStorage(pulumi.ComponentResource):
                 member=args.node_member,
                 opts=child,
             )
+            if args.tokenizer_bucket is not None:
+                gcp.storage.BucketIAMMember(
+                    f"{name}-tokenizer-reader",
+                    bucket=args.tokenizer_bucket,
+                    role="roles/storage.objectViewer",
+                    member=args.node_member,
+                    opts=child,
+                )
         self.bucket_name = bucket.name
         self.scratch_location = pulumi.Output.concat("gs://", bucket.name, "/tmp")
         self.register_outputs({"bucket_name": self.bucket_name, "scratch_location": self.scratch_location})
