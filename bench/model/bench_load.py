@@ -1,7 +1,7 @@
 """Checkpoint load throughput and peak memory (issue 16): a synthetic Llama in the real Hugging
-Face layout (tests/inference_app/synthetic_llama.py; BIG = 2.15 GB of fp32) loaded from local
+Face layout (tests/inference_app/model/synthetic_llama.py; BIG = 2.15 GB of fp32) loaded from local
 disk over 8 virtual CPU devices (fsdp 2 x tensor 4), each run in a fresh process
-(tests/inference_app/streaming_check.py).
+(tests/inference_app/model/streaming_check.py).
 
 Configurations: streamed as fp32, bf16 and int8 (what the engine does now), and `host-fp32`,
 the way before streaming (whole host arrays, then one device_put). Every configuration runs
@@ -48,7 +48,7 @@ def drop_page_cache() -> bool:
 
 def run(path: Path, flags: list[str]) -> dict[str, Any]:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, "-m", "tests.inference_app.streaming_check", str(path), *flags]
+    cmd = [sys.executable, "-m", "tests.inference_app.model.streaming_check", str(path), *flags]
     before = os.getloadavg()[0]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800, check=False)
     if proc.returncode:
@@ -60,8 +60,8 @@ def run(path: Path, flags: list[str]) -> dict[str, Any]:
 
 
 def main() -> int:
-    from tests.inference_app.synthetic_llama import BIG, SMALL, write_synthetic_llama
-    from tests.inference_app.test_streaming import _tokenizer_dir
+    from tests.inference_app.model.synthetic_llama import BIG, SMALL, write_synthetic_llama
+    from tests.inference_app.model.test_streaming import _tokenizer_dir
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", choices=["big", "small"], default="big")

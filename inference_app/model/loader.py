@@ -1,10 +1,11 @@
 """Open any supported checkpoint: a GGUF file, a Hugging Face directory, or a MaxText (Orbax)
 checkpoint, local or gs://.
 
-`load_model` reads the config and tokenizer and returns the weights unplaced: the engine, which
-knows the mesh, calls `weights.place(shardings)`. Hugging Face weights are streamed shard by
-shard onto the devices (`streaming.py`); MaxText checkpoints are restored by Orbax straight into
-shardings (`maxtext.py`); GGUF files (the small embedded model) are dequantized on host first.
+The model package's entry point: the engine (`engine.model_for`) calls `load_model`, which reads
+the config and tokenizer and returns the weights unplaced; the engine, which knows the mesh, calls
+`weights.place(shardings)`. Hugging Face weights are streamed shard by shard onto the devices
+(`streaming.py`); MaxText checkpoints are restored by Orbax straight into shardings
+(`maxtext.py`); GGUF files (the small embedded model) are dequantized on host first.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def load_model(
     """Open `path` for weights as `dtype` (or int8 matrices) and its tokenizer.
 
     A MaxText checkpoint carries no model config and no tokenizer: `model_name` picks the
-    config from the catalog (`model/config.py: MAXTEXT_MODELS`) and `tokenizer_path` names a
+    config from the catalog (`model/catalog.py: ARCHITECTURES`) and `tokenizer_path` names a
     Hugging Face directory (or `tokenizer.json`) with the tokenizer.
     """
     fmt = checkpoint_format(path)

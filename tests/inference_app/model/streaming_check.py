@@ -2,7 +2,7 @@
 report memory as JSON. Run in a subprocess by test_streaming.py (the device count must be set
 before JAX starts) and by bench/model/bench_load.py.
 
-Usage: python -m tests.inference_app.streaming_check CKPT_DIR [--logits] [--weight-dtype D]
+Usage: python -m tests.inference_app.model.streaming_check CKPT_DIR [--logits] [--weight-dtype D]
        [--device-transpose auto|on|off] [--host-load]
 
 Peak RSS is read from /proc/self/status VmHWM after resetting it (`/proc/self/clear_refs` 5)
@@ -23,7 +23,7 @@ import numpy as np
 
 from inference_app.engine.sharding import make_mesh, param_shardings
 from inference_app.model.loader import HostWeights, load_model
-from inference_app.model.transformer import prefill_forward
+from inference_app.model.transformer import prefill
 
 PROMPT = [5, 17, 300, 1200, 7, 99, 4000, 12, 8, 15000, 3, 42]
 
@@ -88,7 +88,7 @@ def main() -> None:
     if a.logits:
         ids = np.asarray([PROMPT], np.int32)
         n = np.asarray([len(PROMPT)], np.int32)
-        fwd = jax.jit(prefill_forward, static_argnums=1, static_argnames="all_logits")
+        fwd = jax.jit(prefill, static_argnums=1, static_argnames="all_logits")
         streamed = np.asarray(fwd(params, model.config, ids, n, all_logits=True)[0])
         del params
         host = load_model(a.path, dtype, int8=int8).params  # the whole-tensor host path

@@ -17,9 +17,9 @@ import pytest
 
 from inference_app.model.catalog import embedded_model_path
 from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
-from tests.inference_app.synthetic_llama import BIG, SMALL, write_synthetic_llama
+from tests.inference_app.model.synthetic_llama import BIG, SMALL, write_synthetic_llama
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MAX_EXTRA = 0.25  # of the checkpoint's size
 
 
@@ -34,7 +34,7 @@ def _tokenizer_dir(tmp: Path) -> Path:
 def run_streaming_check(path: Path, *args: str) -> dict[str, Any]:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.inference_app.streaming_check", str(path), *args],
+        [sys.executable, "-m", "tests.inference_app.model.streaming_check", str(path), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -15,8 +15,8 @@ import pytest
 from inference_app.model import catalog, maxtext
 from inference_app.model.catalog import Architecture
 from inference_app.model.loader import LoadedModel, checkpoint_format, load_model
-from inference_app.model.transformer import QInt8, prefill_forward
-from tests.inference_app import maxtext_checkpoint as mt
+from inference_app.model.transformer import QInt8, prefill
+from tests.inference_app.model import maxtext_checkpoint as mt
 
 PROMPT = [17, 250, 3, 9000, 41, 41, 7, 1234, 5, 48000, 77, 2, 600, 12, 13, 14]
 STEPS = 12
@@ -45,7 +45,7 @@ def _placed(model: LoadedModel) -> Any:
     return model.weights.place(jax.tree.map(lambda _: rep, model.weights.abstract()))
 
 
-_FWD = jax.jit(prefill_forward, static_argnums=1, static_argnames="all_logits")
+_FWD = jax.jit(prefill, static_argnums=1, static_argnames="all_logits")
 
 
 def _logits_and_greedy(params: Any, model: LoadedModel) -> tuple[np.ndarray, list[int]]:
