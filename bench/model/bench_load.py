@@ -81,7 +81,8 @@ def main() -> int:
             r.update(config=name, cache=cache if cache == "warm" or dropped else "warm (could not drop)")
             rows.append(r)
             print(json.dumps(r), flush=True)
-    cmd = "python bench/model/bench_load.py " + " ".join(sys.argv[1:])
+    python = os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT)) else "python"
+    cmd = f"{python} bench/model/bench_load.py " + " ".join(sys.argv[1:])
     results = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
