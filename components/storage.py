@@ -48,27 +48,15 @@ class ScratchStorage(pulumi.ComponentResource):
             opts=child,
         )
         if args.node_member is not None:
-            gcp.storage.BucketIAMMember(
-                f"{name}-scratch-object-admin",
-                bucket=bucket.name,
-                role="roles/storage.objectAdmin",
-                member=args.node_member,
-                opts=child,
-            )
-            gcp.storage.BucketIAMMember(
-                f"{name}-checkpoint-reader",
-                bucket=args.checkpoint_bucket,
-                role="roles/storage.objectViewer",
-                member=args.node_member,
-                opts=child,
-            )
+            grants: list[tuple[str, pulumi.Input[str], str]] = [
+                ("scratch-object-admin", bucket.name, "roles/storage.objectAdmin"),
+                ("checkpoint-reader", args.checkpoint_bucket, "roles/storage.objectViewer"),
+            ]
             if args.tokenizer_bucket is not None:
+                grants.append(("tokenizer-reader", args.tokenizer_bucket, "roles/storage.objectViewer"))
+            for suffix, target, role in grants:
                 gcp.storage.BucketIAMMember(
-                    f"{name}-tokenizer-reader",
-                    bucket=args.tokenizer_bucket,
-                    role="roles/storage.objectViewer",
-                    member=args.node_member,
-                    opts=child,
+                    f"{name}-{suffix}", bucket=target, role=role, member=args.node_member, opts=child
                 )
         self.bucket_name = bucket.name
         self.scratch_location = pulumi.Output.concat("gs://", bucket.name, "/tmp")

@@ -209,3 +209,17 @@ def test_preflight_refuses_a_checkpoint_the_engine_cannot_serve(
     with pytest.raises(pulumi.RunError) as err:
         run_main(values, "dev", invokes=_listing(listing, tokenizer))
     assert expected in str(err.value)
+
+
+@pytest.mark.parametrize("bucket", ["my-models", "my-tokenizers"])
+def test_the_nodes_may_read_the_tokenizer_in_another_bucket(bucket: str) -> None:
+    rec = run_main(_app(hf_tokenizer_path=f"gs://{bucket}/llama/hf"), "dev", invokes=_listing(PER_ARRAY))
+    readers = {
+        r.name: r.inputs["bucket"]
+        for r in rec.by_type("gcp:storage/bucketIAMMember:BucketIAMMember")
+        if r.inputs["role"] == "roles/storage.objectViewer"
+    }
+    expected = {"storage-checkpoint-reader": "my-models"}
+    if bucket != "my-models":
+        expected["storage-tokenizer-reader"] = bucket
+    assert readers == expected
