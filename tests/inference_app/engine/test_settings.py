@@ -136,7 +136,11 @@ def test_a_tokenizer_path_needs_a_model_path(command: str) -> None:
 
 def test_the_default_model_is_named_once() -> None:
     assert DEFAULT_MODEL in CATALOG
-    assert EngineSettings().model == ServerOptions().model_name == DEFAULT_MODEL
+    # The server reports the catalog entry's Hugging Face id and answers to the short name too.
+    options = ServerOptions()
+    assert EngineSettings().model == DEFAULT_MODEL
+    assert options.model_name == CATALOG[DEFAULT_MODEL].hf_id
+    assert options.serves(DEFAULT_MODEL) and options.serves(CATALOG[DEFAULT_MODEL].hf_id)
 
 
 def test_engine_settings_keeps_its_import_paths() -> None:
