@@ -21,7 +21,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from inference_app.engine.api import Engine
 from inference_app.orchestrator import new_request_id
 from inference_app.server import routes_jetstream, routes_openai
+from inference_app.server.body_guard import BodyGuard
 from inference_app.server.errors import install_error_handlers
+from inference_app.server.http_metrics import HttpMetrics
 from inference_app.server.options import ServerOptions
 from inference_app.server.protocol import ChatCompletionRequest, CompletionRequest, GenerateRequest
 from inference_app.server.state import ServingState
@@ -127,9 +129,11 @@ def create_app(
         redoc_url=None,
     )
     app.state.serving = state
+    app.state.http_metrics = http_metrics = HttpMetrics(state.metrics)
     app.include_router(routes_jetstream.router)
     app.include_router(routes_openai.router)
     install_error_handlers(app, lambda: state.metrics.requests.labels(outcome="bad_request").inc())
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(BodyGuard, limits=options.limits, record=http_metrics.record)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer, the guard's too, carries the id
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -27,9 +27,11 @@ ERROR_TYPES = {
     400: "invalid_request_error",
     404: "not_found_error",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "request_too_large",
     415: "unsupported_media_type",
     429: "rate_limit_error",
+    431: "request_header_fields_too_large",
     500: "server_error",
     503: "service_unavailable",
 }
@@ -52,18 +54,23 @@ def request_id_of(request: Request) -> str:
     return str(getattr(request.state, "request_id", ""))
 
 
-def error_response(
-    request: Request, status: int, message: str, param: str | None = None, retry_after: int | None = None
-) -> JSONResponse:
-    body = {
+def error_payload(status: int, message: str, request_id: str, param: str | None = None) -> dict[str, Any]:
+    """The one error body (also written by the connection guard, before a request exists)."""
+    return {
         "error": {
             "message": message,
             "type": ERROR_TYPES.get(status, "error"),
             "param": param,
             "code": status,
-            "request_id": request_id_of(request),
+            "request_id": request_id,
         }
     }
+
+
+def error_response(
+    request: Request, status: int, message: str, param: str | None = None, retry_after: int | None = None
+) -> JSONResponse:
+    body = error_payload(status, message, request_id_of(request), param)
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     level = logging.WARNING if status < 500 else logging.ERROR
     log.log(level, "[%s] %s %s -> %d: %s", request_id_of(request), request.method, request.url.path, status, message)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from inference_app.server.limits import HttpLimits
 
 
 @dataclass(frozen=True)
@@ -11,8 +13,8 @@ class ServerOptions:
     port: int = 8000
     model_name: str = "smollm2-135m"  # the id reported by /v1/models and in responses
     max_queue: int = 64  # admitted requests waiting for prefill; beyond it: 429
-    max_body_bytes: int = 1 << 20  # larger bodies: 413
     drain_timeout_s: float = 30.0  # SIGTERM: how long in-flight requests may take to finish
     warmup: bool = True  # compile every prefill bucket, insert and generate before /healthcheck is 200
     generate_default_max_tokens: int = 128  # /generate without max_tokens
     chat_default_max_tokens: int = 256  # chat without max_tokens (capped by the cache room)
+    limits: HttpLimits = field(default_factory=HttpLimits)  # sizes, timeouts, connection cap

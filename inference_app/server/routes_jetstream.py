@@ -53,7 +53,7 @@ def error_body(status: int, message: str, request_id: str) -> dict[str, Any]:
 async def generate(request: Request) -> Response:
     """Continue `prompt` (no echo): `{"response": text}`, or NDJSON chunks with `stream: true`."""
     state = serving(request)
-    body = await parse_body(request, GenerateRequest, state.options.max_body_bytes)
+    body = await parse_body(request, GenerateRequest, state.options.limits.max_body_bytes)
     gen_request = GenerationRequest(
         prompt_ids=encode_prompt(state, body.prompt),
         max_tokens=body.max_tokens,

@@ -85,7 +85,7 @@ async def _sse_stream(gen: Generation, chunk: Chunk) -> AsyncIterator[str]:
 @router.post("/completions")
 async def completions(request: Request) -> Response:
     state = serving(request)
-    body = await parse_body(request, CompletionRequest, state.options.max_body_bytes)
+    body = await parse_body(request, CompletionRequest, state.options.limits.max_body_bytes)
     _check_model(state, body)
     gen = await _run(request, state, body, encode_prompt(state, body.prompt_text()), body.max_tokens)
     rid, created, model = f"cmpl-{gen.request.request_id}", int(time.time()), state.options.model_name
@@ -110,7 +110,7 @@ async def completions(request: Request) -> Response:
 @router.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
     state = serving(request)
-    body = await parse_body(request, ChatCompletionRequest, state.options.max_body_bytes)
+    body = await parse_body(request, ChatCompletionRequest, state.options.limits.max_body_bytes)
     _check_model(state, body)
     if state.engine is None:
         raise ApiError(503, f"The model is not loaded yet (phase: {state.phase}).", retry_after=5)

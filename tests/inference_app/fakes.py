@@ -231,6 +231,7 @@ class FakeEngine:
 def main(argv: list[str] | None = None) -> int:
     """Serve a FakeEngine through the real server entry point (signals, sockets, drain)."""
     from inference_app.server.cli import LOG_FORMAT, ServerOptions, run_server
+    from inference_app.server.limits import add_http_limit_arguments, http_limits_from_args
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     p = argparse.ArgumentParser(description=__doc__)
@@ -240,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-slots", type=int, default=4)
     p.add_argument("--max-queue", type=int, default=8)
     p.add_argument("--drain-timeout", type=float, default=30.0)
+    add_http_limit_arguments(p)
     args = p.parse_args(argv)
     settings = EngineSettings(max_slots=args.max_slots, max_prefill_length=64, max_target_length=400)
 
@@ -252,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         model_name="fake",
         max_queue=args.max_queue,
         drain_timeout_s=args.drain_timeout,
+        limits=http_limits_from_args(args),
     )
     return run_server(options, factory)
 
