@@ -6,7 +6,8 @@ the cap on open connections fitted to the file descriptor limit.
 
 SIGTERM: `/healthcheck` turns 503 and new requests get 503 at once, in-flight requests finish (up
 to `--drain-timeout` seconds; the rest fail with 503), then the process exits 0. A second SIGTERM
-or a SIGINT (Ctrl-C) stops at once.
+ends the drain at once, but every answer still ends cleanly (a JSON 503, or a stream's final error
+line) before the process exits 0. SIGINT (Ctrl-C) stops at once.
 """
 
 from __future__ import annotations
@@ -59,11 +60,21 @@ class DrainingServer(uvicorn.Server):
         self._draining = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Off the signal handler: it interrupts the loop thread, which may hold the orchestrator's lock.
         if sig == signal.SIGTERM and not self._draining:
             self._draining = True
             threading.Thread(target=self._drain, name="drain", daemon=True).start()
             return
+        if sig == signal.SIGTERM:
+            threading.Thread(target=self._end_drain, name="drain-now", daemon=True).start()
+            return
         super().handle_exit(sig, frame)
+
+    def _end_drain(self) -> None:
+        """A second SIGTERM: fail what is in flight now, each answer still complete (a JSON 503, or a
+        stream's final error line), and the drain ends as soon as they are written."""
+        log.warning("Second SIGTERM: ending the drain now; requests in flight end with 503.")
+        self.state.abort_in_flight("The server is shutting down (a second SIGTERM ended the drain).")
 
     def _drain(self) -> None:
         timeout = self.state.options.drain_timeout_s

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -295,3 +296,38 @@ def test_refusals_are_exported_with_zeros_from_the_start(server: ServerProcess) 
     assert reasons >= {"header_too_large", "malformed", "header_timeout", "body_timeout", "body_too_large",
                        "unsupported_media_type", "idle_timeout", "evicted", "connection_cap"}
     assert re.search(r"^inference_http_connections_open \d", text, re.M)
+
+
+# -- 6. a second SIGTERM during the drain -----------------------------------------------------
+def test_second_sigterm_ends_the_drain_but_every_answer_ends_cleanly() -> None:
+    srv = fake_server("--step-delay", "0.05", "--max-slots", "1", "--max-queue", "4", "--drain-timeout", "60")
+    try:
+        stream_body = b'{"prompt": "long stream", "max_tokens": 350, "ignore_eos": true, "stream": true}'
+        plain_body = b'{"prompt": "queued", "max_tokens": 350, "ignore_eos": true}'
+        with a.held_connections(srv.port, 3, first_bytes=b"") as socks:
+            socks[0].sendall(a.json_post("/generate", stream_body))
+            assert socks[0].recv(64).startswith(b"HTTP/1.1 200")  # streaming has begun
+            for s in socks[1:]:
+                s.sendall(a.json_post("/generate", plain_body))  # these wait in the queue
+            deadline = time.monotonic() + 10
+            while srv.metric("inference_requests_in_flight") < 3:
+                assert time.monotonic() < deadline, "requests not queued"
+                time.sleep(0.05)
+            srv.proc.send_signal(signal.SIGTERM)
+            while a.exchange(srv.port, a.request_bytes("GET", "/healthcheck"), 2).status != 503:
+                assert time.monotonic() < deadline + 10, "not draining"
+                time.sleep(0.05)
+            srv.proc.send_signal(signal.SIGTERM)
+            answers = [a.read_answer(s, timeout=20) for s in socks]
+        stream = answers[0]
+        assert stream.end == "eof" and stream.raw.endswith(b"0\r\n\r\n"), stream.raw[-200:]  # chunked, complete
+        last = json.loads([line for line in stream.body.split(b"\r\n") if line.startswith(b"{")][-1])
+        assert last["error"]["code"] == 503 and "second SIGTERM" in last["error"]["message"], last
+        for queued in answers[1:]:
+            assert queued.status == 503, queued.raw[:300]
+            err = json.loads(queued.body)["error"]
+            assert "second SIGTERM" in err["message"] and err["request_id"] == queued.header("x-request-id")
+        assert srv.proc.wait(30) == 0
+        assert "Second SIGTERM: ending the drain now" in srv.logs()
+    finally:
+        srv.terminate()
