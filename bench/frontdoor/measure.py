@@ -138,7 +138,10 @@ def main() -> None:
     finally:
         srv.terminate()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(results, indent=1) + "\n")
+    out = RESULTS / f"{args.name}.json"
+    if args.only and out.exists():  # re-measured rows replace theirs, the others stay
+        results = {**json.loads(out.read_text()), **results}
+    out.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -132,6 +132,7 @@ class GuardedH11Protocol(H11Protocol):
         self.conn = self._conn = _GuardedConnection(self.limits.max_header_bytes)
         self._deadline: asyncio.TimerHandle | None = None
         self._head_bytes = 0  # bytes of the request head being received (0: none started)
+        self._head_tail = b""  # its last 3 bytes: the end of the head may straddle two reads
         self._peer_closed = False
         self._done = False  # answered and closing: nothing more is read or written
 
@@ -179,12 +180,28 @@ class GuardedH11Protocol(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self._done:
             return
-        if self.conn.their_state is h11.IDLE and self._head_bytes == 0:
-            self._set_deadline(self.limits.header_timeout_s, "header_timeout")  # a request head starts
         if self.conn.their_state is h11.IDLE:
+            if self._head_bytes == 0:
+                self._set_deadline(self.limits.header_timeout_s, "header_timeout")  # a request head starts
+            if self._head_too_large(data):
+                return
             self._head_bytes += len(data)
+            self._head_tail = data[-3:]
         super().data_received(data)
         self._after_events()
+
+    def _head_too_large(self, data: bytes) -> bool:
+        """431 before h11 parses anything, when the head cannot end within the limit (parsing 10k
+        headers in one chunk would hold the event loop for a while)."""
+        room = self.limits.max_header_bytes - self._head_bytes
+        if len(data) <= room:
+            return False
+        window = self._head_tail + data[: max(room, 0) + 4]
+        if b"\r\n\r\n" in window:
+            return False  # the head ends in time (what follows is a body or the next request)
+        self._refuse("header_too_large", 431, f"The request head exceeds {self.limits.max_header_bytes} bytes "
+                     "(--max-header-bytes).")
+        return True
 
     def eof_received(self) -> bool | None:  # type: ignore[override]
         """Half-close: a complete request still gets its answer, then the connection closes."""
@@ -211,16 +228,13 @@ class GuardedH11Protocol(H11Protocol):
 
     # -- guards -----------------------------------------------------------------------------
     def _after_events(self) -> None:
-        """After h11 consumed what arrived: head complete (stop its clock) or too large (431)."""
+        """After h11 consumed what arrived: a complete head stops the header clock."""
         if self._done or self.transport.is_closing():
             return
-        if self.conn.their_state is not h11.IDLE:
-            if self._head_bytes:
-                self._head_bytes = 0
-                self._clear_deadline()  # the body's time is the body guard's
-        elif self._head_bytes > self.limits.max_header_bytes:  # still incomplete, and already too large
-            self._refuse("header_too_large", 431, f"The request head exceeds {self.limits.max_header_bytes} "
-                         "bytes (--max-header-bytes).")
+        if self.conn.their_state is not h11.IDLE and self._head_bytes:
+            self._head_bytes = 0
+            self._head_tail = b""
+            self._clear_deadline()  # the body's time is the body guard's
 
     def _expired(self, reason: Reason) -> None:
         self._deadline = None

@@ -124,19 +124,20 @@ def test_issue_sized_header_attacks_with_default_limits() -> None:
 
 # -- 2. timeouts and the connection cap -------------------------------------------------------
 def test_connection_flood_never_exhausts_descriptors() -> None:
-    """2.5x the descriptors the server has: idle ones are closed oldest first, probes still get in."""
+    """More connections than the server has descriptors: idle ones are closed oldest first, probes
+    still get in."""
     srv = fake_server(*SHORT, "--header-timeout", "30", "--idle-timeout", "30", nofile=512)
     try:
         assert "--max-connections 1024 lowered to 256" in srv.logs()
         with under_attack(srv), a.peak_usage(srv.proc.pid) as peak, \
-                a.held_connections(srv.port, 1300) as socks:
+                a.held_connections(srv.port, 700) as socks:
             time.sleep(0.5)
             late = a.exchange(srv.port, a.request_bytes("GET", "/healthcheck"), timeout=3)
             assert late.status == 200
             assert a.closed_by_server(socks) >= len(socks) - 256 - 10
         assert peak.fds < 512
         assert srv.metric("inference_http_connections_open") < 256
-        assert refused(srv, "evicted") >= 1300 - 256
+        assert refused(srv, "evicted") >= 700 - 256
         assert "closed the oldest idle connection" in srv.logs()
     finally:
         assert srv.terminate() == 0
