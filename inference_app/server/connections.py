@@ -217,6 +217,13 @@ class GuardedH11Protocol(H11Protocol):
             return
         self._after_events()
 
+    def shutdown(self) -> None:
+        """Server shutdown: connections already answered and closing need nothing more (h11 may be
+        in its error state, where uvicorn's close handshake would raise)."""
+        if self._done or self.transport.is_closing():
+            return
+        super().shutdown()
+
     def send_400_response(self, msg: str) -> None:
         error = self._conn.last_error
         status = error.error_status_hint if error is not None else 400

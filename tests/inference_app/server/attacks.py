@@ -347,3 +347,32 @@ def upload_after_413(port: int, close: bool, upload_bytes: int, limit_s: float, 
                     break
         rest = read_answer(sock, 5.0, t0)
         return Answer(bytes(got) + rest.raw, rest.end, rest.seconds), sent
+
+
+def big_prompts(base: str, clients: int, seconds: float, chat: bool, size: int = 1_000_000) -> tuple[int, dict[int, int]]:
+    """`clients` threads posting prompts of `size` characters back to back for `seconds`
+    (each far over any prompt limit). Returns (requests sent, count by status)."""
+    text = "hello " * (size // 6)
+    body = ({"messages": [{"role": "user", "content": text}], "max_tokens": 4} if chat
+            else {"prompt": text, "max_tokens": 4})
+    path = "/v1/chat/completions" if chat else "/generate"
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def run() -> None:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            while time.monotonic() < deadline:
+                try:
+                    status = client.post(path, json=body).status_code
+                except httpx.HTTPError:
+                    status = 0
+                with lock:
+                    statuses[status] = statuses.get(status, 0) + 1
+
+    threads = [threading.Thread(target=run, name=f"big-prompt-{i}") for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(statuses.values()), statuses
