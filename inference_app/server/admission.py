@@ -105,10 +105,8 @@ class QueueBudget:
 
     def check(self, queued: int) -> None:
         """Raise `Unavailable` (503 + Retry-After) when `queued` requests ahead take too long."""
-        if queued == 0:
-            return
-        rate = self.completion_rate()
-        if rate is None:
+        rate = self.completion_rate()  # sampled on every admission, so it is known when a burst comes
+        if queued == 0 or rate is None:
             return
         wait = queued / rate
         if wait > self.budget_s:
