@@ -114,13 +114,12 @@ async def chat_completions(request: Request) -> Response:
     _check_model(state, body)
     if state.engine is None:
         raise ApiError(503, f"The model is not loaded yet (phase: {state.phase}).", retry_after=5)
-    try:
-        rendered = state.engine.tokenizer.apply_chat_template(
+    try:  # contents stay text: special-token text typed into a message cannot forge turns
+        prompt_ids = tuple(state.engine.tokenizer.encode_chat(
             [m.model_dump() for m in body.messages], add_generation_prompt=True
-        )
+        ))
     except ValueError as exc:  # e.g. no template, or the template rejects the roles' order
         raise ApiError(400, f"Cannot apply the model's chat template: {exc}", "messages") from None
-    prompt_ids = encode_prompt(state, rendered)
     room = state.engine.max_target_length - len(prompt_ids)
     max_tokens = body.token_budget(default=max(1, min(state.options.chat_default_max_tokens, room)))
     gen = await _run(request, state, body, prompt_ids, max_tokens)
