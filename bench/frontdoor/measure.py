@@ -36,9 +36,14 @@ def observe(srv: ServerProcess, attack: Callable[[], str]) -> dict[str, Any]:
         seconds = time.monotonic() - t0
         status, gen_s = a.generate_ok(srv.base, timeout=300)
     return {
-        "outcome": outcome, "seconds": round(seconds, 2), "health": probe.summary(),
-        "health_p99_ms": round(probe.percentile(0.99) * 1e3), "health_failed": len(probe.failures),
-        "generate": f"{status} in {gen_s:.2f}s", "rss_mib": f"{rss0:.0f} -> peak {peak.rss_mib:.0f}", "open_fds_peak": peak.fds,
+        "outcome": outcome,
+        "seconds": round(seconds, 2),
+        "health": probe.summary(),
+        "health_p99_ms": round(probe.percentile(0.99) * 1e3),
+        "health_failed": len(probe.failures),
+        "generate": f"{status} in {gen_s:.2f}s",
+        "rss_mib": f"{rss0:.0f} -> peak {peak.rss_mib:.0f}",
+        "open_fds_peak": peak.fds,
     }
 
 
@@ -62,6 +67,7 @@ def attacks(port: int, base: str, big_mb: int) -> dict[str, Callable[[], str]]:
                 late = a.exchange(port, a.request_bytes("GET", "/healthcheck"), timeout=3)
                 closed = a.closed_by_server(socks)
             return f"{len(socks)} opened, {closed} closed by the server; one more client: {describe(late)}"
+
         return run
 
     def unfinished() -> str:
@@ -88,21 +94,39 @@ def attacks(port: int, base: str, big_mb: int) -> dict[str, Callable[[], str]]:
         "2 slowloris 1 byte/s": lambda: "{} ({} bytes sent)".format(*_pair(a.slowloris(port, 1.0, 40))),
         "2 silent connection": lambda: describe(a.silent(port, 40)),
         "2 slow body 1 byte/s": lambda: describe(a.slow_body(port, 100, 1.0, 45)),
-        "4 JSON nested 100k deep": lambda: describe(a.exchange(port, a.json_post("/generate", b"[" * 100_000))),
-        "4 5000-digit integer": lambda: describe(a.exchange(port, a.json_post(
-            "/generate", b'{"prompt": "hi", "max_tokens": ' + b"9" * 5000 + b"}"))),
+        "4 JSON nested 100k deep": lambda: describe(
+            a.exchange(port, a.json_post("/generate", b"[" * 100_000))
+        ),
+        "4 5000-digit integer": lambda: describe(
+            a.exchange(
+                port, a.json_post("/generate", b'{"prompt": "hi", "max_tokens": ' + b"9" * 5000 + b"}")
+            )
+        ),
         "7 keep-alive upload after 413 (impolite)": lambda: _upload(port, close=False, polite=False),
         "7 Connection: close upload after 413 (polite)": lambda: _upload(port, close=True, polite=True),
-        "8 HTTP/1.0 streaming": lambda: "chunked" if b"transfer-encoding: chunked" in a.exchange(
-            port, a.request_bytes("POST", "/generate", body, {"Content-Type": "application/json"},
-                                  version="HTTP/1.0")).raw.lower() else "not chunked",
-        "8 HTTP/1.1 without Host": lambda: describe(a.exchange(port, b"GET /healthcheck HTTP/1.1\r\n\r\n", 2)),
-        "8 half-close after a request": lambda: describe(a.exchange(port, a.json_post("/generate", plain),
-                                                                    half_close=True)),
-        "8 307 Location": lambda: str(a.exchange(port, a.json_post(
-            "/generate/", plain, Host="evil.example"), 2).header("location")),
-        "9 text/plain body": lambda: describe(a.exchange(port, a.request_bytes(
-            "POST", "/generate", plain, {"Content-Type": "text/plain"}), 3)),
+        "8 HTTP/1.0 streaming": lambda: (
+            "chunked"
+            if b"transfer-encoding: chunked"
+            in a.exchange(
+                port,
+                a.request_bytes(
+                    "POST", "/generate", body, {"Content-Type": "application/json"}, version="HTTP/1.0"
+                ),
+            ).raw.lower()
+            else "not chunked"
+        ),
+        "8 HTTP/1.1 without Host": lambda: describe(
+            a.exchange(port, b"GET /healthcheck HTTP/1.1\r\n\r\n", 2)
+        ),
+        "8 half-close after a request": lambda: describe(
+            a.exchange(port, a.json_post("/generate", plain), half_close=True)
+        ),
+        "8 307 Location": lambda: str(
+            a.exchange(port, a.json_post("/generate/", plain, Host="evil.example"), 2).header("location")
+        ),
+        "9 text/plain body": lambda: describe(
+            a.exchange(port, a.request_bytes("POST", "/generate", plain, {"Content-Type": "text/plain"}), 3)
+        ),
     }
 
 
@@ -113,9 +137,13 @@ def real_model_attacks(base: str) -> dict[str, Callable[[], str]]:
         def run() -> str:
             sent, statuses = a.big_prompts(base, clients=4, seconds=10, chat=chat)
             return f"{sent} requests of 1 MB, statuses {statuses}"
+
         return run
 
-    return {"3 4 clients posting 1 MB prompts": prompts(False), "3 4 clients posting 1 MB chat messages": prompts(True)}
+    return {
+        "3 4 clients posting 1 MB prompts": prompts(False),
+        "3 4 clients posting 1 MB chat messages": prompts(True),
+    }
 
 
 def _pair(pair: tuple[a.Answer, int]) -> tuple[str, int]:
@@ -133,15 +161,21 @@ def main() -> None:
     p.add_argument("--tree", type=Path, default=REPO, help="source tree to serve (default: this one)")
     p.add_argument("--big-mb", type=int, default=64, help="size of the one big header")
     p.add_argument("--only", default="", help="run only attacks whose name contains this")
-    p.add_argument("--real", action="store_true", help="serve SmolLM2 (item 3: tokenization) instead of the fake")
+    p.add_argument(
+        "--real", action="store_true", help="serve SmolLM2 (item 3: tokenization) instead of the fake"
+    )
     args = p.parse_args()
     if args.real:
         # No warm-up: tokenization needs no compiled step, and compiling every bucket takes minutes here.
-        srv = ServerProcess(["serve", "--max-slots", "4", "--no-warmup", "--log-level", "warning"], nofile=NOFILE,
-                            cwd=args.tree)
+        srv = ServerProcess(
+            ["serve", "--max-slots", "4", "--no-warmup", "--log-level", "warning"],
+            nofile=NOFILE,
+            cwd=args.tree,
+        )
     else:
-        srv = ServerProcess(["--step-delay", "0.01"], module="tests.inference_app.fakes", nofile=NOFILE,
-                            cwd=args.tree)
+        srv = ServerProcess(
+            ["--step-delay", "0.01"], module="tests.inference_app.fakes", nofile=NOFILE, cwd=args.tree
+        )
     results: dict[str, Any] = {}
     try:
         srv.wait_healthy(timeout=900)

@@ -47,11 +47,14 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     trees = {"before": args.before, "after": REPO}
-    runs: dict[str, dict[str, list[float]]] = {name: {"health_per_s": [], "stream_lines_per_s": []} for name in trees}
+    runs: dict[str, dict[str, list[float]]] = {
+        name: {"health_per_s": [], "stream_lines_per_s": []} for name in trees
+    }
     for _ in range(args.rounds):
         for name, tree in trees.items():
-            srv = ServerProcess(["--step-delay", "0", "--warmup-delay", "0"], module="tests.inference_app.fakes",
-                                cwd=tree)
+            srv = ServerProcess(
+                ["--step-delay", "0", "--warmup-delay", "0"], module="tests.inference_app.fakes", cwd=tree
+            )
             try:
                 srv.wait_healthy(timeout=60)
                 runs[name]["health_per_s"].append(health_per_s(srv.base))

@@ -1,6 +1,6 @@
 """results/before.json + results/after.json (from measure.py) -> results.md, side by side.
 
-    .venv/bin/python -m bench.frontdoor.table
+.venv/bin/python -m bench.frontdoor.table
 """
 
 from __future__ import annotations
@@ -14,8 +14,11 @@ HERE = Path(__file__).parent
 def cell(row: dict[str, object] | None) -> str:
     if row is None:
         return "not run"
-    return (f"{row['outcome']}<br>health p99 {row.get('health_p99_ms')} ms, {row.get('health_failed')} probes failed"
-            f"<br>/generate {row.get('generate')}; RSS MiB {row.get('rss_mib')}; fds {row.get('open_fds_peak')}")
+    return (
+        f"{row['outcome']}<br>health p99 {row.get('health_p99_ms')} ms, "
+        f"{row.get('health_failed')} probes failed"
+        f"<br>/generate {row.get('generate')}; RSS MiB {row.get('rss_mib')}; fds {row.get('open_fds_peak')}"
+    )
 
 
 def main() -> None:
@@ -52,7 +55,8 @@ def main() -> None:
             "|---|---|---|",
             f"| `/healthcheck` per second, one keep-alive connection | {m['before']['health_per_s']} | "
             f"{m['after']['health_per_s']} |",
-            f"| streamed NDJSON lines per second (fake engine, no step delay) | {m['before']['stream_lines_per_s']} | "
+            "| streamed NDJSON lines per second (fake engine, no step delay) | "
+            f"{m['before']['stream_lines_per_s']} | "
             f"{m['after']['stream_lines_per_s']} |",
             "",
             "The spread between rounds (see overhead.json) is larger than the difference: on this loaded",

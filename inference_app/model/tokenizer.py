@@ -49,7 +49,9 @@ class TextTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)
 
-    def encode_chat(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+    def encode_chat(
+        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+    ) -> list[int]:
         """Prompt ids of a conversation rendered with the chat template, where the template's own
         markers are control tokens but message contents are text: `<|im_end|>` typed into a message
         stays those characters, so a user cannot close their turn and forge another role's."""

@@ -58,7 +58,9 @@ class PromptLimits:
         if len(contents) > self.max_prefill_length:
             raise BadRequest(
                 f"{len(contents)} messages cannot fit {self.max_prefill_length} prompt tokens "
-                "(--max-prefill-length).", param="messages")
+                "(--max-prefill-length).",
+                param="messages",
+            )
         self.check_text("".join(contents), param="messages")
 
 

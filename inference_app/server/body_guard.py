@@ -63,33 +63,65 @@ class BodyGuard:
         content_type = headers.get("content-type")
         if content_type is None or not is_json(content_type):
             got = f"got {content_type!r}" if content_type is not None else "none was sent"
-            await self._reject(scope, receive, send, "unsupported_media_type", 415,
-                               f"Content-Type must be application/json ({got}); e.g. curl -H "
-                               "'Content-Type: application/json'.")
+            await self._reject(
+                scope,
+                receive,
+                send,
+                "unsupported_media_type",
+                415,
+                f"Content-Type must be application/json ({got}); e.g. curl -H "
+                "'Content-Type: application/json'.",
+            )
             return
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self._reject(scope, receive, send, "body_too_large", 413,
-                               f"Request body of {declared} bytes exceeds the {limit}-byte limit (--max-body-bytes).")
+            await self._reject(
+                scope,
+                receive,
+                send,
+                "body_too_large",
+                413,
+                f"Request body of {declared} bytes exceeds the {limit}-byte limit (--max-body-bytes).",
+            )
             return
         try:
             async with asyncio.timeout(self.limits.body_timeout_s):
                 body = await _read_body(receive, limit)
         except TimeoutError:
-            await self._reject(scope, receive, send, "body_timeout", 408,
-                               f"The request body did not arrive within {self.limits.body_timeout_s:g}s "
-                               "(--body-timeout).", linger=False)
+            await self._reject(
+                scope,
+                receive,
+                send,
+                "body_timeout",
+                408,
+                f"The request body did not arrive within {self.limits.body_timeout_s:g}s (--body-timeout).",
+                linger=False,
+            )
             return
         except _TooLarge:
-            await self._reject(scope, receive, send, "body_too_large", 413,
-                               f"Request body exceeds the {limit}-byte limit (--max-body-bytes).")
+            await self._reject(
+                scope,
+                receive,
+                send,
+                "body_too_large",
+                413,
+                f"Request body exceeds the {limit}-byte limit (--max-body-bytes).",
+            )
             return
         except _Disconnected:
             return
         await self.app(scope, _replay(body, receive), send)
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send, reason: Reason, status: int,
-                      message: str, linger: bool = True) -> None:
+    async def _reject(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        reason: Reason,
+        status: int,
+        message: str,
+        linger: bool = True,
+    ) -> None:
         self.record(reason)
         response = error_response(Request(scope), status, message)
         headers = MutableHeaders(raw=list(response.raw_headers))
@@ -149,7 +181,7 @@ def _relative_redirects(send: Send) -> Send:
             location = headers.get("location", "")
             scheme, sep, rest = location.partition("://")
             if sep and "/" not in scheme:
-                path = rest[rest.find("/"):] if "/" in rest else "/"
+                path = rest[rest.find("/") :] if "/" in rest else "/"
                 headers["location"] = "/" + path.lstrip("/")  # never "//host": that names a host too
         await send(message)
 

@@ -29,9 +29,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.server import ServerState
 
 from inference_app.orchestrator import new_request_id
-from inference_app.server.errors import error_payload
 from inference_app.server.http_metrics import HttpMetrics, Reason
 from inference_app.server.limits import HttpLimits
+from inference_app.server.protocol import ErrorResponse
 
 log = logging.getLogger("inference_app.server")
 
@@ -53,11 +53,15 @@ class _GuardedConnection(h11.Connection):
         try:
             event = super().next_event()
             if isinstance(event, h11.Request):
-                size = len(event.method) + len(event.target) + sum(
-                    len(name) + len(value) + 4 for name, value in event.headers.raw_items())
+                size = (
+                    len(event.method)
+                    + len(event.target)
+                    + sum(len(name) + len(value) + 4 for name, value in event.headers.raw_items())
+                )
                 if size > self.max_head:
                     raise h11.RemoteProtocolError(
-                        f"The request head exceeds {self.max_head} bytes (--max-header-bytes).", 431)
+                        f"The request head exceeds {self.max_head} bytes (--max-header-bytes).", 431
+                    )
             return event
         except h11.RemoteProtocolError as exc:
             self.last_error = exc
@@ -105,7 +109,7 @@ class ConnectionTable:
 def error_bytes(status: int, message: str, retry_after: int | None = None) -> bytes:
     """A complete `Connection: close` answer in the one error shape, for a connection with no request."""
     request_id = new_request_id()
-    body = json.dumps(error_payload(status, message, request_id)).encode()
+    body = json.dumps(ErrorResponse.of(status, message, None, request_id).body()).encode()
     head = [
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
         "content-type: application/json",
@@ -126,8 +130,13 @@ class GuardedH11Protocol(H11Protocol):
     metrics: ClassVar[HttpMetrics]
     notes: ClassVar[_RateLimitedLog]
 
-    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
-                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.conn = self._conn = _GuardedConnection(self.limits.max_header_bytes)
         self._deadline: asyncio.TimerHandle | None = None
@@ -151,7 +160,9 @@ class GuardedH11Protocol(H11Protocol):
             self._deadline.cancel()
             self._deadline = None
 
-    def _refuse(self, reason: Reason, status: int | None, message: str, retry_after: int | None = None) -> None:
+    def _refuse(
+        self, reason: Reason, status: int | None, message: str, retry_after: int | None = None
+    ) -> None:
         """Answer (if `status`) and close; count and log it."""
         self.metrics.record(reason)
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "client"
@@ -167,8 +178,13 @@ class GuardedH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if not self.table.admit(self):
-            self._refuse("connection_cap", 503, f"Too many open connections ({self.table.cap}, "
-                         "--max-connections), all busy; try again shortly.", retry_after=1)
+            self._refuse(
+                "connection_cap",
+                503,
+                f"Too many open connections ({self.table.cap}, "
+                "--max-connections), all busy; try again shortly.",
+                retry_after=1,
+            )
             return
         self._set_deadline(self.limits.idle_timeout_s, "idle_timeout")
 
@@ -199,8 +215,11 @@ class GuardedH11Protocol(H11Protocol):
         window = self._head_tail + data[: max(room, 0) + 4]
         if b"\r\n\r\n" in window:
             return False  # the head ends in time (what follows is a body or the next request)
-        self._refuse("header_too_large", 431, f"The request head exceeds {self.limits.max_header_bytes} bytes "
-                     "(--max-header-bytes).")
+        self._refuse(
+            "header_too_large",
+            431,
+            f"The request head exceeds {self.limits.max_header_bytes} bytes (--max-header-bytes).",
+        )
         return True
 
     def eof_received(self) -> bool | None:  # type: ignore[override]
@@ -248,15 +267,20 @@ class GuardedH11Protocol(H11Protocol):
         if self._done or not self.idle:
             return
         if reason == "header_timeout" and self._head_bytes:
-            self._refuse(reason, 408, f"The request head did not arrive within {self.limits.header_timeout_s:g}s "
-                         "(--header-timeout).")
+            self._refuse(
+                reason,
+                408,
+                f"The request head did not arrive within {self.limits.header_timeout_s:g}s "
+                "(--header-timeout).",
+            )
         else:
             self._refuse("idle_timeout", None, "closed an idle connection (--idle-timeout)")
 
     def evict(self) -> None:
         """Make room at the cap (called on the oldest idle connection)."""
-        self._refuse("evicted", None, f"closed the oldest idle connection: {self.table.cap} open "
-                     "(--max-connections)")
+        self._refuse(
+            "evicted", None, f"closed the oldest idle connection: {self.table.cap} open (--max-connections)"
+        )
         self.table.remove(self)
 
 

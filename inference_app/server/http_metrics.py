@@ -22,16 +22,32 @@ Reason = Literal[
     "body_timeout",  # 408: the body did not arrive in time
     "body_too_large",  # 413
     "unsupported_media_type",  # 415
-    "idle_timeout",  # closed: a new connection sent nothing within the idle timeout (keep-alive ends are not counted)
+    # closed: a new connection sent nothing within the idle timeout (keep-alive ends are not counted)
+    "idle_timeout",
     "evicted",  # closed: the oldest idle connection, to make room for a new one at the cap
     "connection_cap",  # 503: at the cap with no idle connection to close
 ]
 REASONS: tuple[Reason, ...] = (
-    "header_too_large", "malformed", "header_timeout", "body_timeout", "body_too_large",
-    "unsupported_media_type", "idle_timeout", "evicted", "connection_cap",
+    "header_too_large",
+    "malformed",
+    "header_timeout",
+    "body_timeout",
+    "body_too_large",
+    "unsupported_media_type",
+    "idle_timeout",
+    "evicted",
+    "connection_cap",
 )
-ANSWERED_4XX = frozenset({"header_too_large", "malformed", "header_timeout", "body_timeout", "body_too_large",
-                          "unsupported_media_type"})
+ANSWERED_4XX = frozenset(
+    {
+        "header_too_large",
+        "malformed",
+        "header_timeout",
+        "body_timeout",
+        "body_too_large",
+        "unsupported_media_type",
+    }
+)
 
 
 class HttpMetrics:
@@ -40,8 +56,10 @@ class HttpMetrics:
         self._bad_request = serving.requests.labels(outcome="bad_request")
         self.open_connections = Gauge(f"{PREFIX}_http_connections_open", "Open HTTP connections.", registry=r)
         self.refused = Counter(
-            f"{PREFIX}_http_refused", "Connections or requests the front door turned away, by reason.",
-            ["reason"], registry=r,
+            f"{PREFIX}_http_refused",
+            "Connections or requests the front door turned away, by reason.",
+            ["reason"],
+            registry=r,
         )
         for reason in REASONS:
             self.refused.labels(reason=reason)  # export zeros

@@ -84,13 +84,17 @@ class DrainingServer(uvicorn.Server):
             log.info("Drained: no request in flight; shutting down.")
         else:
             log.warning("Drain deadline of %.0fs passed; the remaining requests fail with 503.", timeout)
-            self.state.abort_in_flight(f"The server is shutting down (drain deadline of {timeout:g}s passed).")
+            self.state.abort_in_flight(
+                f"The server is shutting down (drain deadline of {timeout:g}s passed)."
+            )
         self.should_exit = True
 
 
 def uvicorn_config(options: ServerOptions, app: object, metrics: HttpMetrics) -> uvicorn.Config:
     """uvicorn with the front door's limits: its h11 protocol behind the connection guard."""
-    limits = dataclasses.replace(options.limits, max_connections=fit_connection_cap(options.limits.max_connections))
+    limits = dataclasses.replace(
+        options.limits, max_connections=fit_connection_cap(options.limits.max_connections)
+    )
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=options.host,

@@ -54,19 +54,43 @@ def _positive_float(text: str) -> float:
 def add_http_limit_arguments(p: argparse.ArgumentParser) -> None:
     d = HttpLimits()
     g = p.add_argument_group("HTTP limits (see docs/serving.md#limits)")
-    g.add_argument("--max-header-bytes", type=_positive_int, default=d.max_header_bytes,
-                   help="request line + headers; larger: 431 (default %(default)s)")
-    g.add_argument("--header-timeout", type=_positive_float, default=d.header_timeout_s,
-                   help="seconds from the first byte of a request head to its end; slower: 408 (default %(default)s)")
-    g.add_argument("--idle-timeout", type=_positive_float, default=d.idle_timeout_s,
-                   help="seconds a connection may sit without a request before it is closed (default %(default)s)")
-    g.add_argument("--body-timeout", type=_positive_float, default=d.body_timeout_s,
-                   help="seconds to receive a request body after its head; slower: 408 (default %(default)s)")
-    g.add_argument("--max-body-bytes", type=_positive_int, default=d.max_body_bytes,
-                   help="largest request body; larger: 413 (default %(default)s)")
-    g.add_argument("--max-connections", type=_positive_int, default=d.max_connections,
-                   help="open connections; beyond it the oldest idle one is closed, or the new one gets 503 "
-                   "(default %(default)s; lowered to fit the process's file descriptor limit)")
+    g.add_argument(
+        "--max-header-bytes",
+        type=_positive_int,
+        default=d.max_header_bytes,
+        help="request line + headers; larger: 431 (default %(default)s)",
+    )
+    g.add_argument(
+        "--header-timeout",
+        type=_positive_float,
+        default=d.header_timeout_s,
+        help="seconds from the first byte of a request head to its end; slower: 408 (default %(default)s)",
+    )
+    g.add_argument(
+        "--idle-timeout",
+        type=_positive_float,
+        default=d.idle_timeout_s,
+        help="seconds a connection may sit without a request before it is closed (default %(default)s)",
+    )
+    g.add_argument(
+        "--body-timeout",
+        type=_positive_float,
+        default=d.body_timeout_s,
+        help="seconds to receive a request body after its head; slower: 408 (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-body-bytes",
+        type=_positive_int,
+        default=d.max_body_bytes,
+        help="largest request body; larger: 413 (default %(default)s)",
+    )
+    g.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        default=d.max_connections,
+        help="open connections; beyond it the oldest idle one is closed, or the new one gets 503 "
+        "(default %(default)s; lowered to fit the process's file descriptor limit)",
+    )
 
 
 def http_limits_from_args(args: argparse.Namespace) -> HttpLimits:
@@ -99,5 +123,10 @@ def fit_connection_cap(wanted: int) -> int:
     cap = max(1, soft - FD_RESERVE)
     log.warning(
         "--max-connections %d lowered to %d: the file descriptor limit is %d (ulimit -n) and %d stay "
-        "free for the rest of the process.", wanted, cap, soft, FD_RESERVE)
+        "free for the rest of the process.",
+        wanted,
+        cap,
+        soft,
+        FD_RESERVE,
+    )
     return cap

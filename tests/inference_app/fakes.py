@@ -51,8 +51,11 @@ class ByteTokenizer:
         text = "".join(f"<|{m['role']}|>{m['content']}\n" for m in messages)
         return text + ("<|assistant|>" if add_generation_prompt else "")
 
-    def encode_chat(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
-        return self.encode(self.apply_chat_template(messages, add_generation_prompt))  # bytes: no control tokens
+    def encode_chat(
+        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+    ) -> list[int]:
+        # bytes: there are no control tokens to forge
+        return self.encode(self.apply_chat_template(messages, add_generation_prompt))
 
 
 def continuation_start(prompt_ids: Sequence[int], sampling: SamplingParams) -> int:

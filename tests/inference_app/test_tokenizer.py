@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from inference_app.model.catalog import embedded_model_path
 from inference_app.model.tokenizer import TextTokenizer
 from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
-from inference_app.models import embedded_model_path
 
 TABLE = [
     "Hello world",
@@ -122,14 +122,17 @@ def test_plain_conversations_equal_the_reference(ours: TextTokenizer, reference:
 
 
 @pytest.mark.parametrize("content", FORGERIES)
-def test_special_token_text_in_a_message_stays_text(ours: TextTokenizer, reference: Any, content: str) -> None:
+def test_special_token_text_in_a_message_stays_text(
+    ours: TextTokenizer, reference: Any, content: str
+) -> None:
     messages = [{"role": "user", "content": content}]
     ids = ours.encode_chat(messages)
     rendered = reference.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     assert ours.decode(ids) == rendered  # the same text ...
     controls = control_ids(reference)
     harmless = ours.encode_chat([{"role": "user", "content": "x"}])
-    assert [i for i in ids if i in controls] == [i for i in harmless if i in controls]  # ... only the template's markers
+    # ... only the template's markers
+    assert [i for i in ids if i in controls] == [i for i in harmless if i in controls]
     as_text = reference(content, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     assert contains(ids, as_text)  # the content as the reference tokenizer encodes text
     naive = rendered_ids(reference, messages)

@@ -98,8 +98,13 @@ def exchange(port: int, data: bytes, timeout: float = 5.0, half_close: bool = Fa
         return read_answer(sock, timeout, t0)
 
 
-def request_bytes(method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
-                  version: str = "HTTP/1.1") -> bytes:
+def request_bytes(
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    version: str = "HTTP/1.1",
+) -> bytes:
     lines = [f"{method} {path} {version}"]
     all_headers = {"Host": "127.0.0.1", **(headers or {})}
     if body and "Transfer-Encoding" not in all_headers:
@@ -129,8 +134,10 @@ class ProbeStats:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
     def summary(self) -> str:
-        return (f"{self.count} probes, {len(self.failures)} failed, p50 {self.percentile(0.5) * 1e3:.0f} ms, "
-                f"p99 {self.percentile(0.99) * 1e3:.0f} ms, max {max(self.latencies, default=0) * 1e3:.0f} ms")
+        return (
+            f"{self.count} probes, {len(self.failures)} failed, p50 {self.percentile(0.5) * 1e3:.0f} ms, "
+            f"p99 {self.percentile(0.99) * 1e3:.0f} ms, max {max(self.latencies, default=0) * 1e3:.0f} ms"
+        )
 
 
 @contextlib.contextmanager
@@ -169,7 +176,9 @@ def generate_ok(base: str, timeout: float = 30.0) -> tuple[int, float]:
     """A normal /generate: (status, seconds)."""
     t0 = time.monotonic()
     try:
-        r = httpx.post(f"{base}/generate", json={"prompt": "a normal request", "max_tokens": 8}, timeout=timeout)
+        r = httpx.post(
+            f"{base}/generate", json={"prompt": "a normal request", "max_tokens": 8}, timeout=timeout
+        )
         return r.status_code, time.monotonic() - t0
     except httpx.HTTPError:
         return 0, time.monotonic() - t0
@@ -238,8 +247,9 @@ def many_headers(port: int, count: int) -> Answer:
 
 
 @contextlib.contextmanager
-def held_connections(port: int, count: int, first_bytes: bytes = b"GET /healthcheck HTTP/1.1\r\nX-Slow: ") \
-        -> Iterator[list[socket.socket]]:
+def held_connections(
+    port: int, count: int, first_bytes: bytes = b"GET /healthcheck HTTP/1.1\r\nX-Slow: "
+) -> Iterator[list[socket.socket]]:
     """`count` connections that each send the start of a request head and never finish it."""
     socks: list[socket.socket] = []
     try:
@@ -281,7 +291,7 @@ def slowloris(port: int, interval: float, limit_s: float) -> tuple[Answer, int]:
     with connect(port) as sock:
         while time.monotonic() - t0 < limit_s and sent < len(payload):
             try:
-                sock.sendall(payload[sent: sent + 1])
+                sock.sendall(payload[sent : sent + 1])
             except (ConnectionResetError, BrokenPipeError):
                 return Answer(b"", "reset", time.monotonic() - t0), sent
             sent += 1
@@ -302,8 +312,13 @@ def slow_body(port: int, declared: int, interval: float, limit_s: float) -> Answ
     """A complete head announcing `declared` body bytes, then one byte every `interval` s."""
     t0 = time.monotonic()
     with connect(port) as sock:
-        sock.sendall(request_bytes("POST", "/generate", headers={
-            "Content-Type": "application/json", "Content-Length": str(declared)}))
+        sock.sendall(
+            request_bytes(
+                "POST",
+                "/generate",
+                headers={"Content-Type": "application/json", "Content-Length": str(declared)},
+            )
+        )
         for _ in range(declared):
             if time.monotonic() - t0 > limit_s:
                 break
@@ -317,8 +332,9 @@ def slow_body(port: int, declared: int, interval: float, limit_s: float) -> Answ
         return Answer(b"", "open", time.monotonic() - t0)
 
 
-def upload_after_413(port: int, close: bool, upload_bytes: int, limit_s: float, polite: bool) \
-        -> tuple[Answer, int]:
+def upload_after_413(
+    port: int, close: bool, upload_bytes: int, limit_s: float, polite: bool
+) -> tuple[Answer, int]:
     """A chunked upload far over the body limit, sent as fast as the server takes it. A `polite`
     client stops sending once it has a complete answer (as curl and httpx do); an impolite one
     sends on. Returns the answer and how many bytes the server took before it stopped reading."""
@@ -349,12 +365,17 @@ def upload_after_413(port: int, close: bool, upload_bytes: int, limit_s: float, 
         return Answer(bytes(got) + rest.raw, rest.end, rest.seconds), sent
 
 
-def big_prompts(base: str, clients: int, seconds: float, chat: bool, size: int = 1_000_000) -> tuple[int, dict[int, int]]:
+def big_prompts(
+    base: str, clients: int, seconds: float, chat: bool, size: int = 1_000_000
+) -> tuple[int, dict[int, int]]:
     """`clients` threads posting prompts of `size` characters back to back for `seconds`
     (each far over any prompt limit). Returns (requests sent, count by status)."""
     text = "hello " * (size // 6)
-    body = ({"messages": [{"role": "user", "content": text}], "max_tokens": 4} if chat
-            else {"prompt": text, "max_tokens": 4})
+    body = (
+        {"messages": [{"role": "user", "content": text}], "max_tokens": 4}
+        if chat
+        else {"prompt": text, "max_tokens": 4}
+    )
     path = "/v1/chat/completions" if chat else "/generate"
     statuses: dict[int, int] = {}
     lock = threading.Lock()

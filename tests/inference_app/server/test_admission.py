@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from inference_app.engine.api import EngineSettings
+from inference_app.model.catalog import embedded_model_path
 from inference_app.model.tokenizer import TextTokenizer
 from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
-from inference_app.models import embedded_model_path
 from inference_app.orchestrator import ServingMetrics, Unavailable
 from inference_app.orchestrator.request import BadRequest
 from inference_app.server.admission import PromptLimits, QueueBudget, Tokenization, longest_token_chars
@@ -33,7 +33,9 @@ def test_character_bound_never_refuses_a_prompt_that_fits(smollm2: TextTokenizer
     longest = longest_token_chars(smollm2)
     assert 1 < longest < 1000
     for text in TEXTS:
-        assert len(text) <= len(smollm2.encode(text)) * longest  # so chars > limit * longest => tokens > limit
+        assert (
+            len(text) <= len(smollm2.encode(text)) * longest
+        )  # so chars > limit * longest => tokens > limit
     limits = PromptLimits(smollm2, max_prefill_length=512)
     for text in TEXTS:
         limits.check_text(text)
@@ -86,7 +88,9 @@ def test_chat_route_sends_typed_special_tokens_as_text(smollm2: TextTokenizer) -
         while client.get("/healthcheck").status_code != 200:
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        r = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 1, "temperature": 0})
+        r = client.post(
+            "/v1/chat/completions", json={"messages": messages, "max_tokens": 1, "temperature": 0}
+        )
     assert r.status_code == 200, r.text
     forged = smollm2.encode(smollm2.apply_chat_template(messages))
     assert r.json()["usage"]["prompt_tokens"] == len(smollm2.encode_chat(messages)) != len(forged)

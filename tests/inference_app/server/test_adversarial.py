@@ -24,7 +24,16 @@ from tests.inference_app.server import attacks as a
 from tests.inference_app.serving_cases import ServerProcess
 
 HEALTH_P99_S = 0.5
-SHORT = ["--header-timeout", "1", "--idle-timeout", "1", "--body-timeout", "1.5", "--max-header-bytes", "16384"]
+SHORT = [
+    "--header-timeout",
+    "1",
+    "--idle-timeout",
+    "1",
+    "--body-timeout",
+    "1.5",
+    "--max-header-bytes",
+    "16384",
+]
 
 
 def fake_server(*args: str, nofile: int | None = None) -> ServerProcess:
@@ -89,8 +98,11 @@ def test_ten_thousand_headers_get_431(server: ServerProcess) -> None:
 
 def test_unfinished_huge_heads_hold_no_memory(server: ServerProcess) -> None:
     rss0 = a.rss_mib(server.proc.pid)
-    with under_attack(server), a.peak_usage(server.proc.pid) as peak, \
-            a.held_connections(server.port, 8, first_bytes=b"") as socks:
+    with (
+        under_attack(server),
+        a.peak_usage(server.proc.pid) as peak,
+        a.held_connections(server.port, 8, first_bytes=b"") as socks,
+    ):
         for s in socks:
             s.sendall(b"GET / HTTP/1.1\r\nX-Big: ")
             sent = 0
@@ -129,8 +141,11 @@ def test_connection_flood_never_exhausts_descriptors() -> None:
     srv = fake_server(*SHORT, "--header-timeout", "30", "--idle-timeout", "30", nofile=512)
     try:
         assert "--max-connections 1024 lowered to 256" in srv.logs()
-        with under_attack(srv), a.peak_usage(srv.proc.pid) as peak, \
-                a.held_connections(srv.port, 700) as socks:
+        with (
+            under_attack(srv),
+            a.peak_usage(srv.proc.pid) as peak,
+            a.held_connections(srv.port, 700) as socks,
+        ):
             time.sleep(0.5)
             late = a.exchange(srv.port, a.request_bytes("GET", "/healthcheck"), timeout=3)
             assert late.status == 200
@@ -213,8 +228,9 @@ def test_slowloris_and_silent_connections_with_default_timeouts() -> None:
 def test_upload_after_413_is_not_read_forever(server: ServerProcess) -> None:
     before = refused(server, "body_too_large")
     with under_attack(server):
-        answer, sent = a.upload_after_413(server.port, close=False, upload_bytes=256 << 20, limit_s=15,
-                                          polite=False)
+        answer, sent = a.upload_after_413(
+            server.port, close=False, upload_bytes=256 << 20, limit_s=15, polite=False
+        )
     assert sent < 40 << 20, sent  # linger: at most 16 MiB dropped, plus socket buffers
     assert answer.end in ("eof", "reset") and answer.seconds < 10, answer
     assert refused(server, "body_too_large") == before + 1
@@ -226,8 +242,9 @@ def test_client_reads_the_413_before_the_connection_closes(server: ServerProcess
 
 
 def test_declared_oversized_body_gets_413_without_being_read(server: ServerProcess) -> None:
-    head = a.request_bytes("POST", "/generate", headers={"Content-Type": "application/json",
-                                                         "Content-Length": str(64 << 20)})
+    head = a.request_bytes(
+        "POST", "/generate", headers={"Content-Type": "application/json", "Content-Length": str(64 << 20)}
+    )
     answer = a.exchange(server.port, head, timeout=5)
     check_error(answer, 413, f"{64 << 20} bytes exceeds")
 
@@ -235,8 +252,10 @@ def test_declared_oversized_body_gets_413_without_being_read(server: ServerProce
 # -- 8. protocol details ----------------------------------------------------------------------
 def test_http_1_0_gets_no_chunked_response(server: ServerProcess) -> None:
     body = b'{"prompt": "hi", "max_tokens": 5, "stream": true}'
-    answer = a.exchange(server.port, a.request_bytes("POST", "/generate", body, {"Content-Type": "application/json"},
-                                                     version="HTTP/1.0"))
+    answer = a.exchange(
+        server.port,
+        a.request_bytes("POST", "/generate", body, {"Content-Type": "application/json"}, version="HTTP/1.0"),
+    )
     assert answer.status == 200 and answer.end == "eof"
     assert answer.header("transfer-encoding") is None
     lines = [json.loads(line) for line in answer.body.splitlines()]
@@ -273,8 +292,9 @@ def test_redirect_location_never_names_the_clients_host(server: ServerProcess) -
 
 
 # -- 9. exposure ------------------------------------------------------------------------------
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
-                                          None])
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None]
+)
 def test_non_json_bodies_get_415(server: ServerProcess, content_type: str | None) -> None:
     """The media types a browser posts cross-origin without a preflight are refused."""
     before = refused(server, "unsupported_media_type")
@@ -284,18 +304,38 @@ def test_non_json_bodies_get_415(server: ServerProcess, content_type: str | None
     assert refused(server, "unsupported_media_type") == before + 1
 
 
-@pytest.mark.parametrize("content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON"])
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/json; charset=utf-8", "Application/JSON"]
+)
 def test_json_media_type_variants_are_accepted(server: ServerProcess, content_type: str) -> None:
-    answer = a.exchange(server.port, a.request_bytes("POST", "/generate", b'{"prompt": "hi", "max_tokens": 2}',
-                                                     {"Content-Type": content_type, "Connection": "close"}))
+    answer = a.exchange(
+        server.port,
+        a.request_bytes(
+            "POST",
+            "/generate",
+            b'{"prompt": "hi", "max_tokens": 2}',
+            {"Content-Type": content_type, "Connection": "close"},
+        ),
+    )
     assert answer.status == 200, answer.raw[:300]
 
 
 def test_refusals_are_exported_with_zeros_from_the_start(server: ServerProcess) -> None:
-    text = a.exchange(server.port, a.request_bytes("GET", "/metrics", headers={"Connection": "close"})).body.decode()
+    text = a.exchange(
+        server.port, a.request_bytes("GET", "/metrics", headers={"Connection": "close"})
+    ).body.decode()
     reasons = set(re.findall(r'inference_http_refused_total\{reason="(\w+)"\}', text))
-    assert reasons >= {"header_too_large", "malformed", "header_timeout", "body_timeout", "body_too_large",
-                       "unsupported_media_type", "idle_timeout", "evicted", "connection_cap"}
+    assert reasons >= {
+        "header_too_large",
+        "malformed",
+        "header_timeout",
+        "body_timeout",
+        "body_too_large",
+        "unsupported_media_type",
+        "idle_timeout",
+        "evicted",
+        "connection_cap",
+    }
     assert re.search(r"^inference_http_connections_open \d", text, re.M)
 
 
@@ -321,7 +361,9 @@ def test_second_sigterm_ends_the_drain_but_every_answer_ends_cleanly() -> None:
             srv.proc.send_signal(signal.SIGTERM)
             answers = [a.read_answer(s, timeout=20) for s in socks]
         stream = answers[0]
-        assert stream.end == "eof" and stream.raw.endswith(b"0\r\n\r\n"), stream.raw[-200:]  # chunked, complete
+        assert stream.end == "eof" and stream.raw.endswith(b"0\r\n\r\n"), stream.raw[
+            -200:
+        ]  # chunked, complete
         last = json.loads([line for line in stream.body.split(b"\r\n") if line.startswith(b"{")][-1])
         assert last["error"]["code"] == 503 and "second SIGTERM" in last["error"]["message"], last
         for queued in answers[1:]:
