@@ -47,7 +47,7 @@ class TextTokenizer:
         return self._tok
 
     def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
+        return _encode(self._tok, text)
 
     def encode_chat(
         self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
@@ -71,7 +71,7 @@ class TextTokenizer:
             content, closed, rest = rest.partition(end)
             if not closed:
                 raise ValueError("the chat template splits a message's content; cannot keep it as text")
-            ids += self._as_text.encode(content, add_special_tokens=False).ids
+            ids += _encode(self._as_text, content)
         return ids
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -90,6 +90,12 @@ class TextTokenizer:
         return template.render(
             messages=list(messages), add_generation_prompt=add_generation_prompt, **self._special
         )
+
+
+def _encode(tok: HFTokenizer, text: str) -> list[int]:
+    """`encode_batch` of one text: unlike `encode`, it lets go of the GIL while it works, so a
+    long prompt tokenized on a worker thread does not stall the event loop and the decode loop."""
+    return list(tok.encode_batch([text], add_special_tokens=False)[0].ids)
 
 
 def _raise(message: str) -> None:

@@ -6,7 +6,8 @@ Between a route's parsed body and `ServingState.submit`, in this order:
    times the limit) is a 400 at once, and so is a conversation with more messages than tokens
    allowed. A 1 MB prompt costs a length check, not a second of BPE on the event loop.
 2. **Tokenization** (and chat-template rendering) runs on a small thread pool, so `/healthcheck`
-   and running streams never wait behind a long prompt.
+   and running streams never wait behind a long prompt (the tokenizer lets go of the GIL while it
+   encodes, see `model/tokenizer.py`).
 3. **Queue-time budget**: when the wait a new request can expect (requests queued ahead of it over
    the recent completion rate) exceeds `--max-queue-wait`, it gets 503 with `Retry-After` at once
    instead of waiting in a deep queue for an answer its client has given up on.
@@ -24,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from inference_app.engine.api import Tokenizer
-from inference_app.orchestrator import ServingMetrics, Unavailable
+from inference_app.orchestrator import Unavailable
 from inference_app.orchestrator.request import BadRequest
 
 T = TypeVar("T")
@@ -49,16 +50,17 @@ class PromptLimits:
     def check_text(self, text: str, param: str = "prompt") -> None:
         if len(text) > self.max_chars:
             raise BadRequest(
-                f"The {param} has {len(text)} characters: more than the {self.max_prefill_length} tokens "
-                f"(--max-prefill-length) any {self.max_chars}-character text can fit; it is never truncated.",
+                f"The {param} has {len(text)} characters, more than any text of {self.max_prefill_length} "
+                f"tokens can have ({self.max_chars}); this server prefills at most {self.max_prefill_length} "
+                "tokens (--max-prefill-length). Shorten the prompt.",
                 param=param,
             )
 
     def check_messages(self, contents: Sequence[str]) -> None:
         if len(contents) > self.max_prefill_length:
             raise BadRequest(
-                f"{len(contents)} messages cannot fit {self.max_prefill_length} prompt tokens "
-                "(--max-prefill-length).",
+                f"{len(contents)} messages cannot fit: this server prefills at most "
+                f"{self.max_prefill_length} tokens (--max-prefill-length).",
                 param="messages",
             )
         self.check_text("".join(contents), param="messages")
@@ -78,37 +80,39 @@ class Tokenization:
 
 
 class QueueBudget:
-    """Expected wait = requests queued / recent completions per second; over budget: 503."""
+    """Expected wait = requests queued / completions per second over the last `RATE_WINDOW_S`;
+    over the budget: 503. A budget of 0 admits everything (the queue's length still bounds it)."""
 
-    def __init__(self, budget_s: float, metrics: ServingMetrics) -> None:
+    def __init__(self, budget_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.budget_s = budget_s
-        self._metrics = metrics
-        self._samples: deque[tuple[float, float]] = deque()  # (time, requests completed so far)
+        self._clock = clock
+        self._since = clock()
+        self._done: deque[float] = deque()  # when recent requests finished, oldest first
         self._lock = threading.Lock()
 
-    def _completed(self) -> float:
-        registry = self._metrics.registry
-        total = 0.0
-        for outcome in ("ok", "cancelled", "error"):
-            total += registry.get_sample_value("inference_requests_total", {"outcome": outcome}) or 0.0
-        return total
+    def completed(self) -> None:
+        """One admitted request has finished (or been cancelled, or failed): its slot is free."""
+        with self._lock:
+            self._done.append(self._clock())
 
     def completion_rate(self) -> float | None:
         """Requests finished per second over the last `RATE_WINDOW_S` (None until measurable)."""
-        now, done = time.monotonic(), self._completed()
+        now = self._clock()
         with self._lock:
-            self._samples.append((now, done))
-            while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW_S:
-                self._samples.popleft()
-            t0, done0 = self._samples[0]
-        if now - t0 < 1.0 or done <= done0:
+            while self._done and now - self._done[0] > RATE_WINDOW_S:
+                self._done.popleft()
+            finished = len(self._done)
+        span = min(RATE_WINDOW_S, now - self._since)
+        if span < 1.0 or finished == 0:
             return None
-        return (done - done0) / (now - t0)
+        return finished / span
 
     def check(self, queued: int) -> None:
         """Raise `Unavailable` (503 + Retry-After) when `queued` requests ahead take too long."""
-        rate = self.completion_rate()  # sampled on every admission, so it is known when a burst comes
-        if queued == 0 or rate is None:
+        if self.budget_s <= 0 or queued == 0:
+            return
+        rate = self.completion_rate()
+        if rate is None:
             return
         wait = queued / rate
         if wait > self.budget_s:

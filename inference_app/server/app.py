@@ -119,7 +119,7 @@ def create_app(
         title="inference_app",
         summary="JetStream-compatible /generate and an OpenAI-compatible API over a JAX engine.",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url="/docs" if options.docs else None,
         redoc_url=None,
     )
     app.state.serving = state
@@ -127,7 +127,7 @@ def create_app(
     app.include_router(routes_jetstream.router)
     app.include_router(routes_ops.router)
     app.include_router(routes_openai.router)
-    install_error_handlers(app, lambda: state.metrics.requests.labels(outcome="bad_request").inc())
+    install_error_handlers(app, lambda outcome: state.metrics.requests.labels(outcome=outcome).inc())
     app.add_middleware(BodyGuard, limits=options.limits, record=http_metrics.record)
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer, the guard's too, carries the id
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

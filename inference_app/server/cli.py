@@ -23,7 +23,7 @@ from inference_app.engine.settings import (
     settings_from_args,
 )
 from inference_app.server.http_server import run_server
-from inference_app.server.limits import add_http_limit_arguments, http_limits_from_args
+from inference_app.server.limits import add_http_limit_arguments, http_limits_from_args, non_negative_float
 from inference_app.server.options import ServerOptions
 
 __all__ = ["LOG_FORMAT", "ServerOptions", "add_arguments", "main", "run_server"]
@@ -44,6 +44,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="admitted requests waiting for prefill before answering 429 (default %(default)s)",
     )
     g.add_argument(
+        "--max-queue-wait",
+        type=non_negative_float,
+        default=ServerOptions.max_queue_wait_s,
+        help="seconds a new request may expect to wait in the queue (queued requests over the "
+        "recent completion rate); longer: 503 with Retry-After at once; 0: no budget "
+        "(default %(default)s)",
+    )
+    g.add_argument(
         "--drain-timeout",
         type=float,
         default=ServerOptions.drain_timeout_s,
@@ -53,6 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-warmup",
         action="store_true",
         help="skip compiling every prefill bucket before /healthcheck turns 200 (first requests compile)",
+    )
+    g.add_argument(
+        "--docs",
+        action="store_true",
+        help="serve the interactive API page at /docs (off by default: it loads scripts from a CDN "
+        "into the visitor's browser; the schema stays at /openapi.json)",
     )
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_http_limit_arguments(p)
@@ -81,8 +95,10 @@ def server_options(args: argparse.Namespace, settings: EngineSettings) -> Server
         port=args.port,
         model_name=name,
         max_queue=args.max_queue,
+        max_queue_wait_s=args.max_queue_wait,
         drain_timeout_s=args.drain_timeout,
         warmup=not args.no_warmup,
+        docs=args.docs,
         limits=http_limits_from_args(args),
     )
 

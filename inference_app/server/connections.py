@@ -12,6 +12,11 @@ bounds what it buffers. This subclass adds, per connection, before any request r
 - h11's protocol errors answered in the one JSON error shape with `X-Request-Id`;
 - half-close: a client that shuts its sending side after a complete request still gets the answer.
 Every refusal is counted (`HttpMetrics`) and logged, at most once per `_LOG_EVERY_S` per reason.
+
+A flood of connections is paid for per connection on the one event loop, ahead of the probes
+queued behind it, so a connection that never completes a request head costs as little as it can:
+its bytes are held here until the head's blank line arrives (h11 parses nothing before that
+anyway), and closing it skips h11's end-of-connection bookkeeping.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -38,6 +44,8 @@ log = logging.getLogger("inference_app.server")
 _LOG_EVERY_S = 10.0
 # h11's own buffer bound stays far above ours, so the 431 below always answers first.
 H11_MAX_INCOMPLETE_EVENT = 1 << 20
+# The blank line that ends a request head, as h11 finds it (it accepts bare LF line endings too).
+_HEAD_END = re.compile(rb"\n\r?\n")
 
 
 class _GuardedConnection(h11.Connection):
@@ -73,14 +81,16 @@ class _RateLimitedLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def warning(self, reason: str, message: str) -> None:
+    def warning(self, reason: str, client: tuple[str, int] | None, message: str) -> None:
         now = time.monotonic()
         if now - self._last.get(reason, -_LOG_EVERY_S) < _LOG_EVERY_S:
             self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
             return
         more = self._suppressed.pop(reason, 0)
         self._last[reason] = now
-        log.warning("%s%s", message, f" ({more} more like it since the last such line)" if more else "")
+        peer = f"{client[0]}:{client[1]}" if client else "client"
+        again = f" ({more} more like it since the last such line)" if more else ""
+        log.warning("%s: %s%s", peer, message, again)
 
 
 class ConnectionTable:
@@ -142,6 +152,7 @@ class GuardedH11Protocol(H11Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._head_bytes = 0  # bytes of the request head being received (0: none started)
         self._head_tail = b""  # its last 3 bytes: the end of the head may straddle two reads
+        self._head = bytearray()  # an unfinished first head, handed to h11 once its blank line arrives
         self._peer_closed = False
         self._done = False  # answered and closing: nothing more is read or written
 
@@ -165,8 +176,7 @@ class GuardedH11Protocol(H11Protocol):
     ) -> None:
         """Answer (if `status`) and close; count and log it."""
         self.metrics.record(reason)
-        client = f"{self.client[0]}:{self.client[1]}" if self.client else "client"
-        self.notes.warning(reason, f"{client}: {message}")
+        self.notes.warning(reason, self.client, message)
         self._clear_deadline()
         self._done = True
         if not self.transport.is_closing():
@@ -191,6 +201,9 @@ class GuardedH11Protocol(H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._clear_deadline()
         self.table.remove(self)
+        if self.cycle is None:  # no request ever began: nothing to finish, no h11 state worth keeping
+            self.connections.discard(self)
+            return
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -201,8 +214,14 @@ class GuardedH11Protocol(H11Protocol):
                 self._set_deadline(self.limits.header_timeout_s, "header_timeout")  # a request head starts
             if self._head_too_large(data):
                 return
+            ends = _HEAD_END.search(data) or _HEAD_END.search(self._head_tail + data[:3])
             self._head_bytes += len(data)
             self._head_tail = data[-3:]
+            if self.cycle is None and not ends:  # a first head, unfinished: h11 would only buffer it
+                self._head += data
+                return
+            if self._head:
+                data, self._head = bytes(self._head + data), bytearray()
         super().data_received(data)
         self._after_events()
 
@@ -213,7 +232,7 @@ class GuardedH11Protocol(H11Protocol):
         if len(data) <= room:
             return False
         window = self._head_tail + data[: max(room, 0) + 4]
-        if b"\r\n\r\n" in window:
+        if _HEAD_END.search(window):
             return False  # the head ends in time (what follows is a body or the next request)
         self._refuse(
             "header_too_large",

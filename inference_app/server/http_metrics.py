@@ -61,13 +61,12 @@ class HttpMetrics:
             ["reason"],
             registry=r,
         )
-        for reason in REASONS:
-            self.refused.labels(reason=reason)  # export zeros
+        self._refused = {reason: self.refused.labels(reason=reason) for reason in REASONS}  # zeros exported
 
     def bind_open_connections(self, count: Callable[[], float]) -> None:
         self.open_connections.set_function(count)
 
     def record(self, reason: Reason) -> None:
-        self.refused.labels(reason=reason).inc()
+        self._refused[reason].inc()
         if reason in ANSWERED_4XX:
             self._bad_request.inc()

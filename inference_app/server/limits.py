@@ -13,6 +13,8 @@ import logging
 import resource
 from dataclasses import dataclass, fields
 
+from inference_app.engine.settings import positive_int
+
 log = logging.getLogger("inference_app.server")
 
 # File descriptors kept free beside the connection cap: the listening socket, model and
@@ -37,17 +39,19 @@ class HttpLimits:
                 raise ValueError(f"HttpLimits.{f.name} must be > 0, got {getattr(self, f.name)}")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
+    """argparse type for sizes of time: a float > 0."""
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type for a budget where 0 turns it off."""
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
@@ -56,37 +60,37 @@ def add_http_limit_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("HTTP limits (see docs/serving.md#limits)")
     g.add_argument(
         "--max-header-bytes",
-        type=_positive_int,
+        type=positive_int,
         default=d.max_header_bytes,
         help="request line + headers; larger: 431 (default %(default)s)",
     )
     g.add_argument(
         "--header-timeout",
-        type=_positive_float,
+        type=positive_float,
         default=d.header_timeout_s,
         help="seconds from the first byte of a request head to its end; slower: 408 (default %(default)s)",
     )
     g.add_argument(
         "--idle-timeout",
-        type=_positive_float,
+        type=positive_float,
         default=d.idle_timeout_s,
         help="seconds a connection may sit without a request before it is closed (default %(default)s)",
     )
     g.add_argument(
         "--body-timeout",
-        type=_positive_float,
+        type=positive_float,
         default=d.body_timeout_s,
         help="seconds to receive a request body after its head; slower: 408 (default %(default)s)",
     )
     g.add_argument(
         "--max-body-bytes",
-        type=_positive_int,
+        type=positive_int,
         default=d.max_body_bytes,
         help="largest request body; larger: 413 (default %(default)s)",
     )
     g.add_argument(
         "--max-connections",
-        type=_positive_int,
+        type=positive_int,
         default=d.max_connections,
         help="open connections; beyond it the oldest idle one is closed, or the new one gets 503 "
         "(default %(default)s; lowered to fit the process's file descriptor limit)",

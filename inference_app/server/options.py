@@ -18,7 +18,9 @@ class ServerOptions:
     port: int = 8000
     model_name: str = DEFAULT_MODEL  # the id reported by /v1/models and in responses
     max_queue: int = 64  # admitted requests waiting for prefill; beyond it: 429
+    max_queue_wait_s: float = 10.0  # expected wait in the queue over this: 503 at once (0: no budget)
     drain_timeout_s: float = 30.0  # SIGTERM: how long in-flight requests may take to finish
     warmup: bool = True  # compile every prefill bucket, insert and generate before /healthcheck is 200
     chat_default_max_tokens: int = 256  # chat without max_tokens (capped by the cache room)
+    docs: bool = False  # serve the interactive API page at /docs (the schema at /openapi.json always)
     limits: HttpLimits = field(default_factory=HttpLimits)  # sizes, timeouts, connection cap

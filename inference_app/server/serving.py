@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import jinja2
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -56,6 +57,7 @@ class Generation:
         self.request = request
         self._channel = EventChannel()
         self.job: Job = state.submit(request, self._channel)  # raises RequestRejected (4xx/503)
+        self._state = state
         self._http_request = http_request
         self._watcher = asyncio.create_task(self._watch_disconnect())
         self._pending: list[Event] = []
@@ -101,6 +103,7 @@ class Generation:
         self._watcher.cancel()
         if self.job.cancel():
             log.info("[%s] stream closed early; request cancelled", self.request.request_id)
+        self._state.queue_budget.completed()
         log.info(
             "[%s] done: %s, %d prompt + %d generated tokens in %.2fs",
             self.request.request_id,
@@ -111,11 +114,26 @@ class Generation:
         )
 
 
-def encode_prompt(state: ServingState, text: str) -> tuple[int, ...]:
-    """Tokenize with the engine's tokenizer (503 while the model is still loading)."""
-    if state.engine is None:
-        raise ApiError(503, f"The model is not loaded yet (phase: {state.phase}).", retry_after=5)
-    return tuple(state.engine.tokenizer.encode(text))
+async def encode_prompt(state: ServingState, text: str, param: str = "prompt") -> tuple[int, ...]:
+    """Tokenize off the event loop, after the length checks that need no tokenizer (503 while the
+    model is still loading, 400 for a text longer than any prompt that fits)."""
+    with state.counting_refusals():
+        engine, limits = state.loaded()
+        limits.check_text(text, param)
+    return tuple(await state.tokenization.run(engine.tokenizer.encode, text))
+
+
+async def encode_chat(state: ServingState, messages: list[dict[str, str]]) -> tuple[int, ...]:
+    """The conversation rendered with the model's chat template and tokenized (contents as text),
+    off the event loop, after the checks that need neither."""
+    with state.counting_refusals():
+        engine, limits = state.loaded()
+        limits.check_messages([m["content"] for m in messages])
+    try:
+        ids = await state.tokenization.run(engine.tokenizer.encode_chat, messages, True)
+    except (ValueError, jinja2.TemplateError) as exc:  # no template, or it rejects the roles' order
+        raise ApiError(400, f"Cannot apply the model's chat template: {exc}", "messages") from None
+    return tuple(ids)
 
 
 def usage_of(finished: Finished) -> UsageInfo:

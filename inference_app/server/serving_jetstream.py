@@ -41,7 +41,8 @@ class GenerateRenderer:
 
 
 async def serve_generate(state: ServingState, request: Request, body: GenerateRequest) -> Response:
-    gen = start_generation(state, request, body, encode_prompt(state, body.prompt), body.max_tokens)
+    prompt_ids = await encode_prompt(state, body.prompt)
+    gen = start_generation(state, request, body, prompt_ids, body.max_tokens)
     return await respond(gen, body.stream, GenerateRenderer(), NDJSON)
 
 

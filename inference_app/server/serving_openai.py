@@ -31,7 +31,14 @@ from inference_app.server.protocol import (
     OpenAIRequest,
     ResponseModel,
 )
-from inference_app.server.serving import SSE, encode_prompt, respond, start_generation, usage_of
+from inference_app.server.serving import (
+    SSE,
+    encode_chat,
+    encode_prompt,
+    respond,
+    start_generation,
+    usage_of,
+)
 from inference_app.server.state import ServingState
 
 
@@ -103,7 +110,8 @@ class ChatRenderer:
 
 async def serve_completion(state: ServingState, request: Request, body: CompletionRequest) -> Response:
     check_model(state, body)
-    gen = start_generation(state, request, body, encode_prompt(state, body.prompt_text()), body.max_tokens)
+    prompt_ids = await encode_prompt(state, body.prompt_text())
+    gen = start_generation(state, request, body, prompt_ids, body.max_tokens)
     return await respond(
         gen, body.stream, CompletionRenderer(gen.request.request_id, state.options.model_name), SSE
     )
@@ -111,17 +119,10 @@ async def serve_completion(state: ServingState, request: Request, body: Completi
 
 async def serve_chat(state: ServingState, request: Request, body: ChatCompletionRequest) -> Response:
     check_model(state, body)
-    if state.engine is None:
-        raise ApiError(503, f"The model is not loaded yet (phase: {state.phase}).", retry_after=5)
-    try:  # contents stay text: special-token text typed into a message cannot forge turns
-        prompt_ids = tuple(
-            state.engine.tokenizer.encode_chat(
-                [m.model_dump() for m in body.messages], add_generation_prompt=True
-            )
-        )
-    except ValueError as exc:  # e.g. no template, or the template rejects the roles' order
-        raise ApiError(400, f"Cannot apply the model's chat template: {exc}", "messages") from None
-    room = state.engine.max_target_length - len(prompt_ids)
+    # contents stay text: special-token text typed into a message cannot forge turns
+    prompt_ids = await encode_chat(state, [m.model_dump() for m in body.messages])
+    engine, _ = state.loaded()
+    room = engine.max_target_length - len(prompt_ids)
     max_tokens = body.token_budget(default=max(1, min(state.options.chat_default_max_tokens, room)))
     gen = start_generation(state, request, body, prompt_ids, max_tokens)
     return await respond(

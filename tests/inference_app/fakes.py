@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-delay", type=float, default=0.5)
     p.add_argument("--max-slots", type=int, default=4)
     p.add_argument("--max-queue", type=int, default=8)
+    p.add_argument("--max-queue-wait", type=float, default=ServerOptions.max_queue_wait_s)
     p.add_argument("--drain-timeout", type=float, default=30.0)
     add_http_limit_arguments(p)
     args = p.parse_args(argv)
@@ -259,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         model_name="fake",
         max_queue=args.max_queue,
+        max_queue_wait_s=args.max_queue_wait,
         drain_timeout_s=args.drain_timeout,
         limits=http_limits_from_args(args),
     )

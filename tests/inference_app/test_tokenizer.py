@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +147,34 @@ def test_private_use_characters_in_content_do_not_confuse_the_marks(ours: TextTo
     assert content in ours.decode(ids)
     harmless = ours.decode(ours.encode_chat([{"role": "user", "content": "x"}]))
     assert ours.decode(ids).count("<|im_end|>") == harmless.count("<|im_end|>") + 1  # + the typed one
+
+
+def longest_pause_of_this_thread(work: Callable[[], object]) -> tuple[float, float]:
+    """Run `work` on another thread while this one spins: (longest gap between two of this thread's
+    iterations, how long `work` took). A call that holds the GIL pauses this thread throughout."""
+    done = threading.Event()
+    took: list[float] = []
+
+    def run() -> None:
+        t0 = time.perf_counter()
+        work()
+        took.append(time.perf_counter() - t0)
+        done.set()
+
+    worker = threading.Thread(target=run)
+    last, longest = time.perf_counter(), 0.0
+    worker.start()
+    while not done.is_set():
+        now = time.perf_counter()
+        longest, last = max(longest, now - last), now
+    worker.join()
+    return longest, took[0]
+
+
+def test_encoding_lets_other_threads_run(ours: TextTokenizer) -> None:
+    """The server tokenizes on worker threads; that only spares the event loop and the decode loop
+    if encoding releases the GIL."""
+    text = "The quick brown fox jumps over the lazy dog, again and again. " * 4000
+    pause, took = longest_pause_of_this_thread(lambda: ours.encode(text))
+    assert took > 0.05, took  # long enough for a held GIL to show
+    assert pause < took / 2, (pause, took)
