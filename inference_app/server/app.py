@@ -32,8 +32,11 @@ from inference_app.server.options import ServerOptions
 from inference_app.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
+    DecodeRequest,
+    DetokenizeRequest,
     ErrorResponse,
     GenerateRequest,
+    TokenizeRequest,
 )
 from inference_app.server.state import ServingState
 
@@ -45,6 +48,9 @@ REQUEST_BODIES: dict[str, type[BaseModel]] = {
     "/generate": GenerateRequest,
     "/v1/completions": CompletionRequest,
     "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/generate": DecodeRequest,
+    "/tokenize": TokenizeRequest,
+    "/detokenize": DetokenizeRequest,
 }
 _ERROR_STATUSES = {"400": "Invalid request", "404": "Unknown model", "413": "Body too large",
                    "429": "Queue full (Retry-After)", "500": "The request failed",
@@ -127,6 +133,7 @@ def create_app(
     app.include_router(routes_jetstream.router)
     app.include_router(routes_ops.router)
     app.include_router(routes_openai.router)
+    app.include_router(routes_openai.tokenizer_router)
     install_error_handlers(app, lambda outcome: state.metrics.requests.labels(outcome=outcome).inc())
     app.add_middleware(BodyGuard, limits=options.limits, record=http_metrics.record)
     app.add_middleware(RequestIdMiddleware)  # outermost: every answer, the guard's too, carries the id

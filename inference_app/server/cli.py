@@ -22,6 +22,7 @@ from inference_app.engine.settings import (
     positive_int,
     settings_from_args,
 )
+from inference_app.model.catalog import CATALOG
 from inference_app.server.http_server import run_server
 from inference_app.server.limits import add_http_limit_arguments, http_limits_from_args, non_negative_float
 from inference_app.server.options import ServerOptions
@@ -89,11 +90,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def server_options(args: argparse.Namespace, settings: EngineSettings) -> ServerOptions:
-    name = settings.model or (settings.model_path or "model").rstrip("/").rsplit("/", 1)[-1]
+    # A catalog model is served under its Hugging Face id (what tools look a tokenizer up by), with
+    # the catalog name as an alias; a model path under its last path component.
+    aliases: tuple[str, ...] = ()
+    if settings.model is not None:
+        name, aliases = CATALOG[settings.model].hf_id, (settings.model,)
+    else:
+        name = (settings.model_path or "model").rstrip("/").rsplit("/", 1)[-1]
     return ServerOptions(
         host=args.host,
         port=args.port,
         model_name=name,
+        model_aliases=aliases,
         max_queue=args.max_queue,
         max_queue_wait_s=args.max_queue_wait,
         drain_timeout_s=args.drain_timeout,
