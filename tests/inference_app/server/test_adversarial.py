@@ -16,8 +16,10 @@ import re
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
+import httpx
 import pytest
 
 from tests.inference_app.server import attacks as a
@@ -320,6 +322,11 @@ def test_json_media_type_variants_are_accepted(server: ServerProcess, content_ty
     assert answer.status == 200, answer.raw[:300]
 
 
+def test_docs_page_is_off_by_default(server: ServerProcess) -> None:
+    answer = a.exchange(server.port, a.request_bytes("GET", "/docs", headers={"Connection": "close"}))
+    assert answer.status == 404, answer.raw[:300]
+
+
 def test_refusals_are_exported_with_zeros_from_the_start(server: ServerProcess) -> None:
     text = a.exchange(
         server.port, a.request_bytes("GET", "/metrics", headers={"Connection": "close"})
@@ -337,6 +344,115 @@ def test_refusals_are_exported_with_zeros_from_the_start(server: ServerProcess) 
         "connection_cap",
     }
     assert re.search(r"^inference_http_connections_open \d", text, re.M)
+
+
+# -- 3. cheap limits before tokenization ------------------------------------------------------
+def test_huge_prompts_are_refused_before_tokenization(server: ServerProcess) -> None:
+    bad = bad_requests(server)
+    with under_attack(server):
+        sent, statuses = a.big_prompts(server.base, clients=4, seconds=3, chat=False)
+        chat_sent, chat_statuses = a.big_prompts(server.base, clients=4, seconds=2, chat=True)
+    assert set(statuses) == {400} and set(chat_statuses) == {400}, (statuses, chat_statuses)
+    assert bad_requests(server) >= bad + sent + chat_sent
+    body = json.dumps({"prompt": "x" * 500_000}).encode()
+    answer = a.exchange(server.port, a.json_post("/generate", body, Connection="close"))
+    check_error(answer, 400, "characters")
+    assert answer.seconds < 2, answer.seconds
+
+
+@pytest.mark.slow
+def test_huge_prompts_leave_the_real_servers_health_alone() -> None:
+    """The issue's measurement: 4 clients of 1 MB prompts against SmolLM2's tokenizer and template."""
+    srv = ServerProcess(["serve", "--max-slots", "4", "--no-warmup", "--log-level", "warning"])
+    try:
+        srv.wait_healthy(timeout=900)
+        for chat in (False, True):
+            with a.health_probe(srv.base) as probe:
+                _, statuses = a.big_prompts(srv.base, clients=4, seconds=10, chat=chat)
+            assert set(statuses) == {400}, statuses
+            assert not probe.failures and probe.percentile(0.99) < HEALTH_P99_S, probe.summary()
+    finally:
+        assert srv.terminate() == 0
+
+
+# -- 4. malformed JSON --------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("/generate", b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        ("/v1/chat/completions", b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested"),
+        ("/generate", b'{"prompt": "hi", "max_tokens": ' + b"9" * 5000 + b"}", "digits"),
+        ("/v1/completions", b'{"prompt": "hi", "seed": ' + b"1" * 4400 + b"}", "digits"),
+    ],
+)
+def test_malformed_json_gets_400_not_500(server: ServerProcess, path: str, body: bytes, message: str) -> None:
+    bad = bad_requests(server)
+    with under_attack(server):
+        answer = a.exchange(server.port, a.json_post(path, body, Connection="close"))
+    check_error(answer, 400, message)
+    assert bad_requests(server) == bad + 1
+
+
+# -- 5. 503 while loading -----------------------------------------------------------------------
+def test_503s_before_ready_are_counted() -> None:
+    srv = ServerProcess(
+        ["--step-delay", "0.01", "--warmup-delay", "8"], module="tests.inference_app.fakes"
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the port opens while the engine warms up
+            assert time.monotonic() < deadline and srv.proc.poll() is None, srv.logs()[-2000:]
+            try:
+                if httpx.get(f"{srv.base}/healthcheck", timeout=2).status_code == 503:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        answers = [
+            httpx.post(f"{srv.base}{path}", json=body, timeout=5)
+            for path, body in [
+                ("/generate", {"prompt": "hi"}),
+                ("/v1/completions", {"prompt": "hi"}),
+                ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+            ]
+        ]
+        assert [r.status_code for r in answers] == [503] * 3, [r.text for r in answers]
+        assert all(r.headers.get("retry-after") for r in answers)
+        assert srv.metric("inference_requests_total", 'outcome="rejected_unavailable"') == 3
+        srv.wait_healthy(timeout=60)
+    finally:
+        assert srv.terminate() == 0
+
+
+# -- 10. queue-time budget ----------------------------------------------------------------------
+def test_requests_that_would_wait_past_the_budget_get_503_at_once() -> None:
+    srv = fake_server(
+        "--max-slots", "1", "--step-delay", "0.02", "--max-queue", "64", "--max-queue-wait", "1"
+    )  # fmt: skip
+    # One client for all threads: building one per request costs this process (the probe's too)
+    # more than the server spends answering.
+    client = httpx.Client(base_url=srv.base, timeout=120, limits=httpx.Limits(max_connections=32))
+    try:
+
+        def post(i: int) -> tuple[int, str | None, float]:
+            t0 = time.monotonic()
+            body = {"prompt": f"q{i}", "max_tokens": 25, "ignore_eos": True}
+            r = client.post("/generate", json=body)
+            return r.status_code, r.headers.get("retry-after"), time.monotonic() - t0
+
+        warm = [post(i) for i in range(3)]  # the server learns its completion rate (~2 per second)
+        assert [s for s, _, _ in warm] == [200, 200, 200]
+        with a.health_probe(srv.base) as probe, ThreadPoolExecutor(20) as pool:
+            results = list(pool.map(post, range(3, 23)))
+        assert set(s for s, _, _ in results) == {200, 503}, results
+        rejected = [(ra, t) for s, ra, t in results if s == 503]
+        assert all(ra is not None and int(ra) >= 1 for ra, _ in rejected), rejected
+        assert max(t for _, t in rejected) < 5  # refused at once, not after waiting in the queue
+        assert max(t for s, _, t in results if s == 200) < 30
+        assert srv.metric("inference_requests_total", 'outcome="rejected_unavailable"') == len(rejected)
+        assert not probe.failures and probe.percentile(0.99) < HEALTH_P99_S, probe.summary()
+    finally:
+        client.close()
+        assert srv.terminate() == 0
 
 
 # -- 6. a second SIGTERM during the drain -----------------------------------------------------
