@@ -80,32 +80,39 @@ class Tokenization:
 
 
 class QueueBudget:
-    """Expected wait = requests queued / completions per second over the last `RATE_WINDOW_S`;
-    over the budget: 503. A budget of 0 admits everything (the queue's length still bounds it)."""
+    """Expected wait = requests queued / the service rate; over the budget: 503. A budget of 0 admits
+    everything (the queue's length still bounds it).
+
+    The service rate is measured only from completions while requests were waiting (the slots were
+    saturated): at lower load, completions per second measure the demand, not the capacity, and a
+    burst after a quiet spell would be refused for waits it will never see. Until `MIN_SAMPLES`
+    such completions fall in the last `RATE_WINDOW_S`, nothing is refused on this ground."""
+
+    MIN_SAMPLES = 4
 
     def __init__(self, budget_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.budget_s = budget_s
         self._clock = clock
-        self._since = clock()
-        self._done: deque[float] = deque()  # when recent requests finished, oldest first
+        self._done: deque[float] = deque()  # when saturated requests finished, oldest first
         self._lock = threading.Lock()
 
-    def completed(self) -> None:
-        """One admitted request has finished (or been cancelled, or failed): its slot is free."""
-        with self._lock:
-            self._done.append(self._clock())
+    def completed(self, queued: int) -> None:
+        """An admitted request finished (or was cancelled, or failed) with `queued` others waiting."""
+        if queued > 0:
+            with self._lock:
+                self._done.append(self._clock())
 
     def completion_rate(self) -> float | None:
-        """Requests finished per second over the last `RATE_WINDOW_S` (None until measurable)."""
+        """Requests finished per second while saturated, over the last `RATE_WINDOW_S` (None until
+        measurable)."""
         now = self._clock()
         with self._lock:
             while self._done and now - self._done[0] > RATE_WINDOW_S:
                 self._done.popleft()
-            finished = len(self._done)
-        span = min(RATE_WINDOW_S, now - self._since)
-        if span < 1.0 or finished == 0:
-            return None
-        return finished / span
+            if len(self._done) < self.MIN_SAMPLES:
+                return None
+            span, intervals = self._done[-1] - self._done[0], len(self._done) - 1
+        return intervals / span if span > 0 else None
 
     def check(self, queued: int) -> None:
         """Raise `Unavailable` (503 + Retry-After) when `queued` requests ahead take too long."""

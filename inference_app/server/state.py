@@ -131,6 +131,10 @@ class ServingState:
             raise Unavailable(f"The model is not loaded yet (phase: {self.phase}{detail}).", retry_after=5)
         return engine, limits
 
+    def queue_depth(self) -> int:
+        """Admitted requests waiting for prefill (0 before the orchestrator starts)."""
+        return self.orchestrator.queue_depth if self.orchestrator is not None else 0
+
     def submit(self, request: GenerationRequest, sink: Sink) -> Job:
         orchestrator = self.orchestrator
         if orchestrator is not None and orchestrator.failure is not None:

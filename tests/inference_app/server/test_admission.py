@@ -85,12 +85,10 @@ class Clock:
 def test_queue_budget_refuses_only_past_the_expected_wait() -> None:
     clock = Clock()
     budget = QueueBudget(1.0, clock)
-    budget.check(queued=50)  # no completion rate yet: admitted
-    clock.now += 2
-    budget.completed()
-    budget.completed()
-    budget.completed()
-    budget.completed()  # 4 in 2 s: 2 per second
+    budget.check(queued=50)  # no service rate yet: admitted
+    for _ in range(5):  # saturated: one finishes every 0.5 s while others wait
+        clock.now += 0.5
+        budget.completed(queued=3)
     assert budget.completion_rate() == pytest.approx(2.0)
     budget.check(queued=2)  # ~1 s: within the budget
     with pytest.raises(Unavailable, match="--max-queue-wait") as exc:
@@ -100,11 +98,23 @@ def test_queue_budget_refuses_only_past_the_expected_wait() -> None:
     budget.check(queued=6)
 
 
+def test_completions_at_low_load_do_not_set_the_rate() -> None:
+    """A quiet spell's few completions measure demand, not capacity: a burst after it is admitted."""
+    clock = Clock()
+    budget = QueueBudget(1.0, clock)
+    for _ in range(10):  # one request every 3 s, nobody waiting
+        clock.now += 3
+        budget.completed(queued=0)
+    assert budget.completion_rate() is None
+    budget.check(queued=15)
+
+
 def test_a_zero_budget_admits_everything() -> None:
     clock = Clock()
     budget = QueueBudget(0.0, clock)
-    clock.now += 10
-    budget.completed()
+    for _ in range(5):
+        clock.now += 1
+        budget.completed(queued=10)
     budget.check(queued=10_000)
 
 

@@ -439,10 +439,10 @@ def test_requests_that_would_wait_past_the_budget_get_503_at_once() -> None:
             r = client.post("/generate", json=body)
             return r.status_code, r.headers.get("retry-after"), time.monotonic() - t0
 
-        warm = [post(i) for i in range(3)]  # the server learns its completion rate (~2 per second)
-        assert [s for s, _, _ in warm] == [200, 200, 200]
+        with ThreadPoolExecutor(8) as pool:  # saturated: the server learns its service rate (~2/s)
+            assert [s for s, _, _ in pool.map(post, range(8))] == [200] * 8
         with a.health_probe(srv.base) as probe, ThreadPoolExecutor(20) as pool:
-            results = list(pool.map(post, range(3, 23)))
+            results = list(pool.map(post, range(8, 28)))
         assert set(s for s, _, _ in results) == {200, 503}, results
         rejected = [(ra, t) for s, ra, t in results if s == 503]
         assert all(ra is not None and int(ra) >= 1 for ra, _ in rejected), rejected
