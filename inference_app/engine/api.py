@@ -127,6 +127,13 @@ class Tokenizer(Protocol):
         """Render messages with the model's own template (jinja2)."""
         ...
 
+    def encode_chat(
+        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+    ) -> list[int]:
+        """Token ids of the rendered conversation; special-token text inside message contents is
+        encoded as text, never as control tokens (no forged turns)."""
+        ...
+
 
 @runtime_checkable
 class Engine(Protocol):

@@ -58,7 +58,7 @@ from inference_app.engine.step_plan import (
 )
 from inference_app.engine.steps import SamplingRows, StepInputs
 from inference_app.kernels import build as kernel_build
-from inference_app.model.catalog import embedded_model_path
+from inference_app.model.catalog import ARCHITECTURES, embedded_model_path
 from inference_app.model.config import ModelConfig
 from inference_app.model.loader import LoadedModel, load_model
 from inference_app.model.tokenizer import TextTokenizer
@@ -88,9 +88,12 @@ def enable_compilation_cache(path: str | None) -> None:
 
 
 def validate_settings(s: EngineSettings) -> None:
-    if (s.model is None) == (s.model_path is None):
+    if s.model is None and s.model_path is None:
+        raise ValueError("set EngineSettings.model (catalog name) or EngineSettings.model_path")
+    if s.model is not None and s.model_path is not None and s.model not in ARCHITECTURES:
         raise ValueError(
-            "set exactly one of EngineSettings.model (catalog name) or EngineSettings.model_path"
+            f"EngineSettings.model {s.model!r} with a model_path names the checkpoint's architecture; "
+            f"choose one of {sorted(ARCHITECTURES)} or leave model unset (HF and GGUF carry their own)"
         )
     if s.max_slots < 1:
         raise ValueError(f"EngineSettings.max_slots must be >= 1, got {s.max_slots}")
@@ -149,14 +152,15 @@ class JaxEngine:
         )
         self.chunked_prefill = self.policy.chunked_prefill
 
-        self.prefill_params: Params = jax.device_put(
-            model.params, param_shardings(self.prefill_mesh, model.params)
-        )
+        # The weights place themselves (streamed shard by shard for big checkpoints); the
+        # generate mesh, if separate, gets a device-to-device copy.
+        abstract = model.weights.abstract()
+        self.prefill_params: Params = model.weights.place(param_shardings(self.prefill_mesh, abstract))
         if self.generate_mesh is self.prefill_mesh:
             self.generate_params = self.prefill_params
         else:
             self.generate_params = jax.device_put(
-                model.params, param_shardings(self.generate_mesh, model.params)
+                self.prefill_params, param_shardings(self.generate_mesh, abstract)
             )
         self._cache = self._allocate_cache()
         self._cache_shardings = jax.tree.map(lambda a: a.sharding, self._cache)
@@ -469,7 +473,7 @@ class JaxEngine:
 
 
 def model_for(settings: EngineSettings, devices: Sequence[jax.Device] | None = None) -> LoadedModel:
-    """Load (on host) the weights and tokenizer that `settings` names, in the platform's dtype."""
+    """Open the checkpoint and tokenizer that `settings` names, weights unplaced, in the platform's dtype."""
     validate_settings(settings)
     if settings.model_path is not None:
         path = settings.model_path
@@ -477,7 +481,13 @@ def model_for(settings: EngineSettings, devices: Sequence[jax.Device] | None = N
         path = str(embedded_model_path(settings.model or ""))
     platform = (list(devices) if devices is not None else jax.devices())[0].platform
     compute, _, int8 = resolve_dtypes(settings, platform)
-    return load_model(path, dtype=np.dtype(compute), int8=int8)
+    return load_model(
+        path,
+        dtype=np.dtype(compute),
+        int8=int8,
+        model_name=settings.model if settings.model_path is not None else None,
+        tokenizer_path=settings.tokenizer_path,
+    )
 
 
 def load_engine(settings: EngineSettings, devices: Sequence[jax.Device] | None = None) -> JaxEngine:

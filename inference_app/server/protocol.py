@@ -134,9 +134,11 @@ ERROR_TYPES = {
     400: "invalid_request_error",
     404: "not_found_error",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "request_too_large",
     415: "unsupported_media_type",
     429: "rate_limit_error",
+    431: "request_header_fields_too_large",
     500: "server_error",
     503: "service_unavailable",
 }

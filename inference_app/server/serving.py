@@ -24,10 +24,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import jinja2
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from inference_app.engine.api import TokenLogprobs
+from inference_app.engine.api import Engine, TokenLogprobs
 from inference_app.orchestrator import (
     Event,
     Failed,
@@ -78,6 +79,7 @@ class Generation:
         self.request = request
         self._channel = EventChannel()
         self.job: Job = state.submit(request, self._channel)  # raises RequestRejected (4xx/503)
+        self._state = state
         self._http_request = http_request
         self._watcher = asyncio.create_task(self._watch_disconnect())
         self._pending: list[Event] = []
@@ -129,6 +131,7 @@ class Generation:
         self._watcher.cancel()
         if self.job.cancel():
             log.info("[%s] stream closed early; request cancelled", self.request.request_id)
+        self._state.queue_budget.completed(self._state.queue_depth())
         log.info(
             "[%s] done: %s, %d prompt + %d generated tokens in %.2fs",
             self.request.request_id,
@@ -139,18 +142,41 @@ class Generation:
         )
 
 
-def encode_prompt(state: ServingState, text: str) -> tuple[int, ...]:
-    """Tokenize with the engine's tokenizer (503 while the model is still loading)."""
-    if state.engine is None:
-        raise ApiError(503, f"The model is not loaded yet (phase: {state.phase}).", retry_after=5)
-    return tuple(state.engine.tokenizer.encode(text))
+def loaded_engine(state: ServingState) -> Engine:
+    """The engine, or a counted 503 (`Unavailable`) while it loads or after a failed start-up."""
+    with state.counting_refusals():
+        engine, _ = state.loaded()
+    return engine
+
+
+async def encode_prompt(state: ServingState, text: str, param: str = "prompt") -> tuple[int, ...]:
+    """Tokenize off the event loop, after the length checks that need no tokenizer (503 while the
+    model is still loading, 400 for a text longer than any prompt that fits)."""
+    with state.counting_refusals():
+        engine, limits = state.loaded()
+        limits.check_text(text, param)
+    return tuple(await state.tokenization.run(engine.tokenizer.encode, text))
+
+
+async def encode_chat(
+    state: ServingState, messages: list[dict[str, str]], add_generation_prompt: bool = True
+) -> tuple[int, ...]:
+    """The conversation rendered with the model's chat template and tokenized (contents as text, so
+    special-token text typed into a message cannot forge turns), off the event loop, after the
+    checks that need neither."""
+    with state.counting_refusals():
+        engine, limits = state.loaded()
+        limits.check_messages([m["content"] for m in messages])
+    try:
+        ids = await state.tokenization.run(engine.tokenizer.encode_chat, messages, add_generation_prompt)
+    except (ValueError, jinja2.TemplateError) as exc:  # no template, or it rejects the roles' order
+        raise ApiError(400, f"Cannot apply the model's chat template: {exc}", "messages") from None
+    return tuple(ids)
 
 
 def check_token_ids(state: ServingState, ids: list[int], param: str) -> tuple[int, ...]:
     """Token ids a client tokenized itself: 400 naming the field when one is outside the vocabulary."""
-    if state.engine is None:
-        raise ApiError(503, f"The model is not loaded yet (phase: {state.phase}).", retry_after=5)
-    vocab = state.engine.tokenizer.vocab_size
+    vocab = loaded_engine(state).tokenizer.vocab_size
     bad = [t for t in ids if not 0 <= t < vocab]
     if bad:
         raise ApiError(400, f"{param}: token ids must be in [0, {vocab}); got {bad[:5]}", param)

@@ -76,7 +76,8 @@ class GenerateRenderer:
 
 
 async def serve_generate(state: ServingState, request: Request, body: GenerateRequest) -> Response:
-    gen = start_generation(state, request, body, encode_prompt(state, body.prompt), body.max_tokens)
+    prompt_ids = await encode_prompt(state, body.prompt)
+    gen = start_generation(state, request, body, prompt_ids, body.max_tokens)
     return await respond([gen], body.stream, GenerateRenderer(gen.request.request_id), NDJSON)
 
 
@@ -120,7 +121,7 @@ async def serve_decode(state: ServingState, request: Request, body: DecodeReques
         prompt_ids = check_token_ids(state, body.token_content.token_ids, "token_content.token_ids")
     else:
         assert body.text_content is not None
-        prompt_ids = encode_prompt(state, body.text_content.text)
+        prompt_ids = await encode_prompt(state, body.text_content.text, "text_content.text")
     # JetStream's request has no sampling fields: its server's defaults (here: greedy).
     greedy = GenerateRequest(prompt="-", max_tokens=body.max_tokens, stop=None)
     gen = start_generation(state, request, greedy, prompt_ids, body.max_tokens)

@@ -62,7 +62,9 @@ from inference_app.server.serving import (
     Collected,
     Generation,
     check_token_ids,
+    encode_chat,
     encode_prompt,
+    loaded_engine,
     respond,
     start_generations,
 )
@@ -98,12 +100,6 @@ def check_model(state: ServingState, model: str | None) -> None:
     if model is not None and not state.options.serves(model):
         names = ", ".join(repr(n) for n in (state.options.model_name, *state.options.model_aliases))
         raise ApiError(404, f"Model {model!r} is not served here; this server serves {names}.", "model")
-
-
-def _engine(state: ServingState) -> Any:
-    if state.engine is None:
-        raise ApiError(503, f"The model is not loaded yet (phase: {state.phase}).", retry_after=5)
-    return state.engine
 
 
 # ----- completions -------------------------------------------------------------------------------
@@ -209,15 +205,16 @@ class CompletionRenderer:
 
 async def serve_completion(state: ServingState, request: Request, body: CompletionRequest) -> Response:
     check_model(state, body.model)
-    engine = _engine(state)
+    engine = loaded_engine(state)
     prompts: list[tuple[int, ...]] = []
     echoes: list[str] = []
     for i, prompt in enumerate(body.prompts()):
+        param = "prompt" if i == 0 else f"prompt.{i}"
         if isinstance(prompt, str):
-            prompts.append(encode_prompt(state, prompt))
+            prompts.append(await encode_prompt(state, prompt, param))
             echoes.append(prompt if body.echo else "")
         else:
-            prompts.append(check_token_ids(state, prompt, "prompt" if i == 0 else f"prompt.{i}"))
+            prompts.append(check_token_ids(state, prompt, param))
             echoes.append(engine.tokenizer.decode(prompt) if body.echo else "")
     gens = start_generations(state, request, body, prompts, body.max_tokens, body.n)
     renderer = CompletionRenderer(
@@ -387,28 +384,12 @@ class ChatRenderer:
         return [self._chunk([], total)] if self.body.include_usage else []
 
 
-def render_chat(
-    state: ServingState,
-    messages: list[ChatMessage],
-    functions: list[Function],
-    add_generation_prompt: bool = True,
-) -> str:
-    try:
-        return str(
-            _engine(state).tokenizer.apply_chat_template(
-                template_messages(messages, functions), add_generation_prompt=add_generation_prompt
-            )
-        )
-    except ValueError as exc:  # e.g. no template, or the template rejects the roles' order
-        raise ApiError(400, f"Cannot apply the model's chat template: {exc}", "messages") from None
-
-
 async def serve_chat(state: ServingState, request: Request, body: ChatCompletionRequest) -> Response:
     check_model(state, body.model)
     _check_unconstrained(body)
-    engine = _engine(state)
     functions = _functions(body)
-    prompt_ids = encode_prompt(state, render_chat(state, body.messages, functions))
+    prompt_ids = await encode_chat(state, template_messages(body.messages, functions))
+    engine = loaded_engine(state)
     room = engine.max_target_length - len(prompt_ids)
     max_tokens = body.token_budget(default=max(1, min(state.options.chat_default_max_tokens, room)))
     gens = start_generations(state, request, body, [prompt_ids], max_tokens, body.n)
@@ -435,15 +416,14 @@ def get_model(state: ServingState, model: str) -> ModelCard:
     return _card(state)
 
 
-def tokenize(state: ServingState, body: TokenizeRequest) -> TokenizeResponse:
+async def tokenize(state: ServingState, body: TokenizeRequest) -> TokenizeResponse:
+    """The prompt ids `/v1/completions` (prompt) or `/v1/chat/completions` (messages) would use."""
     check_model(state, body.model)
-    engine = _engine(state)
-    text = (
-        body.prompt
-        if body.messages is None
-        else render_chat(state, body.messages, [], body.add_generation_prompt)
-    )
-    ids = list(engine.tokenizer.encode(text or ""))
+    engine = loaded_engine(state)
+    if body.messages is None:
+        ids = list(await encode_prompt(state, body.prompt or ""))
+    else:
+        ids = list(await encode_chat(state, template_messages(body.messages, []), body.add_generation_prompt))
     strs = [engine.tokenizer.decode([t]) for t in ids] if body.return_token_strs else None
     return TokenizeResponse(
         count=len(ids), max_model_len=engine.max_target_length, tokens=ids, token_strs=strs
@@ -453,12 +433,12 @@ def tokenize(state: ServingState, body: TokenizeRequest) -> TokenizeResponse:
 def detokenize(state: ServingState, body: DetokenizeRequest) -> DetokenizeResponse:
     check_model(state, body.model)
     ids = check_token_ids(state, body.tokens, "tokens")
-    return DetokenizeResponse(prompt=_engine(state).tokenizer.decode(list(ids)))
+    return DetokenizeResponse(prompt=loaded_engine(state).tokenizer.decode(list(ids)))
 
 
 def tokenizer_info(state: ServingState) -> JSONResponse:
     """The tokenizer's Hugging Face config (eos/bos tokens, chat template), as vLLM's route."""
-    engine = _engine(state)
+    engine = loaded_engine(state)
     info: dict[str, Any] = (
         dict(engine.tokenizer.hf_config()) if isinstance(engine.tokenizer, HasHfConfig) else {}
     )

@@ -65,6 +65,12 @@ class ByteTokenizer:
         text = "".join(f"<|{m['role']}|>{m['content']}\n" for m in messages)
         return text + ("<|assistant|>" if add_generation_prompt else "")
 
+    def encode_chat(
+        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+    ) -> list[int]:
+        # bytes: there are no control tokens to forge
+        return self.encode(self.apply_chat_template(messages, add_generation_prompt))
+
 
 def continuation_start(prompt_ids: Sequence[int], sampling: SamplingParams) -> int:
     """Where in CORPUS_IDS a prompt's continuation starts (sampling picks a seeded offset)."""
@@ -273,6 +279,7 @@ class FakeEngine:
 def main(argv: list[str] | None = None) -> int:
     """Serve a FakeEngine through the real server entry point (signals, sockets, drain)."""
     from inference_app.server.cli import LOG_FORMAT, ServerOptions, run_server
+    from inference_app.server.limits import add_http_limit_arguments, http_limits_from_args
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     p = argparse.ArgumentParser(description=__doc__)
@@ -281,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-delay", type=float, default=0.5)
     p.add_argument("--max-slots", type=int, default=4)
     p.add_argument("--max-queue", type=int, default=8)
+    p.add_argument("--max-queue-wait", type=float, default=ServerOptions.max_queue_wait_s)
     p.add_argument("--drain-timeout", type=float, default=30.0)
+    add_http_limit_arguments(p)
     args = p.parse_args(argv)
     settings = EngineSettings(max_slots=args.max_slots, max_prefill_length=64, max_target_length=400)
 
@@ -293,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         model_name="fake",
         max_queue=args.max_queue,
+        max_queue_wait_s=args.max_queue_wait,
         drain_timeout_s=args.drain_timeout,
+        limits=http_limits_from_args(args),
     )
     return run_server(options, factory)
 

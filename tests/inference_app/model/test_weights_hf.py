@@ -15,15 +15,14 @@ from inference_app.engine.engine import JaxEngine, load_engine
 from inference_app.model.loader import load_model
 from inference_app.model.transformer import prefill
 from inference_app.model.weights_hf import HFCheckpoint
-from tests.inference_app.tiny_llama import make_tiny_llama
 
 torch = pytest.importorskip("torch")
 PROMPT = [17, 250, 3, 9000, 41, 41, 7, 1234, 5, 48000, 77, 2, 600, 12, 13, 14, 15, 16, 30, 31, 32, 33, 34, 35]
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+def tiny_dir(tiny_llama_dir: Path) -> Path:
+    return tiny_llama_dir
 
 
 @pytest.fixture(scope="module")
