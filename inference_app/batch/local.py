@@ -61,7 +61,7 @@ async def run_local(orch: Orchestrator, item: BatchItem, default_max_tokens: int
     def sink(event: Event) -> None:  # called on orchestrator threads
         if isinstance(event, TextDelta):
             parts.append(event.text)
-        else:
+        elif isinstance(event, Finished | Failed):
             loop.call_soon_threadsafe(finish, event)
 
     start = time.perf_counter()

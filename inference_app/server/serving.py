@@ -28,8 +28,16 @@ import jinja2
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from inference_app.engine.api import Engine
-from inference_app.orchestrator import Event, Failed, Finished, GenerationRequest, Job, TextDelta
+from inference_app.engine.api import Engine, TokenLogprobs
+from inference_app.orchestrator import (
+    Event,
+    Failed,
+    Finished,
+    GenerationRequest,
+    Job,
+    PromptLogprobs,
+    TextDelta,
+)
 from inference_app.server.errors import ApiError, request_id_of
 from inference_app.server.protocol import ErrorResponse, ResponseModel, SamplingRequest, ServerInfo, UsageInfo
 from inference_app.server.state import ServingState
@@ -52,8 +60,20 @@ class EventChannel:
         return await self._queue.get()
 
 
+@dataclass(frozen=True)
+class Collected:
+    """A whole answer of one generation: its text, why it ended, its tokens' log-probabilities."""
+
+    text: str
+    finished: Finished
+    logprobs: tuple[TokenLogprobs, ...] = ()
+
+
 class Generation:
-    """An admitted request: iterate `events()`, always `close()` (cancels if unfinished)."""
+    """An admitted request: iterate `events()`, always `close()` (cancels if unfinished).
+
+    The prompt's log-probabilities, when asked, are kept in `prompt_logprobs` (they arrive before
+    any text) rather than yielded."""
 
     def __init__(self, state: ServingState, request: GenerationRequest, http_request: Request) -> None:
         self.request = request
@@ -64,6 +84,7 @@ class Generation:
         self._watcher = asyncio.create_task(self._watch_disconnect())
         self._pending: list[Event] = []
         self._t0 = time.monotonic()
+        self.prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
 
     async def _watch_disconnect(self) -> None:
         while not self.job.finished:
@@ -85,20 +106,25 @@ class Generation:
         """Events until (and including) the final `Finished` or `Failed`."""
         while True:
             event = self._pending.pop(0) if self._pending else await self._channel.get()
+            if isinstance(event, PromptLogprobs):
+                self.prompt_logprobs = event.tokens
+                continue
             yield event
             if isinstance(event, Finished | Failed):
                 return
 
-    async def collect(self) -> tuple[str, Finished]:
+    async def collect(self) -> Collected:
         """Non-streaming: the whole text; a failure becomes its HTTP error."""
         parts: list[str] = []
+        logprobs: list[TokenLogprobs] = []
         async for event in self.events():
             if isinstance(event, TextDelta):
                 parts.append(event.text)
+                logprobs.extend(event.logprobs)
             elif isinstance(event, Failed):
                 raise ApiError(event.status, event.message)
-            else:
-                return "".join(parts), event
+            elif isinstance(event, Finished):
+                return Collected("".join(parts), event, tuple(logprobs))
         raise ApiError(500, "The request ended without a result.")
 
     def close(self) -> None:
@@ -181,6 +207,7 @@ def start_generation(
         prompt_ids=prompt_ids,
         max_tokens=max_tokens,
         sampling=sampling,
+        prompt_logprobs=body.prompt_logprobs_count(),
         stop=body.stop_strings(),
         ignore_eos=body.ignore_eos,
         request_id=f"{rid}-{choice}" if choice else rid,
@@ -211,13 +238,13 @@ def start_generations(
 class Renderer(Protocol):
     """One endpoint's response models: the whole answer, or the chunks of a stream (choice `index`)."""
 
-    def whole(self, results: list[tuple[str, Finished]]) -> ResponseModel: ...
+    def whole(self, results: list[Collected]) -> ResponseModel: ...
 
     def opening(self, choices: int) -> list[ResponseModel]:
         """Chunks sent before any text (OpenAI chat announces the assistant role)."""
         ...
 
-    def text(self, index: int, text: str, progress: UsageInfo) -> ResponseModel: ...
+    def text(self, index: int, delta: TextDelta, progress: UsageInfo) -> ResponseModel: ...
 
     def finished(self, index: int, finished: Finished, progress: UsageInfo) -> list[ResponseModel]:
         """Why this choice ended (and, per endpoint, its token counts)."""
@@ -295,12 +322,12 @@ async def _stream(gens: list[Generation], renderer: Renderer, framing: Framing, 
         while running:
             index, event = await events.get()
             if isinstance(event, TextDelta):
-                yield framing.frame(renderer.text(index, event.text, usage_total(gens, n)))
+                yield framing.frame(renderer.text(index, event, usage_total(gens, n)))
             elif isinstance(event, Finished):
                 running -= 1
                 for chunk in renderer.finished(index, event, usage_total(gens, n)):
                     yield framing.frame(chunk)
-            else:  # failed after the headers were sent: the error is the last chunk
+            elif isinstance(event, Failed):  # after the headers were sent: the error is the last chunk
                 yield framing.frame(
                     ErrorResponse.of(event.status, event.message, request_id=gens[index].request.request_id)
                 )

@@ -16,7 +16,7 @@ import time
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from inference_app.orchestrator import Finished
+from inference_app.orchestrator import Finished, TextDelta
 from inference_app.server.protocol import (
     DecodeRequest,
     DecodeResponse,
@@ -33,6 +33,7 @@ from inference_app.server.protocol import (
 )
 from inference_app.server.serving import (
     NDJSON,
+    Collected,
     Framing,
     check_token_ids,
     encode_prompt,
@@ -49,14 +50,14 @@ class GenerateRenderer:
     def __init__(self, request_id: str) -> None:
         self.id = f"generate-{request_id}"
 
-    def whole(self, results: list[tuple[str, Finished]]) -> GenerateResponse:
-        return GenerateResponse(response=results[0][0])
+    def whole(self, results: list[Collected]) -> GenerateResponse:
+        return GenerateResponse(response=results[0].text)
 
     def opening(self, choices: int) -> list[ResponseModel]:
         return []
 
-    def text(self, index: int, text: str, progress: UsageInfo) -> GenerateChunk:
-        return GenerateChunk(id=self.id, time_created=time.time(), text=text, response=text)
+    def text(self, index: int, delta: TextDelta, progress: UsageInfo) -> GenerateChunk:
+        return GenerateChunk(id=self.id, time_created=time.time(), text=delta.text, response=delta.text)
 
     def finished(self, index: int, finished: Finished, progress: UsageInfo) -> list[ResponseModel]:
         return [
@@ -99,14 +100,14 @@ PROTOBUF_JSON = Framing(media_type="text/event-stream", frame=lambda m: json.dum
 class DecodeRenderer:
     """JetStream `DecodeResponse` messages: one sample of new text each; nothing marks the end."""
 
-    def whole(self, results: list[tuple[str, Finished]]) -> ResponseModel:
+    def whole(self, results: list[Collected]) -> ResponseModel:
         raise AssertionError("JetStream's /v1/generate always streams")
 
     def opening(self, choices: int) -> list[ResponseModel]:
         return []
 
-    def text(self, index: int, text: str, progress: UsageInfo) -> DecodeResponse:
-        return DecodeResponse(streamContent=DecodeStreamContent(samples=[DecodeSample(text=text)]))
+    def text(self, index: int, delta: TextDelta, progress: UsageInfo) -> DecodeResponse:
+        return DecodeResponse(streamContent=DecodeStreamContent(samples=[DecodeSample(text=delta.text)]))
 
     def finished(self, index: int, finished: Finished, progress: UsageInfo) -> list[ResponseModel]:
         return []
