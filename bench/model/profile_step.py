@@ -33,8 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from inference_app.engine import EngineSettings, SamplingParams  # noqa: E402
-from inference_app.engine.engine import load_engine  # noqa: E402
+from inference_app.engine import EngineSettings, SamplingParams
+from inference_app.engine.engine import load_engine
 
 
 def main() -> None:
