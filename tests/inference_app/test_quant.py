@@ -76,3 +76,18 @@ def test_block_quant_is_a_pytree_with_static_format() -> None:
     placed = jax.tree.map(jnp.asarray, b)
     assert placed.fmt == "q4_0" and placed.in_shape == (64,)
     assert jax.tree_util.tree_unflatten(tree, leaves).out_shape == (3,)
+
+
+def test_gguf_blocks_are_the_stored_rows_in_hf_order() -> None:
+    """`GGUFCheckpoint.blocks` dequantizes to exactly what `tensor` gives (Q/K rows unpermuted),
+    for a Q4_1 attention matrix, a permuted Q and K, and the Q8_0 embedding table."""
+    from inference_app.model.weights_gguf import GGUFCheckpoint
+    from inference_app.models import embedded_model_path
+
+    ckpt = GGUFCheckpoint(str(embedded_model_path("smollm2-135m")))
+    for name in ("model.layers.3.self_attn.q_proj.weight", "model.layers.3.self_attn.k_proj.weight",
+                 "model.layers.3.mlp.down_proj.weight", "model.embed_tokens.weight"):
+        b = ckpt.blocks(name)
+        assert b is not None
+        np.testing.assert_array_equal(quant.dequantize(b), ckpt.tensor(name))
+    assert ckpt.blocks("model.norm.weight") is None  # stored as F32
