@@ -55,34 +55,55 @@ from inference_app.model.transformer import quantize_int8  # noqa: E402
 D, F, QKV, V, LAYERS = 576, 1536, 960, 49152, 30
 SHAPES = {"wqkv": (D, QKV), "wo": (D, D), "w_gate_up": (D, 2 * F), "w_down": (F, D)}  # [in, out]
 YNN = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
-METHODS = ("xla-f32", "xla-bf16", "xla-int8", "kernel-f32", "kernel-s8", "quant-q4_1", "quant-q4_0", "quant-q8_0")
+METHODS = (
+    "xla-f32",
+    "xla-bf16",
+    "xla-int8",
+    "kernel-f32",
+    "kernel-s8",
+    "quant-q4_1",
+    "quant-q4_0",
+    "quant-q8_0",
+)
 
 
 def random_weights(rng: np.random.Generator) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
-    layers = [{name: (rng.standard_normal(s) / np.sqrt(s[0])).astype(np.float32) for name, s in SHAPES.items()}
-              for _ in range(LAYERS)]
+    layers = [
+        {name: (rng.standard_normal(s) / np.sqrt(s[0])).astype(np.float32) for name, s in SHAPES.items()}
+        for _ in range(LAYERS)
+    ]
     return layers, (rng.standard_normal((D, V)) * 0.05).astype(np.float32)
 
 
-def prepare(method: str, layers: list[dict[str, np.ndarray]], head: np.ndarray) -> tuple[Any, Callable[..., jax.Array]]:
+def prepare(
+    method: str, layers: list[dict[str, np.ndarray]], head: np.ndarray
+) -> tuple[Any, Callable[..., jax.Array]]:
     """Device params for `method` and the product x [M, K] . w -> [M, N] it uses."""
     if method in ("xla-f32", "xla-bf16", "kernel-f32"):
         dtype = jnp.bfloat16 if method == "xla-bf16" else jnp.float32
         params = jax.tree.map(lambda a: jnp.asarray(a, dtype), (layers, head))
         if method == "kernel-f32":
             return params, ops.matmul_dense
-        return params, lambda x, w: jnp.matmul(x, w.astype(x.dtype) if w.dtype == x.dtype else w,
-                                               preferred_element_type=jnp.float32)
+        return params, lambda x, w: jnp.matmul(
+            x, w.astype(x.dtype) if w.dtype == x.dtype else w, preferred_element_type=jnp.float32
+        )
     if method in ("xla-int8", "kernel-s8"):
-        params = jax.tree.map(jnp.asarray, ([{k: quantize_int8(w) for k, w in layer.items()} for layer in layers],
-                                            quantize_int8(head)))
+        params = jax.tree.map(
+            jnp.asarray,
+            ([{k: quantize_int8(w) for k, w in layer.items()} for layer in layers], quantize_int8(head)),
+        )
         if method == "kernel-s8":
             return params, lambda x, w: ops.matmul_s8(x, w.q, w.scale)
         return params, lambda x, w: (x @ w.q.T.astype(x.dtype)) * w.scale
     fmt = method.removeprefix("quant-")
     head_fmt = "q8_0" if fmt == "q4_1" else fmt  # the GGUF stores its embedding/head as Q8_0
-    params = jax.tree.map(jnp.asarray, ([{k: quant.quantize(w, fmt) for k, w in layer.items()} for layer in layers],
-                                        quant.quantize(head, head_fmt)))
+    params = jax.tree.map(
+        jnp.asarray,
+        (
+            [{k: quant.quantize(w, fmt) for k, w in layer.items()} for layer in layers],
+            quant.quantize(head, head_fmt),
+        ),
+    )
     return params, quant_ops.matmul
 
 
@@ -137,30 +158,48 @@ def main() -> None:
         for m, ts in times.items():
             best, med = min(ts), statistics.median(ts)
             weight_bytes = nbytes(prepared[m][0])
-            row = {"method": m, "rows": rows, "best_s": round(best, 5), "median_s": round(med, 5),
-                   "cpu_s": round(min(cpu[m]), 5),
-                   "weight_mb": round(weight_bytes / 1e6, 1), "gb_s": round(weight_bytes / best / 1e9, 1),
-                   "gflop_s": round(flops_per_row * rows / best / 1e9, 1), "rows_s": round(rows / best, 1),
-                   "load": round(os.getloadavg()[0], 2)}
+            row = {
+                "method": m,
+                "rows": rows,
+                "best_s": round(best, 5),
+                "median_s": round(med, 5),
+                "cpu_s": round(min(cpu[m]), 5),
+                "weight_mb": round(weight_bytes / 1e6, 1),
+                "gb_s": round(weight_bytes / best / 1e9, 1),
+                "gflop_s": round(flops_per_row * rows / best / 1e9, 1),
+                "rows_s": round(rows / best, 1),
+                "load": round(os.getloadavg()[0], 2),
+            }
             results.append(row)
             print(json.dumps(row), flush=True)
-    out = {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-           "kernel_level": build.levels()[0].name, "jax": jax.__version__,
-           "started_load": results[0]["load"] if results else None, "results": results}
+    out = {
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "kernel_level": build.levels()[0].name,
+        "jax": jax.__version__,
+        "started_load": results[0]["load"] if results else None,
+        "results": results,
+    }
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     Path(args.out).with_suffix(".md").write_text(table(out))
     print(table(out))
 
 
 def table(out: dict[str, Any]) -> str:
-    lines = [f"Kernel level `{out['kernel_level']}`, {out['cpus']} CPUs, jax {out['jax']}. Per forward's "
-             "weight products: best of the repetitions (median in brackets); GB/s of weights streamed; "
-             "rows/s = tokens per second these products alone allow.", "",
-             "| rows | method | weights MB | ms best (median) | CPU ms | GB/s | GFLOP/s | rows/s | load |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Kernel level `{out['kernel_level']}`, {out['cpus']} CPUs, jax {out['jax']}. Per forward's "
+        "weight products: best of the repetitions (median in brackets); GB/s of weights streamed; "
+        "rows/s = tokens per second these products alone allow.",
+        "",
+        "| rows | method | weights MB | ms best (median) | CPU ms | GB/s | GFLOP/s | rows/s | load |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in out["results"]:
-        lines.append(f"| {r['rows']} | {r['method']} | {r['weight_mb']} | {r['best_s'] * 1e3:.1f} "
-                     f"({r['median_s'] * 1e3:.1f}) | {r['cpu_s'] * 1e3:.1f} | {r['gb_s']} | {r['gflop_s']} | {r['rows_s']} | {r['load']} |")
+        lines.append(
+            f"| {r['rows']} | {r['method']} | {r['weight_mb']} | {r['best_s'] * 1e3:.1f} "
+            f"({r['median_s'] * 1e3:.1f}) | {r['cpu_s'] * 1e3:.1f} | {r['gb_s']} | {r['gflop_s']} | "
+            f"{r['rows_s']} | {r['load']} |"
+        )
     return "\n".join(lines) + "\n"
 
 

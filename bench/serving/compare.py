@@ -61,7 +61,9 @@ class Server:
         self.name, self.port, self.ready_path = name, port, ready_path
         self.url = f"http://127.0.0.1:{port}"
         self.log = (log_dir / f"{name}.log").open("w")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def wait_ready(self, timeout_s: float = 3600) -> None:
         deadline = time.monotonic() + timeout_s
@@ -100,10 +102,17 @@ class Server:
 def start(name: str, log_dir: Path, slots: int) -> Server:
     port = free_port()
     if name == "ours":  # `make serve` without its fixed host/port: the defaults under test
-        return Server(name, [sys.executable, "-m", "inference_app", "serve", "--port", str(port)], port,
-                      "/healthcheck", log_dir)
+        return Server(
+            name,
+            [sys.executable, "-m", "inference_app", "serve", "--port", str(port)],
+            port,
+            "/healthcheck",
+            log_dir,
+        )
     if name == "llama-server":
-        return Server(name, ["bash", str(LLAMACPP), "serve-native", str(port), str(slots)], port, "/health", log_dir)
+        return Server(
+            name, ["bash", str(LLAMACPP), "serve-native", str(port), str(slots)], port, "/health", log_dir
+        )
     return Server(name, ["bash", str(LLAMACPP), "serve", str(port)], port, "/v1/models", log_dir)
 
 
@@ -124,25 +133,42 @@ def export_tokenizer() -> None:
     prompts are sized with (no download: transformers reads the local directory)."""
     if (TOKENIZER / "tokenizer.json").exists():
         return
+    from inference_app.model.catalog import embedded_model_path
     from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
-    from inference_app.models import embedded_model_path
 
     tok = gguf_tokenizer(GGUFCheckpoint(str(embedded_model_path("smollm2-135m"))))
     TOKENIZER.mkdir(parents=True, exist_ok=True)
     tok.backend.save(str(TOKENIZER / "tokenizer.json"))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>",
-              "chat_template": tok.chat_template, "model_max_length": 8192}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": "<|im_end|>",
+        "chat_template": tok.chat_template,
+        "model_max_length": 8192,
+    }
     (TOKENIZER / "tokenizer_config.json").write_text(json.dumps(config))
 
 
-def guidellm(server: Server, concurrency: int, requests: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+def guidellm(
+    server: Server, concurrency: int, requests: int, args: argparse.Namespace, tmp: Path
+) -> dict[str, Any]:
     """One level with guidellm; returns its per-request statistics, summarised."""
     scenario = {
         "spec": {
-            "backend": {"kind": "openai_http", "target": server.url, "request_format": API_PATHS[args.api],
-                        "validate_backend": False, "extras": {"body": {"temperature": 0}}},
+            "backend": {
+                "kind": "openai_http",
+                "target": server.url,
+                "request_format": API_PATHS[args.api],
+                "validate_backend": False,
+                "extras": {"body": {"temperature": 0}},
+            },
             "profile": {"kind": "concurrent", "streams": concurrency},
-            "data": [{"kind": "synthetic_text", "prompt_tokens": args.prompt_tokens, "output_tokens": args.max_tokens}],
+            "data": [
+                {
+                    "kind": "synthetic_text",
+                    "prompt_tokens": args.prompt_tokens,
+                    "output_tokens": args.max_tokens,
+                }
+            ],
             "tokenizer": {"kind": "huggingface_auto", "model": str(TOKENIZER)},
             "constraints": [{"kind": "max_requests", "count": requests}],
         },
@@ -175,8 +201,14 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "output_tokens": out_tokens,
         "duration_s": round(float(bench.get("duration") or 0), 2),
         "requests_s": stat("requests_per_second", "mean"),
-        "ttft_ms": {"p50": stat("time_to_first_token_ms", "p50"), "p99": stat("time_to_first_token_ms", "p99")},
-        "itl_ms": {"p50": stat("inter_token_latency_ms", "p50"), "p99": stat("inter_token_latency_ms", "p99")},
+        "ttft_ms": {
+            "p50": stat("time_to_first_token_ms", "p50"),
+            "p99": stat("time_to_first_token_ms", "p99"),
+        },
+        "itl_ms": {
+            "p50": stat("inter_token_latency_ms", "p50"),
+            "p99": stat("inter_token_latency_ms", "p99"),
+        },
         "tpot_ms": {"p50": stat("time_per_output_token_ms", "p50")},
         "completed": totals.get("successful"),
         "failed": totals.get("errored"),
@@ -188,8 +220,12 @@ def main() -> None:
     p.add_argument("--name", default="cpu")
     p.add_argument("--levels", default="1,4,16,32,64")
     p.add_argument("--servers", default=",".join(SERVERS), help=f"any of {', '.join(SERVERS)}")
-    p.add_argument("--api", choices=sorted(API_PATHS), default="chat",
-                   help="chat (the issue's setup; guidellm sends messages as content parts) or completions")
+    p.add_argument(
+        "--api",
+        choices=sorted(API_PATHS),
+        default="chat",
+        help="chat (the issue's setup; guidellm sends messages as content parts) or completions",
+    )
     p.add_argument("--max-tokens", type=int, default=96, help="output tokens per request")
     p.add_argument("--prompt-tokens", type=int, default=128, help="tokens of each synthetic chat prompt")
     p.add_argument("--requests", type=int, default=0, help="requests per level (default max(16, 2 x level))")
@@ -203,18 +239,27 @@ def main() -> None:
     names = [s for s in args.servers.split(",") if s]
     commit = (WORK / "llama.cpp-commit").read_text().strip() if (WORK / "llama.cpp-commit").exists() else None
     out: dict[str, Any] = {
-        "name": args.name, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "uptime_start": uptime(), "cpus": os.cpu_count(), "args": vars(args), "llama_cpp_commit": commit,
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
-        "load_generator": "guidellm " + subprocess.run([str(GUIDELLM), "--version"], capture_output=True,
-                                                        text=True).stdout.strip(),
+        "name": args.name,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "uptime_start": uptime(),
+        "cpus": os.cpu_count(),
+        "args": vars(args),
+        "llama_cpp_commit": commit,
+        "commit": subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "load_generator": "guidellm "
+        + subprocess.run([str(GUIDELLM), "--version"], capture_output=True, text=True).stdout.strip(),
         "levels": [],
     }
     print(out["uptime_start"], flush=True)
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp_dir:
         servers: dict[str, Server] = {}
         slots = 0
-        for name in ["ours", *[n for n in names if n != "ours"]]:  # ours first: its slot count sets --parallel
+        for name in [
+            "ours",
+            *[n for n in names if n != "ours"],
+        ]:  # ours first: its slot count sets --parallel
             server = start(name, log_dir, slots)
             stack.callback(server.close)
             server.wait_ready()
@@ -231,10 +276,13 @@ def main() -> None:
                 result["peak_rss_mib"] = server.peak_rss_mib()
                 result["uptime"] = uptime()
                 row[name] = result
-                print(f"  {name:16s} {c:>3} conc: {result['output_tok_s']} out tok/s  TTFT p50 "
-                      f"{result['ttft_ms']['p50']} ms  ITL p50 {result['itl_ms']['p50']} ms  failed "
-                      f"{result['failed']}  RSS {result['peak_rss_mib']} MiB  "
-                      f"[{result['uptime'].split('load average:')[-1].strip()}]", flush=True)
+                print(
+                    f"  {name:16s} {c:>3} conc: {result['output_tok_s']} out tok/s  TTFT p50 "
+                    f"{result['ttft_ms']['p50']} ms  ITL p50 {result['itl_ms']['p50']} ms  failed "
+                    f"{result['failed']}  RSS {result['peak_rss_mib']} MiB  "
+                    f"[{result['uptime'].split('load average:')[-1].strip()}]",
+                    flush=True,
+                )
             out["levels"].append(row)
             _save(out)
     out["uptime_end"] = uptime()

@@ -46,9 +46,17 @@ def plot_results(path: Path) -> list[Path]:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for side in servers:
         for ax, key in ((ax1, "ttft_ms"), (ax2, "itl_ms")):
-            ax.plot(levels, [r[side][key]["p50"] for r in rows], "o-", color=COLORS[side], label=f"{side} p50")
-            ax.plot(levels, [r[side][key]["p99"] for r in rows], "x--", color=COLORS[side], alpha=0.6,
-                    label=f"{side} p99")
+            ax.plot(
+                levels, [r[side][key]["p50"] for r in rows], "o-", color=COLORS[side], label=f"{side} p50"
+            )
+            ax.plot(
+                levels,
+                [r[side][key]["p99"] for r in rows],
+                "x--",
+                color=COLORS[side],
+                alpha=0.6,
+                label=f"{side} p99",
+            )
     for ax, title in ((ax1, "Time to first token"), (ax2, "Inter-token latency")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")

@@ -22,12 +22,16 @@ def tables(data: dict[str, Any]) -> str:
     rows = data.get("levels") or []
     servers = [s for s in ("ours", PEER, "llama-cpp-python") if rows and s in rows[0]]
     args = data.get("args", {})
-    out = [f"Run `{data['name']}` started {data['started']} on {data['cpus']} CPUs (commit {data['commit'][:8]}, "
-           f"llama.cpp {data.get('llama_cpp_commit')}, {data.get('load_generator')}); our slots "
-           f"{data.get('our_slots')} = llama-server `--parallel`; {args.get('api')} requests, "
-           f"{args.get('prompt_tokens')}-token prompts, {args.get('max_tokens')} output tokens, greedy; "
-           f"load at start `{data['uptime_start'].split('load average:')[-1].strip()}`, at end "
-           f"`{data.get('uptime_end', '?').split('load average:')[-1].strip()}`.", ""]
+    out = [
+        f"Run `{data['name']}` started {data['started']} on {data['cpus']} CPUs "
+        f"(commit {data['commit'][:8]}, "
+        f"llama.cpp {data.get('llama_cpp_commit')}, {data.get('load_generator')}); our slots "
+        f"{data.get('our_slots')} = llama-server `--parallel`; {args.get('api')} requests, "
+        f"{args.get('prompt_tokens')}-token prompts, {args.get('max_tokens')} output tokens, greedy; "
+        f"load at start `{data['uptime_start'].split('load average:')[-1].strip()}`, at end "
+        f"`{data.get('uptime_end', '?').split('load average:')[-1].strip()}`.",
+        "",
+    ]
     head = ["concurrency"] + [f"{s} out tok/s" for s in servers]
     if "ours" in servers and PEER in servers:
         head.append(f"ours / {PEER}")

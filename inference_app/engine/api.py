@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-Mode = Literal["interleaved", "disaggregated"]
+from inference_app.engine.settings import EngineSettings
 
 
 @dataclass(frozen=True)
@@ -72,38 +72,6 @@ class Tokenizer(Protocol):
     ) -> str:
         """Render messages with the model's own template (jinja2)."""
         ...
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """How to build an engine. Exactly one of `model` (catalog name) or `model_path` is set."""
-
-    model: str | None = "smollm2-135m"
-    model_path: str | None = None  # GGUF file, HF directory, or gs:// URL of either
-    mode: Mode = "interleaved"
-    max_slots: int = 8
-    max_prefill_length: int = 512
-    max_target_length: int = 1024  # prompt + generated tokens per slot
-    weight_dtype: Literal["auto", "float32", "bfloat16", "int8"] = "auto"  # auto: fp32 CPU, bf16 TPU/GPU
-    kv_dtype: Literal["auto", "float32", "bfloat16", "int8"] = "auto"
-    # Mesh axes follow MaxText: fsdp x autoregressive x tensor; -1 fills the remaining devices.
-    ici_fsdp_parallelism: int = 1
-    ici_autoregressive_parallelism: int = 1
-    ici_tensor_parallelism: int = -1
-    compilation_cache_dir: str | None = ".jax_cache"
-    # Prompts that may be prefilled in one call (same length bucket, at most
-    # PREFILL_BATCH_TOKENS padded tokens): short prompts run as one larger, more efficient
-    # matmul. Each (rows, bucket) shape is compiled during warm-up.
-    max_prefill_batch: int = 1
-    # Native decode kernels (inference_app/kernels) on a single CPU device; built on first use,
-    # skipped with a warning where no C++ compiler is available.
-    cpu_kernels: bool = True
-    # Prefill prompts in chunks inside the decode steps (`add_prompt`), so new prompts never
-    # pause decoding and are never padded to a bucket. Needs the CPU kernels (one CPU device,
-    # float32 KV cache); elsewhere the separate prefill stage runs. `max_step_tokens` caps the
-    # token rows of one step (decode rows + prompt chunks).
-    chunked_prefill: bool = True
-    max_step_tokens: int = 256
 
 
 @runtime_checkable

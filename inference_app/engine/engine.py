@@ -27,11 +27,13 @@ import numpy as np
 from jax.sharding import Mesh
 
 from inference_app.engine import sampling
-from inference_app.engine.api import EngineSettings, Prefix, SamplingParams, StepOutput
+from inference_app.engine.api import Prefix, SamplingParams, StepOutput
+from inference_app.engine.settings import EngineSettings
 from inference_app.engine.sharding import cache_sharding, make_mesh, param_shardings, replicated
 from inference_app.engine.step_plan import PendingPrompt, plan_step, step_row_buckets
 from inference_app.kernels import build as kernel_build
 from inference_app.kernels import ops as cpu_kernels
+from inference_app.model.catalog import embedded_model_path
 from inference_app.model.config import ModelConfig
 from inference_app.model.loader import LoadedModel, load_model
 from inference_app.model.tokenizer import TextTokenizer
@@ -43,7 +45,6 @@ from inference_app.model.transformer import (
     quantize_kv,
     ragged_forward,
 )
-from inference_app.models import embedded_model_path
 
 log = logging.getLogger(__name__)
 

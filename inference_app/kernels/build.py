@@ -118,7 +118,8 @@ def levels() -> tuple[Level, ...]:
     if forced:
         match = [lv for lv in every if lv.name == forced]
         if not match:
-            raise KernelBuildError(f"{ENV_LEVEL}={forced!r} is not one of {', '.join(lv.name for lv in every)}")
+            names = ", ".join(lv.name for lv in every)
+            raise KernelBuildError(f"{ENV_LEVEL}={forced!r} is not one of {names}")
         return tuple(match)
     have = cpu_flags()
     return tuple(lv for lv in every if lv.needs <= have)
@@ -131,7 +132,8 @@ def library_path(level: Level) -> Path:
     for name in SOURCES + HEADERS:
         key.update((source_dir() / name).read_bytes())
     key.update(jaxlib.__version__.encode())
-    key.update(" ".join(COMMON_FLAGS + level.flags).encode())  # not the compiler: a prebuilt library must be found
+    # not the compiler: a prebuilt library must be found where none is installed
+    key.update(" ".join(COMMON_FLAGS + level.flags).encode())
     return cache_dir() / f"cpu_kernels-{level.name}-{key.hexdigest()[:16]}.so"
 
 
@@ -159,8 +161,12 @@ def build(force: bool = False, level: Level | None = None) -> Path:
         flags = [*COMMON_FLAGS, *choices[0].flags, "-isystem", jax.ffi.include_dir()]
         objects = [os.path.join(tmp, f"{Path(src).stem}.o") for src in SOURCES]
         # the two translation units compile in parallel (each ~10 s of CPU)
-        compiles = [[cxx, *flags, "-c", str(source_dir() / src), "-o", obj] for src, obj in zip(SOURCES, objects, strict=True)]
-        procs = [(cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)) for cmd in compiles]
+        pairs = zip(SOURCES, objects, strict=True)
+        compiles = [[cxx, *flags, "-c", str(source_dir() / src), "-o", obj] for src, obj in pairs]
+        procs = [
+            (cmd, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            for cmd in compiles
+        ]
         link = [cxx, "-shared", *flags, *objects, "-o", os.path.join(tmp, "lib.so")]
         for cmd, proc in procs:
             _, err = proc.communicate(timeout=600)

@@ -90,13 +90,17 @@ def _block_bytes(fmt: Format) -> int:
     return {"q4_0": 18, "q4_1": 20, "q8_0": 34}[fmt]
 
 
-def from_gguf_rows(raw: np.ndarray, fmt: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> BlockQuant:
+def from_gguf_rows(
+    raw: np.ndarray, fmt: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+) -> BlockQuant:
     """Split GGUF block structs, raw uint8 [N, K/32 * block bytes], into a `BlockQuant`."""
     fmt = _check_fmt(fmt)
     n, k = int(np.prod(out_shape)), int(np.prod(in_shape))
     nb = k // BLOCK
     if k % BLOCK or raw.shape != (n, nb * _block_bytes(fmt)):
-        raise ValueError(f"{fmt} rows: expected uint8 [{n}, {nb * _block_bytes(fmt)}] for {k} inputs, got {raw.shape}")
+        raise ValueError(
+            f"{fmt} rows: expected uint8 [{n}, {nb * _block_bytes(fmt)}] for {k} inputs, got {raw.shape}"
+        )
     blocks = np.ascontiguousarray(raw, dtype=np.uint8).reshape(n, nb, _block_bytes(fmt))
     d = np.ascontiguousarray(blocks[:, :, 0:2]).view(np.float16).reshape(n, nb)
     m = None
@@ -171,8 +175,14 @@ def take_rows(w: BlockQuant, rows: np.ndarray, out_shape: tuple[int, ...]) -> Bl
     if int(np.prod(out_shape)) != len(rows):
         raise ValueError(f"take_rows: {len(rows)} rows do not fill out_shape {out_shape}")
     m = None if w.m is None else np.asarray(w.m)[rows]
-    return BlockQuant(qs=np.asarray(w.qs)[rows], d=np.asarray(w.d)[rows], m=m, fmt=w.fmt, in_shape=w.in_shape,
-                      out_shape=tuple(out_shape))
+    return BlockQuant(
+        qs=np.asarray(w.qs)[rows],
+        d=np.asarray(w.d)[rows],
+        m=m,
+        fmt=w.fmt,
+        in_shape=w.in_shape,
+        out_shape=tuple(out_shape),
+    )
 
 
 def concat_rows(parts: Sequence[BlockQuant], out_shape: tuple[int, ...]) -> BlockQuant:

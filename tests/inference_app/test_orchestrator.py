@@ -21,7 +21,7 @@ from inference_app.orchestrator import (
     Unavailable,
 )
 from inference_app.orchestrator.detokenize import IncrementalDecoder, StopStringFilter
-from inference_app.orchestrator.faults import FaultInjectingEngine, parse_fault_spec
+from inference_app.testing.faults import FaultInjectingEngine, parse_fault_spec
 from tests.inference_app.fakes import CORPUS, CORPUS_IDS, EOS, ByteTokenizer, FakeEngine, expected_ids
 
 

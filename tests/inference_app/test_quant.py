@@ -30,7 +30,7 @@ def test_embedded_gguf_tensors_split_and_dequantize_like_gguf() -> None:
     """The embedded SmolLM2 file: Q4_1 layer weights and the Q8_0 embedding table."""
     from gguf import GGUFReader
 
-    from inference_app.models import embedded_model_path
+    from inference_app.model.catalog import embedded_model_path
 
     reader = GGUFReader(embedded_model_path("smollm2-135m"))
     seen = set()
@@ -43,7 +43,9 @@ def test_embedded_gguf_tensors_split_and_dequantize_like_gguf() -> None:
         raw = np.asarray(t.data)[:512]  # the first rows are enough, and keep the test fast
         b = quant.from_gguf_rows(raw, fmt, (cols,), (raw.shape[0],))
         np.testing.assert_array_equal(quant.to_gguf_rows(b), raw)
-        np.testing.assert_array_equal(quant.dequantize(b), gguf_dequantize(raw, t.tensor_type).reshape(-1, cols))
+        np.testing.assert_array_equal(
+            quant.dequantize(b), gguf_dequantize(raw, t.tensor_type).reshape(-1, cols)
+        )
         assert rows >= raw.shape[0]
     assert seen == {"q4_1", "q8_0"}
 
@@ -52,9 +54,13 @@ def test_take_and_concat_rows_keep_blocks() -> None:
     a = quant.quantize(RNG.standard_normal((64, 6)).astype(np.float32), "q4_1")
     c = quant.quantize(RNG.standard_normal((64, 4)).astype(np.float32), "q4_1")
     order = np.array([5, 0, 3, 1, 4, 2])
-    np.testing.assert_array_equal(quant.dequantize(quant.take_rows(a, order, (2, 3))), quant.dequantize(a)[order])
+    np.testing.assert_array_equal(
+        quant.dequantize(quant.take_rows(a, order, (2, 3))), quant.dequantize(a)[order]
+    )
     both = quant.concat_rows([a, c], (10,))
-    np.testing.assert_array_equal(quant.dequantize(both), np.concatenate([quant.dequantize(a), quant.dequantize(c)]))
+    np.testing.assert_array_equal(
+        quant.dequantize(both), np.concatenate([quant.dequantize(a), quant.dequantize(c)])
+    )
 
 
 def test_bad_shapes_and_formats_are_named() -> None:
@@ -81,12 +87,16 @@ def test_block_quant_is_a_pytree_with_static_format() -> None:
 def test_gguf_blocks_are_the_stored_rows_in_hf_order() -> None:
     """`GGUFCheckpoint.blocks` dequantizes to exactly what `tensor` gives (Q/K rows unpermuted),
     for a Q4_1 attention matrix, a permuted Q and K, and the Q8_0 embedding table."""
+    from inference_app.model.catalog import embedded_model_path
     from inference_app.model.weights_gguf import GGUFCheckpoint
-    from inference_app.models import embedded_model_path
 
     ckpt = GGUFCheckpoint(str(embedded_model_path("smollm2-135m")))
-    for name in ("model.layers.3.self_attn.q_proj.weight", "model.layers.3.self_attn.k_proj.weight",
-                 "model.layers.3.mlp.down_proj.weight", "model.embed_tokens.weight"):
+    for name in (
+        "model.layers.3.self_attn.q_proj.weight",
+        "model.layers.3.self_attn.k_proj.weight",
+        "model.layers.3.mlp.down_proj.weight",
+        "model.embed_tokens.weight",
+    ):
         b = ckpt.blocks(name)
         assert b is not None
         np.testing.assert_array_equal(quant.dequantize(b), ckpt.tensor(name))

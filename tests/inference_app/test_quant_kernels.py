@@ -54,7 +54,16 @@ def check(fmt: quant.Format, m: int, k: int, n: int) -> None:
     assert np.all(np.abs(got - exact) <= half_step @ np.abs(wd).T * 1.001 + 1e-4)
 
 
-SHAPES = [(1, 32, 1), (2, 96, 3), (3, 64, 17), (4, 576, 577), (5, 160, 34), (7, 64, 2), (33, 96, 50), (64, 576, 96)]
+SHAPES = [
+    (1, 32, 1),
+    (2, 96, 3),
+    (3, 64, 17),
+    (4, 576, 577),
+    (5, 160, 34),
+    (7, 64, 2),
+    (33, 96, 50),
+    (64, 576, 96),
+]
 
 
 @pytest.mark.parametrize("fmt", quant.FORMATS)
@@ -71,7 +80,9 @@ def test_q8_0_full_int8_range_does_not_saturate() -> None:
     qs = np.full((n, k), 127, np.int8)
     qs[1] = -127
     qs[2, ::2] = -128
-    w = quant.BlockQuant(qs=qs, d=np.ones((n, k // 32), np.float16), m=None, fmt="q8_0", in_shape=(k,), out_shape=(n,))
+    w = quant.BlockQuant(
+        qs=qs, d=np.ones((n, k // 32), np.float16), m=None, fmt="q8_0", in_shape=(k,), out_shape=(n,)
+    )
     x = np.where(np.arange(k) % 2 == 0, 1.0, -1.0).astype(np.float32)[None].repeat(2, 0)
     x[1] = -1.0
     got = np.asarray(matmul(jnp.asarray(x), jax.tree.map(jnp.asarray, w)))
@@ -111,7 +122,10 @@ def test_portable_level_matches_numpy(tmp_path: Path) -> None:
     env = {**os.environ, build.ENV_LEVEL: portable, build.ENV_CACHE_DIR: str(tmp_path)}
     proc = subprocess.run(
         [sys.executable, "-c", PORTABLE_CHECK, str(Path(__file__).parent)],
-        env=env, capture_output=True, text=True, timeout=900,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

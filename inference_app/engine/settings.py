@@ -1,0 +1,212 @@
+"""How to build an engine (`EngineSettings`), and the one mapping from command-line flags onto it.
+
+Sits between the commands and the engine: `serve`, `batch --local` and `generate` each call
+`add_engine_arguments(parser)` and `settings_from_args(args)`, then hand the settings to
+`load_engine` (`engine/engine.py`). A flag therefore means the same thing, with the same default,
+choices and error message, in every command. Imports no JAX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Literal
+
+from inference_app.model.catalog import CATALOG, DEFAULT_MODEL
+
+Mode = Literal["interleaved", "disaggregated"]
+Dtype = Literal["auto", "float32", "bfloat16", "int8"]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How to build an engine. Exactly one of `model` (catalog name) or `model_path` is set."""
+
+    model: str | None = DEFAULT_MODEL
+    model_path: str | None = None  # GGUF file, HF directory, or gs:// URL of either
+    mode: Mode = "interleaved"
+    max_slots: int = 8
+    max_prefill_length: int = 512
+    max_target_length: int = 1024  # prompt + generated tokens per slot
+    weight_dtype: Dtype = "auto"  # auto: fp32 CPU, bf16 TPU/GPU
+    kv_dtype: Dtype = "auto"
+    # Mesh axes follow MaxText: fsdp x autoregressive x tensor; -1 fills the remaining devices.
+    ici_fsdp_parallelism: int = 1
+    ici_autoregressive_parallelism: int = 1
+    ici_tensor_parallelism: int = -1
+    compilation_cache_dir: str | None = ".jax_cache"
+    # Prompts that may be prefilled in one call (same length bucket, at most
+    # PREFILL_BATCH_TOKENS padded tokens): short prompts run as one larger, more efficient
+    # matmul. Each (rows, bucket) shape is compiled during warm-up.
+    max_prefill_batch: int = 1
+    # Native decode kernels (inference_app/kernels) on a single CPU device; built on first use,
+    # skipped with a warning where no C++ compiler is available.
+    cpu_kernels: bool = True
+    # Prefill prompts in chunks inside the decode steps (`add_prompt`), so new prompts never
+    # pause decoding and are never padded to a bucket. Needs the CPU kernels (one CPU device,
+    # float32 KV cache); elsewhere the separate prefill stage runs. `max_step_tokens` caps the
+    # token rows of one step (decode rows + prompt chunks).
+    chunked_prefill: bool = True
+    max_step_tokens: int = 256
+
+
+_DEFAULT = EngineSettings()
+DTYPES: tuple[str, ...] = typing.get_args(Dtype)
+MODES: tuple[str, ...] = typing.get_args(Mode)
+# The flags of a serving engine (many requests at once) whose dest is the field's own name.
+_SERVING_FIELDS = (
+    "mode",
+    "max_slots",
+    "max_prefill_length",
+    "max_target_length",
+    "max_prefill_batch",
+    "max_step_tokens",
+    "ici_fsdp_parallelism",
+    "ici_autoregressive_parallelism",
+    "ici_tensor_parallelism",
+)
+
+
+class SettingsError(ValueError):
+    """Flags that cannot build an engine; the message names the flag and the fix."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts and lengths: an int >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _parallelism(text: str) -> int:
+    value = int(text)
+    if value < 1 and value != -1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, or -1 to fill the remaining devices; got {value}")
+    return value
+
+
+def add_engine_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    serving: bool = True,
+    title: str = "model and engine",
+    model_help: str = f"catalog model: one of {', '.join(sorted(CATALOG))} (default {DEFAULT_MODEL}: the "
+    "embedded SmolLM2-135M-Instruct)",
+) -> None:
+    """Add the engine's flags to a command's parser, defaults taken from `EngineSettings`.
+
+    `serving=False` leaves out what sizes an engine for many requests (mode, slots, lengths,
+    batching, mesh): a command that sizes the engine to its own request (`generate`) sets those.
+    `title` and `model_help` let a command say when the flags apply (`batch`: only with --local).
+    """
+    m = parser.add_argument_group(title)
+    src = m.add_mutually_exclusive_group()
+    src.add_argument("--model", default=None, help=model_help)
+    src.add_argument(
+        "--model-path", default=None, help="GGUF file, Hugging Face directory, or gs:// URL of either"
+    )
+    m.add_argument(
+        "--weight-dtype",
+        choices=DTYPES,
+        default=_DEFAULT.weight_dtype,
+        help="auto: float32 on CPU, bfloat16 on TPU/GPU (default %(default)s)",
+    )
+    m.add_argument(
+        "--kv-dtype", choices=DTYPES, default=_DEFAULT.kv_dtype, help="KV cache dtype (default %(default)s)"
+    )
+    m.add_argument(
+        "--compilation-cache-dir",
+        default=_DEFAULT.compilation_cache_dir,
+        help="persistent XLA compilation cache ('' disables; default %(default)s)",
+    )
+    if not serving:
+        return
+    m.add_argument(
+        "--mode",
+        choices=MODES,
+        default=_DEFAULT.mode,
+        help="interleaved: one device group prefills and decodes; disaggregated: devices split "
+        "in two halves, prefill on one and decode on the other (default %(default)s)",
+    )
+    m.add_argument(
+        "--max-slots",
+        type=positive_int,
+        default=_DEFAULT.max_slots,
+        help="decode slots = requests generated concurrently (default %(default)s)",
+    )
+    m.add_argument(
+        "--max-prefill-length",
+        type=positive_int,
+        default=_DEFAULT.max_prefill_length,
+        help="longest prompt in tokens; longer prompts get 400 (default %(default)s)",
+    )
+    m.add_argument(
+        "--max-target-length",
+        type=positive_int,
+        default=_DEFAULT.max_target_length,
+        help="prompt + generated tokens per slot (default %(default)s)",
+    )
+    m.add_argument(
+        "--max-prefill-batch",
+        type=positive_int,
+        default=_DEFAULT.max_prefill_batch,
+        help="separate prefill stage: prompts of one length bucket prefilled together (short "
+        "prompts only; each batch shape is compiled during warm-up; default %(default)s)",
+    )
+    m.add_argument(
+        "--no-chunked-prefill",
+        action="store_true",
+        help="CPU: use the separate prefill stage instead of prefilling prompts in chunks "
+        "inside the decode steps (chunked prefill needs the native CPU kernels)",
+    )
+    m.add_argument(
+        "--max-step-tokens",
+        type=positive_int,
+        default=_DEFAULT.max_step_tokens,
+        help="chunked prefill: token rows per step, decode rows + prompt chunks (default %(default)s)",
+    )
+    m.add_argument("--ici-fsdp-parallelism", type=_parallelism, default=_DEFAULT.ici_fsdp_parallelism)
+    m.add_argument(
+        "--ici-autoregressive-parallelism", type=_parallelism, default=_DEFAULT.ici_autoregressive_parallelism
+    )
+    m.add_argument(
+        "--ici-tensor-parallelism",
+        type=_parallelism,
+        default=_DEFAULT.ici_tensor_parallelism,
+        help="mesh axes fsdp x autoregressive x tensor; -1 fills the remaining devices",
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> EngineSettings:
+    """Flags (from `add_engine_arguments`) -> `EngineSettings`; a `SettingsError` names the flag.
+
+    Flags a command left out (`serving=False`) keep their `EngineSettings` defaults.
+    """
+    if args.model is not None and args.model not in CATALOG:
+        raise SettingsError(
+            f"--model {args.model!r} is not in the catalog ({', '.join(sorted(CATALOG))}); "
+            "pass --model-path for any other checkpoint"
+        )
+    settings = EngineSettings(
+        model=None if args.model_path else (args.model or DEFAULT_MODEL),
+        model_path=args.model_path,
+        weight_dtype=args.weight_dtype,
+        kv_dtype=args.kv_dtype,
+        compilation_cache_dir=args.compilation_cache_dir or None,
+    )
+    if not hasattr(args, "max_slots"):  # added with serving=False
+        return settings
+    settings = dataclasses.replace(
+        settings,
+        chunked_prefill=not args.no_chunked_prefill,
+        **{name: getattr(args, name) for name in _SERVING_FIELDS},
+    )
+    if settings.max_prefill_length >= settings.max_target_length:
+        raise SettingsError(
+            f"--max-prefill-length ({settings.max_prefill_length}) must be smaller than "
+            f"--max-target-length ({settings.max_target_length}) to leave room for generated tokens."
+        )
+    return settings
