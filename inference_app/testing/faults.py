@@ -17,9 +17,17 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from typing import Any, Literal, get_args
+from typing import Literal, Protocol, get_args, runtime_checkable
 
-from inference_app.engine.api import Engine, Prefix, SamplingParams, StepOutput, Tokenizer
+from inference_app.engine.api import (
+    BatchedPrefill,
+    ChunkedPrefill,
+    Engine,
+    Prefix,
+    SamplingParams,
+    StepOutput,
+    Tokenizer,
+)
 from inference_app.engine.settings import EngineSettings
 
 FaultStage = Literal["prefill", "insert", "generate"]
@@ -28,6 +36,11 @@ FAULT_STAGES: tuple[str, ...] = get_args(FaultStage)
 
 class InjectedFault(RuntimeError):
     """Raised on purpose by `FaultInjectingEngine`."""
+
+
+@runtime_checkable
+class WrappableEngine(Engine, BatchedPrefill, ChunkedPrefill, Protocol):
+    """An engine with both optional capabilities (the JAX engine and the test fake have them)."""
 
 
 def parse_fault_spec(spec: str) -> tuple[FaultStage, str]:
@@ -42,32 +55,32 @@ def parse_fault_spec(spec: str) -> tuple[FaultStage, str]:
 
 
 class FaultInjectingEngine:
-    """Delegates to `inner`, raising `InjectedFault` at `stage` for prompts containing `marker`."""
+    """Delegates to `inner`, raising `InjectedFault` at `stage` for prompts containing `marker`.
+
+    It offers what `inner` offers: both capabilities, with chunked prefill on exactly when it is
+    on in `inner`, so the orchestrator picks the same code path as for `inner` alone.
+    """
 
     def __init__(self, inner: Engine, stage: FaultStage, marker: str) -> None:
         if stage not in FAULT_STAGES:
             raise ValueError(f"stage must be one of {FAULT_STAGES}, got {stage!r}")
-        self.inner = inner
+        if not isinstance(inner, WrappableEngine):
+            raise TypeError(f"{type(inner).__name__} lacks prefill_many or add_prompt; it cannot be wrapped")
+        self.inner: WrappableEngine = inner
         self.stage = stage
         self.marker = marker
         self.settings: EngineSettings = inner.settings
         self.tokenizer: Tokenizer = inner.tokenizer
+        self.mode = inner.mode
+        self.max_slots = inner.max_slots
+        self.max_prefill_length = inner.max_prefill_length
+        self.max_target_length = inner.max_target_length
         self.prefill_buckets: tuple[int, ...] = inner.prefill_buckets
+        self.chunked_prefill = inner.chunked_prefill
+        self.step_buckets: tuple[int, ...] = inner.step_buckets
         # Prefixes that came from marked prompts, by id() with a weak reference against id reuse.
         self._marked: dict[int, weakref.ref[Prefix]] = {}
         self._marked_slots: set[int] = set()
-
-    @property
-    def max_slots(self) -> int:
-        return self.inner.max_slots
-
-    @property
-    def max_prefill_length(self) -> int:
-        return self.inner.max_prefill_length
-
-    @property
-    def max_target_length(self) -> int:
-        return self.inner.max_target_length
 
     def prefill(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> Prefix:
         marked = self.marker in self.tokenizer.decode(list(prompt_ids))
@@ -78,6 +91,12 @@ class FaultInjectingEngine:
             self._marked[id(prefix)] = weakref.ref(prefix)
         return prefix
 
+    def prefill_bucket(self, length: int) -> int:
+        return self.inner.prefill_bucket(length)
+
+    def prefill_batch_rows(self, bucket: int) -> int:
+        return self.inner.prefill_batch_rows(bucket)
+
     def prefill_many(
         self, prompts: Sequence[Sequence[int]], samplings: Sequence[SamplingParams]
     ) -> list[Prefix]:
@@ -85,7 +104,7 @@ class FaultInjectingEngine:
         marked = [self.marker in self.tokenizer.decode(list(ids)) for ids in prompts]
         if any(marked) and self.stage == "prefill":
             raise InjectedFault(f"injected fault in prefill (a prompt of the batch contains {self.marker!r})")
-        prefixes: list[Prefix] = self.inner.prefill_many(prompts, samplings)  # type: ignore[attr-defined]
+        prefixes = self.inner.prefill_many(prompts, samplings)
         for prefix, m in zip(prefixes, marked, strict=True):
             if m:
                 self._marked[id(prefix)] = weakref.ref(prefix)
@@ -113,7 +132,7 @@ class FaultInjectingEngine:
         marked = self.marker in self.tokenizer.decode(list(prompt_ids))
         if marked and self.stage in ("prefill", "insert"):
             raise InjectedFault(f"injected fault in {self.stage} (prompt contains {self.marker!r})")
-        self.inner.add_prompt(slot, prompt_ids, sampling)  # type: ignore[attr-defined]
+        self.inner.add_prompt(slot, prompt_ids, sampling)
         if marked:
             self._marked_slots.add(slot)
 
@@ -128,6 +147,3 @@ class FaultInjectingEngine:
 
     def warmup(self) -> None:
         self.inner.warmup()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)

@@ -1,11 +1,12 @@
 """A small deterministic Engine for fast orchestrator/route tests, and a way to serve it.
 
-`FakeEngine` honours the `Engine` protocol and *checks the caller*: inserting into an occupied
-slot, decoding past `max_target_length`, or prefilling an over-long prompt raises, so orchestrator
-bugs surface as test failures. Tokens are UTF-8 bytes (ids 0..255) plus EOS (256); the greedy
-continuation of a prompt walks a fixed text (with multi-byte characters) from an offset derived
-from the prompt, and emits EOS at the end of that text. Output for a prompt depends only on the
-prompt and sampling, never on batch composition — like a correct real engine.
+`FakeEngine` honours the `Engine` protocol, with both capabilities (`BatchedPrefill`, and
+`ChunkedPrefill` when built with `chunked_prefill=True`), and *checks the caller*: inserting into
+an occupied slot, decoding past `max_target_length`, or prefilling an over-long prompt raises, so
+orchestrator bugs surface as test failures. Tokens are UTF-8 bytes (ids 0..255) plus EOS (256);
+the greedy continuation of a prompt walks a fixed text (with multi-byte characters) from an offset
+derived from the prompt, and emits EOS at the end of that text. Output for a prompt depends only
+on the prompt and sampling, never on batch composition — like a correct real engine.
 
 Run as a server (real process, fake model; used by the signal and disconnect tests):
     python -m tests.inference_app.fakes --port 8123 [--step-delay 0.02] [--max-slots 4]
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from inference_app.engine.api import Engine, EngineSettings, Prefix, SamplingParams, StepOutput, Tokenizer
+from inference_app.engine.buckets import fit
 
 EOS = 256
 CORPUS = (
@@ -106,9 +108,14 @@ class FakeEngine:
     # and the step that runs its last chunk yields its first token.
     chunked_prefill: bool = False
     prefill_chunk: int = 16
+    step_buckets: tuple[int, ...] = (4,)  # reported only: the fake compiles nothing
 
     def __post_init__(self) -> None:
         self.tokenizer: Tokenizer = ByteTokenizer()
+        self.mode = self.settings.mode
+        self.max_slots = self.settings.max_slots
+        self.max_prefill_length = self.settings.max_prefill_length
+        self.max_target_length = self.settings.max_target_length
         self._slots: list[_Slot | None] = [None] * self.settings.max_slots
         self.inserts = 0
         self.steps = 0
@@ -118,20 +125,9 @@ class FakeEngine:
         self.warmed_up = False
         self.gate = threading.Event()  # clear it to pause decoding (tests of queues and drain)
         self.gate.set()
+        self.held = threading.Event()  # set while a step waits for the gate
         self._lock = threading.Lock()
         self._last_tokens: DonatableTokens | None = None
-
-    @property
-    def max_slots(self) -> int:
-        return self.settings.max_slots
-
-    @property
-    def max_prefill_length(self) -> int:
-        return self.settings.max_prefill_length
-
-    @property
-    def max_target_length(self) -> int:
-        return self.settings.max_target_length
 
     @property
     def active(self) -> int:
@@ -146,7 +142,10 @@ class FakeEngine:
         return Prefix(first_token=CORPUS_IDS[start], length=len(prompt_ids), kv=start + 1, sampling=sampling)
 
     def prefill_bucket(self, length: int) -> int:
-        return next(b for b in self.prefill_buckets if length <= b)
+        bucket = fit(self.prefill_buckets, length)
+        if bucket is None:
+            raise ValueError(f"prompt of {length} tokens (limit {self.prefill_buckets[-1]})")
+        return bucket
 
     def prefill_batch_rows(self, bucket: int) -> int:
         return self.settings.max_prefill_batch
@@ -193,7 +192,10 @@ class FakeEngine:
             self.max_active = max(self.max_active, self.active)
 
     def generate(self) -> StepOutput:
-        self.gate.wait()
+        if not self.gate.is_set():
+            self.held.set()
+            self.gate.wait()
+            self.held.clear()
         time.sleep(self.step_delay)
         out = np.zeros(self.max_slots, dtype=np.int32)
         emitted = []

@@ -65,8 +65,10 @@ def test_generate_stream_is_ndjson_with_same_text(client: TestClient) -> None:
         assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
         lines = [json.loads(line) for line in r.iter_lines() if line]
     *chunks, last = lines
-    assert len(chunks) > 1 and all(set(c) == {"response"} for c in chunks)
-    assert last["finish_reason"] in ("stop", "length") and last["response"] == ""
+    # jetstream-http's chunk (id, time_created, text) plus `response`, the same text
+    assert len(chunks) > 1 and all(set(c) == {"id", "time_created", "text", "response"} for c in chunks)
+    assert all(c["text"] == c["response"] and c["id"] == chunks[0]["id"] for c in chunks)
+    assert last["finish_reason"] in ("stop", "length") and last["response"] == last["text"] == ""
     assert last["usage"]["completion_tokens"] >= 1
     assert "".join(c["response"] for c in chunks) == expected_text(prompt, 40)
     assert "".join(c["response"] for c in chunks) == client.post(
@@ -93,8 +95,13 @@ def test_completions_and_sse_framing(client: TestClient) -> None:
     chunks = [json.loads(p) for p in payloads[:-1]]
     assert all(c["id"] == chunks[0]["id"] for c in chunks)
     assert "".join(c["choices"][0]["text"] for c in chunks) == whole["choices"][0]["text"]
-    assert chunks[-1]["choices"][0]["finish_reason"] == "length" and chunks[-1]["usage"] == whole["usage"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length" and all("usage" not in c for c in chunks)
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
+    # usage only when asked for: a last chunk of its own, with no choices (as OpenAI sends it)
+    with_usage = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    asked = client.post("/v1/completions", json=with_usage)
+    *_, usage_chunk = [json.loads(p) for p in _sse_events(asked.text)[:-1]]
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"] == whole["usage"]
 
 
 def test_chat_completions_use_the_chat_template(client: TestClient) -> None:
@@ -112,7 +119,15 @@ def test_chat_completions_use_the_chat_template(client: TestClient) -> None:
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
     assert text == out["choices"][0]["message"]["content"]
-    assert chunks[-1]["usage"] == out["usage"] and chunks[-1]["object"] == "chat.completion.chunk"
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length" and all("usage" not in c for c in chunks)
+    asked = client.post(
+        "/v1/chat/completions",
+        json={"messages": messages, "max_tokens": 9, "temperature": 0, "stream": True,
+              "stream_options": {"include_usage": True}},
+    )
+    *_, usage_chunk = [json.loads(p) for p in _sse_events(asked.text)[:-1]]
+    assert usage_chunk["choices"] == [] and usage_chunk["usage"] == out["usage"]
+    assert usage_chunk["object"] == "chat.completion.chunk"
 
 
 def test_models_root_and_openapi(client: TestClient) -> None:

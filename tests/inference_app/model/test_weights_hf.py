@@ -13,7 +13,7 @@ import pytest
 from inference_app.engine import EngineSettings, SamplingParams
 from inference_app.engine.engine import JaxEngine, load_engine
 from inference_app.model.loader import load_model
-from inference_app.model.transformer import prefill_forward
+from inference_app.model.transformer import prefill
 from inference_app.model.weights_hf import HFCheckpoint
 from tests.inference_app.tiny_llama import make_tiny_llama
 
@@ -48,7 +48,7 @@ def test_inv_freq_matches_transformers(tiny_dir: Path, reference: Any) -> None:
 def test_all_position_logits_within_1e3(tiny_dir: Path, reference: Any) -> None:
     model = load_model(str(tiny_dir), dtype=np.float32)
     ids = np.asarray([PROMPT], np.int32)
-    logits, _ = jax.jit(prefill_forward, static_argnums=1, static_argnames="all_logits")(
+    logits, _ = jax.jit(prefill, static_argnums=1, static_argnames="all_logits")(
         model.params, model.config, ids, np.asarray([len(PROMPT)], np.int32), all_logits=True
     )
     with torch.no_grad():
@@ -116,7 +116,8 @@ def test_reads_bf16_and_f16_safetensors(tmp_path: Path) -> None:
     }
     save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     (tmp_path / "config.json").write_text(
-        '{"num_attention_heads": 2, "hidden_size": 8, "num_hidden_layers": 1, "intermediate_size": 8, "vocab_size": 10}'
+        '{"num_attention_heads": 2, "hidden_size": 8, "num_hidden_layers": 1, '
+        '"intermediate_size": 8, "vocab_size": 10}'
     )
     ckpt = HFCheckpoint(str(tmp_path))
     for name, t in tensors.items():
