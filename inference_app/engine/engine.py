@@ -434,8 +434,8 @@ def model_for(settings: EngineSettings, devices: Sequence[jax.Device] | None = N
     else:
         path = str(embedded_model_path(settings.model or ""))
     platform = (list(devices) if devices is not None else jax.devices())[0].platform
-    compute, _, int8 = resolve_dtypes(settings, platform)
-    return load_model(path, dtype=np.dtype(compute), int8=int8)
+    compute, _, matrices = resolve_dtypes(settings, platform)
+    return load_model(path, dtype=np.dtype(compute), matrices=matrices)
 
 
 def load_engine(settings: EngineSettings, devices: Sequence[jax.Device] | None = None) -> JaxEngine:

@@ -12,7 +12,7 @@ from typing import Any
 from inference_app.model.config import ModelConfig
 from inference_app.model.tokenizer import TextTokenizer
 from inference_app.model.transformer import Params
-from inference_app.model.weights import params_from_hf
+from inference_app.model.weights import MatrixFormat, params_from_hf
 from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
 from inference_app.model.weights_hf import HFCheckpoint
 
@@ -24,13 +24,17 @@ class LoadedModel:
     tokenizer: TextTokenizer
 
 
-def load_model(path: str, dtype: Any, int8: bool = False) -> LoadedModel:
-    """Load weights (as `dtype`, or int8 matrices) and the tokenizer from `path`."""
+def load_model(path: str, dtype: Any, matrices: MatrixFormat = "float") -> LoadedModel:
+    """Load weights (norms in `dtype`, matrices in `matrices` format) and the tokenizer from `path`.
+
+    A GGUF file's block-quantized matrices are kept as stored when `matrices` names their format
+    (or is `gguf`); anything else is converted at load.
+    """
     if path.endswith(".gguf"):
         ckpt = GGUFCheckpoint(path)
         cfg = ckpt.config
-        params = params_from_hf(cfg, ckpt.tensor, dtype=dtype, int8=int8)
+        params = params_from_hf(cfg, ckpt.tensor, dtype=dtype, matrices=matrices, stored=ckpt.blocks)
         return LoadedModel(cfg, params, gguf_tokenizer(ckpt))
     hf = HFCheckpoint(path)
-    params = params_from_hf(hf.config, hf.tensor, dtype=dtype, int8=int8)
+    params = params_from_hf(hf.config, hf.tensor, dtype=dtype, matrices=matrices)
     return LoadedModel(hf.config, params, hf.tokenizer())

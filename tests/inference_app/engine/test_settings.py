@@ -101,6 +101,19 @@ def test_an_unknown_catalog_model_names_the_flag_and_the_choices(command: str) -
         settings_from_args(parse(command, "--model", "gpt-4"))
 
 
+@pytest.mark.parametrize("command", COMMANDS)
+def test_weights_as_stored_need_a_gguf_file(command: str) -> None:
+    assert (
+        settings_from_args(parse(command, "--model-path", "m.gguf", "--weight-dtype", "gguf")).weight_dtype
+        == "gguf"
+    )
+    assert settings_from_args(parse(command, "--weight-dtype", "q4_1")).weight_dtype == "q4_1"
+    with pytest.raises(
+        SettingsError, match=r"--weight-dtype gguf .*'/ckpt/hf' is not a .gguf file; pass q4_0"
+    ):
+        settings_from_args(parse(command, "--model-path", "/ckpt/hf", "--weight-dtype", "gguf"))
+
+
 def test_the_default_model_is_named_once() -> None:
     assert DEFAULT_MODEL in CATALOG
     assert EngineSettings().model == ServerOptions().model_name == DEFAULT_MODEL
