@@ -1,6 +1,6 @@
 """Where a batch-1 decode step's time goes: host work around the step vs the compiled step.
 
-One slot, the CPU defaults (chunked prefill, so every step is `_mixed_step`), greedy, a short
+One slot, the CPU defaults (chunked prefill: every step is the engine's one jitted step), greedy, a short
 prompt, then `--steps` decode steps, in three ways:
 
   served     engine.generate() + the host copy of its tokens, one after the other (what the
@@ -61,33 +61,46 @@ def main() -> None:
         compiled.append(time_compiled(engine, args.steps))
         dispatch.append(time_dispatch(engine, args.steps))
     out = {
-        "weight_dtype": args.weight_dtype, "steps": args.steps, "load": os.getloadavg()[0],
-        "served_ms": summary(served), "compiled_ms": summary(compiled), "dispatch_ms": summary(dispatch),
+        "weight_dtype": args.weight_dtype,
+        "steps": args.steps,
+        "load": os.getloadavg()[0],
+        "served_ms": summary(served),
+        "compiled_ms": summary(compiled),
+        "dispatch_ms": summary(dispatch),
     }
     out["host_ms"] = round(out["served_ms"]["min"] - out["compiled_ms"]["min"], 2)
     print(json.dumps(out))
 
 
-def capture_inputs(engine: Any) -> tuple[Any, ...]:
-    """The positional inputs `_mixed_step` passes its jitted function, for one decode step."""
-    from inference_app.engine.step_plan import plan_step
+def capture_inputs(engine: Any) -> tuple[Any, Any]:
+    """The `StepInputs` and static shape `engine.generate` would pass its jitted step now."""
+    import jax
 
-    s = engine.settings
-    plan = plan_step(engine._active, engine._positions, engine._pending, engine.step_buckets, s.max_slots,
-                     s.max_target_length)
-    idx = np.minimum(plan.logit_slots, s.max_slots - 1)
-    samp = (np.zeros(len(idx), np.float32), engine._top_k[idx], engine._top_p[idx], engine._seeds[idx])
-    return (plan.tokens, plan.from_state, plan.slots, plan.positions, plan.logit_rows, plan.logit_slots, samp)
+    from inference_app.engine.steps import SamplingRows, StepInputs
+
+    plan, shape = engine.next_step()
+    idx = np.minimum(plan.logit_slots, engine.max_slots - 1)
+    rows = SamplingRows(
+        np.zeros(len(idx), np.float32), engine._top_k[idx], engine._top_p[idx], engine._seeds[idx]
+    )
+    inputs = StepInputs(
+        plan.tokens, plan.from_state, plan.slots, plan.positions, plan.logit_rows, plan.logit_slots, rows
+    )
+    return jax.device_put(inputs), shape
+
+
+def call_step(engine: Any, tokens: Any, cache: Any, inputs: Any, shape: Any) -> tuple[Any, Any]:
+    return engine._step_fn(  # type: ignore[no-any-return]
+        engine.generate_params, cache, tokens, inputs, attn_len=shape.attn_len, greedy=shape.greedy
+    )
 
 
 def time_compiled(engine: Any, steps: int) -> float:
-    import jax
-
-    inputs = jax.device_put(capture_inputs(engine))
+    inputs, shape = capture_inputs(engine)
     tokens, cache = engine._tokens, engine._cache
     t0 = time.perf_counter()
     for _ in range(steps):
-        tokens, cache = engine._mixed_fn(engine.generate_params, cache, tokens, *inputs)
+        tokens, cache = call_step(engine, tokens, cache, inputs, shape)
         tokens.block_until_ready()
     elapsed = (time.perf_counter() - t0) / steps
     engine._tokens, engine._cache = tokens, cache
@@ -96,14 +109,12 @@ def time_compiled(engine: Any, steps: int) -> float:
 
 def time_dispatch(engine: Any, steps: int) -> float:
     """Seconds per call to hand the step to XLA (returns before the step has run)."""
-    import jax
-
-    inputs = jax.device_put(capture_inputs(engine))
+    inputs, shape = capture_inputs(engine)
     tokens, cache = engine._tokens, engine._cache
     spent = 0.0
     for _ in range(steps):
         t0 = time.perf_counter()
-        tokens, cache = engine._mixed_fn(engine.generate_params, cache, tokens, *inputs)
+        tokens, cache = call_step(engine, tokens, cache, inputs, shape)
         spent += time.perf_counter() - t0
         tokens.block_until_ready()
     engine._tokens, engine._cache = tokens, cache

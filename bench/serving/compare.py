@@ -99,12 +99,12 @@ class Server:
         self.log.close()
 
 
-def start(name: str, log_dir: Path, slots: int) -> Server:
+def start(name: str, log_dir: Path, slots: int, ours_args: list[str]) -> Server:
     port = free_port()
     if name == "ours":  # `make serve` without its fixed host/port: the defaults under test
         return Server(
             name,
-            [sys.executable, "-m", "inference_app", "serve", "--port", str(port)],
+            [sys.executable, "-m", "inference_app", "serve", "--port", str(port), *ours_args],
             port,
             "/healthcheck",
             log_dir,
@@ -229,6 +229,11 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=96, help="output tokens per request")
     p.add_argument("--prompt-tokens", type=int, default=128, help="tokens of each synthetic chat prompt")
     p.add_argument("--requests", type=int, default=0, help="requests per level (default max(16, 2 x level))")
+    p.add_argument(
+        "--ours-args",
+        default="",
+        help="extra flags for our server, e.g. '--weight-dtype float32' (default: none, make serve's)",
+    )
     args = p.parse_args()
     if not GUIDELLM.exists():
         raise SystemExit("guidellm is missing: run bench/serving/llamacpp.sh setup (make bench does)")
@@ -260,7 +265,7 @@ def main() -> None:
             "ours",
             *[n for n in names if n != "ours"],
         ]:  # ours first: its slot count sets --parallel
-            server = start(name, log_dir, slots)
+            server = start(name, log_dir, slots, args.ours_args.split())
             stack.callback(server.close)
             server.wait_ready()
             if name == "ours":
