@@ -160,10 +160,13 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__}",
         "setup": f"SmolLM2-135M, {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new tokens, greedy, "
         "host copy of each step overlapping the next",
-        # A name may repeat (fp32-b1,gguf-b1,fp32-b1,gguf-b1): alternating runs of two configurations
-    # see the same shared-machine load.
-    "decode": [decode_run(name, args.reps) for name in args.configs.split(",")],
+        "decode": [],
     }
+    # A name may repeat (fp32-b1,gguf-b1,fp32-b1,gguf-b1): alternating runs of two configurations
+    # see the same shared-machine load.
+    for name in args.configs.split(","):
+        results["decode"].append(decode_run(name, args.reps))
+        print(json.dumps(results["decode"][-1]), flush=True)  # progress: runs are minutes each
     if not args.no_startup:
         results["startup_to_first_token"] = startup()
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
