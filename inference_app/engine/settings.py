@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass
 from typing import Literal
 
-from inference_app.model.catalog import CATALOG, DEFAULT_MODEL
+from inference_app.model.catalog import ARCHITECTURES, CATALOG, DEFAULT_MODEL
 
 Mode = Literal["interleaved", "disaggregated"]
 Dtype = Literal["auto", "float32", "bfloat16", "int8"]
@@ -25,10 +25,13 @@ WeightDtype = Literal["auto", "float32", "bfloat16", "int8", "q4_0", "q4_1", "q8
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """How to build an engine. Exactly one of `model` (catalog name) or `model_path` is set."""
+    """How to build an engine: `model` (catalog name), `model_path`, or both (see below)."""
 
+    # `model` alone: an embedded model (`CATALOG`). With `model_path`: the architecture
+    # (`ARCHITECTURES`) of a MaxText checkpoint, which carries no config; None for HF and GGUF.
     model: str | None = DEFAULT_MODEL
-    model_path: str | None = None  # GGUF file, HF directory, or gs:// URL of either
+    model_path: str | None = None  # GGUF file, HF directory, MaxText (Orbax) directory; local or gs://
+    tokenizer_path: str | None = None  # MaxText checkpoints: HF directory (or tokenizer.json)
     mode: Mode = "interleaved"
     max_slots: int = 8
     max_prefill_length: int = 512
@@ -107,10 +110,21 @@ def add_engine_arguments(
     `title` and `model_help` let a command say when the flags apply (`batch`: only with --local).
     """
     m = parser.add_argument_group(title)
-    src = m.add_mutually_exclusive_group()
-    src.add_argument("--model", default=None, help=model_help)
-    src.add_argument(
-        "--model-path", default=None, help="GGUF file, Hugging Face directory, or gs:// URL of either"
+    m.add_argument(
+        "--model",
+        default=None,
+        help=f"{model_help}; with --model-path of a MaxText checkpoint, its architecture: one of "
+        f"{', '.join(sorted(ARCHITECTURES))}",
+    )
+    m.add_argument(
+        "--model-path",
+        default=None,
+        help="GGUF file, Hugging Face directory or MaxText (Orbax) checkpoint directory; local or gs://",
+    )
+    m.add_argument(
+        "--tokenizer-path",
+        default=None,
+        help="with a MaxText --model-path: Hugging Face directory (or tokenizer.json) of the same model",
     )
     m.add_argument(
         "--weight-dtype",
@@ -191,14 +205,26 @@ def settings_from_args(args: argparse.Namespace) -> EngineSettings:
 
     Flags a command left out (`serving=False`) keep their `EngineSettings` defaults.
     """
-    if args.model is not None and args.model not in CATALOG:
+    if args.model_path is None:
+        if args.model is not None and args.model not in CATALOG:
+            raise SettingsError(
+                f"--model {args.model!r} is not in the catalog ({', '.join(sorted(CATALOG))}); "
+                "pass --model-path for any other checkpoint"
+            )
+        if args.tokenizer_path is not None:
+            raise SettingsError(
+                "--tokenizer-path goes with a MaxText --model-path; the catalog model carries its tokenizer"
+            )
+    elif args.model is not None and args.model not in ARCHITECTURES:
         raise SettingsError(
-            f"--model {args.model!r} is not in the catalog ({', '.join(sorted(CATALOG))}); "
-            "pass --model-path for any other checkpoint"
+            f"--model {args.model!r} with --model-path must name a MaxText checkpoint's architecture "
+            f"({', '.join(sorted(ARCHITECTURES))}); leave --model out for GGUF and Hugging Face "
+            "checkpoints, which carry their own"
         )
     settings = EngineSettings(
-        model=None if args.model_path else (args.model or DEFAULT_MODEL),
+        model=args.model if args.model_path else (args.model or DEFAULT_MODEL),
         model_path=args.model_path,
+        tokenizer_path=args.tokenizer_path,
         weight_dtype=args.weight_dtype,
         kv_dtype=args.kv_dtype,
         compilation_cache_dir=args.compilation_cache_dir or None,

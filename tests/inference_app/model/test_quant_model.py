@@ -23,10 +23,19 @@ from inference_app.kernels import build
 from inference_app.kernels.ops import NATIVE_CPU, PURE_JAX, KernelChoice
 from inference_app.model import quant
 from inference_app.model.catalog import embedded_model_path
-from inference_app.model.loader import LoadedModel
+from inference_app.model.loader import HostWeights, LoadedModel
 from inference_app.model.quant import BlockQuant
 from inference_app.model.transformer import QInt8, prefill
-from inference_app.model.weights import MatrixBuilder, MatrixSpec, float_matrix, layer_specs, params_from_hf
+from inference_app.model.weights import (
+    ParamPlan,
+    Segment,
+    block,
+    block_rows,
+    host_leaf,
+    param_plans,
+    params_from_hf,
+    rows_of,
+)
 from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
 from tests.inference_app.engine_runs import decode_greedy
 
@@ -52,7 +61,7 @@ def ckpt() -> GGUFCheckpoint:
 def stored(ckpt: GGUFCheckpoint) -> LoadedModel:
     """What `load_model(path, float32, "gguf")` returns, from the one parsed file of this module."""
     params = params_from_hf(ckpt.config, ckpt.tensor, np.float32, "gguf", stored=ckpt.blocks)
-    return LoadedModel(ckpt.config, params, gguf_tokenizer(ckpt))
+    return LoadedModel(ckpt.config, HostWeights(params), gguf_tokenizer(ckpt), "gguf")
 
 
 @pytest.fixture(scope="module")
@@ -154,12 +163,15 @@ def test_engine_serves_the_stored_blocks(stored: LoadedModel, golden: dict[str, 
 
 def test_requested_format_requantizes_other_stored_formats(ckpt: GGUFCheckpoint, stored: LoadedModel) -> None:
     """q4_1 keeps the file's Q4_1 blocks bit for bit and requantizes its Q8_0 table."""
-    build = MatrixBuilder(ckpt.tensor, np.float32, "q4_1", ckpt.blocks)
-    a, b = build(layer_specs(ckpt.config, 3)["w_down"]), stored.params["layers"][3]["w_down"]
+    plans, read = param_plans(ckpt.config, "q4_1"), rows_of(ckpt.tensor)
+
+    def build(path: tuple[str | int, ...]) -> Any:
+        return host_leaf(plans[path], read, np.float32, "q4_1", ckpt.blocks)
+
+    a, b = build(("layers", 3, "w_down")), stored.params["layers"][3]["w_down"]
     assert isinstance(a, BlockQuant) and a.out_shape == b.out_shape
     assert all(np.array_equal(x, y) for x, y in zip((a.qs, a.d, a.m), (b.qs, b.d, b.m), strict=True))
-    cfg = ckpt.config
-    table = build(MatrixSpec(("model.embed_tokens.weight",), (cfg.hidden_size,), (cfg.vocab_size,)))
+    table = build(("embed",))
     assert isinstance(table, BlockQuant) and table.fmt == "q4_1"
     want = quant.quantize(ckpt.tensor("model.embed_tokens.weight").T, "q4_1")
     assert np.array_equal(table.qs, want.qs)
@@ -175,31 +187,36 @@ def tiny_get(shapes: dict[str, tuple[int, int]]) -> Any:
 def test_float_checkpoints_quantize_at_load_like_llama_cpp(fmt: quant.Format) -> None:
     """A float checkpoint's fused matrix is llama.cpp's quantization of the float one (the gguf
     package's reference quantizer), in our layout."""
-    get = tiny_get({"a": (64, 96), "b": (32, 96)})
-    spec = MatrixSpec(("a", "b"), (96,), (2, 48), np.arange(96)[::-1].copy())
-    w = MatrixBuilder(get, np.float32, fmt, None)(spec)
+    read = rows_of(tiny_get({"a": (64, 96), "b": (32, 96)}))
+    segments = (Segment("b", 16, 32), Segment("a", 0, 64), Segment("b", 0, 16))
+    plan = ParamPlan(segments, (96,), (2, 48), "in_first", True)
+    w = host_leaf(plan, read, np.float32, fmt)
     assert isinstance(w, BlockQuant) and (w.in_shape, w.out_shape, w.fmt) == ((96,), (2, 48), fmt)
-    want = quant.quantize(float_matrix(spec, get), fmt)
+    want = quant.quantize(block(plan, read, (slice(None),) * 3, np.float32), fmt)
     assert np.array_equal(w.qs, want.qs) and np.array_equal(w.d, want.d)
-    assert isinstance(MatrixBuilder(get, np.float32, "int8", None)(spec), QInt8)
+    assert isinstance(host_leaf(plan, read, np.float32, "int8"), QInt8)
 
 
-def test_gguf_format_needs_a_gguf_file() -> None:
+def test_gguf_format_needs_a_gguf_file(ckpt: GGUFCheckpoint) -> None:
     with pytest.raises(ValueError, match="not a GGUF file; pick q4_0, q4_1 or q8_0"):
-        MatrixBuilder(tiny_get({}), np.float32, "gguf", None)
+        params_from_hf(ckpt.config, tiny_get({}), np.float32, "gguf")
 
 
 def test_gguf_format_mixed_and_float_parts() -> None:
     """'gguf': parts stored in one block format stay as stored; parts in different formats become
     Q8_0 of their values; parts stored as float stay float."""
     get = tiny_get({"a": (64, 96), "b": (32, 96)})
+    read = rows_of(get)
     blocks = {"a": quant.quantize(get("a").T, "q4_0"), "b": quant.quantize(get("b").T, "q4_0")}
-    spec = MatrixSpec(("a", "b"), (96,), (96,))
-    same = MatrixBuilder(get, np.float32, "gguf", blocks.__getitem__)(spec)
+    plan = ParamPlan((Segment("a", 0, 64), Segment("b", 0, 32)), (96,), (96,), "in_first", True)
+    same = block_rows(plan, read, "gguf", blocks.__getitem__)
     assert isinstance(same, BlockQuant) and same.fmt == "q4_0"
     assert np.array_equal(same.qs[:64], blocks["a"].qs) and np.array_equal(same.qs[64:], blocks["b"].qs)
     mixed = {**blocks, "b": quant.quantize(get("b").T, "q8_0")}
-    w = MatrixBuilder(get, np.float32, "gguf", mixed.__getitem__)(spec)
+    w = block_rows(plan, read, "gguf", mixed.__getitem__)
     assert isinstance(w, BlockQuant) and w.fmt == "q8_0"
-    floats = MatrixBuilder(get, np.float32, "gguf", lambda name: None)(spec)
-    assert isinstance(floats, np.ndarray) and np.array_equal(floats, float_matrix(spec, get))
+    assert block_rows(plan, read, "gguf", lambda name: None) is None
+    floats = host_leaf(plan, read, np.float32, "gguf", lambda name: None)
+    assert isinstance(floats, np.ndarray) and np.array_equal(
+        floats, block(plan, read, (slice(None),) * 2, np.float32)
+    )
