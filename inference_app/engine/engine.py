@@ -44,7 +44,7 @@ from inference_app.engine.api import (
 )
 from inference_app.engine.buckets import fit, ladder, step_rows
 from inference_app.engine.policy import EnginePolicy, derive_policy, resolve_dtypes
-from inference_app.engine.settings import EngineSettings
+from inference_app.engine.settings import EngineSettings, SettingsError
 from inference_app.engine.sharding import cache_sharding, make_mesh, param_shardings, replicated
 from inference_app.engine.step_plan import (
     PendingPrompt,
@@ -60,7 +60,7 @@ from inference_app.engine.steps import SamplingRows, StepInputs
 from inference_app.kernels import build as kernel_build
 from inference_app.model.catalog import ARCHITECTURES, embedded_model_path
 from inference_app.model.config import ModelConfig
-from inference_app.model.loader import LoadedModel, load_model
+from inference_app.model.loader import LoadedModel, check_combination, checkpoint_format, load_model
 from inference_app.model.tokenizer import TextTokenizer
 from inference_app.model.transformer import LayerKV, Params
 
@@ -480,11 +480,19 @@ def model_for(settings: EngineSettings, devices: Sequence[jax.Device] | None = N
     else:
         path = str(embedded_model_path(settings.model or ""))
     platform = (list(devices) if devices is not None else jax.devices())[0].platform
-    compute, _, int8 = resolve_dtypes(settings, platform)
+    compute, _, matrices = resolve_dtypes(settings, platform)
+    try:
+        check_combination(checkpoint_format(path), matrices)
+    except ValueError as e:
+        raise SettingsError(
+            f"--weight-dtype {settings.weight_dtype} does not fit --model-path {path!r}: {e}. "
+            "q4_0/q4_1/q8_0 need a GGUF file or a Hugging Face checkpoint, gguf a GGUF file; "
+            "auto, float32, bfloat16 and int8 fit every checkpoint"
+        ) from None
     return load_model(
         path,
         dtype=np.dtype(compute),
-        int8=int8,
+        matrices=matrices,
         model_name=settings.model if settings.model_path is not None else None,
         tokenizer_path=settings.tokenizer_path,
     )

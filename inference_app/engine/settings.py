@@ -18,6 +18,9 @@ from inference_app.model.catalog import ARCHITECTURES, CATALOG, DEFAULT_MODEL
 
 Mode = Literal["interleaved", "disaggregated"]
 Dtype = Literal["auto", "float32", "bfloat16", "int8"]
+# Weights also take llama.cpp's block formats (quantized at load unless a GGUF file stores them
+# so) and `gguf`: every matrix as the GGUF file stores it (see `model/weights.py`).
+WeightDtype = Literal["auto", "float32", "bfloat16", "int8", "q4_0", "q4_1", "q8_0", "gguf"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class EngineSettings:
     max_slots: int = 8
     max_prefill_length: int = 512
     max_target_length: int = 1024  # prompt + generated tokens per slot
-    weight_dtype: Dtype = "auto"  # auto: fp32 CPU, bf16 TPU/GPU
+    weight_dtype: WeightDtype = "auto"  # auto: fp32 CPU, bf16 TPU/GPU
     kv_dtype: Dtype = "auto"
     # Mesh axes follow MaxText: fsdp x autoregressive x tensor; -1 fills the remaining devices.
     ici_fsdp_parallelism: int = 1
@@ -57,6 +60,7 @@ class EngineSettings:
 
 _DEFAULT = EngineSettings()
 DTYPES: tuple[str, ...] = typing.get_args(Dtype)
+WEIGHT_DTYPES: tuple[str, ...] = typing.get_args(WeightDtype)
 MODES: tuple[str, ...] = typing.get_args(Mode)
 # The flags of a serving engine (many requests at once) whose dest is the field's own name.
 _SERVING_FIELDS = (
@@ -124,9 +128,11 @@ def add_engine_arguments(
     )
     m.add_argument(
         "--weight-dtype",
-        choices=DTYPES,
+        choices=WEIGHT_DTYPES,
         default=_DEFAULT.weight_dtype,
-        help="auto: float32 on CPU, bfloat16 on TPU/GPU (default %(default)s)",
+        help="auto: float32 on CPU, bfloat16 on TPU/GPU; int8: per-channel int8; q4_0/q4_1/q8_0: "
+        "llama.cpp's block formats (kept as stored when a GGUF file has them, else quantized at "
+        "load); gguf: every matrix as the GGUF file stores it (default %(default)s)",
     )
     m.add_argument(
         "--kv-dtype", choices=DTYPES, default=_DEFAULT.kv_dtype, help="KV cache dtype (default %(default)s)"
@@ -223,6 +229,11 @@ def settings_from_args(args: argparse.Namespace) -> EngineSettings:
         kv_dtype=args.kv_dtype,
         compilation_cache_dir=args.compilation_cache_dir or None,
     )
+    if settings.weight_dtype == "gguf" and settings.model_path and not settings.model_path.endswith(".gguf"):
+        raise SettingsError(
+            f"--weight-dtype gguf keeps a GGUF file's weights as stored, but --model-path "
+            f"{settings.model_path!r} is not a .gguf file; pass q4_0, q4_1 or q8_0 to quantize it at load"
+        )
     if not hasattr(args, "max_slots"):  # added with serving=False
         return settings
     settings = dataclasses.replace(

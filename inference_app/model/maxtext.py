@@ -56,7 +56,7 @@ from inference_app.model.catalog import Architecture, architecture
 from inference_app.model.config import ModelConfig
 from inference_app.model.tokenizer import TextTokenizer
 from inference_app.model.transformer import Params, QInt8
-from inference_app.model.weights import abstract_params
+from inference_app.model.weights import MatrixFormat, abstract_params, check_sharded
 from inference_app.model.weights_hf import tokenizer_from_dir
 
 log = logging.getLogger(__name__)
@@ -360,19 +360,21 @@ class MaxTextWeights:
     """A MaxText checkpoint, restored into our layout and shardings (see the module docstring)."""
 
     def __init__(
-        self, path: str, arch: Architecture, name: str, dtype: Any, int8: bool, route: Route
+        self, path: str, arch: Architecture, name: str, dtype: Any, matrices: MatrixFormat, route: Route
     ) -> None:
         import orbax.checkpoint as ocp
 
         self.path, self.arch, self.cfg = path, arch, arch.config
-        self.dtype, self.int8, self.route = np.dtype(dtype), int8, route
+        check_sharded(matrices)
+        self.dtype, self.matrices, self.route = np.dtype(dtype), matrices, route
+        self.int8 = matrices == "int8"
         self.ckptr = ocp.PyTreeCheckpointer()
         self.info = read_tree(self.ckptr, path)
         check_tree(self.info, self.cfg, name)
         self.tied = "params/params/decoder/logits_dense/kernel" not in self.info.leaves
 
     def abstract(self) -> Params:
-        return abstract_params(dataclass_replace_tied(self.cfg, self.tied), self.dtype, self.int8)
+        return abstract_params(dataclass_replace_tied(self.cfg, self.tied), self.dtype, self.matrices)
 
     def host(self) -> Params:
         cpu = jax.devices("cpu")[:1]
@@ -487,7 +489,7 @@ def dataclass_replace_tied(cfg: ModelConfig, tied: bool) -> ModelConfig:
 def load(
     path: str,
     dtype: Any,
-    int8: bool,
+    matrices: MatrixFormat,
     *,
     model_name: str | None,
     tokenizer_path: str | None,
@@ -510,6 +512,6 @@ def load(
     env = os.environ if environ is None else environ
     plats = env.get("JAX_PLATFORMS", "") if platforms is None else platforms
     route = restore_route(path, plats, env, uses_ocdbt(path))
-    weights = MaxTextWeights(path, arch, model_name or "(given)", dtype, int8, route)
+    weights = MaxTextWeights(path, arch, model_name or "(given)", dtype, matrices, route)
     cfg = dataclass_replace_tied(arch.config, weights.tied)
     return cfg, weights, tokenizer_from_dir(tokenizer_path)

@@ -34,12 +34,14 @@ from jax.sharding import NamedSharding, PartitionSpec
 from inference_app.model.config import ModelConfig
 from inference_app.model.transformer import Params, QInt8
 from inference_app.model.weights import (
+    MatrixFormat,
     ParamPlan,
     Path,
     RowReader,
     abstract_params,
     block,
     build_tree,
+    check_sharded,
     host_leaf,
     int8_rows,
     param_plans,
@@ -151,22 +153,30 @@ class StreamStats:
 class StreamedWeights:
     """Weights of a Hugging Face checkpoint, placed shard by shard (see the module docstring).
 
-    `read` returns HF rows in the stored dtype; `dtype`/`int8` are what the engine will hold.
+    `read` returns HF rows in the stored dtype; `dtype`/`matrices` (float or int8) are what the
+    engine will hold.
     `device_transpose` (default: on accelerators) sends matrices in row order and transposes
     them on the devices. On CPU the "devices" are this process's memory and cores, so the
     transposed copy would count twice and gain nothing: the host transposes instead.
     """
 
     def __init__(
-        self, cfg: ModelConfig, read: RowReader, dtype: Any, int8: bool, device_transpose: bool | None = None
+        self,
+        cfg: ModelConfig,
+        read: RowReader,
+        dtype: Any,
+        matrices: MatrixFormat,
+        device_transpose: bool | None = None,
     ) -> None:
-        self.cfg, self.read, self.dtype, self.int8 = cfg, read, np.dtype(dtype), int8
+        check_sharded(matrices)
+        self.cfg, self.read, self.dtype, self.matrices = cfg, read, np.dtype(dtype), matrices
+        self.int8 = matrices == "int8"
         self._device_transpose = device_transpose
-        self.plans = param_plans(cfg, int8)
+        self.plans = param_plans(cfg, matrices)
         self.last_stats: StreamStats | None = None
 
     def abstract(self) -> Params:
-        return abstract_params(self.cfg, self.dtype, self.int8)
+        return abstract_params(self.cfg, self.dtype, self.matrices)
 
     @property
     def device_transpose(self) -> bool:
@@ -181,7 +191,7 @@ class StreamedWeights:
     def host(self) -> Params:
         """Whole host arrays (small models and references; the engine uses `place`)."""
         return build_tree(
-            self.cfg, {p: host_leaf(pl, self.read, self.dtype, self.int8) for p, pl in self.plans.items()}
+            self.cfg, {p: host_leaf(pl, self.read, self.dtype, self.matrices) for p, pl in self.plans.items()}
         )
 
     def place(self, shardings: Params) -> Params:

@@ -6,14 +6,18 @@ each output channel of one of our matrices is exactly one row of one HF tensor (
 output channels, plus how our array arranges them (input dims first for matrices, rows first for
 the embedding table, a plain vector for norms). From a plan any block of our array can be built
 from just the HF rows it needs: `block` (float) and `int8_rows` (per-output-channel int8, which
-needs whole rows and nothing else). `params_from_hf` assembles whole host arrays (small models,
-tests, the GGUF path); `model/streaming.py` builds per-device shards from the same plans.
+needs whole rows and nothing else), and `block_rows` (llama.cpp's block formats, whole rows
+too; from a GGUF file the stored blocks of those rows, not dequantized). `params_from_hf`
+assembles whole host arrays (small models, tests, the GGUF path, block formats);
+`model/streaming.py` builds per-device shards (float or int8) from the same plans.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,8 +25,20 @@ from typing import Any, Literal
 import jax
 import numpy as np
 
+from inference_app.model import quant
 from inference_app.model.config import ModelConfig
+from inference_app.model.quant import BlockQuant
 from inference_app.model.transformer import Params, QInt8, quantize_int8
+
+# How a checkpoint's matrices are held: `float` in the compute dtype; `int8` per output channel
+# (`QInt8`); one of llama.cpp's block formats (`BlockQuant`, quantized at load unless a GGUF
+# file stores the matrix in that format already); `gguf`: each matrix as a GGUF file stores it
+# (block formats as stored, float tensors as float, llama.cpp's other quantized types as Q8_0).
+MatrixFormat = Literal["float", "int8", "q4_0", "q4_1", "q8_0", "gguf"]
+MATRIX_FORMATS: tuple[str, ...] = typing.get_args(MatrixFormat)
+# The formats every loader streams or restores straight into device shards; the block formats
+# are built whole on host (`params_from_hf`), for the one-device CPU kernels they serve.
+SHARDED_FORMATS: tuple[MatrixFormat, ...] = ("float", "int8")
 
 # How many leading dims each matrix contracts over (for per-output-channel int8 scales).
 IN_DIMS = {"wqkv": 1, "wo": 3, "w_gate_up": 1, "w_down": 1, "lm_head": 1}
@@ -30,6 +46,9 @@ IN_DIMS = {"wqkv": 1, "wo": 3, "w_gate_up": 1, "w_down": 1, "lm_head": 1}
 TensorGetter = Callable[[str], np.ndarray]
 # (HF name, first row, end row) -> those rows in the stored dtype ([rows, cols], or [rows] for vectors)
 RowReader = Callable[[str, int, int], np.ndarray]
+# A tensor by HF name in a block format as a GGUF file stores it (rows in HF order), or None
+# for a float tensor.
+BlockGetter = Callable[[str], BlockQuant | None]
 Path = tuple[str | int, ...]  # ("embed",), ("layers", 3, "wqkv"), ...
 
 # Int8 quantization works through this many bytes of fp32 rows at a time (bounds temporaries).
@@ -58,7 +77,7 @@ class ParamPlan:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     kind: Literal["in_first", "rows_first", "vector"]
-    quantizable: bool  # becomes a QInt8 when int8 weights are asked for
+    quantizable: bool  # a matrix: becomes a QInt8 or BlockQuant when those are asked for
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -153,7 +172,48 @@ def int8_rows(plan: ParamPlan, read: RowReader, start: int, stop: int) -> tuple[
     return q, scale
 
 
-def _plans(cfg: ModelConfig, int8: bool) -> dict[Path, ParamPlan]:
+def check_format(matrices: str) -> MatrixFormat:
+    """`matrices` as a MatrixFormat, or a ValueError naming the formats."""
+    if matrices not in MATRIX_FORMATS:
+        raise ValueError(f"unknown matrix format {matrices!r}; expected one of {', '.join(MATRIX_FORMATS)}")
+    return typing.cast(MatrixFormat, matrices)
+
+
+def stored_rows(plan: ParamPlan, blocks: list[BlockQuant]) -> BlockQuant:
+    """The plan's rows from its segments' tensors as stored (`blocks[i]` holds segment i's
+    tensor, all in one format): reordering whole rows keeps every block intact."""
+    parts = [
+        quant.take_rows(b, np.arange(s.start, s.stop), (s.stop - s.start,))
+        for s, b in zip(plan.segments, blocks, strict=True)
+    ]
+    w = parts[0] if len(parts) == 1 else quant.concat_rows(parts, (plan.n_out,))
+    return dataclasses.replace(w, in_shape=plan.in_shape, out_shape=plan.out_shape)
+
+
+def block_rows(
+    plan: ParamPlan, read: RowReader, fmt: MatrixFormat, stored: BlockGetter | None
+) -> BlockQuant | None:
+    """The whole matrix in a block format (`fmt` one of q4_0/q4_1/q8_0/gguf): as `stored` holds
+    it when every segment is stored in that format (any one format for `gguf`), else quantized
+    from float rows; None for `gguf` and a matrix stored as float (it stays float)."""
+    target: str = fmt
+    if stored is not None:
+        by_name = {name: stored(name) for name in dict.fromkeys(s.name for s in plan.segments)}
+        got = [by_name[s.name] for s in plan.segments]  # q, k, v once each, not once per KV head
+        blocks = [b for b in got if b is not None]
+        kinds = {b.fmt for b in blocks}
+        if len(blocks) == len(got) and len(kinds) == 1 and target in ("gguf", blocks[0].fmt):
+            return stored_rows(plan, blocks)
+        if target == "gguf" and not blocks:  # stored as float
+            return None
+    if target == "gguf":  # parts stored in different formats: the most precise block format
+        target = "q8_0"
+    rows = np.asarray(plan.rows(read, 0, plan.n_out), np.float32).reshape(plan.n_out, -1)
+    w = quant.quantize(rows.T, target, 1)
+    return dataclasses.replace(w, in_shape=plan.in_shape, out_shape=plan.out_shape)
+
+
+def _plans(cfg: ModelConfig, matrices: MatrixFormat) -> dict[Path, ParamPlan]:
     """Every parameter of `cfg` in our layout (see transformer.py), as HF row plans."""
     k, g, hd, d, f, v = (
         cfg.num_kv_heads,
@@ -199,13 +259,14 @@ def _plans(cfg: ModelConfig, int8: bool) -> dict[Path, ParamPlan]:
         )
     if not cfg.tie_embeddings:
         plans[("lm_head",)] = ParamPlan((Segment("lm_head.weight", 0, v),), (d,), (v,), "in_first", True)
-    elif not int8:  # tied float models keep a transposed copy (see transformer.py); int8 reuses embed
+    elif matrices == "float":  # tied float models keep a transposed copy (see transformer.py);
+        # quantized tables ([V, D] output-major) are the LM head themselves
         plans[("lm_head",)] = ParamPlan((Segment(emb, 0, v),), (d,), (v,), "in_first", True)
     return plans
 
 
-def param_plans(cfg: ModelConfig, int8: bool = False) -> dict[Path, ParamPlan]:
-    return _plans(cfg, int8)
+def param_plans(cfg: ModelConfig, matrices: MatrixFormat = "float") -> dict[Path, ParamPlan]:
+    return _plans(cfg, check_format(matrices))
 
 
 def build_tree(cfg: ModelConfig, leaves: dict[Path, Any]) -> Params:
@@ -219,9 +280,19 @@ def build_tree(cfg: ModelConfig, leaves: dict[Path, Any]) -> Params:
     return params
 
 
-def abstract_leaf(plan: ParamPlan, dtype: Any, int8: bool) -> Any:
-    """A ShapeDtypeStruct (or QInt8 of them) for one planned parameter."""
-    if int8 and plan.quantizable:
+def check_sharded(matrices: MatrixFormat) -> None:
+    """A ValueError unless `matrices` is a format that streams or restores into shards."""
+    if matrices not in SHARDED_FORMATS:
+        raise ValueError(
+            f"matrix format {matrices!r} is built whole on host (params_from_hf); streamed and "
+            f"sharded weights take {' or '.join(SHARDED_FORMATS)}"
+        )
+
+
+def abstract_leaf(plan: ParamPlan, dtype: Any, matrices: MatrixFormat) -> Any:
+    """A ShapeDtypeStruct (or QInt8 of them) for one planned parameter (float or int8 only)."""
+    check_sharded(matrices)
+    if matrices == "int8" and plan.quantizable:
         in_shape = plan.in_shape
         out_shape = plan.out_shape
         return QInt8(
@@ -233,16 +304,23 @@ def abstract_leaf(plan: ParamPlan, dtype: Any, int8: bool) -> Any:
     return jax.ShapeDtypeStruct(plan.shape, np.dtype(dtype))
 
 
-def abstract_params(cfg: ModelConfig, dtype: Any, int8: bool) -> Params:
+def abstract_params(cfg: ModelConfig, dtype: Any, matrices: MatrixFormat) -> Params:
     """Shapes and dtypes of every parameter, without reading a byte (for shardings)."""
-    return build_tree(cfg, {p: abstract_leaf(pl, dtype, int8) for p, pl in param_plans(cfg, int8).items()})
+    plans = param_plans(cfg, matrices)
+    return build_tree(cfg, {p: abstract_leaf(pl, dtype, matrices) for p, pl in plans.items()})
 
 
-def host_leaf(plan: ParamPlan, read: RowReader, dtype: Any, int8: bool) -> Any:
-    """The whole parameter on host."""
-    if int8 and plan.quantizable:
+def host_leaf(
+    plan: ParamPlan, read: RowReader, dtype: Any, matrices: MatrixFormat, stored: BlockGetter | None = None
+) -> Any:
+    """The whole parameter on host; `stored` reads a GGUF file's blocks as stored."""
+    if matrices == "int8" and plan.quantizable:
         q, scale = int8_rows(plan, read, 0, plan.n_out)
         return QInt8(q=q, scale=scale, in_shape=plan.in_shape, out_shape=plan.out_shape)
+    if matrices not in SHARDED_FORMATS and plan.quantizable:
+        w = block_rows(plan, read, matrices, stored)
+        if w is not None:
+            return w
     return block(plan, read, tuple(slice(None) for _ in plan.shape), dtype)
 
 
@@ -263,8 +341,25 @@ def rows_of(get: TensorGetter, keep: int = 4) -> RowReader:
 
 
 def params_from_hf(
-    cfg: ModelConfig, get: TensorGetter, dtype: Any = np.float32, int8: bool = False
+    cfg: ModelConfig,
+    get: TensorGetter,
+    dtype: Any = np.float32,
+    matrices: MatrixFormat = "float",
+    stored: BlockGetter | None = None,
 ) -> Params:
-    """Build host (numpy) params from HF-named tensors; `int8` quantizes matrices + embeddings."""
+    """Build host (numpy) params from HF-named tensors, matrices (embeddings included) in
+    `matrices` format; `stored` reads a GGUF file's blocks as stored (needed for `gguf`)."""
+    fmt = check_format(matrices)
+    if fmt == "gguf" and stored is None:
+        raise ValueError(
+            "matrix format 'gguf' keeps a GGUF file's blocks as stored, and this checkpoint is not "
+            "a GGUF file; pick q4_0, q4_1 or q8_0 to quantize it at load"
+        )
     read = rows_of(get)
-    return build_tree(cfg, {p: host_leaf(pl, read, dtype, int8) for p, pl in param_plans(cfg, int8).items()})
+    params = build_tree(
+        cfg, {p: host_leaf(pl, read, dtype, fmt, stored) for p, pl in param_plans(cfg, fmt).items()}
+    )
+    if cfg.tie_embeddings and "lm_head" not in params and isinstance(params["embed"], np.ndarray):
+        # `gguf` with the table stored as float: the float model's transposed copy
+        params["lm_head"] = np.ascontiguousarray(params["embed"].T)
+    return params

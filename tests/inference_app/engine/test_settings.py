@@ -102,6 +102,19 @@ def test_an_unknown_catalog_model_names_the_flag_and_the_choices(command: str) -
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_weights_as_stored_need_a_gguf_file(command: str) -> None:
+    assert (
+        settings_from_args(parse(command, "--model-path", "m.gguf", "--weight-dtype", "gguf")).weight_dtype
+        == "gguf"
+    )
+    assert settings_from_args(parse(command, "--weight-dtype", "q4_1")).weight_dtype == "q4_1"
+    with pytest.raises(
+        SettingsError, match=r"--weight-dtype gguf .*'/ckpt/hf' is not a .gguf file; pass q4_0"
+    ):
+        settings_from_args(parse(command, "--model-path", "/ckpt/hf", "--weight-dtype", "gguf"))
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_takes_a_maxtext_checkpoints_architecture_and_tokenizer(command: str) -> None:
     """A MaxText checkpoint carries no config or tokenizer: `--model` names its architecture."""
     s = settings_from_args(

@@ -24,6 +24,7 @@ import numpy as np
 from inference_app.engine.sharding import make_mesh, param_shardings
 from inference_app.model.loader import HostWeights, load_model
 from inference_app.model.transformer import prefill
+from inference_app.model.weights import MatrixFormat
 
 PROMPT = [5, 17, 300, 1200, 7, 99, 4000, 12, 8, 15000, 3, 42]
 
@@ -56,7 +57,8 @@ def main() -> None:
     mesh = make_mesh(devices, 2, 1, 4)
     int8 = a.weight_dtype == "int8"
     dtype = np.float32 if int8 else np.dtype(a.weight_dtype)
-    model = load_model(a.path, dtype, int8=int8)
+    matrices: MatrixFormat = "int8" if int8 else "float"
+    model = load_model(a.path, dtype, matrices)
     if a.device_transpose != "auto":
         model.weights.device_transpose = a.device_transpose == "on"  # type: ignore[attr-defined]
     shardings = param_shardings(mesh, model.weights.abstract())
@@ -91,7 +93,7 @@ def main() -> None:
         fwd = jax.jit(prefill, static_argnums=1, static_argnames="all_logits")
         streamed = np.asarray(fwd(params, model.config, ids, n, all_logits=True)[0])
         del params
-        host = load_model(a.path, dtype, int8=int8).params  # the whole-tensor host path
+        host = load_model(a.path, dtype, matrices).params  # the whole-tensor host path
         one = jax.devices()[0]
         reference = np.asarray(fwd(jax.device_put(host, one), model.config, ids, n, all_logits=True)[0])
         out["logits_max_abs_diff"] = float(np.abs(streamed - reference).max())

@@ -12,6 +12,9 @@ import jax
 import numpy as np
 import pytest
 
+from inference_app.engine import EngineSettings
+from inference_app.engine.engine import model_for
+from inference_app.engine.settings import SettingsError
 from inference_app.model import catalog, maxtext
 from inference_app.model.catalog import Architecture
 from inference_app.model.loader import LoadedModel, checkpoint_format, load_model
@@ -88,8 +91,10 @@ def test_int8_checkpoint_restores_to_the_weights_it_stands_for(
     aqt, rest = mt.quantize_tree(mt.maxtext_tree(tiny_dir, True))
     ckpt = mt.write_maxtext((aqt, rest), tmp_path / "int8" / "0" / "items")
     hf = mt.write_hf_from_maxtext(mt.dequantized_tree(aqt, rest), tiny_dir, tmp_path / "hf", interleaved=True)
-    restored = load_model(str(ckpt), np.float32, int8=True, model_name=name, tokenizer_path=str(tiny_dir))
-    reference = load_model(str(hf), np.float32, int8=True)
+    restored = load_model(
+        str(ckpt), np.float32, matrices="int8", model_name=name, tokenizer_path=str(tiny_dir)
+    )
+    reference = load_model(str(hf), np.float32, matrices="int8")
     ours_p, ref_p = _placed(restored), _placed(reference)
     for key in ("wqkv", "wo", "w_gate_up", "w_down"):
         a, b = ours_p["layers"][1][key], ref_p["layers"][1][key]
@@ -138,6 +143,15 @@ def test_errors_name_the_fix(tiny_dir: Path, tmp_path: Path, monkeypatch: pytest
     name = _register(monkeypatch, tiny_dir, True)
     with pytest.raises(maxtext.MaxTextCheckpointError, match="--tokenizer-path"):
         load_model(str(ckpt), np.float32, model_name=name)
+    with pytest.raises(ValueError, match=r"'q4_1' .* a maxtext checkpoint takes float or int8"):
+        load_model(str(ckpt), np.float32, "q4_1", model_name=name, tokenizer_path=str(tiny_dir))
+    blocks = EngineSettings(
+        model=name, model_path=str(ckpt), tokenizer_path=str(tiny_dir), weight_dtype="q4_1"
+    )
+    with pytest.raises(
+        SettingsError, match=r"--weight-dtype q4_1 does not fit --model-path .*int8 fit every"
+    ):
+        model_for(blocks)
     small = dataclasses.replace(catalog.ARCHITECTURES[name].config, hidden_size=32)
     monkeypatch.setitem(catalog.ARCHITECTURES, "wrong", Architecture(small, True))
     with pytest.raises(maxtext.MaxTextCheckpointError, match="expected shape"):

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from inference_app.model.catalog import embedded_model_path
+from inference_app.model.weights import MatrixFormat
 from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
 from tests.inference_app.model.synthetic_llama import BIG, SMALL, write_synthetic_llama
 
@@ -97,14 +98,16 @@ def _one_device_shardings(weights: Any) -> Any:
     return jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec()), weights.abstract())
 
 
-@pytest.mark.parametrize("int8", [False, True], ids=["float", "int8"])
+@pytest.mark.parametrize("matrices", ["float", "int8"])
 @pytest.mark.parametrize("device_transpose", [False, True], ids=["host-transpose", "device-transpose"])
-def test_streamed_params_equal_host_params(tiny_ckpt: Path, int8: bool, device_transpose: bool) -> None:
+def test_streamed_params_equal_host_params(
+    tiny_ckpt: Path, matrices: MatrixFormat, device_transpose: bool
+) -> None:
     import jax
 
     from inference_app.model.loader import load_model
 
-    model = load_model(str(tiny_ckpt), np.float32, int8=int8)
+    model = load_model(str(tiny_ckpt), np.float32, matrices)
     model.weights.device_transpose = device_transpose  # type: ignore[attr-defined]
     placed = model.weights.place(_one_device_shardings(model.weights))
     host = model.params
