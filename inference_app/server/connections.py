@@ -172,17 +172,32 @@ class GuardedH11Protocol(H11Protocol):
             self._deadline = None
 
     def _refuse(
-        self, reason: Reason, status: int | None, message: str, retry_after: int | None = None
+        self,
+        reason: Reason,
+        status: int | None,
+        message: str,
+        retry_after: int | None = None,
+        linger: bool = False,
     ) -> None:
-        """Answer (if `status`) and close; count and log it."""
+        """Answer (if `status`) and close; count and log it.
+
+        With `linger` (a client still sending, e.g. a slow request head) the write side closes
+        first and what the client still sends is dropped for up to `limits.linger_s`: closing at
+        once would answer its next bytes with a reset, which can destroy the unread answer."""
         self.metrics.record(reason)
         self.notes.warning(reason, self.client, message)
         self._clear_deadline()
         self._done = True
-        if not self.transport.is_closing():
-            if status is not None:
-                self.transport.write(error_bytes(status, message, retry_after))
-            self.transport.close()
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if status is not None:
+            transport.write(error_bytes(status, message, retry_after))
+        if linger and transport.can_write_eof():
+            transport.write_eof()
+            asyncio.get_running_loop().call_later(self.limits.linger_s, transport.close)
+        else:
+            transport.close()
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -291,6 +306,7 @@ class GuardedH11Protocol(H11Protocol):
                 408,
                 f"The request head did not arrive within {self.limits.header_timeout_s:g}s "
                 "(--header-timeout).",
+                linger=True,
             )
         else:
             self._refuse("idle_timeout", None, "closed an idle connection (--idle-timeout)")

@@ -30,7 +30,7 @@ class HttpLimits:
     body_timeout_s: float = 30.0  # end of the head -> end of the body; slower: 408, closed
     max_body_bytes: int = 1 << 20  # larger: 413 (checked on Content-Length and while reading)
     max_connections: int = 1024  # open connections; beyond: the oldest idle one is closed, else 503
-    linger_s: float = 2.0  # after an early 413/415, how long the rest of the upload is read and dropped
+    linger_s: float = 2.0  # after an early 413/415/408, how long what the client still sends is dropped
     linger_bytes: int = 16 << 20  # ... and at most this much of it (more than loopback socket buffers hold)
 
     def __post_init__(self) -> None:
