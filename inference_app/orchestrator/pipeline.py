@@ -265,6 +265,11 @@ class Orchestrator:
         return self._admission.qsize()
 
     @property
+    def structured_outputs(self) -> bool:
+        """Whether requests may carry a grammar (the engine applies token masks)."""
+        return self._grammars is not None
+
+    @property
     def ready(self) -> bool:
         return self._admitting and self.failure is None
 

@@ -424,7 +424,13 @@ class ChatRenderer:
 async def serve_chat(state: ServingState, request: Request, body: ChatCompletionRequest) -> Response:
     check_model(state, body.model)
     functions = _functions(body)
-    grammar = _forced_call(body, functions) or _output_grammar(body)
+    grammar, param = (_forced_call(body, functions), "tool_choice")
+    if grammar is None:
+        grammar, param = (_output_grammar(body), "response_format")
+    orchestrator = state.orchestrator
+    if grammar is not None and orchestrator is not None and not orchestrator.structured_outputs:
+        message = f"{param}: not supported by this engine (it cannot constrain its output: no token masks)."
+        raise ApiError(400, message, param)
     prompt_ids = await encode_chat(state, template_messages(body.messages, functions))
     engine = loaded_engine(state)
     room = engine.max_target_length - len(prompt_ids)
