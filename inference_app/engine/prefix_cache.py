@@ -21,7 +21,9 @@ import numpy as np
 BlockHash = bytes
 
 
-def block_hashes(ids: Sequence[int] | np.ndarray, block_size: int, count: int | None = None) -> list[BlockHash]:
+def block_hashes(
+    ids: Sequence[int] | np.ndarray, block_size: int, count: int | None = None
+) -> list[BlockHash]:
     """Chained keys of the first `count` full blocks of `ids` (default: every full block)."""
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")

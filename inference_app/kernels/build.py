@@ -38,6 +38,7 @@ TARGETS = {  # FFI target name -> exported handler symbol
     "inference_app_cpu_matmul_bf16": "CpuMatmulBF16",
     "inference_app_cpu_attention": "CpuAttention",
     "inference_app_cpu_argmax": "CpuArgmax",
+    "inference_app_cpu_paged_attention": "CpuPagedAttention",
 }
 
 _lock = threading.Lock()
