@@ -12,7 +12,7 @@ import pytest
 from inference_app.engine.block_tables import UNASSIGNED
 from inference_app.kernels import build
 from inference_app.model import paged_attention as pa
-from tests.inference_app.pallas_interpret import tpu_interpret_mode
+from tests.inference_app.model.pallas_interpret import tpu_interpret_mode
 
 RNG = np.random.default_rng(11)
 KVH, G = 3, 3
