@@ -51,7 +51,8 @@ class KVBlockManager:
     ) -> None:
         if block_size < 1 or max_slots < 1 or max_context < 1:
             raise ValueError(
-                f"block_size, max_slots and max_context must be >= 1, got {block_size}, {max_slots}, {max_context}"
+                "block_size, max_slots and max_context must be >= 1, "
+                f"got {block_size}, {max_slots}, {max_context}"
             )
         self.pool = pool
         self.block_size = block_size

@@ -63,7 +63,8 @@ def test_flags_override_the_defaults() -> None:
 def test_too_little_memory_names_the_flags() -> None:
     with pytest.raises(
         ValueError,
-        match=r"holds 256 tokens, fewer than one sequence of 1024.*--kv-cache-memory or lower --max-target-length",
+        match=r"holds 256 tokens, fewer than one sequence of 1024.*"
+        r"--kv-cache-memory or lower --max-target-length",
     ):
         size_kv_cache(
             platform="cpu",
