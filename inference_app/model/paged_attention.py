@@ -13,6 +13,9 @@ engine:
     "reference"   plain JAX (`reference_attention`): gathers each row's sequence up to a static
                   length. Any platform; the oracle the kernels are tested against
 
+`PagedAttention` bundles that for one step: it is the model's attention seam (the `Attention` of
+`model/transformer.py`), so the layer loop does not know the cache is paged.
+
 One array per layer holds the K and V of every block, laid out for the kernel that reads it:
 
     heads-first   [P, 2*KVH, BS, D]: K of KV head h in slab 2h, V in slab 2h + 1, so each
@@ -287,3 +290,61 @@ def pallas_attention(
     out = out.reshape(n, layout.stored_kv_heads, g, layout.stored_head_dim)[:, :kvh, :, :d]
     real = jnp.arange(n) < jnp.asarray(seqs.cu_q_lens)[jnp.asarray(seqs.num_seqs)[0]]
     return jnp.where(real[:, None, None, None], out.astype(jnp.float32), 0.0)
+
+
+# ----- the model's attention seam ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PagedAttention:
+    """One step's token rows over the paged cache, for every layer: write each row's K/V into its
+    block, then attend with `kernel`. The layer's cache is {"kv": pages}. Row n is token
+    positions[n] of sequence slots[n]; padding rows write nothing and get zeros.
+
+    Build it with `for_rows` inside the jitted step (its arrays are the step's inputs; `layout`,
+    `kernel` and `kv_len` are static)."""
+
+    kernel: AttentionKernel
+    layout: PagedLayout
+    block_tables: jax.Array  # int32 [S, MB]
+    slots: jax.Array  # int32 [N]
+    positions: jax.Array  # int32 [N]
+    blocks: jax.Array  # int32 [N]: where each row's K/V goes (`token_blocks`), once per step
+    offsets: jax.Array  # int32 [N]
+    seqs: RaggedSequences | None  # "pallas_tpu": the rows grouped by sequence
+    kv_len: int  # "reference": tokens gathered per row (>= every position + 1)
+
+    @classmethod
+    def for_rows(
+        cls,
+        kernel: AttentionKernel,
+        layout: PagedLayout,
+        block_tables: jax.Array,
+        slots: jax.Array,
+        positions: jax.Array,
+        *,
+        seqs: RaggedSequences | None = None,
+        kv_len: int = 0,
+    ) -> PagedAttention:
+        if kernel == "pallas_tpu" and seqs is None:
+            raise ValueError("the Pallas kernel needs the rows grouped by sequence (ragged_sequences)")
+        if kernel == "reference" and kv_len < 1:
+            raise ValueError("the reference attention needs a static kv_len >= 1")
+        blocks, offsets = token_blocks(block_tables, slots, positions, layout)
+        return cls(kernel, layout, block_tables, slots, positions, blocks, offsets, seqs, kv_len)
+
+    def __call__(
+        self, q: jax.Array, k: jax.Array, v: jax.Array, cache: dict[str, jax.Array]
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        pages = write_kv(cache["kv"], self.layout, k, v, self.blocks, self.offsets)
+        scale = 1.0 / float(np.sqrt(q.shape[-1]))
+        if self.kernel == "cpu":
+            out = cpu_attention(q, pages, self.layout, self.block_tables, self.slots, self.positions, scale)
+        elif self.kernel == "pallas_tpu":
+            assert self.seqs is not None  # for_rows checked it
+            out = pallas_attention(q, pages, self.layout, self.block_tables, self.seqs, scale)
+        else:
+            out = reference_attention(
+                q, pages, self.layout, self.block_tables, self.slots, self.positions, scale, self.kv_len
+            )
+        return out.astype(q.dtype), {"kv": pages}

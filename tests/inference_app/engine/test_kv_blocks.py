@@ -250,7 +250,7 @@ class BlockTablesMachine(RuleBasedStateMachine):
                 assert len(listed) == 0
         assert all(m.pool.refcount(b) == refs[b] for b in range(m.pool.num_blocks))
         # a block in two tables is a cached (keyed) prefix block
-        assert all(m.pool.key(b) is not None for b in np.flatnonzero(refs > 1))
+        assert all(m.pool.key(int(b)) is not None for b in np.flatnonzero(refs > 1))
         assert m.pool.num_free == int((refs == 0).sum())
         assert m.available_blocks >= 0
 

@@ -41,12 +41,18 @@ class Case:
         self.positions = np.array([t - 1, block_size - 1, *range(10, 18), 0, 0, t, 3], np.int32)
         self.q = RNG.standard_normal((len(self.slots), KVH, G, d)).astype(np.float32)
 
-    def pages(self, layout: pa.PagedLayout, dtype: jnp.dtype = jnp.float32) -> jax.Array:
-        """Every sequence's tokens written through `token_blocks` + `write_kv`."""
+    def pages(
+        self, layout: pa.PagedLayout, dtype: jnp.dtype = jnp.float32, skip_rows: bool = False
+    ) -> jax.Array:
+        """Every sequence's tokens written through `token_blocks` + `write_kv` (but the step's own
+        rows with `skip_rows`: the step writes those)."""
         slots = np.concatenate([np.full(n, s, np.int32) for s, n in enumerate(self.lengths)])
         pos = np.concatenate([np.arange(n, dtype=np.int32) for n in self.lengths])
-        k = np.concatenate([self.k[s, :n] for s, n in enumerate(self.lengths)])
-        v = np.concatenate([self.v[s, :n] for s, n in enumerate(self.lengths)])
+        if skip_rows:
+            step = set(zip(self.slots.tolist(), self.positions.tolist(), strict=True))
+            keep = np.array([(s, p) not in step for s, p in zip(slots.tolist(), pos.tolist(), strict=True)])
+            slots, pos = slots[keep], pos[keep]
+        k, v = self.k[slots, pos], self.v[slots, pos]
         blocks, offsets = pa.token_blocks(
             jnp.asarray(self.tables), jnp.asarray(slots), jnp.asarray(pos), layout
         )
@@ -126,8 +132,8 @@ def test_reference_attention_matches_numpy(kernel: pa.AttentionKernel) -> None:
         c.pages(layout),
         layout,
         jnp.asarray(c.tables),
-        c.slots,
-        c.positions,
+        jnp.asarray(c.slots),
+        jnp.asarray(c.positions),
         SCALE,
         kv_len=c.t,
     )
@@ -216,8 +222,13 @@ def test_pallas_ragged_kernel_matches_the_cpu_path() -> None:
     got = _pallas(c)
     np.testing.assert_allclose(got, c.expected(), rtol=2e-5, atol=2e-5)
     layout = c.layout("cpu")
-    args = (jnp.asarray(c.q), c.pages(layout), layout, jnp.asarray(c.tables), c.slots, c.positions, SCALE)
-    cpu = pa.cpu_attention(*args) if build.available() else pa.reference_attention(*args, kv_len=c.t)
+    q, tables, slots, pos = (jnp.asarray(x) for x in (c.q, c.tables, c.slots, c.positions))
+    pages = c.pages(layout)
+    cpu = (
+        pa.cpu_attention(q, pages, layout, tables, slots, pos, SCALE)
+        if build.available()
+        else pa.reference_attention(q, pages, layout, tables, slots, pos, SCALE, kv_len=c.t)
+    )
     np.testing.assert_allclose(got, np.asarray(cpu), rtol=2e-5, atol=2e-5)
 
 
@@ -227,3 +238,41 @@ def test_the_tpu_interpreter_still_needs_the_reshape_shim() -> None:
     `pallas_interpret.reads_through_reshape`."""
     with pytest.raises(Exception, match="ReshapeTransform"):
         _pallas(Case(t=24), patched=False)
+
+
+@pytest.mark.parametrize("kernel", ["cpu", "reference"])
+def test_paged_attention_writes_the_steps_rows_then_attends(kernel: pa.AttentionKernel) -> None:
+    """The model's attention seam: a step's rows (their K/V not yet in the cache) are written into
+    their blocks, and attention sees them, as if the whole sequences had been written before."""
+    if kernel == "cpu" and not build.available():
+        pytest.skip("the CPU kernels did not build here")
+    c = Case()
+    layout = c.layout("cpu")
+    real = c.slots < 4
+    rows_k = np.where(real[:, None, None], c.k[np.minimum(c.slots, 3), np.minimum(c.positions, c.t - 1)], 7.0)
+    rows_v = np.where(real[:, None, None], c.v[np.minimum(c.slots, 3), np.minimum(c.positions, c.t - 1)], 7.0)
+
+    @jax.jit
+    def step(pages: jax.Array, q: jax.Array, k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+        attn = pa.PagedAttention.for_rows(
+            kernel, layout, jnp.asarray(c.tables), jnp.asarray(c.slots), jnp.asarray(c.positions), kv_len=c.t
+        )
+        out, cache = attn(q, k, v, {"kv": pages})
+        return out, cache["kv"]
+
+    out, pages = step(
+        c.pages(layout, skip_rows=True), jnp.asarray(c.q), jnp.asarray(rows_k), jnp.asarray(rows_v)
+    )
+    np.testing.assert_allclose(np.asarray(out), c.expected(), rtol=2e-5, atol=2e-5)
+    np.testing.assert_array_equal(
+        np.asarray(pages), np.asarray(c.pages(layout))
+    )  # padding rows wrote nothing
+
+
+def test_paged_attention_needs_what_its_kernel_reads() -> None:
+    c = Case()
+    args = (jnp.asarray(c.tables), jnp.asarray(c.slots), jnp.asarray(c.positions))
+    with pytest.raises(ValueError, match="grouped by sequence"):
+        pa.PagedAttention.for_rows("pallas_tpu", c.layout("pallas_tpu"), *args)
+    with pytest.raises(ValueError, match="static kv_len"):
+        pa.PagedAttention.for_rows("reference", c.layout("cpu"), *args)
