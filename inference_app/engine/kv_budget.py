@@ -6,9 +6,11 @@ memory on TPU/GPU: `device_free_bytes`) and what one cached token costs (all lay
 layout padding included). Nothing is sized per slot any more: slots only bound how many sequences
 decode together, and admission is bounded by free blocks (`block_tables.KVBlockManager`).
 
-    cache bytes  --kv-cache-memory, else a fraction of free memory (CPU: 0.25, since the host
-                 also runs the server, the tokenizer and often other programs; accelerators:
-                 0.85, leaving room for activations and compiled programs)
+    cache bytes  --kv-cache-memory; else, when both --max-slots and --max-target-length are
+                 given, what lets every slot hold a full context; else a fraction of free memory
+                 (CPU: 0.25, like vLLM's 4 GiB CPU default on a 16 GiB host, since the host also
+                 runs the server and often other programs; accelerators: 0.85, leaving room for
+                 activations and compiled programs)
     blocks       cache bytes // (block size x bytes per token)
     context      the model's own context (8192 for SmolLM2), unless the cache holds fewer
                  tokens; --max-target-length overrides it
@@ -67,7 +69,12 @@ def size_kv_cache(
     if bytes_per_token < 1 or block_size < 1 or model_context < 1:
         raise ValueError("bytes_per_token, block_size and model_context must be >= 1")
     fraction = CPU_MEMORY_FRACTION if platform == "cpu" else ACCELERATOR_MEMORY_FRACTION
-    budget = cache_bytes if cache_bytes is not None else int(free_bytes * fraction)
+    if cache_bytes is not None:
+        budget = cache_bytes
+    elif max_slots is not None and max_context is not None:
+        budget = max_slots * -(-max_context // block_size) * block_size * bytes_per_token
+    else:
+        budget = int(free_bytes * fraction)
     blocks = budget // (block_size * bytes_per_token)
     tokens = blocks * block_size
     context = max_context if max_context is not None else min(model_context, tokens)

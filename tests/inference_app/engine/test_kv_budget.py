@@ -60,6 +60,21 @@ def test_flags_override_the_defaults() -> None:
     assert (b.num_blocks, b.max_slots, b.max_context) == ((2 * GIB) // (64 * SMOLLM2_FP32), 8, 1024)
 
 
+def test_explicit_slots_and_context_size_the_cache_for_both() -> None:
+    """Given both, every slot can hold a full context (what a slot cache guaranteed), whatever
+    the free memory."""
+    b = size_kv_cache(
+        platform="cpu",
+        free_bytes=100 * GIB,
+        bytes_per_token=1000,
+        block_size=16,
+        model_context=8192,
+        max_slots=4,
+        max_context=100,
+    )
+    assert (b.num_blocks, b.max_slots, b.max_context) == (4 * 7, 4, 100)
+
+
 def test_too_little_memory_names_the_flags() -> None:
     with pytest.raises(
         ValueError,
