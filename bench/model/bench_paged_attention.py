@@ -42,7 +42,10 @@ def cases(rng: np.random.Generator) -> dict[str, tuple[list[int], list[int]]]:
         "32 decode rows at ~1000": (list(range(32)), list(rng.integers(800, 1200, 32))),
         "1 decode row at 2000": ([0], [2000]),
         "32 decode rows at ~150": (list(range(32)), list(rng.integers(100, 200, 32))),
-        "31 decode + 225-token chunk": ([*range(31), *[31] * 225], [*rng.integers(100, 200, 31), *range(225)]),
+        "31 decode + 225-token chunk": (
+            [*range(31), *[31] * 225],
+            [*rng.integers(100, 200, 31), *range(225)],
+        ),
     }
 
 
@@ -57,7 +60,9 @@ def run(block_size: int, rng: np.random.Generator) -> dict[str, Any]:
     blocks, offsets = pa.token_blocks(jnp.asarray(tables), jnp.asarray(slots), jnp.asarray(pos), layout)
     k = jnp.asarray(kc.transpose(0, 2, 1, 3).reshape(-1, KVH, D))
     v = jnp.asarray(vc.transpose(0, 2, 1, 3).reshape(-1, KVH, D))
-    pages = jax.jit(pa.write_kv, static_argnums=1)(pa.zeros(layout, jnp.float32), layout, k, v, blocks, offsets)
+    pages = jax.jit(pa.write_kv, static_argnums=1)(
+        pa.zeros(layout, jnp.float32), layout, k, v, blocks, offsets
+    )
     kc_j, vc_j, tab_j = jnp.asarray(kc), jnp.asarray(vc), jnp.asarray(tables)
     slot_kernel = jax.jit(ops.attention, static_argnums=5)
     paged_kernel = jax.jit(ops.paged_attention, static_argnums=5)
@@ -79,9 +84,17 @@ def run(block_size: int, rng: np.random.Generator) -> dict[str, Any]:
                 r.block_until_ready()
                 times[label].append((time.perf_counter() - t0) / CALLS * 1e6)
         slot_us, paged_us = statistics.median(times["slot"]), statistics.median(times["paged"])
-        out[name] = {"slot_us": slot_us, "paged_us": paged_us, "ratio": paged_us / slot_us, "max_abs_diff": diff}
-        print(f"block {block_size:4d}  {name:30s} slot {slot_us:9.0f} us  paged {paged_us:9.0f} us  "
-              f"ratio {paged_us / slot_us:.2f}", flush=True)
+        out[name] = {
+            "slot_us": slot_us,
+            "paged_us": paged_us,
+            "ratio": paged_us / slot_us,
+            "max_abs_diff": diff,
+        }
+        print(
+            f"block {block_size:4d}  {name:30s} slot {slot_us:9.0f} us  paged {paged_us:9.0f} us  "
+            f"ratio {paged_us / slot_us:.2f}",
+            flush=True,
+        )
     return out
 
 
