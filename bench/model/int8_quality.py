@@ -21,7 +21,7 @@ import numpy as np
 
 from inference_app.engine import EngineSettings, SamplingParams
 from inference_app.engine.engine import JaxEngine, model_for
-from inference_app.model.transformer import prefill_forward
+from inference_app.model.transformer import prefill
 
 HERE = Path(__file__).resolve().parent
 NEW_TOKENS = 64
@@ -51,7 +51,7 @@ BASE = EngineSettings(max_slots=1, max_prefill_length=256, max_target_length=320
 
 def perplexity(engine: JaxEngine, ids: list[int]) -> float:
     tokens = np.asarray([ids], np.int32)
-    fwd = jax.jit(prefill_forward, static_argnums=1, static_argnames="all_logits")
+    fwd = jax.jit(prefill, static_argnums=1, static_argnames="all_logits")
     logits, _ = fwd(
         engine.prefill_params, engine.config, tokens, np.asarray([len(ids)], np.int32), all_logits=True
     )

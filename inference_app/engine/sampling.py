@@ -10,11 +10,12 @@ import jax
 import jax.numpy as jnp
 
 from inference_app.kernels import ops as cpu_kernels
+from inference_app.kernels.ops import PURE_JAX, KernelChoice
 
 
-def greedy(logits: jax.Array) -> jax.Array:
+def greedy(logits: jax.Array, kernels: KernelChoice = PURE_JAX) -> jax.Array:
     """logits [B, V] -> int32 [B]."""
-    if cpu_kernels.active() and logits.ndim == 2:
+    if kernels.cpu and logits.ndim == 2:
         return cpu_kernels.argmax(logits)
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
@@ -26,6 +27,7 @@ def sample(
     top_p: jax.Array,
     seeds: jax.Array,
     positions: jax.Array,
+    kernels: KernelChoice = PURE_JAX,
 ) -> jax.Array:
     """Sample one token per row. All per-row arrays are [B]; temperature 0 means greedy.
 
@@ -49,7 +51,7 @@ def sample(
         keys = jax.vmap(lambda s, p: jax.random.fold_in(jax.random.key(s), p))(seeds, positions)
         choice = jax.vmap(jax.random.categorical)(keys, masked)  # index into the sorted order
         sampled = jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
-        return jnp.where(is_greedy, greedy(logits), sampled).astype(jnp.int32)
+        return jnp.where(is_greedy, greedy(logits, kernels), sampled).astype(jnp.int32)
 
     # An all-greedy batch skips the vocabulary sort at run time (it dominated a batched prefill).
-    return jax.lax.cond(jnp.all(is_greedy), lambda: greedy(logits), draw)
+    return jax.lax.cond(jnp.all(is_greedy), lambda: greedy(logits, kernels), draw)

@@ -1,19 +1,31 @@
-"""What one mixed (decode + chunked prefill) step computes: pure host-side bookkeeping.
+"""What one step computes: the host-side layout of its token rows, and the compiled shape it runs.
 
-Each step runs a bucket of token rows. The first rows are the decoding slots (one token each,
-read on device from the previous step's output); the rest are chunks of waiting prompts, first
-come first served, filling the bucket up to the step's token budget. A prompt longer than what
-is left spills into the next steps. The step samples a token for every decoding slot and for each
-prompt whose last token ran in it (its first generated token), so a new request starts decoding
-on the step after its prefill ends, with no separate prefill pass pausing the others.
+Every `generate()` is one `steps.step` over a bucket of token rows. A `StepLayout`, chosen once
+by the engine's policy, decides which rows a step holds and which compiled `StepShape` runs it:
+
+- `RaggedLayout` (chunked prefill; needs the ragged attention kernel): the decoding slots first
+  (one token each, read on device from the previous step's output), then chunks of waiting
+  prompts, first come first served, up to the step's token budget. A prompt longer than what is
+  left spills into the next steps. The step samples a token for every decoding slot and for each
+  prompt whose last token ran in it (its first generated token), so a new request starts
+  decoding on the step after its prefill ends, with no separate prefill pass pausing the others.
+- `SlotLayout` (prompts prefilled separately and inserted): row i is slot i, over the smallest
+  row bucket covering the highest active slot, attending to the smallest cache prefix covering
+  every active position.
+
+Warm-up compiles `layout.shapes()` with `padding_plan` rows, which touch nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import dataclasses
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
+
+from inference_app.engine.buckets import fit_or_largest
 
 
 @dataclass
@@ -38,28 +50,112 @@ class StepPlan:
     positions: np.ndarray  # int32 [N]
     logit_rows: np.ndarray  # int32 [R]: rows whose next token is sampled
     logit_slots: np.ndarray  # int32 [R]: the slot each sampled token belongs to
-    emitted: tuple[int, ...]  # slots that get a token from this step, in row order
-    taken: dict[int, int]  # slot -> prompt tokens run this step
+    # Slots that get a token from this step, in row order; None: every active slot.
+    emitted: tuple[int, ...] | None
+    taken: Mapping[int, int]  # slot -> prompt tokens run this step
     completed: tuple[int, ...]  # slots whose prompt finished prefilling in this step
 
 
-def step_row_buckets(max_slots: int, budget: int) -> tuple[int, ...]:
-    """Row counts compiled for steps: 1, 2, 4, 8, then powers of two and 1.5x powers of two
-    (12, 16, 24, 32, 48 ...) up to the token budget, plus `max_slots` itself. Rows beyond the
-    live ones are padding, so a step pads at most a third (a decode step of 9-12 live slots
-    runs 12 rows, not 16)."""
-    out = {max_slots, budget}
-    b = 1
-    while b < budget:
-        out.add(b)
-        if b >= 8 and b * 3 // 2 < budget:
-            out.add(b * 3 // 2)
-        b *= 2
-    return tuple(sorted(out))
+@dataclass(frozen=True)
+class StepShape:
+    """What a compiled step is specialised on: its row count and the static step arguments."""
+
+    rows: int  # token rows N
+    attn_len: int  # cache entries attention may read ("slot" attention; the kernel reads in place)
+    greedy: bool  # every sampled row greedy: the sampler is compiled out
 
 
-def plan_step(
-    decoding: Iterable[int],
+class StepLayout(Protocol):
+    """How the engine lays out its steps (the one variable part of `generate` and `warmup`)."""
+
+    def shapes(self) -> tuple[StepShape, ...]:
+        """Every shape a step may take (compiled by warm-up)."""
+        ...
+
+    def plan(
+        self,
+        decoding: Collection[int],
+        positions: np.ndarray,
+        pending: Mapping[int, PendingPrompt],
+        temperature: np.ndarray,
+    ) -> tuple[StepPlan, StepShape]:
+        """The next step for slots `decoding` (each at `positions[slot]`) and prompts `pending`."""
+        ...
+
+
+@dataclass(frozen=True)
+class RaggedLayout:
+    """Decode rows packed first, then prompt chunks, in the smallest of `buckets` that holds them."""
+
+    buckets: tuple[int, ...]  # step row counts (`buckets.step_rows`)
+    num_slots: int
+    max_target_length: int
+
+    def shapes(self) -> tuple[StepShape, ...]:
+        # Steps mix rows of any sampling; the sampler skips its sort at run time when all are greedy.
+        return tuple(StepShape(rows, self.max_target_length, greedy=False) for rows in self.buckets)
+
+    def plan(
+        self,
+        decoding: Collection[int],
+        positions: np.ndarray,
+        pending: Mapping[int, PendingPrompt],
+        temperature: np.ndarray,
+    ) -> tuple[StepPlan, StepShape]:
+        plan = plan_ragged(decoding, positions, pending, self.buckets, self.num_slots, self.max_target_length)
+        return plan, StepShape(len(plan.slots), self.max_target_length, greedy=False)
+
+
+@dataclass(frozen=True)
+class SlotLayout:
+    """Row i is slot i; rows and attention length are the smallest buckets covering the active slots."""
+
+    row_buckets: tuple[int, ...]
+    attention_buckets: tuple[int, ...]
+    num_slots: int
+    max_target_length: int
+
+    def shapes(self) -> tuple[StepShape, ...]:
+        return tuple(
+            StepShape(rows, attn, greedy)
+            for rows in self.row_buckets
+            for attn in self.attention_buckets
+            for greedy in (True, False)
+        )
+
+    def plan(
+        self,
+        decoding: Collection[int],
+        positions: np.ndarray,
+        pending: Mapping[int, PendingPrompt],
+        temperature: np.ndarray,
+    ) -> tuple[StepPlan, StepShape]:
+        if pending:
+            raise ValueError("a slot-layout step cannot run prompt chunks")
+        rows = fit_or_largest(self.row_buckets, 1 + max(decoding, default=0))
+        furthest = max((int(positions[i]) for i in decoding), default=0)
+        shape = StepShape(
+            rows,
+            fit_or_largest(self.attention_buckets, furthest + 1),
+            greedy=all(temperature[i] <= 0 for i in decoding),
+        )
+        every = np.arange(rows, dtype=np.int32)
+        plan = StepPlan(
+            tokens=np.zeros(rows, np.int32),
+            from_state=np.ones(rows, bool),
+            slots=every,
+            positions=np.minimum(positions[:rows], self.max_target_length - 1).astype(np.int32),
+            logit_rows=every,
+            logit_slots=every,
+            emitted=None,
+            taken={},
+            completed=(),
+        )
+        return plan, shape
+
+
+def plan_ragged(
+    decoding: Collection[int],
     positions: np.ndarray,
     pending: Mapping[int, PendingPrompt],
     buckets: Sequence[int],
@@ -69,18 +165,14 @@ def plan_step(
     """Lay out one step: decoding slots (at `positions[slot]`) then prompt chunks in `pending`'s
     order, in the smallest bucket that holds them all (or the largest, with the chunks cut)."""
     decode = sorted(decoding)
-    want = len(decode) + sum(p.left for p in pending.values())
-    rows = next((b for b in buckets if b >= want), buckets[-1])
+    rows = fit_or_largest(buckets, len(decode) + sum(p.left for p in pending.values()))
     if len(decode) > rows:
         raise ValueError(f"{len(decode)} decoding slots exceed the largest step bucket ({rows} rows)")
-    tokens = np.zeros(rows, np.int32)
-    from_state = np.zeros(rows, bool)
-    slots = np.full(rows, num_slots, np.int32)
-    pos = np.full(rows, max_target_length, np.int32)
+    plan = padding_plan(rows, num_slots, max_target_length)
     k = len(decode)
-    from_state[:k] = True
-    slots[:k] = decode
-    pos[:k] = np.minimum(positions[decode], max_target_length - 1) if k else pos[:0]
+    plan.from_state[:k] = True
+    plan.slots[:k] = decode
+    plan.positions[:k] = np.minimum(positions[decode], max_target_length - 1) if k else plan.positions[:0]
     logit_rows = list(range(k))
     emitted = list(decode)
     taken: dict[int, int] = {}
@@ -90,18 +182,32 @@ def plan_step(
         n = min(prompt.left, rows - at)
         if n <= 0:
             break
-        tokens[at : at + n] = prompt.ids[prompt.done : prompt.done + n]
-        slots[at : at + n] = slot
-        pos[at : at + n] = np.arange(prompt.done, prompt.done + n)
+        plan.tokens[at : at + n] = prompt.ids[prompt.done : prompt.done + n]
+        plan.slots[at : at + n] = slot
+        plan.positions[at : at + n] = np.arange(prompt.done, prompt.done + n)
         taken[slot] = n
         at += n
         if n == prompt.left:
             logit_rows.append(at - 1)
             emitted.append(slot)
             completed.append(slot)
+    plan.logit_rows[: len(logit_rows)] = logit_rows
+    plan.logit_slots[: len(emitted)] = emitted
+    return dataclasses.replace(plan, emitted=tuple(emitted), taken=taken, completed=tuple(completed))
+
+
+def padding_plan(rows: int, num_slots: int, max_target_length: int) -> StepPlan:
+    """`rows` padding rows and min(rows, num_slots) padding sampled rows: a step that computes
+    but reads and writes nothing (warm-up compiles each shape with one)."""
     r = min(rows, num_slots)
-    lr = np.zeros(r, np.int32)
-    ls = np.full(r, num_slots, np.int32)
-    lr[: len(logit_rows)] = logit_rows
-    ls[: len(emitted)] = emitted
-    return StepPlan(tokens, from_state, slots, pos, lr, ls, tuple(emitted), taken, tuple(completed))
+    return StepPlan(
+        tokens=np.zeros(rows, np.int32),
+        from_state=np.zeros(rows, bool),
+        slots=np.full(rows, num_slots, np.int32),
+        positions=np.full(rows, max_target_length, np.int32),
+        logit_rows=np.zeros(r, np.int32),
+        logit_slots=np.full(r, num_slots, np.int32),
+        emitted=(),
+        taken={},
+        completed=(),
+    )

@@ -1,16 +1,16 @@
-"""JAX wrappers for the CPU kernels, and the trace-time switch that routes the model to them.
+"""JAX wrappers for the CPU kernels, and `KernelChoice`: which of them a traced function may call.
 
-The model stays pure JAX: `linear` and decode attention ask `active()` while being traced, and
-the engine turns the switch on (`enabled(True)`) around the functions it jits for a
-single-device CPU mesh once `build.available()` says the library loaded. Sharded meshes, TPUs
-and GPUs never see these calls.
+The model stays pure JAX unless told otherwise: `linear`, `int8_matmul` and greedy sampling take
+a `KernelChoice` as a static argument (part of the jit cache key, never state read while
+tracing). The engine passes `NATIVE_CPU` to the functions it jits for a single-device CPU mesh
+once `build.available()` says the library loaded; sharded meshes, TPUs and GPUs get `PURE_JAX`.
+Attention picks its kernel the same way, by the attention implementation the engine passes to
+the model (see `model/transformer.py`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -21,24 +21,25 @@ import numpy as np
 # XLA's GEMMs (YNNPACK) win.
 MAX_KERNEL_ROWS = 4
 
-_active: ContextVar[bool] = ContextVar("inference_app_cpu_kernels", default=False)
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """Which native kernels traced code may call; hashable, so it is a static jit argument.
+
+    `cpu`: the kernels of `cpu_kernels.cc` (one CPU device, library loaded). With int8 weights
+    the engine then also compiles with YNNPACK dot fusions (see `engine/policy.py`), which
+    `int8_matmul` relies on for its many-row GEMMs.
+    """
+
+    cpu: bool = False
+
+    def matmul_rows(self, rows: int, dtype: jnp.dtype) -> bool:
+        """Whether a matmul of `rows` activation rows of `dtype` goes to a CPU matrix kernel."""
+        return self.cpu and rows <= MAX_KERNEL_ROWS and jnp.dtype(dtype) in (jnp.float32, jnp.bfloat16)
 
 
-@contextmanager
-def enabled(on: bool = True) -> Iterator[None]:
-    token = _active.set(on)
-    try:
-        yield
-    finally:
-        _active.reset(token)
-
-
-def active() -> bool:
-    return _active.get()
-
-
-def use_for_rows(rows: int, dtype: jnp.dtype) -> bool:
-    return active() and rows <= MAX_KERNEL_ROWS and jnp.dtype(dtype) in (jnp.float32, jnp.bfloat16)
+PURE_JAX = KernelChoice()
+NATIVE_CPU = KernelChoice(cpu=True)
 
 
 def matmul_s8(x: jax.Array, q: jax.Array, scale: jax.Array) -> jax.Array:

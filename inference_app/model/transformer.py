@@ -25,19 +25,27 @@ is applied after the matmul (`linear`).
 
 The KV cache per layer is `{"k": [B, KVH, T, Dh], "v": ...}` and, for an int8 cache, also
 `"k_scale"`/`"v_scale"`: [B, KVH, T] (one scale per token and head).
+
+One `forward` runs every step (whole prompts, decode steps, decode rows mixed with prompt
+chunks): a layer is fixed except for its `Attention`, which the caller passes in and which
+alone decides how the step's rows meet the cache (`PromptAttention`, `SlotAttention`,
+`RaggedKernelAttention`). Which native CPU kernels the matmuls may call is the static
+`KernelChoice` argument; nothing is read from global state while tracing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from inference_app.kernels import ops as cpu_kernels
+from inference_app.kernels.ops import PURE_JAX, KernelChoice
 from inference_app.model.config import ModelConfig
 
 Params = dict[str, Any]
@@ -75,7 +83,7 @@ def quantize_int8(w: np.ndarray, in_dims: int = 1) -> QInt8:
     return QInt8(q=np.ascontiguousarray(q), scale=scale[:, 0], in_shape=in_shape, out_shape=out_shape)
 
 
-def linear(x: jax.Array, w: Weight, n_in: int = 1) -> jax.Array:
+def linear(x: jax.Array, w: Weight, n_in: int = 1, kernels: KernelChoice = PURE_JAX) -> jax.Array:
     """Contract the last `n_in` dims of x with the first `n_in` dims of w, as one 2-D matmul.
 
     Flattening both sides (free reshapes of contiguous arrays) keeps XLA from transposing the
@@ -83,12 +91,12 @@ def linear(x: jax.Array, w: Weight, n_in: int = 1) -> jax.Array:
     """
     lead = x.shape[: x.ndim - n_in]
     if isinstance(w, QInt8):
-        y = int8_matmul(x.reshape(-1, int(np.prod(w.in_shape))), w.q, w.scale)
+        y = int8_matmul(x.reshape(-1, int(np.prod(w.in_shape))), w.q, w.scale, kernels)
         return y.reshape(*lead, *w.out_shape)
     in_shape, out_shape = w.shape[:n_in], w.shape[n_in:]
     k = int(np.prod(in_shape))
     x2 = x.reshape(-1, k)
-    if w.dtype in (jnp.float32, jnp.bfloat16) and cpu_kernels.use_for_rows(x2.shape[0], x.dtype):
+    if w.dtype in (jnp.float32, jnp.bfloat16) and kernels.matmul_rows(x2.shape[0], x.dtype):
         y = cpu_kernels.matmul_dense(x2, w.reshape(k, -1)).astype(x.dtype)
     else:  # f32 accumulation: also what lets XLA:CPU run a bf16 dot natively instead of upcasting
         y = jnp.matmul(x2, w.reshape(k, -1).astype(x.dtype), preferred_element_type=jnp.float32).astype(
@@ -102,18 +110,18 @@ def linear(x: jax.Array, w: Weight, n_in: int = 1) -> jax.Array:
 INT8_CHUNK_ROWS = 8192
 
 
-def int8_matmul(x: jax.Array, q: jax.Array, scale: jax.Array) -> jax.Array:
+def int8_matmul(x: jax.Array, q: jax.Array, scale: jax.Array, kernels: KernelChoice = PURE_JAX) -> jax.Array:
     """x [N, in] @ (q [out, in] * scale [out]).T -> [N, out] in x's dtype.
 
     One row (batch-1 decode, memory bound): the convert fuses into a matrix-vector loop that
     reads int8 directly. Several rows (compute bound): convert once behind an optimisation
     barrier so XLA runs a real GEMM instead of a slow fused loop nest. On a single CPU device
-    with the native kernels loaded, a few rows go to `cpu_kernels.matmul_s8` instead, and more
+    with the native kernels chosen, a few rows go to `cpu_kernels.matmul_s8` instead, and more
     rows to one GEMM that YNNPACK fuses with the convert.
     """
-    if cpu_kernels.use_for_rows(x.shape[0], x.dtype):
+    if kernels.matmul_rows(x.shape[0], x.dtype):
         return cpu_kernels.matmul_s8(x, q, scale).astype(x.dtype)
-    if cpu_kernels.active():  # the engine compiles int8 CPU steps with YNNPACK dot fusions,
+    if kernels.cpu:  # the engine compiles int8 CPU steps with YNNPACK dot fusions,
         y = x @ q.T.astype(x.dtype)  # which fuse this convert into the GEMM
     elif x.shape[0] == 1:
         parts = [
@@ -157,66 +165,199 @@ def embed(params: Params, tokens: jax.Array, dtype: jnp.dtype) -> jax.Array:
     return table[tokens].astype(dtype)
 
 
-def lm_head(params: Params, cfg: ModelConfig, x: jax.Array) -> jax.Array:
+def lm_head(params: Params, cfg: ModelConfig, x: jax.Array, kernels: KernelChoice = PURE_JAX) -> jax.Array:
     """Logits in fp32 from final hidden states x [..., D]."""
     x = rms_norm(x, params["final_norm"], cfg.rms_eps)
     if "lm_head" not in params:  # tied (int8 tables are already in the fast [out, in] layout)
         table = params["embed"]
         if isinstance(table, QInt8):
             lead = x.shape[:-1]
-            logits = int8_matmul(x.reshape(-1, x.shape[-1]), table.q, table.scale).reshape(*lead, -1)
+            logits = int8_matmul(x.reshape(-1, x.shape[-1]), table.q, table.scale, kernels).reshape(*lead, -1)
         else:
             logits = jnp.einsum("...d,vd->...v", x, table.astype(x.dtype))
     else:
-        logits = linear(x, params["lm_head"])
+        logits = linear(x, params["lm_head"], 1, kernels)
     return logits.astype(jnp.float32)
 
 
-def mlp(layer: Params, x: jax.Array) -> jax.Array:
-    gu = linear(x, layer["w_gate_up"])  # [..., 2, F]
+def mlp(layer: Params, x: jax.Array, kernels: KernelChoice = PURE_JAX) -> jax.Array:
+    gu = linear(x, layer["w_gate_up"], 1, kernels)  # [..., 2, F]
     h = jax.nn.silu(gu[..., 0, :]) * gu[..., 1, :]
-    return linear(h, layer["w_down"])
+    return linear(h, layer["w_down"], 1, kernels)
 
 
-def qkv(layer: Params, cfg: ModelConfig, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def qkv(
+    layer: Params, cfg: ModelConfig, x: jax.Array, kernels: KernelChoice = PURE_JAX
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Project x [..., D] to q [..., KVH, G, Dh] and k, v [..., KVH, Dh] (before RoPE)."""
-    y = linear(x, layer["wqkv"])
+    y = linear(x, layer["wqkv"], 1, kernels)
     g = cfg.group_size
     return y[..., :g, :], y[..., g, :], y[..., g + 1, :]
 
 
-def prefill_forward(
-    params: Params, cfg: ModelConfig, tokens: jax.Array, lengths: jax.Array, *, all_logits: bool = False
+# ---- attention: the one variable part of a layer --------------------------------------------
+
+
+class Attention(Protocol):
+    """How a step's token rows meet the KV cache; everything else in a layer is fixed.
+
+    Called once per layer with the rows' q [..., KVH, G, Dh] and k, v [..., KVH, Dh] (RoPE
+    applied) and that layer's cache; returns the attention output [..., KVH, G, Dh] in q's dtype
+    and the layer's cache after the step. An implementation owns the cache layout it reads and
+    writes (slot-major here; a paged layout with block tables is one more implementation) and
+    the kernel that runs; its fields (row metadata, static lengths) are fixed while tracing.
+    """
+
+    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerKV) -> tuple[jax.Array, LayerKV]: ...
+
+
+@dataclass(frozen=True)
+class PromptAttention:
+    """Whole prompts [B, S] attend causally among themselves (prefill). The layer's cache comes
+    in empty and goes out as the prompts' own KV, {"k", "v"}: [B, KVH, S, Dh], which `insert`
+    later writes into a slot."""
+
+    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerKV) -> tuple[jax.Array, LayerKV]:
+        dtype = q.dtype  # q [B,S,K,G,Dh]  k,v [B,S,K,Dh]
+        s = q.shape[1]
+        causal = jnp.tril(jnp.ones((s, s), dtype=bool))  # [S(query), S(key)]
+        scale = 1.0 / np.sqrt(q.shape[-1])
+        scores = jnp.einsum("bskgh,btkh->bkgst", q, k, preferred_element_type=jnp.float32) * scale
+        scores = jnp.where(causal, scores, -jnp.inf)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+        out = jnp.einsum("bkgst,btkh->bskgh", probs, v, preferred_element_type=jnp.float32).astype(dtype)
+        return out, {"k": k.transpose(0, 2, 1, 3), "v": v.transpose(0, 2, 1, 3)}
+
+
+@dataclass(frozen=True)
+class SlotAttention:
+    """Row b is the next token of slot b (a decode step over the first B slots), in pure JAX:
+    any platform and mesh, and float, bfloat16 or int8 (+ scales) caches.
+
+    Each row's K/V is written at its slot's own position; attention reads only the first
+    `valid.shape[1]` cache entries (a static bucket >= every position + 1) and masks those
+    after the row's position, so stale entries from earlier occupants never count. Slots
+    beyond B are neither read nor written.
+    """
+
+    positions: jax.Array  # int32 [B]
+    valid: jax.Array  # bool [B, T]: entry t counts for row b
+
+    @classmethod
+    def up_to(cls, positions: jax.Array, length: int) -> SlotAttention:
+        """Rows at `positions` attending to cache entries [0, length) up to their own position."""
+        return cls(positions, jnp.arange(length)[None, :] <= positions[:, None])
+
+    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerKV) -> tuple[jax.Array, LayerKV]:
+        b, attn_len = self.valid.shape  # q [B,K,G,Dh]  k,v [B,K,Dh]
+        dtype = q.dtype
+        c = write_kv(cache, jnp.arange(b), self.positions, k, v)
+        kc, vc = c["k"][:b, :, :attn_len], c["v"][:b, :, :attn_len]  # [B, K, T, Dh]
+        scores = jnp.einsum("bkgh,bkth->bkgt", q, kc.astype(dtype)).astype(jnp.float32)
+        if "k_scale" in c:
+            scores = scores * c["k_scale"][:b, :, None, :attn_len]
+        scores = jnp.where(self.valid[:, None, None, :], scores * (1.0 / np.sqrt(q.shape[-1])), -jnp.inf)
+        probs = jax.nn.softmax(scores, axis=-1)
+        if "v_scale" in c:
+            probs = probs * c["v_scale"][:b, :, None, :attn_len]
+        return jnp.einsum("bkgt,bkth->bkgh", probs.astype(dtype), vc.astype(dtype)), c
+
+
+@dataclass(frozen=True)
+class RaggedKernelAttention:
+    """Row n is a token of slot slots[n] at positions[n]: a decode token, or one token of a prompt
+    chunk (consecutive positions; later chunks continue where earlier steps stopped). Every
+    row's K/V is written first, then the native CPU kernel reads each row's own prefix
+    0..positions[n] in place, which plain XLA could only do by gathering a copy per row. Rows
+    with an out-of-range slot or position are padding (no write, zero output).
+
+    Needs a float32 cache on one CPU device with the kernels built (`KernelChoice.cpu`).
+    """
+
+    slots: jax.Array  # int32 [N]
+    positions: jax.Array  # int32 [N]
+
+    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerKV) -> tuple[jax.Array, LayerKV]:
+        if cache["k"].dtype != jnp.float32:
+            raise RuntimeError("the CPU attention kernel reads a float32 KV cache")
+        c = write_kv(cache, self.slots, self.positions, k, v)
+        scale = 1.0 / np.sqrt(q.shape[-1])
+        out = cpu_kernels.attention(q, c["k"], c["v"], self.slots, self.positions, scale)
+        return out.astype(q.dtype), c
+
+
+# ---- the decoder ----------------------------------------------------------------------------
+
+
+def decoder_layer(
+    layer: Params,
+    cfg: ModelConfig,
+    x: jax.Array,
+    tables: tuple[jax.Array, jax.Array],
+    attention: Attention,
+    cache: LayerKV,
+    kernels: KernelChoice,
+) -> tuple[jax.Array, LayerKV]:
+    """One pre-norm block on rows x [..., D]: attention (the variable part), then SwiGLU."""
+    h = rms_norm(x, layer["attn_norm"], cfg.rms_eps)
+    q, k, v = qkv(layer, cfg, h, kernels)  # q [..., K, G, Dh]  k, v [..., K, Dh]
+    attn, cache = attention(rope(q, tables), rope(k, tables), v, cache)
+    x = x + linear(attn, layer["wo"], 3, kernels)
+    x = x + mlp(layer, rms_norm(x, layer["mlp_norm"], cfg.rms_eps), kernels)
+    return x, cache
+
+
+def forward(
+    params: Params,
+    cfg: ModelConfig,
+    tokens: jax.Array,
+    positions: jax.Array,
+    attention: Attention,
+    cache: Sequence[LayerKV],
+    kernels: KernelChoice = PURE_JAX,
+) -> tuple[jax.Array, list[LayerKV]]:
+    """Final hidden states [..., D] of token rows `tokens` [...] at `positions` [...], and the
+    cache after the step (one entry per layer).
+
+    The one forward for prefill, decode and mixed steps (as gpt-fast runs both through one):
+    `attention` decides how rows meet the cache; `kernels` which native kernels the matmuls
+    may use. Callers pick the rows whose logits they need before `lm_head` (it is the largest
+    matmul of a decode step).
+    """
+    x = embed(params, tokens, _compute_dtype(params))
+    tables = rope_tables(positions, cfg)  # shared by all layers
+    out: list[LayerKV] = []
+    for layer, c in zip(params["layers"], cache, strict=True):
+        x, c = decoder_layer(layer, cfg, x, tables, attention, c, kernels)
+        out.append(c)
+    return x, out
+
+
+def prefill(
+    params: Params,
+    cfg: ModelConfig,
+    tokens: jax.Array,
+    lengths: jax.Array,
+    *,
+    kernels: KernelChoice = PURE_JAX,
+    all_logits: bool = False,
 ) -> tuple[jax.Array, list[LayerKV]]:
     """Run whole prompts tokens [B, S] (right-padded; real lengths [B]).
 
     Returns the logits of each prompt's last real token [B, V] (or of every position
     [B, S, V] with `all_logits`) and the prompts' KV, per layer {"k","v"}: [B, KVH, S, Dh].
     """
-    dtype = _compute_dtype(params)
     b, s = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
-    causal = jnp.tril(jnp.ones((s, s), dtype=bool))  # [S(query), S(key)]
-    scale = 1.0 / np.sqrt(cfg.head_dim)
-    x = embed(params, tokens, dtype)  # [B, S, D]
-    tables = rope_tables(positions, cfg)
-    kv: list[LayerKV] = []
-    for layer in params["layers"]:
-        h = rms_norm(x, layer["attn_norm"], cfg.rms_eps)
-        q, k, v = qkv(layer, cfg, h)  # q [B,S,K,G,Dh]  k,v [B,S,K,Dh]
-        q = rope(q, tables)
-        k = rope(k, tables)
-        scores = jnp.einsum("bskgh,btkh->bkgst", q, k, preferred_element_type=jnp.float32) * scale
-        scores = jnp.where(causal, scores, -jnp.inf)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        attn = jnp.einsum("bkgst,btkh->bskgh", probs, v, preferred_element_type=jnp.float32).astype(dtype)
-        x = x + linear(attn, layer["wo"], 3)
-        x = x + mlp(layer, rms_norm(x, layer["mlp_norm"], cfg.rms_eps))
-        kv.append({"k": k.transpose(0, 2, 1, 3), "v": v.transpose(0, 2, 1, 3)})
+    empty: list[LayerKV] = [{} for _ in params["layers"]]
+    x, kv = forward(params, cfg, tokens, positions, PromptAttention(), empty, kernels)
     if all_logits:
-        return lm_head(params, cfg, x), kv
+        return lm_head(params, cfg, x, kernels), kv
     last = jnp.take_along_axis(x, (lengths - 1)[:, None, None], axis=1)[:, 0]  # [B, D]
-    return lm_head(params, cfg, last), kv
+    return lm_head(params, cfg, last, kernels), kv
+
+
+# ---- the KV cache ---------------------------------------------------------------------------
 
 
 def quantize_kv(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -228,105 +369,7 @@ def quantize_kv(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return q, scale
 
 
-def decode_forward(
-    params: Params,
-    cfg: ModelConfig,
-    cache: list[LayerKV],
-    tokens: jax.Array,
-    positions: jax.Array,
-    attn_len: int,
-) -> tuple[jax.Array, list[LayerKV]]:
-    """One token for the first B slots: tokens [B] at positions [B] -> logits [B, V], updated cache.
-
-    B may be smaller than the cache's slot count (the engine's row bucket); the other slots are
-    neither read nor written.
-
-    Each slot's new K/V is written at its own position; attention reads only the first
-    `attn_len` cache entries (a static bucket >= every position + 1) and masks those after the
-    slot's position, so stale entries from earlier occupants never count.
-    """
-    dtype = _compute_dtype(params)
-    b = tokens.shape[0]
-    rows = jnp.arange(b)
-    scale = 1.0 / np.sqrt(cfg.head_dim)
-    valid = jnp.arange(attn_len)[None, :] <= positions[:, None]  # [B, T]
-    x = embed(params, tokens, dtype)  # [B, D]
-    tables = rope_tables(positions, cfg)
-    new_cache: list[LayerKV] = []
-    for layer, c in zip(params["layers"], cache, strict=True):
-        h = rms_norm(x, layer["attn_norm"], cfg.rms_eps)
-        q, k, v = qkv(layer, cfg, h)  # q [B,K,G,Dh]  k,v [B,K,Dh]
-        q = rope(q, tables)
-        k = rope(k, tables)
-        c = _write_kv(c, rows, positions, k, v)
-        attn = _decode_attention(c, q, positions, valid, scale)  # [B, K, G, Dh]
-        x = x + linear(attn, layer["wo"], 3)
-        x = x + mlp(layer, rms_norm(x, layer["mlp_norm"], cfg.rms_eps))
-        new_cache.append(c)
-    return lm_head(params, cfg, x), new_cache
-
-
-def ragged_forward(
-    params: Params,
-    cfg: ModelConfig,
-    cache: list[LayerKV],
-    tokens: jax.Array,
-    slots: jax.Array,
-    positions: jax.Array,
-    logit_rows: jax.Array,
-) -> tuple[jax.Array, list[LayerKV]]:
-    """One step over independent token rows: token n of slot slots[n] at position positions[n].
-
-    A row is a decode token, or one token of a prompt chunk (a prompt's rows carry consecutive
-    positions; later chunks continue where earlier steps stopped), so prefill runs inside decode
-    steps with no padding to a prompt bucket. Every row's K/V is written before attention, and
-    row n attends to its slot's entries 0..positions[n]. Rows with an out-of-range slot or
-    position are padding. Returns the logits of rows `logit_rows` [R] -> [R, V] and the cache.
-
-    Needs the CPU attention kernel (a float32 cache on one CPU device): the kernel reads each
-    row's own prefix in place, which plain XLA could only do by gathering a copy per row.
-    """
-    if not cpu_kernels.active() or cache[0]["k"].dtype != jnp.float32:
-        raise RuntimeError("ragged steps need the CPU attention kernel and a float32 KV cache")
-    dtype = _compute_dtype(params)
-    scale = 1.0 / np.sqrt(cfg.head_dim)
-    x = embed(params, tokens, dtype)  # [N, D]
-    tables = rope_tables(positions, cfg)
-    new_cache: list[LayerKV] = []
-    for layer, c in zip(params["layers"], cache, strict=True):
-        h = rms_norm(x, layer["attn_norm"], cfg.rms_eps)
-        q, k, v = qkv(layer, cfg, h)  # q [N,K,G,Dh]  k,v [N,K,Dh]
-        q = rope(q, tables)
-        k = rope(k, tables)
-        c = _write_kv(c, slots, positions, k, v)
-        attn = cpu_kernels.attention(q, c["k"], c["v"], slots, positions, scale).astype(dtype)
-        x = x + linear(attn, layer["wo"], 3)
-        x = x + mlp(layer, rms_norm(x, layer["mlp_norm"], cfg.rms_eps))
-        new_cache.append(c)
-    return lm_head(params, cfg, x[logit_rows]), new_cache
-
-
-def _decode_attention(
-    c: LayerKV, q: jax.Array, positions: jax.Array, valid: jax.Array, scale: float
-) -> jax.Array:
-    """q [B, K, G, Dh] against rows :B of the cache, entries [:T] masked by valid [B, T]."""
-    b, attn_len = valid.shape
-    dtype = q.dtype
-    if cpu_kernels.active() and c["k"].dtype == jnp.float32:  # float32 cache: in-place kernel
-        slots = jnp.arange(b, dtype=jnp.int32)
-        return cpu_kernels.attention(q, c["k"], c["v"], slots, positions, scale).astype(dtype)
-    kc, vc = c["k"][:b, :, :attn_len], c["v"][:b, :, :attn_len]  # [B, K, T, Dh]
-    scores = jnp.einsum("bkgh,bkth->bkgt", q, kc.astype(dtype)).astype(jnp.float32)
-    if "k_scale" in c:
-        scores = scores * c["k_scale"][:b, :, None, :attn_len]
-    scores = jnp.where(valid[:, None, None, :], scores * scale, -jnp.inf)
-    probs = jax.nn.softmax(scores, axis=-1)
-    if "v_scale" in c:
-        probs = probs * c["v_scale"][:b, :, None, :attn_len]
-    return jnp.einsum("bkgt,bkth->bkgh", probs.astype(dtype), vc.astype(dtype))
-
-
-def _write_kv(c: LayerKV, slots: jax.Array, positions: jax.Array, k: jax.Array, v: jax.Array) -> LayerKV:
+def write_kv(c: LayerKV, slots: jax.Array, positions: jax.Array, k: jax.Array, v: jax.Array) -> LayerKV:
     """Scatter token rows' k, v [N, K, Dh] into cache entries [slots[n], :, positions[n]] (in
     place); rows with an out-of-range slot or position (padding) write nothing."""
     out = dict(c)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from inference_app.engine.api import Engine, EngineSettings, Prefix, SamplingParams, StepOutput, Tokenizer
+from inference_app.engine.buckets import fit
 
 EOS = 256
 CORPUS = (
@@ -146,7 +147,10 @@ class FakeEngine:
         return Prefix(first_token=CORPUS_IDS[start], length=len(prompt_ids), kv=start + 1, sampling=sampling)
 
     def prefill_bucket(self, length: int) -> int:
-        return next(b for b in self.prefill_buckets if length <= b)
+        bucket = fit(self.prefill_buckets, length)
+        if bucket is None:
+            raise ValueError(f"prompt of {length} tokens (limit {self.prefill_buckets[-1]})")
+        return bucket
 
     def prefill_batch_rows(self, bucket: int) -> int:
         return self.settings.max_prefill_batch

@@ -9,6 +9,7 @@ import pytest
 
 from inference_app.engine import Engine, EngineSettings, SamplingParams
 from inference_app.engine.engine import JaxEngine, model_for
+from inference_app.engine.step_plan import SlotLayout
 from inference_app.model.loader import LoadedModel
 from tests.inference_app.engine_runs import decode_all
 
@@ -165,21 +166,23 @@ def test_step_output_stays_valid_after_insert_and_generate(
 
 
 def test_decode_step_rows_cover_the_highest_active_slot(
-    engine8: JaxEngine, prompt_ids: list[list[int]], greedy8: list[list[int]]
+    model: LoadedModel, prompt_ids: list[list[int]], greedy8: list[list[int]]
 ) -> None:
-    """Steps compute a row bucket (1, 4, 8 here) and give the same tokens as full-width steps."""
-    assert engine8.row_buckets == (1, 4, 8)
-    engine8.insert(engine8.prefill(prompt_ids[0], SamplingParams()), 0)
-    assert engine8.row_bucket() == 1
-    engine8.insert(engine8.prefill(prompt_ids[1], SamplingParams()), 2)
-    assert engine8.row_bucket() == 4
-    engine8.insert(engine8.prefill(prompt_ids[2], SamplingParams()), 5)
-    assert engine8.row_bucket() == 8
+    """Without chunked prefill, row i of a step is slot i: steps compute a row bucket (1, 4, 8
+    here) and give the same tokens as the batch of 8."""
+    engine = JaxEngine(dataclasses.replace(BASE, chunked_prefill=False), model)
+    assert isinstance(engine.layout, SlotLayout) and engine.layout.row_buckets == (1, 4, 8)
+    engine.insert(engine.prefill(prompt_ids[0], SamplingParams()), 0)
+    assert engine.next_step()[1].rows == 1
+    engine.insert(engine.prefill(prompt_ids[1], SamplingParams()), 2)
+    assert engine.next_step()[1].rows == 4
+    engine.insert(engine.prefill(prompt_ids[2], SamplingParams()), 5)
+    assert engine.next_step()[1].rows == 8
     for slot in (0, 2, 5):
-        engine8.release(slot)
-    assert engine8.row_bucket() == 1
-    # Slot 0 alone (1-row steps) matches the batch of 8 (8-row steps).
-    assert decode_all(engine8, [prompt_ids[0]], [SamplingParams()], STEPS) == [greedy8[0]]
+        engine.release(slot)
+    assert engine.next_step()[1].rows == 1
+    # Slot 0 alone (1-row steps) matches the batch of 8 (ragged steps of the default engine).
+    assert decode_all(engine, [prompt_ids[0]], [SamplingParams()], STEPS) == [greedy8[0]]
 
 
 def test_prefill_batch_rows_cap_padded_tokens(model: LoadedModel) -> None:
@@ -189,3 +192,34 @@ def test_prefill_batch_rows_cap_padded_tokens(model: LoadedModel) -> None:
     assert JaxEngine(BASE, model).prefill_batch_rows(32) == 1  # the default: no batching
     with pytest.raises(ValueError, match="max_prefill_batch must be >= 1"):
         JaxEngine(dataclasses.replace(BASE, max_prefill_batch=0), model)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_warmup_compiles_every_step_a_request_reaches(model: LoadedModel, chunked: bool) -> None:
+    """Warm-up runs each step shape with padding rows; real steps then compile nothing new.
+    Without chunked prefill and kernels: 2 row buckets x 2 attention buckets x greedy or not."""
+    settings = dataclasses.replace(
+        BASE,
+        max_slots=2,
+        max_prefill_length=16,
+        max_target_length=160,
+        max_step_tokens=16,
+        chunked_prefill=chunked,
+        cpu_kernels=chunked,
+    )
+    engine = JaxEngine(settings, model)
+    assert engine.chunked_prefill is chunked
+    engine.warmup()
+    assert engine._step_fn._cache_size() == len(engine.layout.shapes()) == (6 if chunked else 8)
+    functions = (engine._prefill_fn, engine._insert_fn, engine._step_fn)
+    compiled = [f._cache_size() for f in functions]
+    ids = [1, 504, 3458, 282]
+    greedy, sampled = SamplingParams(), SamplingParams(temperature=1.0, seed=5)
+    if chunked:
+        engine.add_prompt(1, ids, sampled)
+        while 1 not in (engine.generate().slots or ()):
+            pass
+    else:
+        decode_all(engine, [ids, ids], [greedy, sampled], 4)
+        decode_all(engine, [ids], [greedy], 4)
+    assert [f._cache_size() for f in functions] == compiled

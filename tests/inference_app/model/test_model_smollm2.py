@@ -16,10 +16,10 @@ import pytest
 
 from inference_app.engine import EngineSettings
 from inference_app.engine.engine import JaxEngine, load_engine
-from inference_app.model.transformer import prefill_forward
+from inference_app.model.transformer import prefill
 from tests.inference_app.engine_runs import decode_greedy
 
-GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[2] / "golden"
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_chat_template_matches_reference(engine: JaxEngine, golden: dict[str, An
 
 def test_first_step_logits_within_1e3(engine: JaxEngine, golden: dict[str, Any]) -> None:
     ref = np.load(GOLDEN / "smollm2_first_logits.npz")
-    fwd = jax.jit(prefill_forward, static_argnums=1)
+    fwd = jax.jit(prefill, static_argnums=1)
     for i, case in enumerate(golden["cases"]):
         ids = np.asarray([case["prompt_ids"]], np.int32)
         logits, _ = fwd(engine.prefill_params, engine.config, ids, np.asarray([ids.shape[1]], np.int32))

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import numpy as np
 import pytest
 
 from inference_app.engine import EngineSettings, SamplingParams
 from inference_app.engine.engine import JaxEngine, model_for
-from inference_app.engine.step_plan import PendingPrompt, plan_step, step_row_buckets
+from inference_app.engine.step_plan import PendingPrompt, plan_ragged
 from inference_app.kernels import build
 from inference_app.model.loader import LoadedModel
 from tests.inference_app.engine_runs import decode_all
@@ -32,18 +31,10 @@ needs_kernels = pytest.mark.skipif(not build.available(), reason="the CPU kernel
 # ----- the step planner (host only) -----------------------------------------------------------
 
 
-def test_step_buckets_cover_decode_then_grow_to_the_budget() -> None:
-    assert step_row_buckets(32, 256) == (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
-    assert step_row_buckets(8, 8) == (1, 2, 4, 8)
-    assert 20 in step_row_buckets(20, 64)  # every slot busy: no padding rows
-    b = step_row_buckets(4, 100)
-    assert b[-1] == 100 and all(x < y <= x * 2 for x, y in itertools.pairwise(b))
-
-
 def test_plan_lays_out_decode_rows_then_chunks_in_arrival_order() -> None:
     positions = np.array([7, 0, 3, 0], np.int32)
     pending = {3: PendingPrompt(np.arange(100, 105, dtype=np.int32), done=2), 1: PendingPrompt(np.arange(9, dtype=np.int32))}
-    plan = plan_step([2, 0], positions, pending, (1, 4, 8), num_slots=4, max_target_length=64)
+    plan = plan_ragged([2, 0], positions, pending, (1, 4, 8), num_slots=4, max_target_length=64)
     # decode slots 0, 2; then the rest of slot 3's prompt (3 tokens, finishing), then 3 of slot 1's
     assert plan.slots.tolist() == [0, 2, 3, 3, 3, 1, 1, 1]
     assert plan.positions.tolist() == [7, 3, 2, 3, 4, 0, 1, 2]
@@ -55,11 +46,11 @@ def test_plan_lays_out_decode_rows_then_chunks_in_arrival_order() -> None:
 
 
 def test_plan_pads_to_the_smallest_bucket_with_rows_that_touch_nothing() -> None:
-    plan = plan_step([1], np.zeros(4, np.int32), {2: PendingPrompt(np.arange(2, dtype=np.int32))}, (1, 4, 8), 4, 64)
+    plan = plan_ragged([1], np.zeros(4, np.int32), {2: PendingPrompt(np.arange(2, dtype=np.int32))}, (1, 4, 8), 4, 64)
     assert len(plan.slots) == 4 and plan.slots[3] == 4 and plan.positions[3] == 64  # out of range
     assert plan.emitted == (1, 2) and plan.completed == (2,)
     with pytest.raises(ValueError, match="exceed the largest step bucket"):
-        plan_step([0, 1, 2], np.zeros(4, np.int32), {}, (1, 2), 4, 64)
+        plan_ragged([0, 1, 2], np.zeros(4, np.int32), {}, (1, 2), 4, 64)
 
 
 # ----- the engine (SmolLM2, float32) -------------------------------------------------------------
@@ -118,7 +109,7 @@ def test_chunked_equals_separate_prefill_greedy(
 ) -> None:
     """Prompts arrive while others decode, spill over steps, and reuse freed slots."""
     separate = JaxEngine(dataclasses.replace(BASE, chunked_prefill=False, max_slots=1), model)
-    assert not separate.chunked_prefill and separate.use_cpu_kernels
+    assert not separate.chunked_prefill and separate.policy.kernels.cpu
     want = [decode_all(separate, [ids], [SamplingParams()], STEPS)[0] for ids in prompt_ids]
     got = run_chunked(chunked, prompt_ids, [SamplingParams()] * len(prompt_ids), STEPS, stagger=3)
     assert got == want

@@ -13,7 +13,7 @@ import pytest
 from inference_app.engine import EngineSettings, SamplingParams
 from inference_app.engine.engine import JaxEngine, load_engine
 from inference_app.model.loader import load_model
-from inference_app.model.transformer import prefill_forward
+from inference_app.model.transformer import prefill
 from inference_app.model.weights_hf import HFCheckpoint
 from tests.inference_app.tiny_llama import make_tiny_llama
 
@@ -48,7 +48,7 @@ def test_inv_freq_matches_transformers(tiny_dir: Path, reference: Any) -> None:
 def test_all_position_logits_within_1e3(tiny_dir: Path, reference: Any) -> None:
     model = load_model(str(tiny_dir), dtype=np.float32)
     ids = np.asarray([PROMPT], np.int32)
-    logits, _ = jax.jit(prefill_forward, static_argnums=1, static_argnames="all_logits")(
+    logits, _ = jax.jit(prefill, static_argnums=1, static_argnames="all_logits")(
         model.params, model.config, ids, np.asarray([len(PROMPT)], np.int32), all_logits=True
     )
     with torch.no_grad():

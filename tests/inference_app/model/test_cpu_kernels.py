@@ -165,6 +165,6 @@ def test_engine_with_and_without_kernels_agree() -> None:
         engine = load_engine(
             EngineSettings(max_slots=4, max_prefill_length=32, max_target_length=64, cpu_kernels=on)
         )
-        assert engine.use_cpu_kernels is on
+        assert engine.policy.kernels.cpu is on
         runs[on] = (decode_greedy(engine, prompts[:1], 24), decode_greedy(engine, prompts, 24))
     assert runs[True] == runs[False]

@@ -2,7 +2,7 @@
 
 Executed in a subprocess by test_sharding.py, because the virtual device count
 (XLA_FLAGS=--xla_force_host_platform_device_count=8) must be set before JAX starts.
-Usage: python -m tests.inference_app.sharding_check MODEL_PATH_OR_NAME STEPS
+Usage: python -m tests.inference_app.engine.sharding_check MODEL_PATH_OR_NAME STEPS
 """
 
 from __future__ import annotations

@@ -15,13 +15,13 @@ import pytest
 
 from tests.inference_app.tiny_llama import make_tiny_llama
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def run_check(source: str, steps: int) -> dict[str, Any]:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.inference_app.sharding_check", source, str(steps)],
+        [sys.executable, "-m", "tests.inference_app.engine.sharding_check", source, str(steps)],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -1,0 +1,156 @@
+"""The engine's device programs: small pure functions that `JaxEngine` jits (and nothing else).
+
+    prefill(params, tokens, lengths, sampling)    whole prompts -> first tokens + their KV
+    insert(cache, state, kv, slot, first)          a prefilled prompt's KV lands in a slot
+    step(params, cache, state, inputs)             one step over token rows -> next tokens
+
+`state` is the int32 [max_slots] vector of every slot's latest token: a decode row reads its
+input from it on device, and a step writes the tokens it samples back into it, so the host
+never waits for a step's tokens before dispatching the next. A step's rows are laid out on the
+host (`step_plan.py`) and passed as one `StepInputs` pytree; what varies between compiled
+steps is static (`attention`, `attn_len`, `greedy` and the model config and kernel choice the
+engine binds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from inference_app.engine import sampling
+from inference_app.engine.api import SamplingParams
+from inference_app.kernels.ops import KernelChoice
+from inference_app.model.config import ModelConfig
+from inference_app.model.transformer import (
+    Attention,
+    LayerKV,
+    Params,
+    RaggedKernelAttention,
+    SlotAttention,
+    forward,
+    lm_head,
+    quantize_kv,
+)
+from inference_app.model.transformer import prefill as prefill_logits
+
+# How a step's rows meet the cache (see model/transformer.py): "ragged_kernel" reads any slot at
+# any position in place (CPU kernel); "slot" is pure JAX, row i being slot i.
+AttentionKind = Literal["ragged_kernel", "slot"]
+
+
+@partial(jax.tree_util.register_dataclass, data_fields=["temperature", "top_k", "top_p", "seeds"], meta_fields=[])
+@dataclass(frozen=True)
+class SamplingRows:
+    """Sampling parameters per sampled row, arrays [R] (see `sampling.sample`)."""
+
+    temperature: Any  # float32
+    top_k: Any  # int32
+    top_p: Any  # float32
+    seeds: Any  # uint32
+
+    @classmethod
+    def of(cls, params: Sequence[SamplingParams]) -> SamplingRows:
+        return cls(
+            np.array([p.temperature for p in params], np.float32),
+            np.array([p.top_k for p in params], np.int32),
+            np.array([p.top_p for p in params], np.float32),
+            np.array([(p.seed or 0) % 2**32 for p in params], np.uint32),
+        )
+
+
+@partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["tokens", "from_state", "slots", "positions", "logit_rows", "logit_slots", "sampling"],
+    meta_fields=[],
+)
+@dataclass(frozen=True)
+class StepInputs:
+    """One step's token rows. Padding rows name slot `max_slots` and position `max_target_length`
+    (out of range: they write nothing); padding sampled rows name slot `max_slots` (dropped)."""
+
+    tokens: Any  # int32 [N]: prompt tokens (decode rows take theirs from `state`)
+    from_state: Any  # bool [N]: decode rows
+    slots: Any  # int32 [N]
+    positions: Any  # int32 [N]
+    logit_rows: Any  # int32 [R]: rows whose next token is sampled
+    logit_slots: Any  # int32 [R]: the slot each sampled token belongs to
+    sampling: SamplingRows  # [R]
+
+
+def prefill(
+    params: Params,
+    tokens: jax.Array,
+    lengths: jax.Array,
+    rows: SamplingRows,
+    *,
+    cfg: ModelConfig,
+    kernels: KernelChoice,
+) -> tuple[jax.Array, list[LayerKV]]:
+    """Prompts tokens [B, S] (right-padded to a bucket; real lengths [B]) -> (first sampled token
+    [B], the prompts' KV per layer [B, KVH, S, Dh])."""
+    logits, kv = prefill_logits(params, cfg, tokens, lengths, kernels=kernels)
+    first = sampling.sample(logits, rows.temperature, rows.top_k, rows.top_p, rows.seeds, lengths, kernels)
+    return first, kv
+
+
+def insert(
+    cache: list[LayerKV], state: jax.Array, kv: list[LayerKV], slot: jax.Array, first: jax.Array
+) -> tuple[list[LayerKV], jax.Array]:
+    """Write one prompt's KV [1, KVH, S, Dh] into `slot` from position 0 (quantizing for an int8
+    cache) and its first token into `state`."""
+    out = []
+    for c, p in zip(cache, kv, strict=True):
+        n = dict(c)
+        for name in ("k", "v"):
+            x = p[name]
+            if name + "_scale" in c:
+                q, sc = quantize_kv(x)
+                n[name] = jax.lax.dynamic_update_slice(c[name], q, (slot, 0, 0, 0))
+                n[name + "_scale"] = jax.lax.dynamic_update_slice(c[name + "_scale"], sc, (slot, 0, 0))
+            else:
+                n[name] = jax.lax.dynamic_update_slice(c[name], x.astype(c[name].dtype), (slot, 0, 0, 0))
+        out.append(n)
+    return out, state.at[slot].set(first)
+
+
+def step(
+    params: Params,
+    cache: list[LayerKV],
+    state: jax.Array,
+    inputs: StepInputs,
+    *,
+    cfg: ModelConfig,
+    kernels: KernelChoice,
+    attention: AttentionKind,
+    attn_len: int,
+    greedy: bool,
+) -> tuple[jax.Array, list[LayerKV]]:
+    """Run the rows of `inputs` through the model, sample the rows in `logit_rows` and write their
+    tokens into `state` at `logit_slots`. Returns (state, cache).
+
+    With "slot" attention row i must be slot i (decode of the first N slots) and attention reads
+    the first `attn_len` cache entries; "ragged_kernel" takes any rows and ignores `attn_len`.
+    `greedy`: every sampled row is greedy, so the sampler is left out of the program.
+    """
+    last = state[jnp.clip(inputs.slots, 0, state.shape[0] - 1)]  # decode rows: last step's token
+    tokens = jnp.where(inputs.from_state, last, inputs.tokens)
+    attn: Attention = (
+        RaggedKernelAttention(inputs.slots, inputs.positions)
+        if attention == "ragged_kernel"
+        else SlotAttention.up_to(inputs.positions, attn_len)
+    )
+    x, cache = forward(params, cfg, tokens, inputs.positions, attn, cache, kernels)
+    logits = lm_head(params, cfg, x[inputs.logit_rows], kernels)
+    if greedy:
+        nxt = sampling.greedy(logits, kernels)
+    else:
+        r = inputs.sampling
+        at = inputs.positions[inputs.logit_rows] + 1  # where the sampled tokens will sit
+        nxt = sampling.sample(logits, r.temperature, r.top_k, r.top_p, r.seeds, at, kernels)
+    return state.at[inputs.logit_slots].set(nxt.astype(state.dtype), mode="drop"), cache
