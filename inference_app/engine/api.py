@@ -81,9 +81,14 @@ class EngineSettings:
     model: str | None = "smollm2-135m"
     model_path: str | None = None  # GGUF file, HF directory, or gs:// URL of either
     mode: Mode = "interleaved"
-    max_slots: int = 8
-    max_prefill_length: int = 512
-    max_target_length: int = 1024  # prompt + generated tokens per slot
+    # Limits; None: sized from the machine and the model (engine/kv_budget.py).
+    max_slots: int | None = None  # sequences decoding at once
+    max_prefill_length: int | None = None  # longest prompt
+    max_target_length: int | None = None  # prompt + generated tokens of one sequence
+    kv_cache_memory: int | None = None  # bytes of KV cache (None: a share of free memory)
+    kv_block_size: int = 128  # tokens per block of the paged KV cache
+    # Requests sharing a prompt prefix reuse its cached KV blocks (paged cache only).
+    prefix_caching: bool = True
     weight_dtype: Literal["auto", "float32", "bfloat16", "int8"] = "auto"  # auto: fp32 CPU, bf16 TPU/GPU
     kv_dtype: Literal["auto", "float32", "bfloat16", "int8"] = "auto"
     # Mesh axes follow MaxText: fsdp x autoregressive x tensor; -1 fills the remaining devices.

@@ -93,17 +93,31 @@ class KVBlockManager:
 
         The cached tokens' blocks are already in the table; nothing else is taken yet.
         """
+        self._check_new(slot, len(prompt_ids), max_new_tokens)
+        (keys, hits), cost = self._cost(prompt_ids, max_new_tokens)
+        return self._admit(slot, len(prompt_ids), max_new_tokens, keys, hits, cost)
+
+    def admit_unknown(self, slot: int, prompt_tokens: int, max_new_tokens: int) -> None:
+        """Give `slot` a table for a prompt whose tokens are not known here (prefilled elsewhere
+        and inserted): no prefix hits, and its blocks are never offered to later requests."""
+        self._check_new(slot, prompt_tokens, max_new_tokens)
+        self._admit(slot, prompt_tokens, max_new_tokens, [], [], self.blocks_for(prompt_tokens + max_new_tokens))
+
+    def _check_new(self, slot: int, prompt_tokens: int, max_new_tokens: int) -> None:
         if slot in self._seqs:
             raise ValueError(f"slot {slot} already holds a sequence; release it first")
         if not 0 <= slot < self.tables.shape[0]:
             raise ValueError(f"slot {slot} out of range [0, {self.tables.shape[0]})")
-        capacity = len(prompt_ids) + max_new_tokens
-        if len(prompt_ids) < 1 or max_new_tokens < 1 or capacity > self.max_context:
+        if prompt_tokens < 1 or max_new_tokens < 1 or prompt_tokens + max_new_tokens > self.max_context:
             raise ValueError(
-                f"a sequence of {len(prompt_ids)} prompt + {max_new_tokens} new tokens does not fit "
+                f"a sequence of {prompt_tokens} prompt + {max_new_tokens} new tokens does not fit "
                 f"the context of {self.max_context} tokens"
             )
-        (keys, hits), cost = self._cost(prompt_ids, max_new_tokens)
+
+    def _admit(
+        self, slot: int, prompt_tokens: int, max_new_tokens: int, keys: list[BlockHash], hits: list[int], cost: int
+    ) -> int:
+        capacity = prompt_tokens + max_new_tokens
         if cost > self.available_blocks:
             raise OutOfBlocks(
                 f"the request needs {cost} KV blocks and only {self.available_blocks} are available"
@@ -115,8 +129,9 @@ class KVBlockManager:
         self._reserved += reserve
         self.tables[slot, : len(hits)] = hits
         cached = len(hits) * self.block_size
-        self._queried += len(prompt_ids)
-        self._hits += cached
+        if keys:
+            self._queried += prompt_tokens
+            self._hits += cached
         return cached
 
     def grow(self, slot: int, tokens: int) -> None:

@@ -17,10 +17,15 @@ decode together, and admission is bounded by free blocks (`block_tables.KVBlockM
     slots        64 on CPU (more decode rows per step only lengthen every stream's steps on a
                  few cores), 256 on accelerators; never more than the blocks; --max-slots
                  overrides it
+
+`engine_limits` turns that into the engine's limits. A paged cache (chunked prefill) shares its
+blocks among all slots; a slot cache (separate prefill: sharded meshes, int8 KV, disaggregated
+serving) reserves a full context per slot, so there the same memory gives fewer slots.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -134,3 +139,69 @@ def parse_size(text: str) -> int:
         raise ValueError(f"not a memory size: {text!r} (examples: 4GiB, 512MiB, 1.5G, 1000000)")
     value, unit = float(m.group(1)), m.group(2).lower()
     return int(value * 1024 ** " kmgt".index(unit or " "))
+
+
+# The separate prefill stage compiles one program per power-of-two prompt bucket up to the longest
+# prompt, so without chunked prefill the default prompt limit stays short.
+SLOT_CACHE_PREFILL_LIMIT = 512
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    max_slots: int
+    max_prefill_length: int  # longest prompt
+    max_target_length: int  # prompt + generated tokens of one sequence
+    budget: KVBudget
+
+
+def engine_limits(
+    *,
+    paged: bool,
+    platform: str,
+    free_bytes: int,
+    bytes_per_token: int,
+    block_size: int,
+    model_context: int,
+    cache_bytes: int | None = None,
+    max_slots: int | None = None,
+    max_target_length: int | None = None,
+    max_prefill_length: int | None = None,
+) -> EngineLimits:
+    """Slots, prompt and sequence limits and the cache size for an engine (None: sized here).
+
+    A slot cache holds `max_slots` x `max_target_length` tokens: given one, the other follows
+    from the memory. Raises ValueError naming the flag to change.
+    """
+    budget = size_kv_cache(
+        platform=platform,
+        free_bytes=free_bytes,
+        bytes_per_token=bytes_per_token,
+        block_size=block_size,
+        model_context=model_context,
+        cache_bytes=cache_bytes,
+        max_slots=max_slots,
+        max_context=max_target_length,
+    )
+    context, slots = budget.max_context, budget.max_slots
+    if not paged:
+        if max_slots is None:
+            slots = max(1, min(slots, budget.tokens // context))
+        elif max_target_length is None:
+            context = min(context, budget.tokens // slots)
+        if slots * context > budget.tokens:
+            raise ValueError(
+                f"a slot cache of {slots} slots x {context} tokens needs "
+                f"{slots * context * bytes_per_token / 2**20:.0f} MiB, more than the "
+                f"{budget.cache_bytes / 2**20:.0f} MiB of the KV cache: raise --kv-cache-memory or "
+                "lower --max-slots or --max-target-length"
+            )
+    if context < 2:
+        raise ValueError(f"sequences of {context} tokens leave no room to generate: raise --kv-cache-memory")
+    default_prefill = context - 1 if paged else min(SLOT_CACHE_PREFILL_LIMIT, context - 1)
+    prefill = default_prefill if max_prefill_length is None else max_prefill_length
+    if prefill >= context:
+        raise ValueError(
+            f"--max-prefill-length ({prefill}) must be smaller than --max-target-length ({context}) "
+            "to leave room for generated tokens."
+        )
+    return EngineLimits(slots, prefill, context, dataclasses.replace(budget, max_slots=slots, max_context=context))

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from inference_app.engine.api import EngineSettings
 from inference_app.kernels.ops import NATIVE_CPU, PURE_JAX, KernelChoice
+from inference_app.model.paged_attention import AttentionKernel
 
 # XLA:CPU compiler options for int8-weight engines. YNNPACK dot fusions run the int8-weight
 # matrix-vector products (which XLA's own loop emitter handles at only the fp32 rate) through
@@ -60,9 +61,14 @@ class EnginePolicy:
     # YNNPACK dots first copy a sliced cache, so without the attention kernel every decode step
     # keeps all rows (measured, 32-slot cache, 1 active: 164 ms/step sliced vs 105 ms full).
     full_width_steps: bool
-    # Prompts prefill in chunks inside the decode steps (through the ragged attention kernel),
-    # instead of a separate padded prefill stage; needs both stages on one device group.
+    # Prompts prefill in chunks inside the decode steps, instead of a separate padded prefill
+    # stage; needs both stages on one device group and a paged attention kernel.
     chunked_prefill: bool
+    # The kernel that reads the paged KV cache (`model/paged_attention.py`) when prompts prefill
+    # in chunks: "cpu" (the native kernel, a float32 cache on one CPU device) or "pallas_tpu"
+    # (JAX's ragged paged attention, one TPU device). None: a slot cache, prompts prefilled
+    # separately and inserted (other platforms, sharded meshes, int8 KV, disaggregated serving).
+    paged_kernel: AttentionKernel | None
 
     @property
     def compiler_options(self) -> dict[str, str]:
@@ -88,6 +94,12 @@ def derive_policy(
     )
     kernel_attention = native and jnp.dtype(kv) == jnp.float32
     ynn_dots = cpu and int8
+    paged: AttentionKernel | None = None
+    if settings.chunked_prefill and settings.mode == "interleaved":
+        if kernel_attention:
+            paged = "cpu"
+        elif platform == "tpu" and generate_devices == 1 and jnp.dtype(kv) in (jnp.bfloat16, jnp.float32):
+            paged = "pallas_tpu"
     return EnginePolicy(
         compute_dtype=compute,
         kv_dtype=kv,
@@ -96,5 +108,6 @@ def derive_policy(
         kernel_attention=kernel_attention,
         ynn_dots=ynn_dots,
         full_width_steps=ynn_dots and not native,
-        chunked_prefill=settings.chunked_prefill and settings.mode == "interleaved" and kernel_attention,
+        chunked_prefill=paged is not None,
+        paged_kernel=paged,
     )

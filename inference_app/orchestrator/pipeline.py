@@ -154,6 +154,7 @@ class Orchestrator:
         self._threads: list[threading.Thread] = []
         self.chunked = bool(getattr(engine, "chunked_prefill", False)) and hasattr(engine, "add_prompt")
         self._admitting = False
+        self._held: Job | None = None  # taken from the admission queue, waiting for KV blocks
         self.failure: str | None = None
         self.metrics.max_slots.set(self.max_slots)
         self.metrics.bind(
@@ -433,20 +434,28 @@ class Orchestrator:
                     self._release(slot)
 
     def _add_prompts(self, block: bool) -> None:
-        """Give waiting requests free slots; their prompts run in the coming steps."""
+        """Give waiting requests free slots, in arrival order, while the KV cache can hold them;
+        their prompts run in the coming steps."""
         while None in self._slots:
-            try:
-                job = self._admission.get(timeout=_POLL_S) if block else self._admission.get_nowait()
-            except queue.Empty:
-                return
+            job = self._held
+            if job is None:
+                try:
+                    job = self._admission.get(timeout=_POLL_S) if block else self._admission.get_nowait()
+                except queue.Empty:
+                    return
+            self._held = None
             block = False
             if job is None:
                 return
             if job.finished:
                 continue
+            req = job.request
+            if not self.engine.can_admit(req.prompt_ids, req.max_tokens):  # type: ignore[attr-defined]
+                self._held = job  # first in line once running requests free blocks
+                return
             slot = self._slots.index(None)
             try:
-                self.engine.add_prompt(slot, job.request.prompt_ids, job.request.sampling)  # type: ignore[attr-defined]
+                self.engine.add_prompt(slot, req.prompt_ids, req.sampling, req.max_tokens)  # type: ignore[attr-defined]
             except Exception as exc:
                 log.exception("[%s] prefill failed", job.id)
                 job.fail(f"Prefill failed: {type(exc).__name__}: {exc}")

@@ -20,6 +20,7 @@ import uvicorn
 
 from inference_app import pathways
 from inference_app.engine.api import Engine, EngineSettings, Mode
+from inference_app.engine.kv_budget import parse_size
 from inference_app.server.app import create_app
 from inference_app.server.options import ServerOptions
 from inference_app.server.state import ServingState
@@ -39,6 +40,13 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _parallelism(text: str) -> int:
@@ -69,11 +77,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="interleaved: one device group prefills and decodes; disaggregated: devices split "
                    "in two halves, prefill on one and decode on the other (default %(default)s)")
     m.add_argument("--max-slots", type=_positive, default=_DEFAULT.max_slots,
-                   help="decode slots = requests generated concurrently (default %(default)s)")
+                   help="requests generated concurrently (default: sized from the KV cache memory)")
     m.add_argument("--max-prefill-length", type=_positive, default=_DEFAULT.max_prefill_length,
-                   help="longest prompt in tokens; longer prompts get 400 (default %(default)s)")
+                   help="longest prompt in tokens; longer prompts get 400 (default: the context - 1)")
     m.add_argument("--max-target-length", type=_positive, default=_DEFAULT.max_target_length,
-                   help="prompt + generated tokens per slot (default %(default)s)")
+                   help="prompt + generated tokens of one request (default: the model's context)")
+    m.add_argument("--kv-cache-memory", type=_size, default=_DEFAULT.kv_cache_memory,
+                   help="memory for the KV cache, e.g. 4GiB (default: a share of free memory)")
+    m.add_argument("--kv-block-size", type=_positive, default=_DEFAULT.kv_block_size,
+                   help="tokens per block of the paged KV cache (default %(default)s)")
+    m.add_argument("--no-prefix-caching", action="store_true",
+                   help="do not reuse the KV blocks of prompt prefixes shared between requests")
     m.add_argument("--max-prefill-batch", type=_positive, default=_DEFAULT.max_prefill_batch,
                    help="separate prefill stage: prompts of one length bucket prefilled together (short "
                    "prompts only; each batch shape is compiled during warm-up; default %(default)s)")
@@ -102,7 +116,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def engine_settings(args: argparse.Namespace) -> EngineSettings:
     """Flags -> EngineSettings, with errors that name the flag."""
-    if args.max_prefill_length >= args.max_target_length:
+    if (
+        args.max_prefill_length is not None
+        and args.max_target_length is not None
+        and args.max_prefill_length >= args.max_target_length
+    ):
         raise SystemExit(
             f"serve: --max-prefill-length ({args.max_prefill_length}) must be smaller than "
             f"--max-target-length ({args.max_target_length}) to leave room for generated tokens."
@@ -115,6 +133,9 @@ def engine_settings(args: argparse.Namespace) -> EngineSettings:
         max_slots=args.max_slots,
         max_prefill_length=args.max_prefill_length,
         max_target_length=args.max_target_length,
+        kv_cache_memory=args.kv_cache_memory,
+        kv_block_size=args.kv_block_size,
+        prefix_caching=not args.no_prefix_caching,
         max_prefill_batch=args.max_prefill_batch,
         chunked_prefill=not args.no_chunked_prefill,
         max_step_tokens=args.max_step_tokens,
@@ -228,8 +249,8 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"serve: {exc}") from None
     options = server_options(args, settings)
     log.info(
-        "Serving %s (%s mode, %d slots, prefill <= %d, target %d) on http://%s:%d",
-        options.model_name, settings.mode, settings.max_slots, settings.max_prefill_length,
-        settings.max_target_length, options.host, options.port,
+        "Serving %s (%s mode, slots %s, prefill <= %s, target %s; auto: sized from memory) on http://%s:%d",
+        options.model_name, settings.mode, settings.max_slots or "auto", settings.max_prefill_length or "auto",
+        settings.max_target_length or "auto", options.host, options.port,
     )
     return run_server(options, engine_factory(settings, args.inject_fault))

@@ -182,7 +182,12 @@ class FakeEngine:
             self.inserts += 1
             self.max_active = max(self.max_active, self.active)
 
-    def add_prompt(self, slot: int, prompt_ids: Sequence[int], sampling: SamplingParams) -> None:
+    def can_admit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> bool:
+        return len(prompt_ids) + max_new_tokens <= self.max_target_length
+
+    def add_prompt(
+        self, slot: int, prompt_ids: Sequence[int], sampling: SamplingParams, max_new_tokens: int | None = None
+    ) -> None:
         if not self.chunked_prefill:
             raise RuntimeError("add_prompt on an engine without chunked prefill")
         if not 0 < len(prompt_ids) <= self.max_prefill_length:

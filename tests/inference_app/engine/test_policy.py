@@ -40,9 +40,13 @@ def not_built() -> bool:
         # chunked prefill switched off, or impossible in disaggregated mode
         ({"chunked_prefill": False}, "cpu", 1, built, (NATIVE_CPU, True, False, False, False)),
         ({"mode": "disaggregated"}, "cpu", 1, built, (NATIVE_CPU, True, False, False, False)),
-        # TPU: bf16, pure JAX, separate prefill
-        ({}, "tpu", 1, built, (PURE_JAX, False, False, False, False)),
+        # TPU: bf16, pure JAX matmuls; one chip: chunked prefill over the Pallas paged kernel
+        ({}, "tpu", 1, built, (PURE_JAX, False, False, False, True)),
+        ({"kv_dtype": "int8"}, "tpu", 1, built, (PURE_JAX, False, False, False, False)),
+        # a sharded TPU mesh: separate prefill into a slot cache
         ({"weight_dtype": "int8"}, "tpu", 4, built, (PURE_JAX, False, False, False, False)),
+        # GPU: separate prefill into a slot cache
+        ({}, "gpu", 1, built, (PURE_JAX, False, False, False, False)),
     ],
 )
 def test_policy_table(
@@ -51,6 +55,8 @@ def test_policy_table(
     settings = dataclasses.replace(BASE, **changes)  # type: ignore[arg-type]
     p = derive_policy(settings, platform, devices, kernels_built)  # type: ignore[arg-type]
     assert (p.kernels, p.kernel_attention, p.ynn_dots, p.full_width_steps, p.chunked_prefill) == want
+    # chunked prefill runs over the paged cache, read by the native kernel on CPU, Pallas on TPU
+    assert p.paged_kernel == (None if not p.chunked_prefill else "cpu" if platform == "cpu" else "pallas_tpu")
     assert p.compiler_options == (CPU_COMPILER_OPTIONS if p.ynn_dots else {})
 
 
