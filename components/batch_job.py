@@ -6,21 +6,27 @@ that may read the input bucket and write the output bucket, nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_gcp as gcp
 
-from components import manifests
-from components.config import StackConfig, gcs_bucket
 from components.k8s_objects import register
+from components.manifests import Obj
 from components.service_accounts import ServiceAccount, ServiceAccountArgs
 
 
 @dataclass
 class BatchJobArgs:
-    config: StackConfig
+    project: str
+    service_account: ServiceAccountArgs  # the Job's GCP identity (Workload Identity)
+    input_bucket: str  # read
+    output_bucket: str  # written
+    service_account_object: Obj  # the Kubernetes SA (manifests.batch_service_account)
+    job_object: Obj  # the Job (manifests.batch_job)
     workload: pulumi.Resource  # the Job starts once the model server is Available
+    identity_pool_ready: Sequence[pulumi.Resource]  # the cluster: it creates `<project>.svc.id.goog`
 
 
 class BatchJob(pulumi.ComponentResource):
@@ -29,30 +35,20 @@ class BatchJob(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: BatchJobArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("tpu-pathways-inference:index:BatchJob", name, None, opts)
-        c = args.config
-        b = c.batch_job
-        assert b.input is not None and b.output is not None  # validated
         child = pulumi.ResourceOptions(parent=self)
-        sa = ServiceAccount(
-            f"{name}-gsa",
-            ServiceAccountArgs(
-                project=c.project,
-                account_id=c.batch_service_account_id,
-                display_name=f"Batch job ({c.stack})",
-            ),
-            opts=child,
-        )
+        ksa = args.service_account_object["metadata"]
+        sa = ServiceAccount(f"{name}-gsa", args.service_account, opts=child)
         grants = [
             gcp.storage.BucketIAMMember(
                 f"{name}-input-reader",
-                bucket=gcs_bucket(b.input),
+                bucket=args.input_bucket,
                 role="roles/storage.objectViewer",
                 member=sa.member,
                 opts=child,
             ),
             gcp.storage.BucketIAMMember(
                 f"{name}-output-writer",
-                bucket=gcs_bucket(b.output),
+                bucket=args.output_bucket,
                 role="roles/storage.objectUser",
                 member=sa.member,
                 opts=child,
@@ -60,25 +56,26 @@ class BatchJob(pulumi.ComponentResource):
             gcp.serviceaccount.IAMMember(
                 f"{name}-workload-identity",
                 service_account_id=pulumi.Output.concat(
-                    "projects/", c.project, "/serviceAccounts/", sa.email
+                    "projects/", args.project, "/serviceAccounts/", sa.email
                 ),
                 role="roles/iam.workloadIdentityUser",
-                member=f"serviceAccount:{c.project}.svc.id.goog[{c.serving.namespace}/{b.name}]",
-                opts=child,
+                member=f"serviceAccount:{args.project}.svc.id.goog[{ksa['namespace']}/{ksa['name']}]",
+                # The identity pool exists once a cluster with Workload Identity does; binding to it
+                # earlier fails with "Identity Pool does not exist".
+                opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.identity_pool_ready)),
             ),
         ]
-        ksa_obj = manifests.batch_service_account(c)
-        job_obj = manifests.batch_job(c)
-        assert ksa_obj is not None and job_obj is not None
-        ksa = register(
-            f"{name}-ksa", ksa_obj, pulumi.ResourceOptions(parent=self, depends_on=[args.workload])
+        ksa_resource = register(
+            f"{name}-ksa",
+            args.service_account_object,
+            pulumi.ResourceOptions(parent=self, depends_on=[args.workload]),
         )
         register(
             f"{name}-job",
-            job_obj,
-            pulumi.ResourceOptions(parent=self, depends_on=[ksa, args.workload, *grants]),
+            args.job_object,
+            pulumi.ResourceOptions(parent=self, depends_on=[ksa_resource, args.workload, *grants]),
         )
-        self.job_name = pulumi.Output.from_input(b.name)
+        self.job_name = pulumi.Output.from_input(str(args.job_object["metadata"]["name"]))
         self.service_account_email = sa.email
         self.register_outputs(
             {"job_name": self.job_name, "service_account_email": self.service_account_email}

@@ -59,6 +59,12 @@ class TpuGeneration:
     topologies: MappingProxyType[str, MappingProxyType[str, int]]
     zones: tuple[str, ...]  # zones known to offer the generation (extend as Google adds more)
     min_gke_version: str
+    # Zones where GKE offers the generation with flex-start (see FLEX_START_SOURCE).
+    flex_start_zones: tuple[str, ...]
+    # Cloud Quotas ids (compute.googleapis.com) the slice's chips count against, per capacity type:
+    # on-demand and reservations use `quota_on_demand`; spot and flex-start the preemptible one.
+    quota_on_demand: str
+    quota_preemptible: str
 
     def machine_type(self, name: str) -> MachineType | None:
         return next((m for m in self.machine_types if m.name == name), None)
@@ -112,6 +118,10 @@ TPU_GENERATIONS: Final[MappingProxyType[str, TpuGeneration]] = MappingProxyType(
                 "asia-northeast1-b",
             ),
             min_gke_version="1.31.2-gke.1115000",
+            flex_start_zones=("asia-northeast1-b", "us-east5-a", "us-east5-b"),
+            # v6e has no per-generation on-demand id: the family quota, dimension tpu_family=CT6E.
+            quota_on_demand="TPUS-PER-TPU-FAMILY-per-project-region (tpu_family=CT6E)",
+            quota_preemptible="PREEMPTIBLE-TPU-V6E-per-project-region",
         ),
         "v5e": TpuGeneration(
             name="v5e",
@@ -142,6 +152,9 @@ TPU_GENERATIONS: Final[MappingProxyType[str, TpuGeneration]] = MappingProxyType(
                 "asia-southeast1-b",
             ),
             min_gke_version="1.27.2-gke.2100",
+            flex_start_zones=("us-west4-a",),
+            quota_on_demand="TPU-LITE-PODSLICE-V5-per-project-region",
+            quota_preemptible="PREEMPTIBLE-TPU-LITE-PODSLICE-V5-per-project-region",
         ),
         "v5p": TpuGeneration(
             name="v5p",
@@ -162,6 +175,9 @@ TPU_GENERATIONS: Final[MappingProxyType[str, TpuGeneration]] = MappingProxyType(
             ),
             zones=("us-central1-a", "us-east5-a", "europe-west4-b"),
             min_gke_version="1.28.3-gke.1024000",
+            flex_start_zones=("us-east5-a",),
+            quota_on_demand="TPU-V5P-per-project-region",
+            quota_preemptible="PREEMPTIBLE-TPU-V5P-per-project-region",
         ),
     }
 )
@@ -236,9 +252,87 @@ MODELS: Final[MappingProxyType[str, ModelSpec]] = MappingProxyType(
 
 DTYPE_BYTES: Final[MappingProxyType[str, int]] = MappingProxyType({"float32": 4, "bfloat16": 2, "int8": 1})
 
-# --- Images: pinned defaults (Google's current tutorial pairing). Never `:latest`. ---
-PATHWAYS_SERVER_IMAGE: Final = "us-docker.pkg.dev/cloud-tpu-v2-images/pathways/server:jax-0.5.3"
-PATHWAYS_PROXY_IMAGE: Final = "us-docker.pkg.dev/cloud-tpu-v2-images/pathways/proxy_server:jax-0.5.3"
+# --- Flex-start (GKE "About flex-start provisioning mode", cloud.google.com/kubernetes-engine/docs/
+# concepts/provisioning-model, stored copy read 2026-11-29): TPUs need GKE >= 1.33.0-gke.1712000; the
+# zones per generation are in TPU_GENERATIONS; a flex-start VM runs at most seven days
+# (maxRunDurationSeconds, default seven days), then GKE deletes it and the pool scales up again.
+FLEX_START_MIN_GKE_VERSION: Final = "1.33.0-gke.1712000"
+FLEX_START_MAX_RUN_HOURS: Final = 7 * 24
+FLEX_START_SOURCE: Final = "GKE docs, About flex-start provisioning mode (read 2026-11-29)"
+
+# --- Prices: USD per chip-hour, (on-demand, spot), by generation and region. Source: Google's Cloud
+# Billing Catalog SKUs as published in skypilot-org/skypilot-catalog catalogs/v7/gcp/vms.csv
+# (commit 017e2502, rows tpu-v6e-1, tpu-v5litepod-1, tpu-v5p-8 / 4 chips), read 2026-11-29; check
+# cloud.google.com/tpu/pricing before budgeting. Flex-start and committed-use prices differ and are
+# not listed: estimates use the on-demand column for them (an upper bound).
+PRICE_SOURCE: Final = (
+    "Cloud Billing Catalog SKUs via skypilot-org/skypilot-catalog catalogs/v7/gcp/vms.csv "
+    "@017e2502, read 2026-11-29 (check cloud.google.com/tpu/pricing)"
+)
+TPU_PRICES_PER_CHIP_HOUR: Final[MappingProxyType[str, MappingProxyType[str, tuple[float, float]]]] = (
+    MappingProxyType(
+        {
+            "v6e": MappingProxyType(
+                {
+                    "us-central1": (2.70, 0.64833),
+                    "us-east1": (2.70, 0.64833),
+                    "us-east5": (2.70, 1.08),
+                    "us-south1": (2.70, 1.89),
+                    "europe-west4": (2.97, 0.71316),
+                    "asia-northeast1": (3.24, 1.07681),
+                }
+            ),
+            "v5e": MappingProxyType(
+                {
+                    "us-central1": (1.20, 0.21298),
+                    "us-east1": (1.20, 0.21298),
+                    "us-east5": (1.20, 0.60),
+                    "us-south1": (1.416, 0.5664),
+                    "us-west1": (1.20, 0.21298),
+                    "us-west4": (1.20, 0.4692),
+                    "europe-west4": (1.56, 0.44261),
+                    "asia-southeast1": (1.56, 0.78),
+                }
+            ),
+            "v5p": MappingProxyType(
+                {
+                    "us-central1": (4.20, 1.68),
+                    "us-east5": (4.20, 1.56009),
+                    "europe-west4": (4.2525, 1.34849),
+                }
+            ),
+        }
+    )
+)
+HOURS_PER_MONTH: Final = 730  # the usual cloud-billing month (8760 h / 12)
+# Where the quota ids above come from: GKE TPUs count against Compute Engine quota (Cloud Quotas),
+# not the Cloud TPU API's; public field reports of 2026-08 (ids as `gcloud alpha quotas info
+# describe` prints them) and the Cloud TPU consumption-options page (reservations use on-demand
+# quota, spot and flex-start the preemptible one).
+QUOTA_SOURCE: Final = "Compute Engine quota ids (Cloud Quotas), as reported 2026-08; verify with gcloud"
+
+# --- Images: pinned defaults. Never `:latest`. ---
+# Pathways publishes server/proxy images per JAX version (`server:jax-<v>`, `proxy_server:jax-<v>`),
+# and the proxy must match the JAX of the client in the model container. Google's tutorial pairs
+# jetstream-pathways:v0.2.0 with jax-0.5.3; our image pins JAX exactly (pyproject.toml, `tpu` extra)
+# to INFERENCE_APP_JAX_VERSION, for which public Pathways manifests use server/proxy_server:jax-0.10.0
+# (read 2026-11-29). tests/docker ties the pin to this constant.
+PATHWAYS_REGISTRY: Final = "us-docker.pkg.dev/cloud-tpu-v2-images/pathways"
+JETSTREAM_JAX_VERSION: Final = "0.5.3"
+INFERENCE_APP_JAX_VERSION: Final = "0.10.0"
+ENGINE_JAX_VERSIONS: Final[MappingProxyType[str, str]] = MappingProxyType(
+    {"jetstream-maxtext": JETSTREAM_JAX_VERSION, "inference-app": INFERENCE_APP_JAX_VERSION}
+)
+
+
+def pathways_server_image(jax_version: str) -> str:
+    return f"{PATHWAYS_REGISTRY}/server:jax-{jax_version}"
+
+
+def pathways_proxy_image(jax_version: str) -> str:
+    return f"{PATHWAYS_REGISTRY}/proxy_server:jax-{jax_version}"
+
+
 JETSTREAM_MAXTEXT_IMAGE: Final = "us-docker.pkg.dev/cloud-tpu-images/inference/jetstream-pathways:v0.2.0"
 JETSTREAM_HTTP_IMAGE: Final = "us-docker.pkg.dev/cloud-tpu-images/inference/jetstream-http:v0.2.3"
 
@@ -273,6 +367,18 @@ AUTOSCALING_METRICS: Final[MappingProxyType[str, str]] = MappingProxyType(
         "inference-app": "prometheus.googleapis.com|inference_queue_depth|gauge",
     }
 )
+
+# Custom Metrics Stackdriver Adapter: serves Cloud Monitoring metrics (Managed Service for
+# Prometheus samples included) to the HPA through the custom/external metrics APIs. Pinned to a
+# commit of GoogleCloudPlatform/k8s-stackdriver (2026-08-17, image v0.16.9-gke.0); its Kubernetes SA
+# reads Cloud Monitoring through Workload Identity.
+METRICS_ADAPTER_MANIFEST_URL: Final = (
+    "https://raw.githubusercontent.com/GoogleCloudPlatform/k8s-stackdriver/"
+    "af49d863755c0535f598cfde9288ae9a75251d38/custom-metrics-stackdriver-adapter/deploy/production/"
+    "adapter_new_resource_model.yaml"
+)
+METRICS_ADAPTER_NAMESPACE: Final = "custom-metrics"
+METRICS_ADAPTER_KSA: Final = "custom-metrics-stackdriver-adapter"
 
 # GKE node-pool service-account roles (least privilege: logs, metrics, image pulls).
 NODE_SA_PROJECT_ROLES: Final = (

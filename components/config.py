@@ -1,36 +1,25 @@
-"""The stack's typed configuration: frozen Pydantic models plus every cross-field rule.
+"""The stack's typed configuration: frozen Pydantic sections, the StackConfig and its derived facts.
 
-Read once (from Pulumi config in `__main__.py`, or from a stack file by `render`/`preview`) and
-validated before any resource is registered. Unknown keys are errors, and every error names the
-field and the fix. Derived facts (VMs, LWS size, slots, memory estimate) are properties, never
-fields a user could set inconsistently.
+Read once (from Pulumi config in `__main__.py`, or from a stack file by `stack_file`) and validated
+before any resource is registered: Pydantic checks each field, `config_rules` (one function per
+section) the rules across fields. Unknown keys are errors, and every error names the field and the
+fix. Derived facts (VMs, LWS size, slots, memory estimate, the Pathways images of the engine's JAX,
+the cluster's location) are properties, never fields a user could set inconsistently.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
-from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from components import catalog
+from components import catalog, config_rules
 
 PROJECT: Final = "tpu-pathways-inference"  # Pulumi project name = our config namespace
 PROJECT_PLACEHOLDER: Final = "your-gcp-project-id"
-
-_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
-_PROJECT_ID = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
-_ZONE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
-_GKE_VERSION = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?(?:-gke\.(\d+))?$")
-_LWS_VERSION = re.compile(r"^v(\d+)\.(\d+)\.(\d+)$")
-_IMAGE = re.compile(
-    r"^[a-z0-9.-]+(?::\d+)?(?:/[a-z0-9._-]+)+(?::[A-Za-z0-9_][A-Za-z0-9._-]{0,127}|@sha256:[0-9a-f]{64})$"
-)
 
 
 class ConfigError(ValueError):
@@ -43,46 +32,14 @@ class _Model(BaseModel):
 
 _M = TypeVar("_M", bound=_Model)
 
+# Values of command-line flags and env vars: `pulumi config set --path` stores `1` as an integer
+# and `true` as a boolean, so these accept numbers and booleans besides strings.
+FlagValue = bool | int | float | str
+
 
 def _defaults(cls: type[_M]) -> _M:
     """A section with every default (typed for mypy, which has no Pydantic plugin here)."""
     return cls.model_validate({})
-
-
-def gcs_path_problem(path: str) -> str | None:
-    """Why `path` is not a well-formed `gs://bucket/object-prefix`, or None if it is."""
-    if not path.startswith("gs://"):
-        return f"{path!r} must start with gs://"
-    bucket, _, rest = path[len("gs://") :].partition("/")
-    if not _BUCKET.match(bucket) or ".." in bucket:
-        return (
-            f"bucket {bucket!r} is not a valid GCS bucket name (3-63 chars: lowercase letters, digits, - _ .)"
-        )
-    if not rest or rest.startswith("/") or "//" in rest:
-        return f"{path!r} needs an object path after the bucket (gs://bucket/path, no empty segments)"
-    return None
-
-
-def gcs_bucket(path: str) -> str:
-    return path[len("gs://") :].split("/", 1)[0]
-
-
-def image_problem(image: str) -> str | None:
-    """Why an image reference is unsafe to deploy (unpinned, :latest, malformed), or None."""
-    if not _IMAGE.match(image):
-        return f"{image!r} must be registry/path:tag or registry/path@sha256:digest"
-    if image.rpartition(":")[2] == "latest":
-        return f"{image!r} uses :latest; pin a version tag or digest"
-    return None
-
-
-def _gke_version_key(version: str) -> tuple[int, ...] | None:
-    """Sortable key; missing parts of a prefix ('1.31') sort last, as GKE resolves it to the newest."""
-    m = _GKE_VERSION.match(version)
-    if not m:
-        return None
-    big = 10**12
-    return tuple(int(g) if g is not None else big for g in m.groups())
 
 
 # ------------------------------------------------------------------------------------- sections
@@ -95,24 +52,64 @@ class SystemPoolConfig(_Model):
     node_count: int = Field(1, ge=1, le=10, description="Nodes in the system pool.")
 
 
+class MaintenanceWindow(_Model):
+    """A recurring window in which GKE may upgrade (RFC 3339 times, an RFC 5545 RRULE, UTC)."""
+
+    start_time: str = Field(..., description="First window's start, e.g. 2025-01-04T02:00:00Z.")
+    end_time: str = Field(..., description="First window's end (sets the length), e.g. 2025-01-04T08:00:00Z.")
+    recurrence: str = Field(..., description="RRULE, e.g. FREQ=WEEKLY;BYDAY=SA,SU.")
+
+
+class MaintenanceExclusion(_Model):
+    """A period without upgrades, e.g. a launch or a traffic peak."""
+
+    name: str = Field(..., description="Exclusion name.")
+    start_time: str = Field(..., description="RFC 3339 start.")
+    end_time: str = Field(..., description="RFC 3339 end.")
+    scope: Literal["NO_UPGRADES", "NO_MINOR_UPGRADES", "NO_MINOR_OR_NODE_UPGRADES"] = Field(
+        "NO_MINOR_OR_NODE_UPGRADES", description="What is held back (NO_UPGRADES: at most 30 days)."
+    )
+
+
+class MaintenanceConfig(_Model):
+    window: MaintenanceWindow | None = Field(
+        None,
+        description="Recurring maintenance window (>= 48 h per 32 days in runs of >= 4 h); "
+        "unset: GKE may upgrade at any time.",
+    )
+    exclusions: list[MaintenanceExclusion] = Field(
+        default_factory=list, description="Maintenance exclusions (no upgrades in these periods)."
+    )
+
+
 class ClusterConfig(_Model):
     create: bool = Field(True, description="Create the GKE cluster; false deploys into an existing cluster.")
     name: str = Field("pathways-inference", description="GKE cluster name (DNS label, at most 40 chars).")
     zone: str = Field(
-        ..., description="Zone of the cluster and its TPU pools; must offer the TPU generation."
+        ..., description="Zone of the TPU pools (and of a zonal cluster); must offer the TPU generation."
+    )
+    regional: bool = Field(
+        False,
+        description="Regional control plane (replicated across the region's zones, no downtime when GKE "
+        "upgrades it); the node pools stay in `zone`.",
     )
     release_channel: Literal["RAPID", "REGULAR", "STABLE"] = Field(
-        "REGULAR", description="GKE release channel."
+        "REGULAR", description="GKE release channel; its default version is used unless min_master_version."
     )
     min_master_version: str | None = Field(
         None,
-        description="Minimum GKE version; defaults to the TPU generation's minimum (v6e: 1.31.2-gke.1115000).",
+        description="Optional minimum GKE version: a minor like 1.33 (recommended) or an exact version "
+        "the zone offers. Unset: the channel's default. Checked at preview against the TPU generation's "
+        "minimum (v6e 1.31.2-gke.1115000; flex-start 1.33.0-gke.1712000).",
     )
     deletion_protection: bool = Field(
         True, description="GKE deletion protection; must be true in production."
     )
     system_pool: SystemPoolConfig = Field(
         default_factory=lambda: _defaults(SystemPoolConfig), description="The CPU system pool."
+    )
+    maintenance: MaintenanceConfig = Field(
+        default_factory=lambda: _defaults(MaintenanceConfig), description="When GKE may upgrade."
     )
     kubeconfig_path: str | None = Field(
         None,
@@ -124,6 +121,45 @@ class ClusterConfig(_Model):
     node_service_account: str | None = Field(
         None,
         description="Existing cluster only: e-mail of the TPU nodes' service account to grant bucket access.",
+    )
+
+
+class AuthorizedNetwork(_Model):
+    cidr_block: str = Field(..., description="CIDR allowed to reach the control plane, e.g. 203.0.113.0/24.")
+    display_name: str = Field(..., description="What the range is (office VPN, CI runners, ...).")
+
+
+class NetworkConfig(_Model):
+    """The cluster's VPC: created per stack by default (many organisations have no `default` network)."""
+
+    create: bool = Field(
+        True, description="Create a VPC and subnetwork for the cluster; false: use `name` and `subnetwork`."
+    )
+    name: str | None = Field(
+        None, description="VPC name; default <cluster.name>-vpc when created, required when not."
+    )
+    subnetwork: str | None = Field(
+        None, description="Subnetwork name (in the TPU region); default <cluster.name>-nodes when created."
+    )
+    nodes_cidr: str = Field("10.10.0.0/20", description="Created subnetwork: primary range (node IPs).")
+    pods_cidr: str = Field("10.20.0.0/14", description="Created subnetwork: secondary range for pod IPs.")
+    services_cidr: str = Field(
+        "10.24.0.0/20", description="Created subnetwork: secondary range for Services."
+    )
+    pods_range_name: str = Field("pods", description="Name of the pods secondary range.")
+    services_range_name: str = Field("services", description="Name of the Services secondary range.")
+    private_nodes: bool | None = Field(
+        None,
+        description="Nodes without public IPs; unset: true in production, false in development.",
+    )
+    cloud_nat: bool | None = Field(
+        None,
+        description="Cloud NAT for the nodes' egress (image pulls outside Google, the LWS controller's "
+        "registry); unset: on for private nodes in a created VPC.",
+    )
+    master_authorized_networks: list[AuthorizedNetwork] = Field(
+        default_factory=list,
+        description="CIDRs allowed to reach the control plane (empty: any address, with authentication).",
     )
 
 
@@ -141,6 +177,13 @@ class TpuConfig(_Model):
     )
     allow_unlisted_zone: bool = Field(
         False, description="Accept a zone the catalog does not list for the generation."
+    )
+    max_run_duration_hours: int | None = Field(
+        None,
+        ge=1,
+        le=catalog.FLEX_START_MAX_RUN_HOURS,
+        description="Flex-start only: hours a TPU VM may run before GKE deletes it (at most 168 = 7 days, "
+        "the default); the pool then obtains a new slice.",
     )
 
 
@@ -200,14 +243,17 @@ class ServingConfig(_Model):
     maxtext_config: str = Field(
         "MaxText/configs/base.yml", description="MaxText config file (first argument)."
     )
-    maxtext_extra_args: dict[str, str] = Field(
+    maxtext_extra_args: dict[str, FlagValue] = Field(
         default_factory=dict,
-        description="Extra MaxText key=value flags, in order; may not repeat generated keys.",
+        description="Extra MaxText key=value flags, in order; may not repeat generated keys. Numbers and "
+        "booleans (as `config set --path` stores them) render as MaxText reads them (true/false).",
     )
     pathways_rm_extra_args: list[str] = Field(
         default_factory=list, description="Extra flags for the Pathways resource manager."
     )
-    model_server_env: dict[str, str] = Field(dict(), description="Extra env for the model container.")
+    model_server_env: dict[str, FlagValue] = Field(
+        default_factory=dict, description="Extra env for the model container (values rendered as strings)."
+    )
     probes: ProbeConfig = Field(
         default_factory=lambda: _defaults(ProbeConfig), description="Health-probe timing."
     )
@@ -224,8 +270,14 @@ class ServingConfig(_Model):
 
 
 class ImagesConfig(_Model):
-    pathways_server: str = Field(catalog.PATHWAYS_SERVER_IMAGE, description="Pathways server (rm + workers).")
-    pathways_proxy: str = Field(catalog.PATHWAYS_PROXY_IMAGE, description="Pathways proxy.")
+    pathways_server: str | None = Field(
+        None,
+        description="Pathways server (rm + workers); default server:jax-<v> for the engine's JAX "
+        "(JetStream 0.5.3, inference-app: catalog.INFERENCE_APP_JAX_VERSION).",
+    )
+    pathways_proxy: str | None = Field(
+        None, description="Pathways proxy; default proxy_server:jax-<v>, matching the model container's JAX."
+    )
     jetstream_maxtext: str = Field(catalog.JETSTREAM_MAXTEXT_IMAGE, description="JetStream MaxText server.")
     jetstream_http: str = Field(catalog.JETSTREAM_HTTP_IMAGE, description="JetStream HTTP front end.")
     inference_app: str | None = Field(
@@ -266,6 +318,11 @@ class AutoscalingConfig(_Model):
         "jetstream_prefill_backlog_size (JetStream) or inference_queue_depth (inference-app).",
     )
     target_average_value: str = Field("10", description="Target average value (Kubernetes quantity).")
+    install_metrics_adapter: bool = Field(
+        True,
+        description="Install the Custom Metrics Stackdriver Adapter (pinned manifest) with read access to "
+        "Cloud Monitoring; false if the cluster already serves the custom/external metrics APIs.",
+    )
 
 
 class BatchJobConfig(_Model):
@@ -278,19 +335,6 @@ class BatchJobConfig(_Model):
     backoff_limit: int = Field(3, ge=0, description="Job retries (the batch client resumes).")
 
 
-_SECTIONS: Final[dict[str, type[_Model]]] = {
-    "cluster": ClusterConfig,
-    "tpu": TpuConfig,
-    "model": ModelConfig,
-    "serving": ServingConfig,
-    "images": ImagesConfig,
-    "lws": LwsConfig,
-    "storage": StorageConfig,
-    "autoscaling": AutoscalingConfig,
-    "batch_job": BatchJobConfig,
-}
-
-
 class StackConfig(_Model):
     """Everything one stack deploys. Built by `parse_stack_config`; all rules checked at construction."""
 
@@ -300,6 +344,7 @@ class StackConfig(_Model):
         "production", description="production enforces deletion protection."
     )
     cluster: ClusterConfig
+    network: NetworkConfig = Field(default_factory=lambda: _defaults(NetworkConfig))
     tpu: TpuConfig
     model: ModelConfig
     serving: ServingConfig = Field(default_factory=lambda: _defaults(ServingConfig))
@@ -421,8 +466,60 @@ class StackConfig(_Model):
         return f"gs://{self.scratch_bucket}/tmp"
 
     @property
-    def min_master_version(self) -> str:
-        return self.cluster.min_master_version or self.generation.min_gke_version
+    def cluster_location(self) -> str:
+        """Where the control plane lives: the TPU zone, or its region with a regional control plane."""
+        return self.region if self.cluster.regional else self.cluster.zone
+
+    @property
+    def required_gke_version(self) -> str:
+        """The oldest GKE version the TPU pools accept (flex-start raises the generation's minimum)."""
+        if self.tpu.capacity == "flex-start":
+            return catalog.FLEX_START_MIN_GKE_VERSION
+        return self.generation.min_gke_version
+
+    @property
+    def private_nodes(self) -> bool:
+        if self.network.private_nodes is not None:
+            return self.network.private_nodes
+        return self.environment == "production"
+
+    @property
+    def cloud_nat(self) -> bool:
+        if self.network.cloud_nat is not None:
+            return self.network.cloud_nat
+        return self.private_nodes and self.network.create
+
+    @property
+    def network_name(self) -> str:
+        return self.network.name if self.network.name is not None else f"{self.cluster.name}-vpc"
+
+    @property
+    def subnetwork_name(self) -> str:
+        return (
+            self.network.subnetwork if self.network.subnetwork is not None else f"{self.cluster.name}-nodes"
+        )
+
+    @property
+    def pathways_jax_version(self) -> str:
+        """The JAX the leader's model container runs; the Pathways proxy must match it."""
+        return catalog.ENGINE_JAX_VERSIONS[self.serving.engine]
+
+    @property
+    def pathways_server_image(self) -> str:
+        if self.images.pathways_server is not None:
+            return self.images.pathways_server
+        return catalog.pathways_server_image(self.pathways_jax_version)
+
+    @property
+    def pathways_proxy_image(self) -> str:
+        if self.images.pathways_proxy is not None:
+            return self.images.pathways_proxy
+        return catalog.pathways_proxy_image(self.pathways_jax_version)
+
+    @property
+    def checkpoint_bucket(self) -> str:
+        """The bucket of `model.checkpoint` (the nodes get read access to it)."""
+        return config_rules.gcs_bucket(self.model.checkpoint)
 
     def service_account_id(self, role: str) -> str:
         """GCP service-account id `<stack>-<role>`, the stack cut so the id fits 30 characters."""
@@ -441,258 +538,22 @@ class StackConfig(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> StackConfig:
-        problems = list(_problems(self))
+        problems = config_rules.problems(self)
         if problems:
             raise ValueError("\n".join(problems))
         return self
 
 
-def _problems(c: StackConfig) -> list[str]:
-    """Every rule violated by `c`, each as `field: what is wrong (how to fix)`."""
-    out: list[str] = []
-    gen = c.generation
-    t = c.tpu
-
-    if not _PROJECT_ID.match(c.project):
-        out.append(
-            f"gcp:project: {c.project!r} is not a GCP project id (set it: pulumi config set gcp:project <id>)"
-        )
-    if not _DNS_LABEL.match(c.stack) or len(c.stack) > 40:
-        out.append(f"stack: {c.stack!r} must be a lowercase DNS label of at most 40 characters")
-
-    # --- cluster
-    if not _DNS_LABEL.match(c.cluster.name) or len(c.cluster.name) > 40:
-        out.append(
-            f"cluster.name: {c.cluster.name!r} must be lowercase letters, digits and '-', at most 40 chars"
-        )
-    if not _ZONE.match(c.cluster.zone):
-        out.append(f"cluster.zone: {c.cluster.zone!r} is not a zone (e.g. us-east5-b)")
-    elif c.cluster.zone not in gen.zones and not t.allow_unlisted_zone:
-        out.append(
-            f"cluster.zone: {gen.name} is not known in {c.cluster.zone}; use one of {', '.join(gen.zones)} "
-            "(or set tpu.allow_unlisted_zone: true if Google now offers it there)"
-        )
-    if c.cluster.min_master_version is not None:
-        wanted = _gke_version_key(c.cluster.min_master_version)
-        minimum = _gke_version_key(gen.min_gke_version)
-        if wanted is None:
-            out.append(
-                f"cluster.min_master_version: {c.cluster.min_master_version!r} is not a GKE version like 1.31.2-gke.1115000"
-            )
-        elif minimum is not None and wanted < minimum:
-            out.append(
-                f"cluster.min_master_version: TPU {gen.name} needs GKE >= {gen.min_gke_version}; "
-                f"{c.cluster.min_master_version} is older (raise it or leave it unset)"
-            )
-    if c.environment == "production" and not c.cluster.deletion_protection:
-        out.append(
-            "cluster.deletion_protection: must be true in production (or set environment: development)"
-        )
-    existing_only = {
-        "kubeconfig_path": c.cluster.kubeconfig_path,
-        "context": c.cluster.context,
-        "node_service_account": c.cluster.node_service_account,
-    }
-    if c.cluster.create:
-        for key, value in existing_only.items():
-            if value is not None:
-                out.append(
-                    f"cluster.{key}: only for an existing cluster (set cluster.create: false or remove it)"
-                )
-    elif not c.cluster.context:
-        out.append(
-            "cluster.context: required with cluster.create: false (the kubeconfig context to deploy into)"
-        )
-
-    # --- TPU shape
-    mt = gen.machine_type(t.machine_type)
-    if mt is None:
-        names = ", ".join(m.name for m in gen.machine_types)
-        out.append(
-            f"tpu.machine_type: {t.machine_type!r} is not a {gen.name} machine type; use one of {names}"
-        )
-    elif t.topology not in gen.topologies:
-        out.append(
-            f"tpu.topology: {t.topology!r} is not a {gen.name} topology; use one of {', '.join(gen.topologies)}"
-        )
-    elif t.machine_type not in gen.topologies[t.topology]:
-        fits = ", ".join(gen.topologies[t.topology])
-        out.append(
-            f"tpu.topology: {t.topology} is not offered on {t.machine_type}; with {t.topology} use {fits}"
-        )
-    if t.capacity == "reservation" and not t.reservation:
-        out.append("tpu.reservation: required when tpu.capacity is reservation (the reservation's name)")
-    if t.capacity != "reservation" and t.reservation:
-        out.append(f"tpu.reservation: only used with tpu.capacity: reservation (capacity is {t.capacity})")
-    shape_ok = (
-        mt is not None and t.topology in gen.topologies and t.machine_type in gen.topologies[t.topology]
-    )
-
-    # --- model
-    spec = catalog.MODELS.get(c.model.name)
-    if spec is None:
-        out.append(
-            f"model.name: {c.model.name!r} is not in the catalog; use one of {', '.join(catalog.MODELS)}"
-        )
-    elif c.serving.engine == "jetstream-maxtext" and spec.maxtext_name is None:
-        out.append(
-            f"model.name: {spec.name} is not a MaxText model; set serving.engine: inference-app to serve it"
-        )
-    if (problem := gcs_path_problem(c.model.checkpoint)) is not None:
-        out.append(f"model.checkpoint: {problem}")
-    if c.model.checkpoint_is_quantized and c.model.quantization != "int8":
-        out.append("model.checkpoint_is_quantized: needs model.quantization: int8")
-
-    # --- serving
-    s = c.serving
-    for field in ("namespace", "name", "service_name"):
-        value = getattr(s, field)
-        if not _DNS_LABEL.match(value):
-            out.append(f"serving.{field}: {value!r} must be a lowercase DNS label (a-z, 0-9, '-')")
-    if s.max_prefill_predict_length >= s.max_target_length:
-        out.append(
-            f"serving.max_prefill_predict_length: {s.max_prefill_predict_length} must be < serving.max_target_length "
-            f"({s.max_target_length}); the target length includes the prompt"
-        )
-    par = [s.parallelism.fsdp, s.parallelism.autoregressive, s.parallelism.tensor]
-    if any(v == 0 or v < -1 for v in par):
-        out.append("serving.parallelism: each of fsdp, autoregressive, tensor must be >= 1 or -1 (fill)")
-    elif par.count(-1) > 1:
-        out.append("serving.parallelism: at most one of fsdp, autoregressive, tensor may be -1")
-    elif shape_ok:
-        chips = c.chips_per_slice
-        fixed = 1
-        for v in par:
-            fixed *= v if v != -1 else 1
-        engine = "each engine's slice" if s.mode == "disaggregated" else "the slice"
-        if -1 in par and chips % fixed:
-            out.append(
-                f"serving.parallelism: {fixed} does not divide the {chips} chips of {engine}; -1 cannot fill it"
-            )
-        elif -1 not in par and fixed != chips:
-            out.append(
-                f"serving.parallelism: fsdp x autoregressive x tensor = {fixed}, but {engine} has {chips} chips "
-                f"({t.topology}); make the product {chips} or set one of them to -1"
-            )
-    overlap = set(s.maxtext_extra_args) & set(_GENERATED_MAXTEXT_KEYS)
-    if overlap:
-        out.append(
-            f"serving.maxtext_extra_args: {', '.join(sorted(overlap))} are generated from the typed config; "
-            "set the typed field instead"
-        )
-    if s.engine == "inference-app" and s.maxtext_extra_args:
-        out.append("serving.maxtext_extra_args: only used by engine jetstream-maxtext; remove it")
-    if s.engine != "inference-app" and "drain_timeout_seconds" in s.model_fields_set:
-        out.append(
-            "serving.drain_timeout_seconds: only used by engine inference-app (JetStream has no drain flag); remove it"
-        )
-    if s.ready_timeout_seconds <= s.probes.startup_initial_delay_seconds:
-        out.append(
-            f"serving.ready_timeout_seconds: {s.ready_timeout_seconds} must exceed "
-            f"serving.probes.startup_initial_delay_seconds ({s.probes.startup_initial_delay_seconds})"
-        )
-
-    # --- memory fit (weights + KV cache for every slot, per engine slice)
-    if shape_ok and spec is not None:
-        needed, usable = c.memory_estimate_bytes
-        if needed > usable:
-            gib = catalog.GIB
-            out.append(
-                f"serving.per_device_batch_size: {spec.name} needs ~{needed / gib:.0f} GiB per engine "
-                f"(weights {spec.params * c.weight_dtype_bytes / gib:.0f} GiB + KV cache for {c.slots_per_engine} "
-                f"slots x {s.max_target_length} tokens) but a {gen.name} {t.topology} slice has ~{usable / gib:.0f} GiB "
-                "usable HBM; use a larger topology, int8 (model.quantization / quantize_kvcache), fewer slots "
-                "or a shorter max_target_length"
-            )
-
-    # --- images
-    for field in ImagesConfig.model_fields:
-        image = getattr(c.images, field)
-        if image is not None and (problem := image_problem(image)) is not None:
-            out.append(f"images.{field}: {problem}")
-    if c.images.inference_app is None:
-        if s.engine == "inference-app":
-            out.append(
-                "images.inference_app: required with serving.engine: inference-app (a pinned image tag)"
-            )
-        if c.batch_job.enabled:
-            out.append(
-                "images.inference_app: required with batch_job.enabled (the Job runs inference_app batch)"
-            )
-
-    # --- LWS
-    m = _LWS_VERSION.match(c.lws.version)
-    if not m:
-        out.append(f"lws.version: {c.lws.version!r} must look like v0.10.0")
-    elif (int(m[1]), int(m[2])) < (0, 4):
-        out.append(f"lws.version: {c.lws.version} predates subgroups and the v1 API we use; use >= v0.4.0")
-
-    # --- storage
-    if not _BUCKET.match(c.scratch_bucket) or ".." in c.scratch_bucket:
-        out.append(
-            f"storage.scratch_bucket: {c.scratch_bucket!r} is not a valid bucket name (3-63 chars); set a shorter one"
-        )
-
-    # --- autoscaling
-    a = c.autoscaling
-    if a.enabled:
-        if a.min_replicas > a.max_replicas:
-            out.append(
-                f"autoscaling.min_replicas: {a.min_replicas} exceeds autoscaling.max_replicas ({a.max_replicas})"
-            )
-        if "replicas" in s.model_fields_set:
-            out.append(
-                "serving.replicas: remove it when autoscaling is enabled (autoscaling.min/max_replicas decide)"
-            )
-        if not c.cluster.create:
-            out.append("autoscaling.enabled: needs cluster.create: true (it provisions the extra TPU pools)")
-        if s.engine == "jetstream-maxtext" and "prometheus_port" in s.maxtext_extra_args:
-            out.append(
-                "serving.maxtext_extra_args: prometheus_port is generated when autoscaling.enabled "
-                f"(JetStream's exporter on port {catalog.JETSTREAM_METRICS_PORT}); remove it"
-            )
-    if t.capacity == "flex-start" and not c.cluster.create:
-        out.append("tpu.capacity: flex-start needs cluster.create: true (the stack creates the pools)")
-
-    # --- batch job
-    b = c.batch_job
-    if b.enabled:
-        for field in ("input", "output"):
-            value = getattr(b, field)
-            if value is None:
-                out.append(f"batch_job.{field}: required when batch_job.enabled (a gs://bucket/path.jsonl)")
-            elif (problem := gcs_path_problem(value)) is not None:
-                out.append(f"batch_job.{field}: {problem}")
-        if b.input is not None and b.input == b.output:
-            out.append("batch_job.output: must differ from batch_job.input")
-        if not _DNS_LABEL.match(b.name):
-            out.append(f"batch_job.name: {b.name!r} must be a lowercase DNS label")
-        if b.max_tokens >= s.max_target_length:
-            out.append(
-                f"batch_job.max_tokens: {b.max_tokens} must be < serving.max_target_length ({s.max_target_length})"
-            )
+def _sections() -> dict[str, type[BaseModel]]:
+    """The config sections (`tpu-pathways-inference:<name>` keys), read off StackConfig's fields."""
+    out: dict[str, type[BaseModel]] = {}
+    for name, info in StackConfig.model_fields.items():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            out[name] = info.annotation
     return out
 
 
-# MaxText flags the manifests generate from typed fields (extra args may not repeat them).
-_GENERATED_MAXTEXT_KEYS: Final = (
-    "model_name",
-    "tokenizer_path",
-    "load_parameters_path",
-    "max_prefill_predict_length",
-    "max_target_length",
-    "ici_fsdp_parallelism",
-    "ici_autoregressive_parallelism",
-    "ici_tensor_parallelism",
-    "scan_layers",
-    "weight_dtype",
-    "per_device_batch_size",
-    "quantization",
-    "quantize_kvcache",
-    "checkpoint_is_quantized",
-    "enable_model_warmup",
-    "inference_server",
-)
+SECTIONS: Final = MappingProxyType(_sections())
 
 
 # ------------------------------------------------------------------------------------- loading
@@ -729,10 +590,10 @@ def parse_stack_config(values: Mapping[str, Any], *, stack: str) -> StackConfig:
         elif namespace == PROJECT:
             if name == "environment":
                 raw[name] = value
-            elif name in _SECTIONS:
+            elif name in SECTIONS:
                 raw[name] = json.loads(value) if isinstance(value, str) else value
             else:
-                known = ", ".join(["environment", *_SECTIONS])
+                known = ", ".join(["environment", *SECTIONS])
                 problems.append(f"{key}: unknown key (known: {known})")
     if "project" not in raw:
         problems.append("gcp:project: required (pulumi config set gcp:project <your project id>)")
@@ -742,25 +603,3 @@ def parse_stack_config(values: Mapping[str, Any], *, stack: str) -> StackConfig:
         return StackConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err)) from None
-
-
-def stack_name_from_path(path: Path) -> str:
-    m = re.fullmatch(r"Pulumi\.(.+)\.yaml", path.name)
-    if not m:
-        raise ConfigError(f"{path}: stack files are named Pulumi.<stack>.yaml")
-    return m.group(1)
-
-
-def read_stack_file(path: Path) -> dict[str, Any]:
-    """The `config:` mapping of a stack file (no validation)."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such stack file")
-    doc = yaml.safe_load(path.read_text()) or {}
-    config = doc.get("config", {})
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: `config:` must be a mapping")
-    return config
-
-
-def load_stack_file(path: Path) -> StackConfig:
-    return parse_stack_config(read_stack_file(path), stack=stack_name_from_path(path))

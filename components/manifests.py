@@ -7,10 +7,11 @@ listed (and tested) in tests/components/test_conformance.py.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from components import catalog
-from components.config import PROJECT, StackConfig
+from components.config import PROJECT, FlagValue, StackConfig
 
 Obj = dict[str, Any]
 
@@ -26,6 +27,11 @@ DRAIN_GRACE_MARGIN_SECONDS = 30
 
 def _bool(value: bool) -> str:
     return "true" if value else "false"
+
+
+def flag_value(value: FlagValue) -> str:
+    """A flag or env value as text: booleans as MaxText's `true`/`false`, numbers as written."""
+    return _bool(value) if isinstance(value, bool) else str(value)
 
 
 def labels(c: StackConfig, component: str) -> dict[str, str]:
@@ -95,7 +101,7 @@ def maxtext_args(c: StackConfig) -> list[str]:
         # Deliberate difference from the reference, only with autoscaling: JetStream exports its
         # metrics (the HPA's jetstream_prefill_backlog_size) only when given a Prometheus port.
         args.append(f"prometheus_port={catalog.JETSTREAM_METRICS_PORT}")
-    args += [f"{k}={v}" for k, v in s.maxtext_extra_args.items()]
+    args += [f"{k}={flag_value(v)}" for k, v in s.maxtext_extra_args.items()]
     return args
 
 
@@ -139,8 +145,8 @@ def _probes(c: StackConfig) -> Obj:
     }
 
 
-def _env(values: dict[str, str]) -> list[Obj]:
-    return [{"name": k, "value": v} for k, v in values.items()]
+def _env(values: Mapping[str, FlagValue]) -> list[Obj]:
+    return [{"name": k, "value": flag_value(v)} for k, v in values.items()]
 
 
 def _model_containers(c: StackConfig) -> list[Obj]:
@@ -184,7 +190,7 @@ def _leader_containers(c: StackConfig) -> list[Obj]:
     scratch = f"--gcs_scratch_location={c.scratch_location}"
     proxy: Obj = {
         "name": "pathways-proxy",
-        "image": c.images.pathways_proxy,
+        "image": c.pathways_proxy_image,
         "args": [rm_address, f"--server_port={catalog.PROXY_PORT}", scratch],
         "imagePullPolicy": "Always",
         "ports": [{"containerPort": catalog.PROXY_PORT}],
@@ -192,7 +198,7 @@ def _leader_containers(c: StackConfig) -> list[Obj]:
     rm: Obj = {
         "name": "pathways-rm",
         "env": _env({"HOST_ADDRESS": "$(LWS_LEADER_ADDRESS)", "TPU_SKIP_MDS_QUERY": "true"}),
-        "image": c.images.pathways_server,
+        "image": c.pathways_server_image,
         "args": [
             f"--server_port={catalog.RESOURCE_MANAGER_PORT}",
             scratch,
@@ -240,7 +246,7 @@ def leader_worker_set(c: StackConfig) -> Obj:
             f"--resource_manager_address=$(LWS_LEADER_ADDRESS):{catalog.RESOURCE_MANAGER_PORT}",
             f"--gcs_scratch_location={c.scratch_location}",
         ],
-        "image": c.images.pathways_server,
+        "image": c.pathways_server_image,
         "imagePullPolicy": "Always",
         "ports": [{"containerPort": catalog.WORKER_PORT}],
         "resources": {"limits": {catalog.TPU_RESOURCE: str(c.chips_per_vm)}},

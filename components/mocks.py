@@ -1,13 +1,16 @@
 """Recording Pulumi mocks: run the real program offline and capture the whole resource graph.
 
 Used by `preview` and the tests. Mocks are keyed on type tokens: every resource type the program
-may register has an entry computing the outputs the cloud would return; an unknown type or any
-invoke fails loudly, so a new dependency on live cloud data cannot slip into the program unnoticed.
+may register has an entry computing the outputs the cloud would return, and every invoke (the
+pre-flight checks' reads of live cloud state) has an entry answering like a healthy project. An
+unknown type or invoke fails loudly, so a new dependency on live cloud data cannot slip into the
+program unnoticed; tests replace single invoke answers to simulate a project that is not ready.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,11 +49,25 @@ def _none(inputs: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _self_link(kind: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def outputs(inputs: dict[str, Any]) -> dict[str, Any]:
+        region = f"regions/{inputs['region']}/" if "region" in inputs else "global/"
+        return {
+            "selfLink": f"https://www.googleapis.com/compute/v1/projects/{inputs['project']}/{region}{kind}/{inputs['name']}"
+        }
+
+    return outputs
+
+
 # type token -> extra outputs beyond the echoed inputs
 MOCKED_TYPES: Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "gcp:serviceaccount/account:Account": _account,
     "gcp:container/cluster:Cluster": _cluster,
     "gcp:container/nodePool:NodePool": _none,
+    "gcp:compute/network:Network": _self_link("networks"),
+    "gcp:compute/subnetwork:Subnetwork": _self_link("subnetworks"),
+    "gcp:compute/router:Router": _self_link("routers"),
+    "gcp:compute/routerNat:RouterNat": _none,
     "gcp:storage/bucket:Bucket": _bucket,
     "gcp:storage/bucketIAMMember:BucketIAMMember": _none,
     "gcp:projects/iAMMember:IAMMember": _none,
@@ -66,6 +83,65 @@ MOCKED_TYPES: Mapping[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "kubernetes:monitoring.googleapis.com/v1:PodMonitoring": _none,
 }
 COMPONENT_PREFIX = f"{PROJECT}:index:"
+
+# Answers of a healthy project, in the wire form (camelCase) the provider returns. The versions are
+# shaped like GKE's (each channel's default; valid versions newest first) and are above every TPU
+# generation's and flex-start's minimum.
+MOCK_GKE_VERSIONS: Mapping[str, Any] = {
+    "defaultClusterVersion": "1.34.1-gke.1829001",
+    "latestMasterVersion": "1.35.0-gke.1403000",
+    "releaseChannelDefaultVersion": {
+        "RAPID": "1.35.0-gke.1403000",
+        "REGULAR": "1.34.1-gke.1829001",
+        "STABLE": "1.33.5-gke.1308000",
+    },
+    "releaseChannelLatestVersion": {
+        "RAPID": "1.35.0-gke.1403000",
+        "REGULAR": "1.34.1-gke.1829001",
+        "STABLE": "1.33.5-gke.1308000",
+    },
+    "validMasterVersions": [
+        "1.35.0-gke.1403000",
+        "1.34.1-gke.1829001",
+        "1.33.5-gke.1308000",
+        "1.32.9-gke.1108000",
+    ],
+}
+MOCK_PROJECT_NUMBER = "123456789012"
+
+InvokeAnswer = dict[str, Any] | tuple[dict[str, Any], list[tuple[str, str]]]
+
+
+def _engine_versions(args: dict[str, Any]) -> InvokeAnswer:
+    return {**MOCK_GKE_VERSIONS, "location": args.get("location"), "project": args.get("project")}
+
+
+def _machine_types(args: dict[str, Any]) -> InvokeAnswer:
+    # The filter is `name = <machine type>`: the zone offers exactly what was asked for.
+    name = str(args.get("filter", "")).rpartition("=")[2].strip()
+    return {"zone": args.get("zone"), "machineTypes": [{"name": name, "guestCpus": 180}]}
+
+
+def _bucket_objects(args: dict[str, Any]) -> InvokeAnswer:
+    prefix = str(args.get("prefix", ""))
+    return {"bucket": args.get("bucket"), "bucketObjects": [{"name": f"{prefix}/checkpoint"}]}
+
+
+def _bucket_iam_policy(args: dict[str, Any]) -> InvokeAnswer:
+    return {"bucket": args.get("bucket"), "etag": "BwYmock=", "policyData": '{"bindings": []}'}
+
+
+def _project(args: dict[str, Any]) -> InvokeAnswer:
+    return {"projectId": args.get("projectId"), "number": MOCK_PROJECT_NUMBER}
+
+
+MOCKED_INVOKES: Mapping[str, Callable[[dict[str, Any]], InvokeAnswer]] = {
+    "gcp:container/getEngineVersions:getEngineVersions": _engine_versions,
+    "gcp:compute/getMachineTypes:getMachineTypes": _machine_types,
+    "gcp:storage/getBucketObjects:getBucketObjects": _bucket_objects,
+    "gcp:storage/getBucketIamPolicy:getBucketIamPolicy": _bucket_iam_policy,
+    "gcp:organizations/getProject:getProject": _project,
+}
 
 
 class UnmockedCallError(RuntimeError):
@@ -86,9 +162,17 @@ class ResourceRecord:
 
 
 @dataclass
+class InvokeRecord:
+    token: str
+    args: dict[str, Any]
+
+
+@dataclass
 class Recording:
     resources: list[ResourceRecord] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
+    invokes: list[InvokeRecord] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def by_type(self, type_: str) -> list[ResourceRecord]:
         return [r for r in self.resources if r.type == type_]
@@ -104,6 +188,14 @@ class Recording:
 
 
 class RecordingMocks(pulumi.runtime.Mocks):
+    def __init__(
+        self,
+        recording: Recording,
+        invokes: Mapping[str, Callable[[dict[str, Any]], InvokeAnswer]] | None = None,
+    ) -> None:
+        self.recording = recording
+        self.invokes = {**MOCKED_INVOKES, **(invokes or {})}
+
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         if args.typ.startswith(COMPONENT_PREFIX):
             return None, {}
@@ -115,7 +207,14 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return f"{args.name}-id", {**args.inputs, **compute(args.inputs)}
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
-        raise UnmockedCallError(f"unmocked invoke {args.token!r}: the program must not read live cloud state")
+        answer = self.invokes.get(args.token)
+        if answer is None:
+            raise UnmockedCallError(
+                f"unmocked invoke {args.token!r}: add it to MOCKED_INVOKES (with a healthy project's answer)"
+            )
+        self.recording.invokes.append(InvokeRecord(args.token, dict(args.args)))
+        result = answer(dict(args.args))
+        return result if isinstance(result, tuple) else (result, [])
 
 
 class _RecordingMonitor(pulumi_mocks.MockMonitor):
@@ -142,6 +241,17 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         return response
 
 
+class _WarningsHandler(logging.Handler):
+    """Collects the program's `pulumi.log.warn` messages (placeholders under preview, ...)."""
+
+    def __init__(self, recording: Recording) -> None:
+        super().__init__(level=logging.WARNING)
+        self.recording = recording
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.recording.warnings.append(record.getMessage())
+
+
 def _resolve(value: Any) -> Any:
     if isinstance(value, pulumi.Output):
         if _sync_await(value.is_secret()):
@@ -157,18 +267,27 @@ def run_program(
     *,
     preview: bool = True,
     recording: Recording | None = None,
+    invokes: Mapping[str, Callable[[dict[str, Any]], InvokeAnswer]] | None = None,
 ) -> Recording:
     """Run `program` (e.g. the real `__main__.py`) with `config` as the stack's config.
 
     Object values are passed as JSON strings, as the Pulumi engine does. Exceptions raised by the
     program (invalid config, unmocked calls) propagate; pass `recording` to inspect what was
-    registered before a failure.
+    registered before a failure. `invokes` replaces single invoke answers (a project not ready).
     """
     recording = Recording() if recording is None else recording
-    mocks = RecordingMocks()
+    mocks = RecordingMocks(recording, invokes)
     ROOT.set(None)  # a fresh root stack per run (several runs share one test process)
+    logger = logging.getLogger(f"{__name__}.{id(recording)}")
+    logger.propagate = False
+    logger.handlers = [_WarningsHandler(recording)]
     pulumi.runtime.set_mocks(
-        mocks, project=PROJECT, stack=stack, preview=preview, monitor=_RecordingMonitor(mocks, recording)
+        mocks,
+        project=PROJECT,
+        stack=stack,
+        preview=preview,
+        logger=logger,
+        monitor=_RecordingMonitor(mocks, recording),
     )
     pulumi.runtime.set_all_config(
         {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}, secret_keys=[]

@@ -1,8 +1,9 @@
 """`python -m components.preview --stack <name>`: an offline plan of a stack.
 
 Runs the real `__main__.py` under recording mocks (components.mocks) with the stack file's config
-and prints the resource tree (type, name, provider, dependencies), the stack outputs and the
-rendered Kubernetes manifests. It is NOT a cloud diff: nothing is read from GCP or a cluster; use
+and prints the resource tree (type, name, provider, dependencies), the warnings (placeholders),
+the stack outputs and the rendered Kubernetes manifests. Pre-flight reads are answered by the
+mocks' healthy-project invokes. It is NOT a cloud diff: nothing is read from GCP or a cluster; use
 `pulumi preview` for that.
 """
 
@@ -10,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import runpy
-import sys
 from pathlib import Path
 
 import yaml
 
-from components.config import ConfigError, load_stack_file, read_stack_file
 from components.mocks import Recording, ResourceRecord, run_program
 from components.render import render
+from components.stack_file import load_for_command, read_stack_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,15 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack", required=True, help="stack name: stacks/Pulumi.<stack>.yaml")
     args = parser.parse_args(argv)
     path = REPO_ROOT / "stacks" / f"Pulumi.{args.stack}.yaml"
-    try:
-        config = load_stack_file(path)
-    except ConfigError as err:
-        print(f"error: invalid stack configuration in {path}:\n{err}", file=sys.stderr)
+    config = load_for_command(path)
+    if config is None:
         return 2
     rec = run_stack(args.stack)
     print(f"# Offline plan of stack {args.stack!r} (recording mocks; not a cloud diff)")
     print(f"# {len(rec.resources)} resources  (* component, + resource)\n")
     print(tree(rec))
+    if rec.warnings:
+        print("\n# Warnings (what `pulumi preview` would print)")
+        print("\n".join(f"warning: {w}" for w in rec.warnings))
     print("\n# Stack outputs")
     print(yaml.safe_dump(rec.outputs, sort_keys=True, width=1000), end="")
     print("\n# Kubernetes manifests")

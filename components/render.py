@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 
 from components import catalog, manifests
-from components.config import ConfigError, StackConfig, load_stack_file
+from components.config import StackConfig
+from components.stack_file import load_for_command
 
 
 def to_yaml(objects: list[dict[str, Any]]) -> str:
@@ -26,7 +27,8 @@ def render(c: StackConfig) -> str:
         f"({c.serving.mode}, engine {c.serving.engine}).\n"
     )
     if c.lws.install:
-        header += f"# Applied first (server-side): the LWS controller from {catalog.lws_manifest_url(c.lws.version)}\n"
+        url = catalog.lws_manifest_url(c.lws.version)
+        header += f"# Applied first (server-side): the LWS controller from {url}\n"
     return header + to_yaml(manifests.workload_objects(c))
 
 
@@ -34,10 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m components.render", description=__doc__)
     parser.add_argument("stack_file", type=Path, help="stacks/Pulumi.<stack>.yaml")
     args = parser.parse_args(argv)
-    try:
-        c = load_stack_file(args.stack_file)
-    except ConfigError as err:
-        print(f"error: invalid stack configuration in {args.stack_file}:\n{err}", file=sys.stderr)
+    c = load_for_command(args.stack_file)
+    if c is None:
         return 2
     sys.stdout.write(render(c))
     return 0

@@ -21,6 +21,7 @@ class ServiceAccount(pulumi.ComponentResource):
 
     email: pulumi.Output[str]
     member: pulumi.Output[str]
+    bindings: list[pulumi.Resource]  # its project roles: nodes must not boot before they propagate
 
     def __init__(
         self, name: str, args: ServiceAccountArgs, opts: pulumi.ResourceOptions | None = None
@@ -34,7 +35,7 @@ class ServiceAccount(pulumi.ComponentResource):
             display_name=args.display_name,
             opts=child,
         )
-        for role in args.project_roles:
+        self.bindings = [
             gcp.projects.IAMMember(
                 f"{name}-{role.rsplit('/', 1)[-1]}",
                 project=args.project,
@@ -42,6 +43,8 @@ class ServiceAccount(pulumi.ComponentResource):
                 member=account.member,
                 opts=child,
             )
+            for role in args.project_roles
+        ]
         self.email = account.email
         self.member = account.member
         self.register_outputs({"email": self.email, "member": self.member})

@@ -6,17 +6,22 @@ write; each stack gets its own private bucket instead.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_gcp as gcp
 
-from components.config import StackConfig, gcs_bucket
-
 
 @dataclass
 class ScratchStorageArgs:
-    config: StackConfig
+    project: str
+    bucket_name: str
+    location: str  # the TPUs' region, upper case as GCS spells it
+    force_destroy: bool
+    retention_days: int
+    labels: Mapping[str, str]
+    checkpoint_bucket: str  # the nodes get read access to it
     node_member: pulumi.Input[str] | None  # "serviceAccount:<email>" of the TPU nodes; None: grant nothing
 
 
@@ -28,20 +33,17 @@ class ScratchStorage(pulumi.ComponentResource):
         self, name: str, args: ScratchStorageArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("tpu-pathways-inference:index:ScratchStorage", name, None, opts)
-        c = args.config
         child = pulumi.ResourceOptions(parent=self)
         bucket = gcp.storage.Bucket(
             f"{name}-scratch",
-            name=c.scratch_bucket,
-            project=c.project,
-            location=c.region.upper(),
+            name=args.bucket_name,
+            project=args.project,
+            location=args.location,
             uniform_bucket_level_access=True,
             public_access_prevention="enforced",
-            force_destroy=c.storage.force_destroy,
-            lifecycle_rules=[
-                {"action": {"type": "Delete"}, "condition": {"age": c.storage.scratch_retention_days}}
-            ],
-            labels={"managed-by": "pulumi", "stack": c.stack},
+            force_destroy=args.force_destroy,
+            lifecycle_rules=[{"action": {"type": "Delete"}, "condition": {"age": args.retention_days}}],
+            labels=dict(args.labels),
             opts=child,
         )
         if args.node_member is not None:
@@ -54,7 +56,7 @@ class ScratchStorage(pulumi.ComponentResource):
             )
             gcp.storage.BucketIAMMember(
                 f"{name}-checkpoint-reader",
-                bucket=gcs_bucket(c.model.checkpoint),
+                bucket=args.checkpoint_bucket,
                 role="roles/storage.objectViewer",
                 member=args.node_member,
                 opts=child,

@@ -2,8 +2,8 @@
 
 The CLI runs this file as the pack's entry point. Run as a script (not `python -m policy`), the
 repository root that holds the `policy` package is on sys.path only if the project is installed,
-so it is added here: the pack then also works from a plain checkout. `PolicyPack(...)` serves the policies over gRPC and
-blocks, which is why tests import `policy.policies` and never this module.
+so it is added here: the pack then also works from a plain checkout. `PolicyPack(...)` serves the
+policies over gRPC and blocks, which is why tests import `policy.policies` and never this module.
 """
 
 import sys

@@ -71,7 +71,10 @@ def image_reference_problem(image: Any) -> str | None:
 
 
 def iter_containers(resource_type: str, props: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """Yield (location, container) for every container of a workload, e.g. ('workerTemplate.containers[0]', {...})."""
+    """Yield (location, container) for every container of a workload.
+
+    e.g. ('workerTemplate.containers[0]', {...}).
+    """
     for path in POD_SPEC_PATHS.get(resource_type, ()):
         pod_spec = _get_path(props, path)
         if not isinstance(pod_spec, Mapping):
@@ -175,7 +178,8 @@ def missing_tpu_taint(pool: Mapping[str, Any], where: str = "nodeConfig") -> lis
             return []
     wanted = ", ".join(f"{k}={v}" for k, v in TPU_TAINT.items())
     return [
-        f"TPU node pool ({where}.machineType={_get_path(pool, ('nodeConfig', 'machineType'))}) lacks the TPU taint; "
+        f"TPU node pool ({where}.machineType={_get_path(pool, ('nodeConfig', 'machineType'))}) "
+        "lacks the TPU taint; "
         f"add {where}.taints entry {{{wanted}}}."
     ]
 

@@ -127,7 +127,9 @@ POLICIES: list[ResourceValidationPolicy] = [
     ),
     ResourceValidationPolicy(
         name="no-default-compute-service-account",
-        description="Node pools run as a dedicated service account, never the default compute service account.",
+        description=(
+            "Node pools run as a dedicated service account, never the default compute service account."
+        ),
         enforcement_level=EnforcementLevel.MANDATORY,
         validate=_validator((NODE_POOL, CLUSTER), _pool_check(checks.default_service_account)),
     ),

@@ -2,7 +2,8 @@
 
 Per configuration: a 20-token prompt in every slot, 128 new tokens greedy, each step's tokens
 copied to host while the next step runs, as the orchestrator does (until commit bf8fe9a the copy
-waited for each step before dispatching the next: ~8% slower at batch 1). Startup-to-first-token is measured in a fresh process
+waited for each step before dispatching the next: ~8% slower at batch 1). Startup-to-first-token is
+measured in a fresh process
 (model load + compilation + prefill), once with an empty and once with a warm persistent
 compilation cache. Results go to bench/model/results.json and results.md; the 1-minute load
 average is recorded because the machine is shared.
@@ -104,7 +105,11 @@ import time, sys
 t0 = float(sys.argv[1])
 from inference_app.engine import EngineSettings, SamplingParams
 from inference_app.engine.engine import load_engine
-e = load_engine(EngineSettings(max_slots=1, max_prefill_length=32, max_target_length=149, compilation_cache_dir=sys.argv[2]))
+e = load_engine(
+    EngineSettings(
+        max_slots=1, max_prefill_length=32, max_target_length=149, compilation_cache_dir=sys.argv[2]
+    )
+)
 p = e.prefill(e.tokenizer.encode("Hello there, how are you today?"), SamplingParams())
 t1 = time.time()
 e.insert(p, 0)
@@ -161,12 +166,14 @@ def main() -> int:
         "",
         f"{results['machine']}; {results['setup']}.",
         "",
-        "| config | weights | KV | slots | tok/s (median) | tok/s (best) | all runs | ms/step (best) | load avg before/after |",
+        "| config | weights | KV | slots | tok/s (median) | tok/s (best) | all runs | ms/step (best) "
+        "| load avg before/after |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["decode"]:
         md.append(
-            f"| {r['config']} | {r['weights']} | {r['kv']} | {r['slots']} | {r['tok_s_median']} | {r['tok_s_best']} | "
+            f"| {r['config']} | {r['weights']} | {r['kv']} | {r['slots']} | {r['tok_s_median']} "
+            f"| {r['tok_s_best']} | "
             f"{r['tok_s_all']} | {r['step_ms_best']} | {r['load_before']} / {r['load_after']} |"
         )
     if "startup_to_first_token" in results:

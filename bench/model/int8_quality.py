@@ -119,7 +119,8 @@ def main() -> int:
         f"SmolLM2-135M; perplexity on a fixed {len(text_ids)}-token text; greedy agreement over "
         f"{len(PROMPTS)} prompts x {NEW_TOKENS} new tokens.",
         "",
-        "| variant | perplexity | delta vs fp32 | position agreement | mean identical prefix | identical sequences |",
+        "| variant | perplexity | delta vs fp32 | position agreement | mean identical prefix "
+        "| identical sequences |",
         "|---|---|---|---|---|---|",
         f"| fp32 | {rows['fp32']['perplexity']} | 0 | 1.0 | {NEW_TOKENS} | {len(PROMPTS)} |",
     ]

@@ -38,8 +38,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from inference_app.bench import BenchSettings, run_benchmark  # noqa: E402
-from inference_app.bench_client import FixedOutput  # noqa: E402
+from inference_app.loadtest.client import FixedOutput  # noqa: E402
+from inference_app.loadtest.runner import LoadTestSettings, run_load_test  # noqa: E402
 
 RESULTS = ROOT / "bench" / "serving" / "results"
 LLAMACPP = ROOT / "bench" / "serving" / "llamacpp.sh"
@@ -102,8 +102,8 @@ def uptime() -> str:
 
 
 def bench(server: Server, fixed: FixedOutput, **kw: Any) -> dict[str, Any]:
-    settings = BenchSettings(endpoint=server.url, api="openai", fixed_output=fixed, label=server.name, **kw)
-    report = asyncio.run(run_benchmark(settings))
+    settings = LoadTestSettings(endpoint=server.url, api="openai", fixed_output=fixed, label=server.name, **kw)
+    report = asyncio.run(run_load_test(settings))
     report["uptime"] = uptime()
     s = report["summary"]
     print(f"  {server.name:14s} {kw.get('concurrency')!s:>3} conc: {s['output_tok_s']:8.1f} out tok/s  "

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from inference_app.engine.api import Engine, EngineSettings, Prefix, SamplingParams, StepOutput, Tokenizer
+from inference_app.engine.api import Engine, Prefix, SamplingParams, StepOutput, Tokenizer
+from inference_app.engine.settings import EngineSettings
 
 if TYPE_CHECKING:
     from inference_app.engine.engine import JaxEngine, load_engine

@@ -8,6 +8,13 @@ The orchestrator drives one request through four stages, calling only what is de
     generate() -> StepOutput                     # one decode step for every slot at once
     release(slot)                                # the slot is free for the next request
 
+An engine may offer more, declared as capability protocols that the orchestrator checks once at
+start-up (`batched_prefill`, `chunked_prefill`) to pick its code path:
+
+    BatchedPrefill: prefill_many(prompts, samplings)   # prompts of one length bucket at once
+    ChunkedPrefill: add_prompt(slot, ids, sampling)    # replaces prefill/transfer/insert: the
+                                                       # prompt runs in chunks inside `generate`
+
 Everything returned lives on device until the caller asks for it on host (`np.asarray`), so the
 orchestrator can overlap host copies with the next step.
 """
@@ -16,9 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-Mode = Literal["interleaved", "disaggregated"]
+from inference_app.engine.settings import EngineSettings, Mode
 
 
 @dataclass(frozen=True)
@@ -74,57 +81,18 @@ class Tokenizer(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class EngineSettings:
-    """How to build an engine. Exactly one of `model` (catalog name) or `model_path` is set."""
-
-    model: str | None = "smollm2-135m"
-    model_path: str | None = None  # GGUF file, HF directory, or gs:// URL of either
-    mode: Mode = "interleaved"
-    # Limits; None: sized from the machine and the model (engine/kv_budget.py).
-    max_slots: int | None = None  # sequences decoding at once
-    max_prefill_length: int | None = None  # longest prompt
-    max_target_length: int | None = None  # prompt + generated tokens of one sequence
-    kv_cache_memory: int | None = None  # bytes of KV cache (None: a share of free memory)
-    kv_block_size: int = 128  # tokens per block of the paged KV cache
-    # Requests sharing a prompt prefix reuse its cached KV blocks (paged cache only).
-    prefix_caching: bool = True
-    weight_dtype: Literal["auto", "float32", "bfloat16", "int8"] = "auto"  # auto: fp32 CPU, bf16 TPU/GPU
-    kv_dtype: Literal["auto", "float32", "bfloat16", "int8"] = "auto"
-    # Mesh axes follow MaxText: fsdp x autoregressive x tensor; -1 fills the remaining devices.
-    ici_fsdp_parallelism: int = 1
-    ici_autoregressive_parallelism: int = 1
-    ici_tensor_parallelism: int = -1
-    compilation_cache_dir: str | None = ".jax_cache"
-    # Prompts that may be prefilled in one call (same length bucket, at most
-    # PREFILL_BATCH_TOKENS padded tokens): short prompts run as one larger, more efficient
-    # matmul. Each (rows, bucket) shape is compiled during warm-up.
-    max_prefill_batch: int = 1
-    # Native decode kernels (inference_app/kernels) on a single CPU device; built on first use,
-    # skipped with a warning where no C++ compiler is available.
-    cpu_kernels: bool = True
-    # Prefill prompts in chunks inside the decode steps (`add_prompt`), so new prompts never
-    # pause decoding and are never padded to a bucket. Needs the CPU kernels (one CPU device,
-    # float32 KV cache); elsewhere the separate prefill stage runs. `max_step_tokens` caps the
-    # token rows of one step (decode rows + prompt chunks).
-    chunked_prefill: bool = True
-    max_step_tokens: int = 256
-
-
 @runtime_checkable
 class Engine(Protocol):
-    settings: EngineSettings
+    """What every engine offers. Limits and facts are plain attributes, set once."""
+
+    settings: EngineSettings  # how it was built (reported by the server; the orchestrator reads
+    # only the attributes below)
     tokenizer: Tokenizer
+    mode: Mode  # interleaved: prefill and generate share devices, so the orchestrator alternates them
+    max_slots: int  # decode slots (requests decoding at once)
+    max_prefill_length: int  # longest prompt
+    max_target_length: int  # prompt + generated tokens per slot
     prefill_buckets: tuple[int, ...]  # padded prompt lengths that are compiled
-
-    @property
-    def max_slots(self) -> int: ...
-
-    @property
-    def max_prefill_length(self) -> int: ...
-
-    @property
-    def max_target_length(self) -> int: ...
 
     def prefill(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> Prefix: ...
 
@@ -137,5 +105,59 @@ class Engine(Protocol):
     def release(self, slot: int) -> None: ...
 
     def warmup(self) -> None:
-        """Compile every prefill bucket, insert and generate, so the first request is fast."""
+        """Compile every shape a request can reach (prefill buckets, steps), so the first request is fast."""
         ...
+
+
+@runtime_checkable
+class BatchedPrefill(Protocol):
+    """Several waiting prompts of one length bucket prefilled in one call."""
+
+    def prefill_bucket(self, length: int) -> int:
+        """The compiled length a prompt of `length` tokens is padded to."""
+        ...
+
+    def prefill_batch_rows(self, bucket: int) -> int:
+        """How many prompts of `bucket` one `prefill_many` call takes (1: no batching)."""
+        ...
+
+    def prefill_many(
+        self, prompts: Sequence[Sequence[int]], samplings: Sequence[SamplingParams]
+    ) -> list[Prefix]:
+        """What `prefill` gives for each prompt, in one call."""
+        ...
+
+
+@runtime_checkable
+class ChunkedPrefill(Protocol):
+    """Prompts prefilled in chunks inside the `generate` steps, next to the decoding slots.
+
+    `add_prompt` then replaces prefill/transfer/insert: the prompt runs in the coming steps, and
+    the step that runs its last token emits its first generated token (`StepOutput.slots`).
+    """
+
+    chunked_prefill: bool  # whether this engine runs that way (it may depend on the platform)
+    step_buckets: tuple[int, ...]  # compiled token rows per step
+
+    def add_prompt(
+        self,
+        slot: int,
+        prompt_ids: Sequence[int],
+        sampling: SamplingParams,
+        max_new_tokens: int | None = None,
+    ) -> None: ...
+
+    def can_admit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> bool:
+        """Whether the KV cache can hold this request now (prompt + `max_new_tokens`, less its
+        cached prefix); one that cannot waits until running requests free blocks."""
+        ...
+
+
+def batched_prefill(engine: Engine) -> BatchedPrefill | None:
+    """`engine` as a `BatchedPrefill`, or None when it prefills one prompt per call."""
+    return engine if isinstance(engine, BatchedPrefill) else None
+
+
+def chunked_prefill(engine: Engine) -> ChunkedPrefill | None:
+    """`engine` as a `ChunkedPrefill` when it prefills inside its steps, else None."""
+    return engine if isinstance(engine, ChunkedPrefill) and engine.chunked_prefill else None

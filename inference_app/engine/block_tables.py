@@ -101,7 +101,9 @@ class KVBlockManager:
         """Give `slot` a table for a prompt whose tokens are not known here (prefilled elsewhere
         and inserted): no prefix hits, and its blocks are never offered to later requests."""
         self._check_new(slot, prompt_tokens, max_new_tokens)
-        self._admit(slot, prompt_tokens, max_new_tokens, [], [], self.blocks_for(prompt_tokens + max_new_tokens))
+        self._admit(
+            slot, prompt_tokens, max_new_tokens, [], [], self.blocks_for(prompt_tokens + max_new_tokens)
+        )
 
     def _check_new(self, slot: int, prompt_tokens: int, max_new_tokens: int) -> None:
         if slot in self._seqs:
@@ -115,7 +117,13 @@ class KVBlockManager:
             )
 
     def _admit(
-        self, slot: int, prompt_tokens: int, max_new_tokens: int, keys: list[BlockHash], hits: list[int], cost: int
+        self,
+        slot: int,
+        prompt_tokens: int,
+        max_new_tokens: int,
+        keys: list[BlockHash],
+        hits: list[int],
+        cost: int,
     ) -> int:
         capacity = prompt_tokens + max_new_tokens
         if cost > self.available_blocks:

@@ -32,17 +32,19 @@ import numpy as np
 from jax.sharding import Mesh
 
 from inference_app.engine import steps
-from inference_app.engine.api import EngineSettings, Prefix, SamplingParams, StepOutput
+from inference_app.engine.api import Prefix, SamplingParams, StepOutput
 from inference_app.engine.block_tables import KVBlockManager
 from inference_app.engine.buckets import fit, ladder, step_rows
 from inference_app.engine.kv_blocks import BlockPool
 from inference_app.engine.kv_budget import EngineLimits, device_free_bytes, engine_limits, host_free_bytes
 from inference_app.engine.policy import EnginePolicy, derive_policy, resolve_dtypes
+from inference_app.engine.settings import EngineSettings
 from inference_app.engine.sharding import cache_sharding, make_mesh, param_shardings, replicated
 from inference_app.engine.step_plan import (
     PendingPrompt,
     RaggedLayout,
     SlotLayout,
+    SlotView,
     StepLayout,
     StepPlan,
     StepShape,
@@ -50,12 +52,12 @@ from inference_app.engine.step_plan import (
 )
 from inference_app.engine.steps import SamplingRows, StepInputs
 from inference_app.kernels import build as kernel_build
+from inference_app.model.catalog import embedded_model_path
 from inference_app.model.config import ModelConfig
 from inference_app.model.loader import LoadedModel, load_model
 from inference_app.model.paged_attention import PagedLayout, paged_layout, ragged_sequences
 from inference_app.model.tokenizer import TextTokenizer
 from inference_app.model.transformer import LayerKV, Params
-from inference_app.models import embedded_model_path
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +168,10 @@ class JaxEngine:
             budget = self.limits.budget
             self.paged = steps.Paged(self.policy.paged_kernel, self._paged_layout(budget.num_blocks))
             self.kv_blocks = KVBlockManager(
-                BlockPool(budget.num_blocks), budget.block_size, self.max_slots, self.max_target_length,
+                BlockPool(budget.num_blocks),
+                budget.block_size,
+                self.max_slots,
+                self.max_target_length,
                 s.prefix_caching,
             )
         self._cache = self._allocate_cache()
@@ -186,7 +191,9 @@ class JaxEngine:
             self.max_prefill_length,
         )
 
-        self.prefill_buckets = ladder(min(MIN_PREFILL_BUCKET, self.max_prefill_length), self.max_prefill_length)
+        self.prefill_buckets = ladder(
+            min(MIN_PREFILL_BUCKET, self.max_prefill_length), self.max_prefill_length
+        )
         self.step_buckets = step_rows(self.max_slots, max(s.max_step_tokens, self.max_slots))
         self.layout: StepLayout = (
             RaggedLayout(self.step_buckets, self.max_slots, self.max_target_length)
@@ -217,7 +224,12 @@ class JaxEngine:
         cfg, kernel = self.config, self.policy.paged_kernel
         assert kernel is not None  # callers check the policy
         return paged_layout(
-            kernel, num_blocks, self.settings.kv_block_size, cfg.num_kv_heads, cfg.head_dim, self.policy.kv_dtype
+            kernel,
+            num_blocks,
+            self.settings.kv_block_size,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            self.policy.kv_dtype,
         )
 
     def _size_limits(self, device: jax.Device) -> EngineLimits:
@@ -399,7 +411,13 @@ class JaxEngine:
             raise ValueError(f"slot {slot} out of range [0, {self.max_slots})")
         if prefix.length >= self.max_target_length:
             raise ValueError(f"prefix length {prefix.length} leaves no room below max_target_length")
-        args: tuple[Any, ...] = (self._cache, self._tokens, prefix.kv, np.int32(slot), np.int32(prefix.first_token))
+        args: tuple[Any, ...] = (
+            self._cache,
+            self._tokens,
+            prefix.kv,
+            np.int32(slot),
+            np.int32(prefix.first_token),
+        )
         if self.kv_blocks is not None:  # a paged cache: the sequence may grow to the full context
             self.release(slot)
             self.kv_blocks.admit_unknown(slot, prefix.length, self.max_target_length - prefix.length)
@@ -418,7 +436,11 @@ class JaxEngine:
         self._seeds[slot] = np.uint32((sp.seed or 0) % 2**32)
 
     def add_prompt(
-        self, slot: int, prompt_ids: Sequence[int], sampling: SamplingParams, max_new_tokens: int | None = None
+        self,
+        slot: int,
+        prompt_ids: Sequence[int],
+        sampling: SamplingParams,
+        max_new_tokens: int | None = None,
     ) -> None:
         """Chunked prefill (`ChunkedPrefill`, when `chunked_prefill`): the prompt runs in the
         coming `generate` steps, alongside the decoding slots; the step that runs its last token
@@ -437,7 +459,8 @@ class JaxEngine:
         self._check_prompt(prompt_ids)
         if len(prompt_ids) > self.max_prefill_length:
             raise ValueError(
-                f"prompt has {len(prompt_ids)} tokens; the limit is max_prefill_length={self.max_prefill_length}"
+                f"prompt has {len(prompt_ids)} tokens; "
+                f"the limit is max_prefill_length={self.max_prefill_length}"
             )
         new = self.max_target_length - len(prompt_ids) if max_new_tokens is None else max_new_tokens
         resolved = self._resolve(sampling)
@@ -468,11 +491,11 @@ class JaxEngine:
 
     def next_step(self) -> tuple[StepPlan, StepShape]:
         """The layout and compiled shape of the step `generate` would run now."""
-        return self.layout.plan(self._decoding(), self._positions, self._pending, self._temperature)
+        return self.layout.plan(SlotView(self._decoding(), self._positions, self._pending, self._temperature))
 
     def generate(self) -> StepOutput:
         decoding = self._decoding()
-        plan, shape = self.layout.plan(decoding, self._positions, self._pending, self._temperature)
+        plan, shape = self.layout.plan(SlotView(decoding, self._positions, self._pending, self._temperature))
         if self.kv_blocks is not None:  # blocks for every token this step writes
             for slot in decoding:
                 self.kv_blocks.grow(slot, int(self._positions[slot]) + 1)

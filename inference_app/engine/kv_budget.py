@@ -204,4 +204,6 @@ def engine_limits(
             f"--max-prefill-length ({prefill}) must be smaller than --max-target-length ({context}) "
             "to leave room for generated tokens."
         )
-    return EngineLimits(slots, prefill, context, dataclasses.replace(budget, max_slots=slots, max_context=context))
+    return EngineLimits(
+        slots, prefill, context, dataclasses.replace(budget, max_slots=slots, max_context=context)
+    )

@@ -1,7 +1,8 @@
 """Per-slot sampling: greedy, temperature, top-k, top-p; seeded by (seed, position).
 
 The key of the token at position p of a request is `fold_in(PRNGKey(seed), p)`, so the same
-seed and prompt give the same tokens whatever else shares the batch.
+seed and prompt give the same tokens whatever else shares the batch. Called inside the engine's
+jitted device programs (`steps.py`), on the logits of the rows a step samples.
 """
 
 from __future__ import annotations

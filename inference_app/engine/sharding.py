@@ -4,7 +4,8 @@ Heads, MLP columns and the vocabulary are split over the model-parallel axes
 (tensor, autoregressive); the embedding dim of weights over fsdp; KV-cache slots over fsdp and
 KV heads over the model-parallel axes. A dimension that a mesh axis does not divide evenly stays
 unsplit on that axis (SmolLM2's 3 KV heads on tensor=4, say): GSPMD keeps the math identical
-whichever axes end up used, only the communication pattern changes.
+whichever axes end up used, only the communication pattern changes. The engine builds its
+prefill and generate meshes here and places parameters and the KV cache with these specs.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def make_mesh(devices: Sequence[jax.Device], fsdp: int, autoregressive: int, ten
         sizes[sizes.index(-1)] = n // known
     if math.prod(sizes) != n:
         raise ValueError(
-            f"mesh {dict(zip(AXES, sizes, strict=True))} needs {math.prod(sizes)} devices but {n} are available; "
+            f"mesh {dict(zip(AXES, sizes, strict=True))} needs {math.prod(sizes)} devices "
+            f"but {n} are available; "
             f"set {', '.join(names)} so their product is {n} (or use -1)"
         )
     return Mesh(np.asarray(devices).reshape(sizes), AXES)

@@ -57,6 +57,16 @@ class StepPlan:
 
 
 @dataclass(frozen=True)
+class SlotView:
+    """What a layout plans a step from: the engine's host-side slot state (viewed, not copied)."""
+
+    decoding: Collection[int]  # slots that decode, each at positions[slot]
+    positions: np.ndarray  # int32 [max_slots]: where each slot's next token goes
+    pending: Mapping[int, PendingPrompt]  # slot -> prompt being prefilled, in arrival order
+    temperature: np.ndarray  # float32 [max_slots]: 0 is greedy
+
+
+@dataclass(frozen=True)
 class StepShape:
     """What a compiled step is specialised on: its row count and the static step arguments."""
 
@@ -72,14 +82,8 @@ class StepLayout(Protocol):
         """Every shape a step may take (compiled by warm-up)."""
         ...
 
-    def plan(
-        self,
-        decoding: Collection[int],
-        positions: np.ndarray,
-        pending: Mapping[int, PendingPrompt],
-        temperature: np.ndarray,
-    ) -> tuple[StepPlan, StepShape]:
-        """The next step for slots `decoding` (each at `positions[slot]`) and prompts `pending`."""
+    def plan(self, slots: SlotView) -> tuple[StepPlan, StepShape]:
+        """The next step's rows and compiled shape."""
         ...
 
 
@@ -95,14 +99,15 @@ class RaggedLayout:
         # Steps mix rows of any sampling; the sampler skips its sort at run time when all are greedy.
         return tuple(StepShape(rows, self.max_target_length, greedy=False) for rows in self.buckets)
 
-    def plan(
-        self,
-        decoding: Collection[int],
-        positions: np.ndarray,
-        pending: Mapping[int, PendingPrompt],
-        temperature: np.ndarray,
-    ) -> tuple[StepPlan, StepShape]:
-        plan = plan_ragged(decoding, positions, pending, self.buckets, self.num_slots, self.max_target_length)
+    def plan(self, slots: SlotView) -> tuple[StepPlan, StepShape]:
+        plan = plan_ragged(
+            slots.decoding,
+            slots.positions,
+            slots.pending,
+            self.buckets,
+            self.num_slots,
+            self.max_target_length,
+        )
         return plan, StepShape(len(plan.slots), self.max_target_length, greedy=False)
 
 
@@ -123,28 +128,22 @@ class SlotLayout:
             for greedy in (True, False)
         )
 
-    def plan(
-        self,
-        decoding: Collection[int],
-        positions: np.ndarray,
-        pending: Mapping[int, PendingPrompt],
-        temperature: np.ndarray,
-    ) -> tuple[StepPlan, StepShape]:
-        if pending:
+    def plan(self, slots: SlotView) -> tuple[StepPlan, StepShape]:
+        if slots.pending:
             raise ValueError("a slot-layout step cannot run prompt chunks")
-        rows = fit_or_largest(self.row_buckets, 1 + max(decoding, default=0))
-        furthest = max((int(positions[i]) for i in decoding), default=0)
+        rows = fit_or_largest(self.row_buckets, 1 + max(slots.decoding, default=0))
+        furthest = max((int(slots.positions[i]) for i in slots.decoding), default=0)
         shape = StepShape(
             rows,
             fit_or_largest(self.attention_buckets, furthest + 1),
-            greedy=all(temperature[i] <= 0 for i in decoding),
+            greedy=all(slots.temperature[i] <= 0 for i in slots.decoding),
         )
         every = np.arange(rows, dtype=np.int32)
         plan = StepPlan(
             tokens=np.zeros(rows, np.int32),
             from_state=np.ones(rows, bool),
             slots=every,
-            positions=np.minimum(positions[:rows], self.max_target_length - 1).astype(np.int32),
+            positions=np.minimum(slots.positions[:rows], self.max_target_length - 1).astype(np.int32),
             logit_rows=every,
             logit_slots=every,
             emitted=None,

@@ -62,7 +62,9 @@ class Paged:
     layout: PagedLayout
 
 
-@partial(jax.tree_util.register_dataclass, data_fields=["temperature", "top_k", "top_p", "seeds"], meta_fields=[])
+@partial(
+    jax.tree_util.register_dataclass, data_fields=["temperature", "top_k", "top_p", "seeds"], meta_fields=[]
+)
 @dataclass(frozen=True)
 class SamplingRows:
     """Sampling parameters per sampled row, arrays [R] (see `sampling.sample`)."""
@@ -201,7 +203,12 @@ def step(
         if paged is None:
             raise ValueError("a paged step needs its cache layout and kernel")
         attn = PagedAttention.for_rows(
-            paged.kernel, paged.layout, inputs.block_tables, inputs.slots, inputs.positions, seqs=inputs.sequences
+            paged.kernel,
+            paged.layout,
+            inputs.block_tables,
+            inputs.slots,
+            inputs.positions,
+            seqs=inputs.sequences,
         )
     elif attention == "ragged_kernel":
         attn = RaggedKernelAttention(inputs.slots, inputs.positions)

@@ -1,7 +1,8 @@
 """One frozen description of a Llama-family decoder.
 
 Frozen and hashable so it can be a static argument of `jax.jit`; derived sizes are properties,
-never fields that could silently disagree with the ones they derive from.
+never fields that could silently disagree with the ones they derive from. Built by the weight
+loaders from checkpoint metadata; read by the model (`transformer.py`) and the engine.
 """
 
 from __future__ import annotations

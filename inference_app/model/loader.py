@@ -1,4 +1,8 @@
-"""Open any supported checkpoint: a GGUF file, or a Hugging Face directory (local or gs://)."""
+"""Open any supported checkpoint: a GGUF file, or a Hugging Face directory (local or gs://).
+
+The model package's entry point: the engine (`engine.model_for`) calls `load_model` and gets the
+parameters, config and tokenizer on host, which it then places on its meshes.
+"""
 
 from __future__ import annotations
 

@@ -2,12 +2,16 @@
 
 Two sources: a Hugging Face `tokenizer.json` (+ `tokenizer_config.json` for the chat template and
 EOS), or a GGUF file's vocabulary and merges, rebuilt as the byte-level BPE that llama.cpp runs.
+Loaded with the weights (`loader.py`); the engine exposes it as `engine.tokenizer` (the
+`api.Tokenizer` protocol) to the server, which encodes prompts, and the orchestrator, which
+decodes tokens.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -60,6 +64,25 @@ class TextTokenizer:
         return template.render(
             messages=list(messages), add_generation_prompt=add_generation_prompt, **self._special
         )
+
+
+    def hf_config(self) -> dict[str, Any]:
+        """`tokenizer_config.json` as Hugging Face tools read it (also vLLM's `/tokenizer_info` body)."""
+        config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", **self._special}
+        if "eos_token" in config:
+            config.setdefault("pad_token", config["eos_token"])
+        if self.chat_template:
+            config["chat_template"] = self.chat_template
+        return config
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write `tokenizer.json` + `tokenizer_config.json`, a directory `AutoTokenizer` loads offline
+        (clients such as guidellm and lm-eval need one when the model id is not on a hub they reach)."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        self._tok.save(str(out / "tokenizer.json"))
+        (out / "tokenizer_config.json").write_text(json.dumps(self.hf_config(), indent=2, ensure_ascii=False))
+        return out
 
 
 def _raise(message: str) -> None:

@@ -1,4 +1,4 @@
-"""GGUF (llama.cpp) checkpoints: metadata -> ModelConfig, tensors dequantized -> HF layout.
+"""GGUF (llama.cpp) checkpoints for `loader.py`: metadata -> ModelConfig, tensors -> HF layout.
 
 llama.cpp's converter permutes the rows of Q and K so that each head's rotary pairs are
 adjacent (interleaved RoPE, GPT-J style). Our model uses the Hugging Face "rotate halves"

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints: `config.json` + `*.safetensors` (+ `tokenizer.json`), local or gs://.
+"""Hugging Face checkpoints for `loader.py`: config.json + *.safetensors (+ tokenizer.json).
 
 Files are read through fsspec (gcsfs for gs://), so the same code loads a local directory and a
 bucket prefix. Safetensors are read whole into memory, then served by name.

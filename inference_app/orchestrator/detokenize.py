@@ -7,6 +7,7 @@ difference, and we hold text back while it ends in an incomplete UTF-8 sequence 
 
 Stop strings are matched on text, not tokens: text that could still become the start of a stop
 string is held back until it cannot, so a streaming client never sees part of a stop string.
+Each `Job` owns one decoder and one filter; the orchestrator's detokenize stage feeds them.
 """
 
 from __future__ import annotations

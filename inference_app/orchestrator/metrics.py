@@ -1,7 +1,8 @@
 """Prometheus metrics of one serving process (own registry: no globals, tests can build many).
 
 Gauges read their value at scrape time through callbacks (`set_function`), so they never report a
-value captured once at start-up.
+value captured once at start-up. The orchestrator's stages and `Job`s record into it; the
+server's `/metrics` route renders it.
 """
 
 from __future__ import annotations
@@ -24,10 +25,14 @@ class ServingMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.queue_depth = Gauge(f"{PREFIX}_queue_depth", "Requests admitted and waiting for prefill.", registry=r)
+        self.queue_depth = Gauge(
+            f"{PREFIX}_queue_depth", "Requests admitted and waiting for prefill.", registry=r
+        )
         self.active_slots = Gauge(f"{PREFIX}_active_slots", "Decode slots holding a request.", registry=r)
         self.max_slots = Gauge(f"{PREFIX}_max_slots", "Decode slots of the engine.", registry=r)
-        self.in_flight = Gauge(f"{PREFIX}_requests_in_flight", "Admitted requests not yet finished.", registry=r)
+        self.in_flight = Gauge(
+            f"{PREFIX}_requests_in_flight", "Admitted requests not yet finished.", registry=r
+        )
         self.healthy = Gauge(f"{PREFIX}_ready", "1 when warmed up and admitting requests.", registry=r)
         self.requests = Counter(f"{PREFIX}_requests", "Requests by outcome.", ["outcome"], registry=r)
         for outcome in OUTCOMES:
@@ -45,10 +50,15 @@ class ServingMetrics:
             registry=r,
         )
         self.e2e = Histogram(
-            f"{PREFIX}_request_duration_seconds", "Arrival to last token.", buckets=_LATENCY_BUCKETS, registry=r
+            f"{PREFIX}_request_duration_seconds",
+            "Arrival to last token.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.prompt_tokens = Counter(f"{PREFIX}_prompt_tokens", "Prompt tokens prefilled.", registry=r)
-        self.generated_tokens = Counter(f"{PREFIX}_generated_tokens", "Tokens generated and delivered.", registry=r)
+        self.generated_tokens = Counter(
+            f"{PREFIX}_generated_tokens", "Tokens generated and delivered.", registry=r
+        )
         self.prefill_step = Histogram(
             f"{PREFIX}_prefill_step_seconds", "Wall time of one prefill.", buckets=_STEP_BUCKETS, registry=r
         )

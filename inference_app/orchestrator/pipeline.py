@@ -1,4 +1,4 @@
-"""The driver: four named stages over bounded queues, with continuous batching.
+"""The driver: named stages over bounded queues, with continuous batching.
 
 One request's trip (`submit` is called by the HTTP layer or the batch runner):
 
@@ -6,14 +6,16 @@ One request's trip (`submit` is called by the HTTP layer or the batch runner):
    never silent truncation) and puts the job on the bounded admission queue; when that queue is
    full the caller gets `QueueFull` (HTTP 429 + Retry-After) instead of an unbounded backlog.
 2. **prefill** thread — takes a *credit* (at most `max_slots + lookahead` prompts may hold KV at
-   once, so prefill never runs far ahead of free slots), runs `engine.prefill`, hands the first
-   token to detokenize and the prefix to transfer.
+   once, so prefill never runs far ahead of free slots), runs `engine.prefill` (or, for waiting
+   prompts of one length bucket, one `prefill_many`), hands the `FirstToken` to detokenize and
+   the prefix to transfer.
 3. **transfer** thread — `engine.transfer`: in disaggregated mode the KV cache moves from the
    prefill device group to the generate sharding (`jax.device_put`); in interleaved mode a no-op.
-4. **generate** thread — before every decode step it frees the slots whose request finished (EOS,
-   stop string, max_tokens, client gone, error) and inserts waiting prefixes into free slots, then
-   runs one `engine.generate` step for all slots and passes the (still on-device) tokens on. A slot
-   is freed within one step of its request ending; new requests join the batch on the next step.
+4. **generate** thread — before every step it frees the slots whose request finished (EOS, stop
+   string, max_tokens, client gone, error) and lets waiting work into free slots (`Admission`:
+   here, `engine.insert` of prefilled prompts), then runs one `engine.generate` step for all slots
+   and passes its still on-device `StepTokens` on. A slot is freed within one step of its request
+   ending; new requests join the batch on the next step.
 5. **detokenize** thread — copies each step's tokens to host (overlapping the next step), turns
    them into text incrementally, applies EOS / stop strings / max_tokens, and emits events.
 
@@ -21,10 +23,12 @@ In interleaved mode prefill and decode share one device group: a FIFO (ticket) l
 alternate, so a stream of new prompts cannot starve decoding and vice versa. In disaggregated mode
 they run truly in parallel on their own groups.
 
-With an engine that prefills in chunks (`engine.chunked_prefill`, the CPU engine), stages 2-3
-fold into the generate thread: it hands each admitted prompt to a free slot (`add_prompt`), and
-every step runs the decoding slots plus chunks of those prompts; the step that finishes a prompt
-also yields its first token. No prompt pauses decoding, and none is padded to a length bucket.
+With an engine that prefills in chunks inside its steps (`ChunkedPrefill`, the CPU engine),
+stages 2-3 do not run: the generate thread's admission hands each admitted prompt to a free slot
+(`engine.add_prompt`), and every step runs the decoding slots plus chunks of those prompts; the
+step that finishes a prompt also yields its first token. No prompt pauses decoding, and none is
+padded to a length bucket. Which path runs is decided once, when the orchestrator is built, from
+the capabilities the engine declares (`engine/api.py`).
 
 Errors: an exception in one request's prefill/transfer/insert fails that request only. An exception
 in `generate` or `release` (the device loop) fails every in-flight request, marks the driver failed
@@ -39,13 +43,21 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from inference_app.engine.api import Engine, Prefix
+from inference_app.engine.api import (
+    BatchedPrefill,
+    ChunkedPrefill,
+    Engine,
+    Prefix,
+    batched_prefill,
+    chunked_prefill,
+)
 from inference_app.orchestrator.metrics import ServingMetrics
 from inference_app.orchestrator.request import (
     BadRequest,
@@ -60,40 +72,80 @@ log = logging.getLogger("inference_app.orchestrator")
 
 _POLL_S = 0.05  # how often blocked stages look at the stop flag
 
+T = TypeVar("T")
+
+
+# ----- what travels between the stages ---------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class FirstToken:
+    """prefill -> detokenize: a prompt's first generated token (host int, from prefill)."""
+
     job: Job
     token: int
 
 
+@dataclass(frozen=True)
+class SlotJob:
+    """The job that owned a slot when a step ran."""
+
+    slot: int
+    job: Job
+
+
+@dataclass(eq=False)
 class StepTokens:
-    """One decode step's tokens (on device until copied) and which job owned each active slot.
+    """generate -> detokenize: one step's tokens (on device until copied) for the slots it emitted.
 
     The copy to host normally happens on the detokenize thread, overlapping the next step. The
     generate thread forces it first (`host()`) before an `insert`, because an engine may donate
     its latest token buffer to the insert (JaxEngine does), which would delete this array.
     """
 
-    def __init__(self, tokens: Any, slots: tuple[tuple[int, Job], ...], dispatched_at: float) -> None:
-        self.slots = slots
-        self.dispatched_at = dispatched_at
-        self._tokens: Any = tokens
-        self._host: np.ndarray | None = None
-        self._lock = threading.Lock()
+    tokens: Any  # engine array [max_slots]
+    emitted: tuple[SlotJob, ...]
+    dispatched_at: float
+    _host: np.ndarray | None = field(default=None, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def host(self) -> np.ndarray:
         with self._lock:
             if self._host is None:
-                self._host = np.asarray(self._tokens)
-                self._tokens = None
+                self._host = np.asarray(self.tokens)
+                self.tokens = None
             return self._host
 
 
 @dataclass(frozen=True)
 class Prefilled:
+    """prefill -> transfer -> generate: a job's prefix, waiting for a slot."""
+
     job: Job
     prefix: Prefix
+
+
+@dataclass(frozen=True)
+class PrefillBatch:
+    """Jobs prefilled together, and the job taken from the queue that did not fit (next batch)."""
+
+    jobs: list[Job]
+    carry: Job | None = None
+
+
+@dataclass(frozen=True)
+class Admission(Generic[T]):
+    """How waiting work enters a free decode slot: the one variable part of the generate loop.
+
+    `waiting` is the queue it waits on; `place(item, slot)` puts it into `slot` (the slot is
+    then taken) or fails or skips it (the slot stays free).
+    """
+
+    waiting: queue.Queue[T | None]
+    place: Callable[[T, int], None]
+    # Whether the engine can take the item now (its KV blocks); one that cannot is held, first
+    # in line, until running requests free blocks.
+    fits: Callable[[T], bool] = lambda item: True
 
 
 class FairLock:
@@ -133,7 +185,10 @@ class Orchestrator:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
         self.engine = engine
         self.tokenizer = engine.tokenizer
-        self.mode = engine.settings.mode
+        self.mode = engine.mode
+        # The engine's optional capabilities, checked once: they pick the code path.
+        self._batched: BatchedPrefill | None = batched_prefill(engine)
+        self._chunked: ChunkedPrefill | None = chunked_prefill(engine)
         self.max_slots = engine.max_slots
         self.max_prefill_length = engine.max_prefill_length
         self.max_target_length = engine.max_target_length
@@ -143,18 +198,18 @@ class Orchestrator:
         self._ready: queue.Queue[Prefilled | None] = queue.Queue()  # bounded by the credits
         self._detok: queue.Queue[FirstToken | StepTokens | None] = queue.Queue(maxsize=4)
         self._credits = threading.Semaphore(self.max_slots + prefill_lookahead)
-        shared = FairLock()
-        self._prefill_lock: FairLock | None = shared if self.mode == "interleaved" else None
-        self._generate_lock: FairLock | None = shared if self.mode == "interleaved" else None
+        # Prefill and generate alternate on shared devices; chunked prefill has no prefill stage.
+        shared = FairLock() if self.mode == "interleaved" and self._chunked is None else None
+        self._prefill_lock: FairLock | None = shared
+        self._generate_lock: FairLock | None = shared
         self._slots: list[Job | None] = [None] * self.max_slots
         self._last_step: StepTokens | None = None  # its tokens may be donated by the next insert
         self._in_flight: set[Job] = set()
         self._in_flight_lock = threading.Condition()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.chunked = bool(getattr(engine, "chunked_prefill", False)) and hasattr(engine, "add_prompt")
         self._admitting = False
-        self._held: Job | None = None  # taken from the admission queue, waiting for KV blocks
+        self._held: Any = None  # taken from the waiting queue, not yet fitting (see `Admission.fits`)
         self.failure: str | None = None
         self.metrics.max_slots.set(self.max_slots)
         self.metrics.bind(
@@ -184,7 +239,7 @@ class Orchestrator:
         return self._admitting and self.failure is None
 
     def start(self, warmup: bool = True) -> None:
-        """Warm up (compile every prefill bucket, insert, generate), then start the stages."""
+        """Warm up (compile every shape a request can reach), then start the stages."""
         log.info(
             "Initializing the driver with 1 prefill engines and 1 generate engines in %s mode", self.mode
         )
@@ -192,26 +247,31 @@ class Orchestrator:
             t0 = time.monotonic()
             self.engine.warmup()
             label, sizes = (
-                ("step rows", getattr(self.engine, "step_buckets", ()))
-                if self.chunked
+                ("step rows", self._chunked.step_buckets)
+                if self._chunked is not None
                 else ("prefill buckets", self.engine.prefill_buckets)
             )
-            log.info("Warm-up done in %.1fs (%s %s)", time.monotonic() - t0, label, ", ".join(map(str, sizes)))
-        stages = (
-            (("generate", self._chunked_generate_loop),)
-            if self.chunked
-            else (
-                ("prefill", self._prefill_loop),
-                ("transfer", self._transfer_loop),
-                ("generate", self._generate_loop),
+            took = time.monotonic() - t0
+            log.info("Warm-up done in %.1fs (%s %s)", took, label, ", ".join(map(str, sizes)))
+        admission: Admission[Any]
+        if self._chunked is not None:
+            stages: tuple[tuple[str, Callable[[], None]], ...] = ()
+            admission = Admission(
+                self._admission, partial(self._add_prompt, self._chunked), partial(self._fits, self._chunked)
             )
-        )
-        if self.chunked:
             log.info(
                 "Chunked prefill: prompts run inside the generate steps (up to %d token rows a step).",
-                max(self.engine.settings.max_step_tokens, self.max_slots),
+                max(self._chunked.step_buckets),
             )
-        for stage, target in (*stages, ("detokenize", self._detokenize_loop)):
+        else:
+            stages = (("prefill", self._prefill_loop), ("transfer", self._transfer_loop))
+            admission = Admission(self._ready, self._insert_prefilled)
+        loops: list[tuple[str, Callable[[], None]]] = [
+            *stages,
+            ("generate", partial(self._generate_loop, admission)),
+            ("detokenize", self._detokenize_loop),
+        ]
+        for stage, target in loops:
             log.info("Spinning up %s thread 0.", stage)
             thread = threading.Thread(target=self._guard(stage, target), name=f"{stage}-0", daemon=True)
             self._threads.append(thread)
@@ -318,21 +378,21 @@ class Orchestrator:
                 continue
             if job.finished or not self._take_credit(job):
                 continue
-            batch, carry = self._gather_prefill_batch(job)
-            self._prefill(batch)
+            batch = self._gather_prefill_batch(job)
+            carry = batch.carry
+            self._prefill(batch.jobs)
 
-    def _gather_prefill_batch(self, first: Job) -> tuple[list[Job], Job | None]:
+    def _gather_prefill_batch(self, first: Job) -> PrefillBatch:
         """`first` plus prompts already waiting in its length bucket, as many as the engine batches.
 
         Only jobs whose credit is free right now join (never waiting here); a job of another
-        bucket ends the batch and is returned to be prefilled next, so order is kept.
+        bucket ends the batch and is carried over to be prefilled next, so order is kept.
         """
-        rows_for = getattr(self.engine, "prefill_batch_rows", None)
-        bucket_of = getattr(self.engine, "prefill_bucket", None)
-        if rows_for is None or bucket_of is None or not hasattr(self.engine, "prefill_many"):
-            return [first], None
-        bucket = bucket_of(len(first.request.prompt_ids))
-        limit = rows_for(bucket)
+        engine = self._batched
+        if engine is None:
+            return PrefillBatch([first])
+        bucket = engine.prefill_bucket(len(first.request.prompt_ids))
+        limit = engine.prefill_batch_rows(bucket)
         batch = [first]
         while len(batch) < limit and self._credits.acquire(blocking=False):
             try:
@@ -344,12 +404,12 @@ class Orchestrator:
                 if job is None:
                     break
                 continue
-            if bucket_of(len(job.request.prompt_ids)) != bucket:
+            if engine.prefill_bucket(len(job.request.prompt_ids)) != bucket:
                 self._credits.release()
-                return batch, job
+                return PrefillBatch(batch, carry=job)
             job.holds_credit = True
             batch.append(job)
-        return batch, None
+        return PrefillBatch(batch)
 
     def _prefill(self, batch: list[Job]) -> None:
         """Prefill jobs (holding credits) together; a failing batch is retried job by job, so an
@@ -357,10 +417,10 @@ class Orchestrator:
         try:
             t0 = time.monotonic()
             with self._holding(self._prefill_lock):
-                if len(batch) == 1:
-                    prefixes = [self.engine.prefill(batch[0].request.prompt_ids, batch[0].request.sampling)]
+                if len(batch) == 1 or self._batched is None:
+                    prefixes = [self.engine.prefill(j.request.prompt_ids, j.request.sampling) for j in batch]
                 else:
-                    prefixes = self.engine.prefill_many(  # type: ignore[attr-defined]
+                    prefixes = self._batched.prefill_many(
                         [j.request.prompt_ids for j in batch], [j.request.sampling for j in batch]
                     )
             self.metrics.prefill_step.observe(time.monotonic() - t0)
@@ -397,88 +457,98 @@ class Orchestrator:
                 continue
             self._ready.put(Prefilled(item.job, prefix))
 
-    def _generate_loop(self) -> None:
+    def _generate_loop(self, admission: Admission[Any]) -> None:
+        """Free finished slots, admit waiting work into free slots, run one step, hand it on."""
         while not self._stopping.is_set():
             self._release_finished()
-            self._insert_waiting(block=self.active_slots == 0)
-            active = tuple((slot, job) for slot, job in enumerate(self._slots) if job is not None)
-            if not active:
+            self._admit(admission, block=self.active_slots == 0)
+            if not self.active_slots:
                 continue
             t0 = time.monotonic()
             with self._holding(self._generate_lock):
                 out = self.engine.generate()
-            self._last_step = StepTokens(out.tokens, active, t0)
-            self._put(self._detok, self._last_step)
-            for slot, job in active:
-                job.scheduled += 1
-                if job.scheduled >= job.request.max_tokens:
-                    self._release(slot)  # its last token is computed; the slot can take a new job
-
-    def _chunked_generate_loop(self) -> None:
-        """Admit prompts into free slots, then one mixed step (decode rows + prompt chunks)."""
-        while not self._stopping.is_set():
-            self._release_finished()
-            self._add_prompts(block=self.active_slots == 0)
-            if not self.active_slots:
-                continue
-            t0 = time.monotonic()
-            out = self.engine.generate()
-            emitted = tuple(range(self.max_slots)) if out.slots is None else out.slots
+            slots = range(self.max_slots) if out.slots is None else out.slots
             step = StepTokens(
-                out.tokens, tuple((slot, job) for slot in emitted if (job := self._slots[slot]) is not None), t0
+                out.tokens, tuple(SlotJob(s, job) for s in slots if (job := self._slots[s]) is not None), t0
             )
+            self._last_step = step
             self._put(self._detok, step)
-            for slot, job in step.slots:
-                job.scheduled += 1
-                if job.scheduled >= job.request.max_tokens:
-                    self._release(slot)
+            for owner in step.emitted:
+                owner.job.scheduled += 1
+                if owner.job.scheduled >= owner.job.request.max_tokens:
+                    self._release(owner.slot)  # its last token is computed; the slot can take a new job
 
-    def _add_prompts(self, block: bool) -> None:
-        """Give waiting requests free slots, in arrival order, while the KV cache can hold them;
-        their prompts run in the coming steps."""
+    def _admit(self, admission: Admission[Any], block: bool) -> None:
+        """Let waiting work into free slots (blocking briefly when there is nothing to do)."""
         while None in self._slots:
-            job = self._held
-            if job is None:
+            item, self._held = self._held, None
+            if item is None:
                 try:
-                    job = self._admission.get(timeout=_POLL_S) if block else self._admission.get_nowait()
+                    item = admission.waiting.get(timeout=_POLL_S) if block else admission.waiting.get_nowait()
                 except queue.Empty:
                     return
-            self._held = None
             block = False
-            if job is None:
+            if item is None:
                 return
-            if job.finished:
-                continue
-            req = job.request
-            if not self.engine.can_admit(req.prompt_ids, req.max_tokens):  # type: ignore[attr-defined]
-                self._held = job  # first in line once running requests free blocks
+            if not admission.fits(item):
+                self._held = item
                 return
-            slot = self._slots.index(None)
-            try:
-                self.engine.add_prompt(slot, req.prompt_ids, req.sampling, req.max_tokens)  # type: ignore[attr-defined]
-            except Exception as exc:
-                log.exception("[%s] prefill failed", job.id)
-                job.fail(f"Prefill failed: {type(exc).__name__}: {exc}")
-                continue
+            admission.place(item, self._slots.index(None))
+
+    def _insert_prefilled(self, item: Prefilled, slot: int) -> None:
+        """Admission after a separate prefill: the prompt's KV goes into the slot."""
+        job = item.job
+        if job.finished or job.request.max_tokens <= 1:
+            self._return_credit(job)  # done with its first token (or gone): no slot needed
+            return
+        if self._last_step is not None:
+            self._last_step.host()  # before the engine may donate that buffer
+            self._last_step = None
+        try:
+            self.engine.insert(item.prefix, slot)
+        except Exception as exc:
+            log.exception("[%s] insert into slot %d failed", job.id, slot)
+            job.fail(f"Insert failed: {type(exc).__name__}: {exc}")
             self._slots[slot] = job
-            self.metrics.prompt_tokens.inc(len(job.request.prompt_ids))
-            log.debug("[%s] prefilling in slot %d", job.id, slot)
+            self._release(slot)
+            return
+        job.scheduled = 1  # the first token came from prefill
+        self._slots[slot] = job
+        log.debug("[%s] inserted into slot %d", job.id, slot)
+
+    @staticmethod
+    def _fits(engine: ChunkedPrefill, job: Job) -> bool:
+        """Chunked prefill: whether the engine's KV cache can hold the request now."""
+        return job.finished or engine.can_admit(job.request.prompt_ids, job.request.max_tokens)
+
+    def _add_prompt(self, engine: ChunkedPrefill, job: Job, slot: int) -> None:
+        """Admission with chunked prefill: the prompt runs in the coming steps, in this slot; its
+        KV blocks (prompt + max_tokens) are reserved now."""
+        if job.finished:
+            return
+        try:
+            engine.add_prompt(slot, job.request.prompt_ids, job.request.sampling, job.request.max_tokens)
+        except Exception as exc:
+            log.exception("[%s] prefill failed", job.id)
+            job.fail(f"Prefill failed: {type(exc).__name__}: {exc}")
+            return
+        self._slots[slot] = job
+        self.metrics.prompt_tokens.inc(len(job.request.prompt_ids))
+        log.debug("[%s] prefilling in slot %d", job.id, slot)
 
     def _detokenize_loop(self) -> None:
         last_host_at = 0.0
         while not self._stopping.is_set():
-            msg = self._get(self._detok)
-            if msg is None:
-                continue
-            if isinstance(msg, FirstToken):
-                self._deliver(msg.job, msg.token)
-                continue
-            host = msg.host()  # waits for the step; the next one is already dispatched
-            now = time.monotonic()
-            self.metrics.decode_step.observe(now - max(msg.dispatched_at, last_host_at))
-            last_host_at = now
-            for slot, job in msg.slots:
-                self._deliver(job, int(host[slot]))
+            match self._get(self._detok):
+                case FirstToken(job, token):
+                    self._deliver(job, token)
+                case StepTokens() as step:
+                    host = step.host()  # waits for the step; the next one is already dispatched
+                    now = time.monotonic()
+                    self.metrics.decode_step.observe(now - max(step.dispatched_at, last_host_at))
+                    last_host_at = now
+                    for owner in step.emitted:
+                        self._deliver(owner.job, int(host[owner.slot]))
 
     # ----- helpers ----------------------------------------------------------------------------
 
@@ -488,36 +558,6 @@ class Orchestrator:
         except Exception as exc:
             log.exception("[%s] detokenization failed", job.id)
             job.fail(f"Detokenization failed: {type(exc).__name__}: {exc}")
-
-    def _insert_waiting(self, block: bool) -> None:
-        """Move waiting prefixes into free slots (blocking briefly when there is nothing to do)."""
-        while None in self._slots:
-            try:
-                item = self._ready.get(timeout=_POLL_S) if block else self._ready.get_nowait()
-            except queue.Empty:
-                return
-            block = False
-            if item is None:
-                return
-            job = item.job
-            if job.finished or job.request.max_tokens <= 1:
-                self._return_credit(job)  # done with its first token (or gone): no slot needed
-                continue
-            slot = self._slots.index(None)
-            if self._last_step is not None:
-                self._last_step.host()  # before the engine may donate that buffer
-                self._last_step = None
-            try:
-                self.engine.insert(item.prefix, slot)
-            except Exception as exc:
-                log.exception("[%s] insert into slot %d failed", job.id, slot)
-                job.fail(f"Insert failed: {type(exc).__name__}: {exc}")
-                self._slots[slot] = job
-                self._release(slot)
-                continue
-            job.scheduled = 1  # the first token came from prefill
-            self._slots[slot] = job
-            log.debug("[%s] inserted into slot %d", job.id, slot)
 
     def _release_finished(self) -> None:
         for slot, job in enumerate(self._slots):
@@ -558,7 +598,7 @@ class Orchestrator:
         for job in jobs:
             job.fail(message, status)
 
-    def _guard(self, stage: str, loop: Any) -> Any:
+    def _guard(self, stage: str, loop: Callable[[], None]) -> Callable[[], None]:
         """Run a stage loop; if it dies, fail loudly: health turns red, in-flight requests fail."""
 
         def run() -> None:

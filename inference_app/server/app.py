@@ -1,5 +1,9 @@
 """The app factory: `create_app(options, engine=... | engine_factory=...)`, no module globals.
 
+The top of the server: uvicorn (`cli.py`) or a test client runs the app made here; it wires the
+`ServingState` (engine + orchestrator life cycle), the thin routers (`routes_*.py`), the error
+handlers (`errors.py`), request ids, and an OpenAPI document built from `protocol.py`.
+
 Pass a ready `engine` (tests: a fake, or a wrapped real engine for fault injection) or an
 `engine_factory` (the CLI: loads the model on a background thread after the port opens).
 """
@@ -20,10 +24,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inference_app.engine.api import Engine
 from inference_app.orchestrator import new_request_id
-from inference_app.server import routes_jetstream, routes_openai
+from inference_app.server import routes_jetstream, routes_openai, routes_ops
 from inference_app.server.errors import install_error_handlers
 from inference_app.server.options import ServerOptions
-from inference_app.server.protocol import ChatCompletionRequest, CompletionRequest, GenerateRequest
+from inference_app.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DecodeRequest,
+    DetokenizeRequest,
+    ErrorResponse,
+    GenerateRequest,
+    TokenizeRequest,
+)
 from inference_app.server.state import ServingState
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -34,22 +46,9 @@ REQUEST_BODIES: dict[str, type[BaseModel]] = {
     "/generate": GenerateRequest,
     "/v1/completions": CompletionRequest,
     "/v1/chat/completions": ChatCompletionRequest,
-}
-_ERROR_SCHEMA = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "properties": {
-                "message": {"type": "string"},
-                "type": {"type": "string"},
-                "param": {"type": ["string", "null"]},
-                "code": {"type": "integer"},
-                "request_id": {"type": "string"},
-            },
-        }
-    },
+    "/v1/generate": DecodeRequest,
+    "/tokenize": TokenizeRequest,
+    "/detokenize": DetokenizeRequest,
 }
 _ERROR_STATUSES = {"400": "Invalid request", "404": "Unknown model", "413": "Body too large",
                    "429": "Queue full (Retry-After)", "500": "The request failed",
@@ -60,12 +59,13 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    # The error body's fields are all always sent, so its validation schema describes the wire.
+    bodies: list[type[BaseModel]] = [*REQUEST_BODIES.values(), ErrorResponse]
     _, defs = models_json_schema(
-        [(m, "validation") for m in REQUEST_BODIES.values()], ref_template="#/components/schemas/{model}"
+        [(m, "validation") for m in bodies], ref_template="#/components/schemas/{model}"
     )
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.update(defs.get("$defs", {}))
-    components["Error"] = _ERROR_SCHEMA
     for path, model in REQUEST_BODIES.items():
         op = schema["paths"][path]["post"]
         op["requestBody"] = {
@@ -75,7 +75,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         for status, text in _ERROR_STATUSES.items():
             op.setdefault("responses", {})[status] = {
                 "description": text,
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
             }
     app.openapi_schema = schema
     return schema
@@ -128,7 +128,9 @@ def create_app(
     )
     app.state.serving = state
     app.include_router(routes_jetstream.router)
+    app.include_router(routes_ops.router)
     app.include_router(routes_openai.router)
+    app.include_router(routes_openai.tokenizer_router)
     install_error_handlers(app, lambda: state.metrics.requests.labels(outcome="bad_request").inc())
     app.add_middleware(RequestIdMiddleware)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -1,6 +1,8 @@
-"""One error shape for every failure, and strict body parsing (size, UTF-8, JSON, schema).
+"""Every failure as the one error body (`protocol.ErrorResponse`), and strict body parsing.
 
-Every error answer is JSON:
+Where it sits: routes call `parse_body` first (size, UTF-8, JSON, schema, each with its own 4xx);
+anything raised later in a route or the serving logic (`ApiError`, the orchestrator's
+`RequestRejected`, FastAPI's own errors, bugs) is mapped here onto
     {"error": {"message": str, "type": str, "param": str | null, "code": int, "request_id": str}}
 with the HTTP status in `code`, and `Retry-After` on 429/503.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -18,22 +21,11 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inference_app.orchestrator import RequestRejected
+from inference_app.server.protocol import ErrorResponse
 
 log = logging.getLogger("inference_app.server")
 
 M = TypeVar("M", bound=BaseModel)
-
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    404: "not_found_error",
-    405: "method_not_allowed",
-    413: "request_too_large",
-    415: "unsupported_media_type",
-    429: "rate_limit_error",
-    500: "server_error",
-    503: "service_unavailable",
-}
-
 
 class ApiError(Exception):
     """An error answer: raise it anywhere in a route."""
@@ -55,19 +47,19 @@ def request_id_of(request: Request) -> str:
 def error_response(
     request: Request, status: int, message: str, param: str | None = None, retry_after: int | None = None
 ) -> JSONResponse:
-    body = {
-        "error": {
-            "message": message,
-            "type": ERROR_TYPES.get(status, "error"),
-            "param": param,
-            "code": status,
-            "request_id": request_id_of(request),
-        }
-    }
+    body = ErrorResponse.of(status, message, param, request_id_of(request))
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     level = logging.WARNING if status < 500 else logging.ERROR
-    log.log(level, "[%s] %s %s -> %d: %s", request_id_of(request), request.method, request.url.path, status, message)
-    return JSONResponse(body, status_code=status, headers=headers)
+    log.log(
+        level,
+        "[%s] %s %s -> %d: %s",
+        request_id_of(request),
+        request.method,
+        request.url.path,
+        status,
+        message,
+    )
+    return JSONResponse(body.body(), status_code=status, headers=headers)
 
 
 def install_error_handlers(app: FastAPI, count_bad_request: Any) -> None:
@@ -147,8 +139,14 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
-async def parse_body(request: Request, model: type[M], max_bytes: int) -> M:
-    """Body -> model, with a 4xx that says exactly what is wrong at each step."""
+async def parse_body(
+    request: Request,
+    model: type[M],
+    max_bytes: int,
+    prepare: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> M:
+    """Body -> model, with a 4xx that says exactly what is wrong at each step. `prepare` sees the JSON
+    object first (the OpenAI routes drop the fields they accept without acting on them)."""
     raw = await read_body(request, max_bytes)
     if not raw.strip():
         raise ApiError(400, "The request body is empty; send a JSON object.")
@@ -159,13 +157,19 @@ async def parse_body(request: Request, model: type[M], max_bytes: int) -> M:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ApiError(400, f"The request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}.") from None
+        raise ApiError(
+            400, f"The request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}."
+        ) from None
     try:
         json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise ApiError(400, "The request body contains invalid Unicode (an unpaired surrogate escape).") from None
+        raise ApiError(
+            400, "The request body contains invalid Unicode (an unpaired surrogate escape)."
+        ) from None
     if not isinstance(data, dict):
         raise ApiError(400, f"The request body must be a JSON object, got {type(data).__name__}.")
+    if prepare is not None:
+        data = prepare(data)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -1,18 +1,27 @@
-"""Settings of the HTTP layer (the engine's own settings are `EngineSettings`)."""
+"""Settings of the HTTP layer (the engine's own settings are `EngineSettings`).
+
+Built once by `server/cli.py` from its flags and handed to `create_app`; routes read them through
+the serving state.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from inference_app.model.catalog import CATALOG, DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
 class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 8000
-    model_name: str = "smollm2-135m"  # the id reported by /v1/models and in responses
+    model_name: str = CATALOG[DEFAULT_MODEL].hf_id  # the id reported by /v1/models and in responses
+    model_aliases: tuple[str, ...] = (DEFAULT_MODEL,)  # other names a request's `model` may use
     max_queue: int = 64  # admitted requests waiting for prefill; beyond it: 429
     max_body_bytes: int = 1 << 20  # larger bodies: 413
     drain_timeout_s: float = 30.0  # SIGTERM: how long in-flight requests may take to finish
     warmup: bool = True  # compile every prefill bucket, insert and generate before /healthcheck is 200
-    generate_default_max_tokens: int = 128  # /generate without max_tokens
     chat_default_max_tokens: int = 256  # chat without max_tokens (capped by the cache room)
+
+    def serves(self, model: str) -> bool:
+        return model == self.model_name or model in self.model_aliases

@@ -1,5 +1,7 @@
 """The serving process's life cycle: loading -> warming_up -> ready -> draining (or failed).
 
+Sits between the HTTP layer and the orchestrator: `create_app` makes one `ServingState`, routes
+reach it with `serving_state(request)`, and the serving logic admits requests through `submit`.
 Loading and warm-up run on a background thread so the port is open (and `/healthcheck` answers
 503) while the model loads; only a warmed-up engine turns health green.
 """
@@ -12,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
+from fastapi import Request
+
 from inference_app.engine.api import Engine
 from inference_app.orchestrator import GenerationRequest, Job, Orchestrator, ServingMetrics, Sink, Unavailable
 from inference_app.server.options import ServerOptions
@@ -19,6 +23,12 @@ from inference_app.server.options import ServerOptions
 log = logging.getLogger("inference_app.server")
 
 Phase = Literal["loading", "warming_up", "ready", "draining", "stopped", "failed"]
+
+
+def serving_state(request: Request) -> ServingState:
+    """The state of the app serving `request` (set by `create_app`)."""
+    state: ServingState = request.app.state.serving
+    return state
 
 
 class ServingState:

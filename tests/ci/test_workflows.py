@@ -263,3 +263,74 @@ def test_pulumi_cli_version_pinned_and_shared() -> None:
     versions = {load(n)["env"]["PULUMI_VERSION"] for n in ("pull-request.yml", "deploy.yml")}
     (version,) = versions
     assert re.fullmatch(r"\d+\.\d+\.\d+", version)
+
+
+# --- the provider versions the tests used; no placeholder reaches a deploy --------------------
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_installs_use_the_tested_versions(path: Path) -> None:
+    """An unconstrained `pip install` resolves the newest provider SDKs, not the ones tested here."""
+    runs = [str(s.get("run", "")) for job in load(path.name)["jobs"].values() for s in job.get("steps", [])]
+    installs = [line for run in runs for line in run.splitlines() if "pip install" in line]
+    for line in installs:
+        assert "-c constraints.txt" in line, line
+
+
+def _step(name: str, job: str, step_name: str) -> dict[str, Any]:
+    (step,) = [s for s in load(name)["jobs"][job]["steps"] if s.get("name") == step_name]
+    return step
+
+
+def _run_step(step: dict[str, Any], workdir: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run a workflow step's script in a scratch copy of the checkout (stacks/ and the virtualenv)."""
+    (workdir / ".venv").symlink_to(Path(sys.executable).parent.parent)
+    return subprocess.run(
+        ["bash", "-e", "-c", str(step["run"])],
+        cwd=workdir,
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_deploy_sets_every_required_value(tmp_path: Path) -> None:
+    """After the deploy job's step, no shipped stack file holds a placeholder."""
+    import shutil
+
+    from components.config_rules import placeholder_problems
+    from components.stack_file import load_stack_file
+
+    step = _step("deploy.yml", "up", "set the stack's project and checkpoint")
+    env = {"GCP_PROJECT_ID": "acme-inference-prod", "MODEL_CHECKPOINT": "gs://acme-models/llama/int8"}
+    assert set(env) <= set(step["env"])
+    for stack_file in sorted((ROOT / "stacks").glob("Pulumi.*.yaml")):
+        workdir = tmp_path / stack_file.stem
+        (workdir / "stacks").mkdir(parents=True)
+        shutil.copy(stack_file, workdir / "stacks")
+        stack = stack_file.name.removeprefix("Pulumi.").removesuffix(".yaml")
+        result = _run_step(step, workdir, {**env, "STACK": stack})
+        assert result.returncode == 0, result.stderr
+        c = load_stack_file(workdir / "stacks" / stack_file.name)
+        assert placeholder_problems(c) == [] and c.project == "acme-inference-prod"
+
+
+def test_deploy_stops_before_pulumi_while_a_placeholder_is_left(tmp_path: Path) -> None:
+    import shutil
+
+    step = _step("deploy.yml", "up", "set the stack's project and checkpoint")
+    (tmp_path / "stacks").mkdir()
+    shutil.copy(ROOT / "stacks" / "Pulumi.dev.yaml", tmp_path / "stacks")
+    env = {
+        "STACK": "dev",
+        "GCP_PROJECT_ID": "acme-inference-prod",
+        "MODEL_CHECKPOINT": "gs://your-checkpoint-bucket/x",
+    }
+    result = _run_step(step, tmp_path, env)
+    assert result.returncode == 1
+    assert "model.checkpoint" in result.stderr and "placeholder" in result.stderr
+    steps = [s.get("name") or s.get("uses") for s in load("deploy.yml")["jobs"]["up"]["steps"]]
+    assert steps.index("set the stack's project and checkpoint") < next(
+        i for i, s in enumerate(steps) if str(s).startswith("pulumi/actions")
+    )

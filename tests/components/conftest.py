@@ -11,7 +11,8 @@ import jsonschema
 import pytest
 import yaml
 
-from components.config import StackConfig, load_stack_file, parse_stack_config, read_stack_file
+from components.config import StackConfig, parse_stack_config
+from components.stack_file import load_stack_file, read_stack_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STACKS_DIR = REPO_ROOT / "stacks"

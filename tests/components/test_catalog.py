@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from components import catalog
-from components.config import image_problem
+from components.config_rules import image_problem
 
 
 def test_v6e_facts_from_the_issue() -> None:
@@ -77,8 +77,8 @@ def test_ports_match_the_reference() -> None:
 @pytest.mark.parametrize(
     "image",
     [
-        catalog.PATHWAYS_SERVER_IMAGE,
-        catalog.PATHWAYS_PROXY_IMAGE,
+        *(catalog.pathways_server_image(v) for v in catalog.ENGINE_JAX_VERSIONS.values()),
+        *(catalog.pathways_proxy_image(v) for v in catalog.ENGINE_JAX_VERSIONS.values()),
         catalog.JETSTREAM_MAXTEXT_IMAGE,
         catalog.JETSTREAM_HTTP_IMAGE,
     ],

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from components import config_docs, manifests, preview, render
+from components.config import SECTIONS
 
 from .conftest import REPO_ROOT, STACKS, STACKS_DIR, load_stack
 
@@ -56,7 +57,7 @@ def test_config_reference_in_docs_is_up_to_date() -> None:
         "docs/infra.md is stale: run .venv/bin/python -m components.config_docs --write docs/infra.md"
     )
     # Every field of every section is documented.
-    for section, model in config_docs._SECTIONS.items():
+    for section, model in SECTIONS.items():
         for name in model.model_fields:
             assert f"`tpu-pathways-inference:{section}.{name}" in table
 
@@ -71,3 +72,26 @@ def test_components_never_import_jax_or_inference_app() -> None:
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+COMPONENT_MODULES = (
+    "gke_cluster",
+    "existing_cluster",
+    "tpu_slice_pool",
+    "storage",
+    "lws_controller",
+    "inference_workload",
+    "batch_job",
+    "service_accounts",
+)
+
+
+@pytest.mark.parametrize("module", COMPONENT_MODULES)
+def test_components_take_narrow_args_not_the_stack_config(module: str) -> None:
+    """Each ComponentResource's args say what it consumes; only program.py maps the whole config."""
+    import ast
+
+    tree = ast.parse((REPO_ROOT / "components" / f"{module}.py").read_text())
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "StackConfig" not in names and "components.program" not in modules

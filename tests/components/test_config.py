@@ -337,6 +337,7 @@ def test_valid_variants_are_accepted() -> None:
         ),
         stack="dev",
     )
-    assert c.min_master_version == "1.32"
+    assert c.cluster.min_master_version == "1.32"
     assert c.serving.engine == "inference-app"
-    assert load_stack("dev").min_master_version == catalog.TPU_GENERATIONS["v6e"].min_gke_version
+    assert load_stack("dev").cluster.min_master_version is None  # the channel's default version
+    assert load_stack("dev").required_gke_version == catalog.TPU_GENERATIONS["v6e"].min_gke_version

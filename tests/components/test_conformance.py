@@ -54,8 +54,8 @@ def add_pulumi_await(lws: Obj, c: StackConfig) -> None:
 def pin_images(lws: Obj, c: StackConfig) -> None:
     """3. The guide's `:latest` Pathways images are pinned (the tutorial's jax-0.5.3 pairing)."""
     pinned = {
-        "us-docker.pkg.dev/cloud-tpu-v2-images/pathways/server:latest": c.images.pathways_server,
-        "us-docker.pkg.dev/cloud-tpu-v2-images/pathways/proxy_server:latest": c.images.pathways_proxy,
+        "us-docker.pkg.dev/cloud-tpu-v2-images/pathways/server:latest": c.pathways_server_image,
+        "us-docker.pkg.dev/cloud-tpu-v2-images/pathways/proxy_server:latest": c.pathways_proxy_image,
     }
     for spec in _pod_specs(lws):
         for container in spec["containers"]:

@@ -9,7 +9,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from components import catalog, manifests
+from components import catalog, config_rules, manifests
 from components.config import StackConfig
 
 from .conftest import LWS_CRD_VERSIONS, STACKS, load_stack, lws_validator, variant_config
@@ -143,7 +143,9 @@ def test_inference_app_engine_replaces_jetstream() -> None:
 
 
 def test_leader_grace_period_covers_the_drain() -> None:
-    """Kubernetes' default 30 s grace would SIGKILL our server mid-drain; JetStream renders keep the guide's."""
+    """Kubernetes' default 30 s grace would SIGKILL our server mid-drain.
+
+    JetStream renders keep the guide's grace period."""
     leader = manifests.leader_worker_set(_inference_app("dev"))["spec"]["leaderWorkerTemplate"][
         "leaderTemplate"
     ]
@@ -323,3 +325,25 @@ def test_namespace_object_only_when_not_default() -> None:
         "ServiceAccount",
         "Job",
     ]
+
+
+def _generated_maxtext_keys(config: StackConfig) -> set[str]:
+    """Flag names `maxtext_args` emits from typed fields (the extra args and the config file excluded)."""
+    flags = manifests.maxtext_args(config)[1:]
+    return {f.split("=", 1)[0] for f in flags} - set(config.serving.maxtext_extra_args)
+
+
+def test_generated_maxtext_keys_are_exactly_what_the_manifests_emit() -> None:
+    """The rule refusing `maxtext_extra_args` that repeat a generated flag uses the real list.
+
+    Every branch of `maxtext_args` is taken by one of these configs (tokenizer set, int8,
+    disaggregated, autoscaling), so a flag added there without updating the list fails here.
+    """
+    configs = [
+        load_stack("llama31-405b-v6e16"),  # int8, no tokenizer_path
+        load_stack("llama2-70b-disagg"),  # disaggregated, tokenizer_path
+        variant_config("dev", autoscaling={"enabled": True}),  # prometheus_port
+    ]
+    emitted = set().union(*(_generated_maxtext_keys(c) for c in configs))
+    assert emitted == set(config_rules.GENERATED_MAXTEXT_KEYS) | set(config_rules.AUTOSCALING_MAXTEXT_KEYS)
+    assert not set(config_rules.GENERATED_MAXTEXT_KEYS) & set(config_rules.AUTOSCALING_MAXTEXT_KEYS)

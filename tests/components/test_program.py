@@ -24,9 +24,12 @@ LWS_TYPE = "kubernetes:leaderworkerset.x-k8s.io/v1:LeaderWorkerSet"
 POOL_TYPE = "gcp:container/nodePool:NodePool"
 
 
-def run_main(values: dict[str, Any], stack: str, *, preview: bool = True) -> Recording:
+def run_main(values: dict[str, Any], stack: str, *, preview: bool = True, **kwargs: Any) -> Recording:
+    """The real `__main__.py` under the recording mocks (`invokes`, `recording`: see run_program)."""
     main = str(REPO_ROOT / "__main__.py")
-    return run_program(values, stack, lambda: runpy.run_path(main, run_name="__main__"), preview=preview)
+    return run_program(
+        values, stack, lambda: runpy.run_path(main, run_name="__main__"), preview=preview, **kwargs
+    )
 
 
 def _short(urn: str) -> str:
@@ -159,8 +162,12 @@ def test_cluster_is_hardened(recordings: dict[str, Recording]) -> None:
     assert prod["deletionProtection"] is True
     assert prod["workloadIdentityConfig"] == {"workloadPool": "your-gcp-project-id.svc.id.goog"}
     assert prod["releaseChannel"] == {"channel": "REGULAR"}
-    assert prod["minMasterVersion"] == "1.31.2-gke.1115000"
+    assert "minMasterVersion" not in prod  # the channel's default (checked at preview)
     assert "compute@developer" not in prod["nodeConfig"]["serviceAccount"]
+    assert prod["privateClusterConfig"] == {"enablePrivateNodes": True}  # production default
+    assert prod["monitoringConfig"] == {"managedPrometheus": {"enabled": True}}
+    dev = recordings["dev"].one("gcp:container/cluster:Cluster").inputs
+    assert "privateClusterConfig" not in dev
     assert recordings["dev"].one("gcp:container/cluster:Cluster").inputs["deletionProtection"] is False
 
 
@@ -291,13 +298,13 @@ def test_missing_kubeconfig_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_placeholder_project_is_refused_on_up() -> None:
-    with pytest.raises(pulumi.RunError, match="still the placeholder"):
+    with pytest.raises(pulumi.RunError, match="gcp:project: 'your-gcp-project-id' is a placeholder"):
         run_main(stack_values("dev"), "dev", preview=False)
 
 
 def test_unmocked_invoke_fails_loudly() -> None:
     def program() -> None:
-        gcp.organizations.get_project()
+        gcp.compute.get_zones(region="us-east5")
 
     with pytest.raises(UnmockedCallError, match="unmocked invoke"):
         run_program(stack_values("dev"), "dev", program)

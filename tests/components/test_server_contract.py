@@ -60,17 +60,20 @@ def test_serve_command_parses_with_the_server_cli(stack: str, model: dict[str, o
 def test_autoscaling_metric_is_served_where_the_pod_monitoring_scrapes() -> None:
     """The PodMonitoring's path is a route of our app, and the HPA's gauge is one it exports."""
     from inference_app.orchestrator.metrics import ServingMetrics
-    from inference_app.server import routes_jetstream
+    from inference_app.server.app import create_app
+    from inference_app.server.options import ServerOptions
 
-    paths = {getattr(r, "path", None) for r in routes_jetstream.router.routes}
-    assert catalog.METRICS_PATH in paths
+    app = create_app(
+        ServerOptions(), engine_factory=lambda: pytest.fail("no engine is loaded without a lifespan")
+    )
+    assert catalog.METRICS_PATH in app.openapi()["paths"]
     gauge = catalog.AUTOSCALING_METRICS["inference-app"].split("|")[1]
     exported = ServingMetrics().render().decode()
     assert f"# TYPE {gauge} gauge" in exported
 
 
 def test_batch_command_parses_with_the_batch_cli() -> None:
-    from inference_app import batch
+    from inference_app.batch import cli as batch
 
     c = _config("dev")
     command = manifests.batch_command(c)

@@ -8,6 +8,7 @@ flags the real CLI accepts, the same flags the stack's manifest passes.
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import tomllib
 from pathlib import Path
@@ -15,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from components import catalog, manifests
-from components.config import StackConfig, parse_stack_config, read_stack_file
-from inference_app import batch as batch_cli
+from components.config import StackConfig, parse_stack_config
+from components.stack_file import read_stack_file
+from inference_app.batch import cli as batch_cli
 from inference_app.server import cli as serve_cli
 from policy.checks import image_reference_problem
 from tests.docker.dockerfile import Stage, parse
@@ -41,7 +43,8 @@ def final(stages: list[Stage]) -> Stage:
 def test_reader_joins_continuations_and_splits_stages(tmp_path: Path) -> None:
     f = tmp_path / "Dockerfile"
     f.write_text(
-        "# syntax=docker/dockerfile:1\nARG X=1\nFROM a:1 AS one\nRUN echo \\\n  hi\n\nFROM --platform=linux/amd64 b:2\nUSER 1\n"
+        "# syntax=docker/dockerfile:1\nARG X=1\nFROM a:1 AS one\nRUN echo \\\n  hi\n\n"
+        "FROM --platform=linux/amd64 b:2\nUSER 1\n"
     )
     one, two = parse(f)
     assert (one.image, one.name, two.image, two.name) == ("a:1", "one", "b:2", None)
@@ -161,6 +164,23 @@ def test_dockerignore_admits_exactly_what_the_build_copies() -> None:
     assert all((ROOT / p).exists() for p in included)
 
 
+def test_test_doubles_stay_out_of_the_image_and_out_of_the_serving_path() -> None:
+    """`inference_app/testing` is excluded from the build context, so no product module may import
+    it at module level (only `serve --inject-fault` does, lazily, and says why when it is absent)."""
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
+    assert "inference_app/testing/" in patterns
+    offenders = []
+    for path in sorted((ROOT / "inference_app").rglob("*.py")):
+        if "testing" in path.relative_to(ROOT / "inference_app").parts:
+            continue
+        for node in ast.parse(path.read_text()).body:  # module-level statements only
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "inference_app.testing" or n.startswith("inference_app.testing.") for n in names):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []
+
+
 def _inference_app_stack(**sections: object) -> StackConfig:
     values = read_stack_file(ROOT / "stacks" / "Pulumi.dev.yaml")
     values["tpu-pathways-inference:images"] = {"inference_app": "example/inference-app:0.1.0"}
@@ -185,3 +205,16 @@ def test_the_batch_jobs_command_and_user_fit_the_image(final: Stage) -> None:
     assert user is not None and int(user.value.split(":")[0]) == run_as, (
         "Dockerfile USER and the Job's runAsUser differ"
     )
+
+
+def test_the_images_jax_is_the_one_its_pathways_proxy_is_built_for() -> None:
+    """The proxy must match the client's JAX: the image pins JAX exactly (the `tpu` extra it installs),
+    and the stack deploys the Pathways images of that version with serving.engine inference-app."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["tpu"]
+    (jax_pin,) = [e for e in extras if e.startswith("jax[tpu]")]
+    assert jax_pin == f"jax[tpu]=={catalog.INFERENCE_APP_JAX_VERSION}", jax_pin
+    serving = read_stack_file(ROOT / "stacks" / "Pulumi.dev.yaml")["tpu-pathways-inference:serving"]
+    serving = {k: v for k, v in serving.items() if k != "maxtext_extra_args"}
+    c = _inference_app_stack(serving={**serving, "engine": "inference-app"})
+    assert c.pathways_proxy_image == catalog.pathways_proxy_image(catalog.INFERENCE_APP_JAX_VERSION)
+    assert c.pathways_server_image == catalog.pathways_server_image(catalog.INFERENCE_APP_JAX_VERSION)

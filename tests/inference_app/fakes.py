@@ -1,11 +1,12 @@
 """A small deterministic Engine for fast orchestrator/route tests, and a way to serve it.
 
-`FakeEngine` honours the `Engine` protocol and *checks the caller*: inserting into an occupied
-slot, decoding past `max_target_length`, or prefilling an over-long prompt raises, so orchestrator
-bugs surface as test failures. Tokens are UTF-8 bytes (ids 0..255) plus EOS (256); the greedy
-continuation of a prompt walks a fixed text (with multi-byte characters) from an offset derived
-from the prompt, and emits EOS at the end of that text. Output for a prompt depends only on the
-prompt and sampling, never on batch composition — like a correct real engine.
+`FakeEngine` honours the `Engine` protocol, with both capabilities (`BatchedPrefill`, and
+`ChunkedPrefill` when built with `chunked_prefill=True`), and *checks the caller*: inserting into
+an occupied slot, decoding past `max_target_length`, or prefilling an over-long prompt raises, so
+orchestrator bugs surface as test failures. Tokens are UTF-8 bytes (ids 0..255) plus EOS (256);
+the greedy continuation of a prompt walks a fixed text (with multi-byte characters) from an offset
+derived from the prompt, and emits EOS at the end of that text. Output for a prompt depends only
+on the prompt and sampling, never on batch composition — like a correct real engine.
 
 Run as a server (real process, fake model; used by the signal and disconnect tests):
     python -m tests.inference_app.fakes --port 8123 [--step-delay 0.02] [--max-slots 4]
@@ -107,10 +108,19 @@ class FakeEngine:
     # and the step that runs its last chunk yields its first token.
     chunked_prefill: bool = False
     prefill_chunk: int = 16
+    step_buckets: tuple[int, ...] = (4,)  # reported only: the fake compiles nothing
+    # Chunked prefill: KV tokens all slots may reserve together (prompt + max new tokens each),
+    # as a paged cache bounds admission; None: only the slots bound it.
+    kv_tokens: int | None = None
 
     def __post_init__(self) -> None:
         self.tokenizer: Tokenizer = ByteTokenizer()
+        self.mode = self.settings.mode
+        self.max_slots = self.settings.max_slots
+        self.max_prefill_length = self.settings.max_prefill_length
+        self.max_target_length = self.settings.max_target_length
         self._slots: list[_Slot | None] = [None] * self.settings.max_slots
+        self._reserved: dict[int, int] = {}  # slot -> KV tokens its request reserved
         self.inserts = 0
         self.steps = 0
         self.prefills = 0
@@ -119,20 +129,9 @@ class FakeEngine:
         self.warmed_up = False
         self.gate = threading.Event()  # clear it to pause decoding (tests of queues and drain)
         self.gate.set()
+        self.held = threading.Event()  # set while a step waits for the gate
         self._lock = threading.Lock()
         self._last_tokens: DonatableTokens | None = None
-
-    @property
-    def max_slots(self) -> int:
-        return self.settings.max_slots
-
-    @property
-    def max_prefill_length(self) -> int:
-        return self.settings.max_prefill_length
-
-    @property
-    def max_target_length(self) -> int:
-        return self.settings.max_target_length
 
     @property
     def active(self) -> int:
@@ -183,18 +182,28 @@ class FakeEngine:
             self.max_active = max(self.max_active, self.active)
 
     def can_admit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> bool:
-        return len(prompt_ids) + max_new_tokens <= self.max_target_length
+        need = len(prompt_ids) + max_new_tokens
+        with self._lock:
+            free = None if self.kv_tokens is None else self.kv_tokens - sum(self._reserved.values())
+        return need <= self.max_target_length and (free is None or need <= free)
 
     def add_prompt(
-        self, slot: int, prompt_ids: Sequence[int], sampling: SamplingParams, max_new_tokens: int | None = None
+        self,
+        slot: int,
+        prompt_ids: Sequence[int],
+        sampling: SamplingParams,
+        max_new_tokens: int | None = None,
     ) -> None:
         if not self.chunked_prefill:
             raise RuntimeError("add_prompt on an engine without chunked prefill")
         if not 0 < len(prompt_ids) <= self.max_prefill_length:
             raise ValueError(f"prompt of {len(prompt_ids)} tokens (limit {self.max_prefill_length})")
+        if not self.can_admit(prompt_ids, max_new_tokens or 1):
+            raise RuntimeError(f"add_prompt of a request the KV cache cannot hold now (slot {slot})")
         with self._lock:
             if self._slots[slot] is not None:
                 raise RuntimeError(f"add_prompt into occupied slot {slot}")
+            self._reserved[slot] = len(prompt_ids) + (max_new_tokens or 1)
             steps = -(-len(prompt_ids) // self.prefill_chunk)
             start = continuation_start(prompt_ids, sampling)
             self._slots[slot] = _Slot(cursor=start, position=len(prompt_ids), prefill_steps=steps)
@@ -202,7 +211,10 @@ class FakeEngine:
             self.max_active = max(self.max_active, self.active)
 
     def generate(self) -> StepOutput:
-        self.gate.wait()
+        if not self.gate.is_set():
+            self.held.set()
+            self.gate.wait()
+            self.held.clear()
         time.sleep(self.step_delay)
         out = np.zeros(self.max_slots, dtype=np.int32)
         emitted = []
@@ -231,6 +243,7 @@ class FakeEngine:
     def release(self, slot: int) -> None:
         with self._lock:
             self._slots[slot] = None
+            self._reserved.pop(slot, None)
 
     def warmup(self) -> None:
         time.sleep(self.warmup_delay)

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from inference_app.model.catalog import embedded_model_path
 from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
-from inference_app.models import embedded_model_path
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

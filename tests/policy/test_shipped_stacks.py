@@ -60,7 +60,8 @@ def test_policy_production_rule_matches_the_stack_environment(stack: str) -> Non
     preview would block a stack the program considers disposable (or protect none)."""
     environment = yaml.safe_load((STACKS_DIR / f"Pulumi.{stack}.yaml").read_text())["config"][ENVIRONMENT_KEY]
     assert (environment == "development") == (stack in DEFAULT_NON_PRODUCTION_STACKS), (
-        f"stack {stack!r} has environment {environment!r}: keep policy.policies.DEFAULT_NON_PRODUCTION_STACKS in step"
+        f"stack {stack!r} has environment {environment!r}: "
+        "keep policy.policies.DEFAULT_NON_PRODUCTION_STACKS in step"
     )
 
 

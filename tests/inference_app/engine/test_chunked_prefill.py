@@ -12,7 +12,7 @@ from inference_app.engine.engine import JaxEngine, model_for
 from inference_app.engine.step_plan import PendingPrompt, plan_ragged
 from inference_app.kernels import build
 from inference_app.model.loader import LoadedModel
-from tests.inference_app.engine_runs import decode_all
+from tests.inference_app.engine_runs import decode_all, run_chunked
 
 STEPS = 10
 PROMPTS = [
@@ -33,7 +33,10 @@ needs_kernels = pytest.mark.skipif(not build.available(), reason="the CPU kernel
 
 def test_plan_lays_out_decode_rows_then_chunks_in_arrival_order() -> None:
     positions = np.array([7, 0, 3, 0], np.int32)
-    pending = {3: PendingPrompt(np.arange(100, 105, dtype=np.int32), done=2), 1: PendingPrompt(np.arange(9, dtype=np.int32))}
+    pending = {
+        3: PendingPrompt(np.arange(100, 105, dtype=np.int32), done=2),
+        1: PendingPrompt(np.arange(9, dtype=np.int32)),
+    }
     plan = plan_ragged([2, 0], positions, pending, (1, 4, 8), num_slots=4, max_target_length=64)
     # decode slots 0, 2; then the rest of slot 3's prompt (3 tokens, finishing), then 3 of slot 1's
     assert plan.slots.tolist() == [0, 2, 3, 3, 3, 1, 1, 1]
@@ -46,7 +49,8 @@ def test_plan_lays_out_decode_rows_then_chunks_in_arrival_order() -> None:
 
 
 def test_plan_pads_to_the_smallest_bucket_with_rows_that_touch_nothing() -> None:
-    plan = plan_ragged([1], np.zeros(4, np.int32), {2: PendingPrompt(np.arange(2, dtype=np.int32))}, (1, 4, 8), 4, 64)
+    pending = {2: PendingPrompt(np.arange(2, dtype=np.int32))}
+    plan = plan_ragged([1], np.zeros(4, np.int32), pending, (1, 4, 8), 4, 64)
     assert len(plan.slots) == 4 and plan.slots[3] == 4 and plan.positions[3] == 64  # out of range
     assert plan.emitted == (1, 2) and plan.completed == (2,)
     with pytest.raises(ValueError, match="exceed the largest step bucket"):
@@ -76,33 +80,6 @@ def prompt_ids(model: LoadedModel) -> list[list[int]]:
     return ids
 
 
-def run_chunked(
-    engine: JaxEngine, prompts: list[list[int]], sampling: list[SamplingParams], steps: int, stagger: int = 0
-) -> list[list[int]]:
-    """Prompt i starts in slot i % slots once a slot is free (and not before step i * stagger)."""
-    outs: list[list[int]] = [[] for _ in prompts]
-    slot_of: dict[int, int] = {}
-    waiting = list(range(len(prompts)))
-    step = 0
-    while any(len(o) < steps for o in outs):
-        busy = set(slot_of.values())
-        while waiting and len(busy) < engine.max_slots and waiting[0] * stagger <= step:
-            i = waiting.pop(0)
-            slot = min(set(range(engine.max_slots)) - busy)
-            engine.add_prompt(slot, prompts[i], sampling[i])
-            slot_of[i], busy = slot, busy | {slot}
-        out = engine.generate()
-        tokens = np.asarray(out.tokens)
-        for i, slot in list(slot_of.items()):
-            if slot in out.slots:
-                outs[i].append(int(tokens[slot]))
-                if len(outs[i]) == steps:
-                    engine.release(slot)
-                    del slot_of[i]
-        step += 1
-    return outs
-
-
 @needs_kernels
 def test_chunked_equals_separate_prefill_greedy(
     model: LoadedModel, chunked: JaxEngine, prompt_ids: list[list[int]]
@@ -126,7 +103,9 @@ def test_chunked_seeded_sampling_equals_separate_prefill(
 
 
 @needs_kernels
-def test_release_during_prefill_drops_the_rest_of_the_prompt(chunked: JaxEngine, prompt_ids: list[list[int]]) -> None:
+def test_release_during_prefill_drops_the_rest_of_the_prompt(
+    chunked: JaxEngine, prompt_ids: list[list[int]]
+) -> None:
     before = run_chunked(chunked, [prompt_ids[0]], [SamplingParams()], 4)  # in slot 0
     chunked.add_prompt(0, max(prompt_ids, key=len), SamplingParams())
     assert 0 not in chunked.generate().slots  # only part of the long prompt ran
@@ -152,7 +131,9 @@ def test_bad_add_prompt_is_a_clear_error(chunked: JaxEngine, slot: int, ids: lis
 
 
 @needs_kernels
-def test_busy_slot_and_engine_without_chunking_are_clear_errors(chunked: JaxEngine, model: LoadedModel) -> None:
+def test_busy_slot_and_engine_without_chunking_are_clear_errors(
+    chunked: JaxEngine, model: LoadedModel
+) -> None:
     chunked.add_prompt(1, [1, 2, 3], SamplingParams())
     with pytest.raises(ValueError, match="slot 1 is busy"):
         chunked.add_prompt(1, [4, 5], SamplingParams())

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from inference_app.engine import Engine, EngineSettings, SamplingParams
+from inference_app.engine.api import batched_prefill, chunked_prefill
 from inference_app.engine.engine import JaxEngine, model_for
 from inference_app.engine.step_plan import SlotLayout
 from inference_app.model.loader import LoadedModel
@@ -50,6 +51,8 @@ def greedy8(engine8: JaxEngine, prompt_ids: list[list[int]]) -> list[list[int]]:
 
 def test_satisfies_engine_protocol(engine8: JaxEngine) -> None:
     assert isinstance(engine8, Engine)
+    assert batched_prefill(engine8) is engine8
+    assert (chunked_prefill(engine8) is engine8) is engine8.chunked_prefill  # on: the CPU default
     assert engine8.prefill_buckets[-1] == engine8.max_prefill_length == 32
 
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from inference_app.model.catalog import embedded_model_path
 from inference_app.model.tokenizer import TextTokenizer
 from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
-from inference_app.models import embedded_model_path
 
 TABLE = [
     "Hello world",

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from gguf.quants import dequantize
 
+from inference_app.model.catalog import ModelNotFoundError, embedded_model_path
 from inference_app.model.config import ModelConfig
 from inference_app.model.weights_gguf import GGUFCheckpoint, permute_qk, unpermute_qk
-from inference_app.models import ModelNotFoundError, embedded_model_path
 
 
 @pytest.fixture(scope="module")

@@ -116,7 +116,8 @@ def test_reads_bf16_and_f16_safetensors(tmp_path: Path) -> None:
     }
     save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     (tmp_path / "config.json").write_text(
-        '{"num_attention_heads": 2, "hidden_size": 8, "num_hidden_layers": 1, "intermediate_size": 8, "vocab_size": 10}'
+        '{"num_attention_heads": 2, "hidden_size": 8, "num_hidden_layers": 1, '
+        '"intermediate_size": 8, "vocab_size": 10}'
     )
     ckpt = HFCheckpoint(str(tmp_path))
     for name, t in tensors.items():

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
-from inference_app.engine.api import EngineSettings, SamplingParams
+from inference_app.engine.api import (
+    BatchedPrefill,
+    ChunkedPrefill,
+    Engine,
+    EngineSettings,
+    Prefix,
+    SamplingParams,
+    StepOutput,
+    batched_prefill,
+    chunked_prefill,
+)
 from inference_app.orchestrator import (
     BadRequest,
     Event,
@@ -21,7 +31,7 @@ from inference_app.orchestrator import (
     Unavailable,
 )
 from inference_app.orchestrator.detokenize import IncrementalDecoder, StopStringFilter
-from inference_app.orchestrator.faults import FaultInjectingEngine, parse_fault_spec
+from inference_app.testing.faults import FaultInjectingEngine, parse_fault_spec
 from tests.inference_app.fakes import CORPUS, CORPUS_IDS, EOS, ByteTokenizer, FakeEngine, expected_ids
 
 
@@ -220,15 +230,22 @@ def test_queue_full_is_rejected_not_buffered(engine: FakeEngine) -> None:
             except QueueFull as exc:
                 rejected += 1
                 assert exc.status == 429 and exc.retry_after == 1
-            time.sleep(0.01)  # let prefill pick up what it can
+            if i == 0:
+                _wait(engine.held.is_set)  # the first request decodes: its step holds the device
         # slots + one prefilled lookahead + the queue bound; everything else refused
         assert accepted <= engine.max_slots + 1 + 2 and rejected >= 20 - (engine.max_slots + 3)
         assert orch.metrics.requests.labels(outcome="rejected_queue_full")._value.get() == rejected
-        # gauges are read at scrape time, not at start-up;
-        # interleaved: the blocked decode step holds the device, so prefill (and the queue) stand still
-        scraped = orch.metrics.render().decode()
-        assert f"inference_queue_depth {float(orch.queue_depth)}" in scraped and orch.queue_depth >= 1
-        assert f"inference_requests_in_flight {float(accepted)}" in scraped
+
+        # Gauges are read at scrape time, not at start-up. Interleaved, the held step keeps the
+        # device, so prefill takes at most one more prompt and the queue stays non-empty.
+        def scrape_shows_depth() -> bool:
+            depth = orch.queue_depth
+            scraped = orch.metrics.render().decode()
+            return depth == orch.queue_depth and f"inference_queue_depth {float(depth)}" in scraped
+
+        _wait(scrape_shows_depth)
+        assert orch.queue_depth >= 1
+        assert f"inference_requests_in_flight {float(accepted)}" in orch.metrics.render().decode()
     finally:
         engine.gate.set()
         orch.stop()
@@ -394,3 +411,83 @@ def _wait(cond: object, timeout: float = 5.0) -> None:
             return
         time.sleep(0.002)
     raise AssertionError("condition not reached")
+
+
+# ----- the engine contract: optional capabilities, checked once ---------------------------------
+
+
+class PlainEngine:
+    """Only the core `Engine` protocol (no `prefill_many`, no `add_prompt`), over a FakeEngine."""
+
+    def __init__(self, inner: FakeEngine) -> None:
+        self.inner = inner
+        self.settings = inner.settings
+        self.tokenizer = inner.tokenizer
+        self.mode = inner.mode
+        self.max_slots = inner.max_slots
+        self.max_prefill_length = inner.max_prefill_length
+        self.max_target_length = inner.max_target_length
+        self.prefill_buckets = inner.prefill_buckets
+
+    def prefill(self, prompt_ids: Sequence[int], sampling: SamplingParams) -> Prefix:
+        return self.inner.prefill(prompt_ids, sampling)
+
+    def transfer(self, prefix: Prefix) -> Prefix:
+        return self.inner.transfer(prefix)
+
+    def insert(self, prefix: Prefix, slot: int) -> None:
+        self.inner.insert(prefix, slot)
+
+    def generate(self) -> StepOutput:
+        return self.inner.generate()
+
+    def release(self, slot: int) -> None:
+        self.inner.release(slot)
+
+    def warmup(self) -> None:
+        self.inner.warmup()
+
+
+def test_an_engine_without_optional_capabilities_is_served_by_single_prefills() -> None:
+    plain = PlainEngine(batching_engine(prefill_delay=0.01))
+    assert isinstance(plain, Engine)
+    assert not isinstance(plain, BatchedPrefill) and not isinstance(plain, ChunkedPrefill)
+    orch = make(plain)
+    try:
+        prompts = [f"plain {i}" for i in range(6)]
+        sinks = [Collector() for _ in prompts]
+        for p, s in zip(prompts, sinks, strict=True):
+            orch.submit(req(p, max_tokens=6), s)
+        assert_served_like_alone(prompts, sinks, 6)
+        assert plain.inner.batch_sizes == [] and plain.inner.prefills == 6  # never prefill_many
+    finally:
+        orch.stop()
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_capabilities_pick_the_path_and_the_fault_wrapper_mirrors_them(chunked: bool) -> None:
+    fake = FakeEngine(chunked_prefill=chunked)
+    wrapped = FaultInjectingEngine(fake, "generate", "X")
+    for engine in (fake, wrapped):
+        assert batched_prefill(engine) is engine
+        assert (chunked_prefill(engine) is engine) is chunked
+    with pytest.raises(TypeError, match="cannot be wrapped"):
+        FaultInjectingEngine(PlainEngine(fake), "prefill", "X")
+
+
+def test_requests_wait_for_kv_blocks_in_arrival_order_and_all_finish() -> None:
+    """Chunked prefill over a paged cache: free slots are not enough, the request's KV must fit.
+    Each request here reserves 20 + 30 tokens of a 60-token cache, so they run one at a time."""
+    engine = FakeEngine(step_delay=0.001, chunked_prefill=True, kv_tokens=60)
+    orch = make(engine)
+    try:
+        prompts = [f"prompt number {i:05d}" for i in range(3)]  # 20 bytes each
+        sinks = [Collector() for _ in prompts]
+        for p, s in zip(prompts, sinks, strict=True):
+            orch.submit(req(p, max_tokens=30, ignore_eos=True), s)
+        for s in sinks:
+            assert isinstance(s.final, Finished), s.final
+        assert engine.max_active == 1 and engine.prefills == 3  # never two at once, none refused
+        assert orch.wait_idle(5) and orch.active_slots == 0 and not engine._reserved
+    finally:
+        orch.stop()

@@ -1,0 +1,374 @@
+"""Serving logic of the OpenAI-compatible endpoints: completions, chat completions, models, and
+vLLM's tokenizer routes (`/tokenize`, `/detokenize`, `/tokenizer_info`: lm-eval finds the
+tokenizer through them, so it needs no Hugging Face download).
+
+Called by `routes_openai.py` with a parsed request model; builds its answers from `protocol`
+models. Every choice of a request (`n`, several prompts) is its own admitted generation; their
+events are merged by `serving.respond`. Streaming uses server-sent events: one `data: <json chunk>`
+per piece of text (chat opens with a chunk announcing the assistant role), a chunk with each
+choice's `finish_reason`, a last chunk with `usage` and `choices: []` only when
+`stream_options.include_usage` asks for it (`continuous_usage_stats`: usage on every chunk), then
+`data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Protocol, runtime_checkable
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from inference_app.orchestrator import Finished
+from inference_app.server.errors import ApiError
+from inference_app.server.openai_fields import Endpoint, UnsupportedField, screen
+from inference_app.server.protocol import (
+    AssistantMessage,
+    ChatCompletionChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionStreamChoice,
+    ChatMessage,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    DeltaMessage,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    FunctionCallOut,
+    ModelCard,
+    ModelList,
+    OpenAIRequest,
+    ResponseModel,
+    TokenizeRequest,
+    TokenizeResponse,
+    ToolCallOut,
+    UsageInfo,
+)
+from inference_app.server.serving import (
+    SSE,
+    check_token_ids,
+    encode_prompt,
+    respond,
+    start_generations,
+)
+from inference_app.server.state import ServingState
+from inference_app.server.tool_calls import Function, call_as_text, parse_tool_calls, tools_system_prompt
+
+log = logging.getLogger("inference_app.server")
+
+
+@runtime_checkable
+class HasHfConfig(Protocol):
+    """A tokenizer that can describe itself as Hugging Face's tokenizer_config.json (`TextTokenizer`)."""
+
+    def hf_config(self) -> dict[str, Any]: ...
+
+
+def screener(endpoint: Endpoint) -> Any:
+    """`parse_body`'s `prepare` step for an OpenAI endpoint (see `openai_fields`)."""
+
+    def prepare(data: dict[str, Any]) -> dict[str, Any]:
+        try:
+            kept, dropped = screen(data, endpoint)
+        except UnsupportedField as exc:
+            raise ApiError(400, str(exc), exc.name) from None
+        if dropped:
+            log.debug("accepted without effect: %s", ", ".join(dropped))
+        return kept
+
+    return prepare
+
+
+def check_model(state: ServingState, model: str | None) -> None:
+    if model is not None and not state.options.serves(model):
+        names = ", ".join(repr(n) for n in (state.options.model_name, *state.options.model_aliases))
+        raise ApiError(404, f"Model {model!r} is not served here; this server serves {names}.", "model")
+
+
+def _engine(state: ServingState) -> Any:
+    if state.engine is None:
+        raise ApiError(503, f"The model is not loaded yet (phase: {state.phase}).", retry_after=5)
+    return state.engine
+
+
+# ----- completions -------------------------------------------------------------------------------
+
+
+class CompletionRenderer:
+    """`text_completion` objects; a stream's chunks are the same object with a piece of text each."""
+
+    def __init__(self, request_id: str, model: str, body: OpenAIRequest, echoes: list[str], n: int) -> None:
+        self.id, self.created, self.model = f"cmpl-{request_id}", int(time.time()), model
+        self.body, self.echoes, self.n = body, echoes, n  # echoes: per prompt, "" without echo
+        self._opened: set[int] = set()
+
+    def _response(
+        self, choices: list[CompletionChoice], usage: UsageInfo | None = None
+    ) -> CompletionResponse:
+        return CompletionResponse(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+        )
+
+    def _echo(self, index: int) -> str:
+        if index in self._opened:
+            return ""
+        self._opened.add(index)
+        return self.echoes[index // self.n]
+
+    def whole(self, results: list[tuple[str, Finished]]) -> CompletionResponse:
+        choices = [
+            CompletionChoice(index=i, text=self._echo(i) + text, finish_reason=fin.reason)
+            for i, (text, fin) in enumerate(results)
+        ]
+        finished = [fin for _, fin in results]
+        prompt = sum(f.prompt_tokens for f in finished[:: self.n])
+        return self._response(choices, UsageInfo.of(prompt, sum(f.completion_tokens for f in finished)))
+
+    def opening(self, choices: int) -> list[ResponseModel]:
+        return []  # completions have no opening chunk
+
+    def _progress(self, progress: UsageInfo) -> UsageInfo | None:
+        return progress if self.body.continuous_usage else None
+
+    def text(self, index: int, text: str, progress: UsageInfo) -> CompletionResponse:
+        return self._response(
+            [CompletionChoice(index=index, text=self._echo(index) + text)], self._progress(progress)
+        )
+
+    def finished(self, index: int, finished: Finished, progress: UsageInfo) -> list[ResponseModel]:
+        choice = CompletionChoice(index=index, text=self._echo(index), finish_reason=finished.reason)
+        return [self._response([choice], self._progress(progress))]
+
+    def closing(self, total: UsageInfo) -> list[ResponseModel]:
+        return [self._response([], total)] if self.body.include_usage else []
+
+
+async def serve_completion(state: ServingState, request: Request, body: CompletionRequest) -> Response:
+    check_model(state, body.model)
+    engine = _engine(state)
+    prompts: list[tuple[int, ...]] = []
+    echoes: list[str] = []
+    for i, prompt in enumerate(body.prompts()):
+        if isinstance(prompt, str):
+            prompts.append(encode_prompt(state, prompt))
+            echoes.append(prompt if body.echo else "")
+        else:
+            prompts.append(check_token_ids(state, prompt, "prompt" if i == 0 else f"prompt.{i}"))
+            echoes.append(engine.tokenizer.decode(prompt) if body.echo else "")
+    gens = start_generations(state, request, body, prompts, body.max_tokens, body.n)
+    renderer = CompletionRenderer(gens[0].request.request_id, state.options.model_name, body, echoes, body.n)
+    return await respond(gens, body.stream, renderer, SSE, body.n)
+
+
+# ----- chat --------------------------------------------------------------------------------------
+
+
+def _functions(body: ChatCompletionRequest) -> list[Function]:
+    if not body.tools or body.tool_choice == "none":
+        return []
+    return [
+        Function(t.function.name, t.function.description or "", t.function.parameters or {"type": "object"})
+        for t in body.tools
+    ]
+
+
+def _check_unconstrained(body: ChatCompletionRequest) -> None:
+    """What needs token masks in the engine is refused, naming the field, until the engine has them."""
+    if body.response_format is not None and body.response_format.type != "text":
+        raise ApiError(
+            400,
+            f"response_format: type {body.response_format.type!r} is not supported by this server "
+            "yet (structured outputs need token masks in the engine); send type 'text' or leave it out.",
+            "response_format",
+        )
+    if body.tool_choice is not None and body.tool_choice not in ("none", "auto"):
+        raise ApiError(
+            400,
+            "tool_choice: only 'none' and 'auto' are supported by this server yet (a forced call "
+            "needs token masks in the engine).",
+            "tool_choice",
+        )
+
+
+def template_messages(messages: list[ChatMessage], functions: list[Function]) -> list[dict[str, str]]:
+    """OpenAI messages -> what a chat template reads: text content, `developer` as `system`, earlier
+    tool calls written back as the model writes them."""
+    out = []
+    for i, m in enumerate(messages):
+        try:
+            text = m.text()
+        except ValueError as exc:
+            raise ApiError(400, f"messages.{i}.content: {exc}", f"messages.{i}.content") from None
+        for call in m.tool_calls or []:
+            text += call_as_text(call.function.name, call.function.arguments)
+        out.append({"role": "system" if m.role == "developer" else m.role, "content": text})
+    if functions:
+        prompt = tools_system_prompt(functions)
+        if out and out[0]["role"] == "system":
+            out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{prompt}"}
+        else:
+            out.insert(0, {"role": "system", "content": prompt})
+    return out
+
+
+class ChatRenderer:
+    """`chat.completion` for a whole answer, `chat.completion.chunk`s for a stream. With tools, a
+    choice's text is held back until it ends, then sent as content or as tool_calls."""
+
+    def __init__(
+        self, request_id: str, model: str, body: ChatCompletionRequest, functions: list[Function]
+    ) -> None:
+        self.id, self.created, self.model = f"chatcmpl-{request_id}", int(time.time()), model
+        self.body, self.functions = body, functions
+        self._held: dict[int, list[str]] = {}
+
+    def _chunk(
+        self, choices: list[ChatCompletionStreamChoice], usage: UsageInfo | None = None
+    ) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+        )
+
+    def _message(self, text: str) -> AssistantMessage:
+        if not self.functions:
+            return AssistantMessage(content=text)
+        content, calls = parse_tool_calls(text, self.functions)
+        if not calls:
+            return AssistantMessage(content=text)
+        return AssistantMessage(
+            content=content,
+            tool_calls=[
+                ToolCallOut(id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments))
+                for c in calls
+            ],
+        )
+
+    @staticmethod
+    def _reason(message: AssistantMessage, finished: Finished) -> str:
+        return "tool_calls" if message.tool_calls else finished.reason
+
+    def whole(self, results: list[tuple[str, Finished]]) -> ChatCompletionResponse:
+        choices = []
+        for i, (text, fin) in enumerate(results):
+            message = self._message(text)
+            choices.append(
+                ChatCompletionChoice(index=i, message=message, finish_reason=self._reason(message, fin))
+            )
+        finished = [fin for _, fin in results]
+        usage = UsageInfo.of(finished[0].prompt_tokens, sum(f.completion_tokens for f in finished))
+        return ChatCompletionResponse(
+            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+        )
+
+    def _progress(self, progress: UsageInfo) -> UsageInfo | None:
+        return progress if self.body.continuous_usage else None
+
+    def opening(self, choices: int) -> list[ResponseModel]:
+        return [
+            self._chunk(
+                [
+                    ChatCompletionStreamChoice(index=i, delta=DeltaMessage(role="assistant", content=""))
+                    for i in range(choices)
+                ]
+            )
+        ]
+
+    def text(self, index: int, text: str, progress: UsageInfo) -> ChatCompletionChunk:
+        if self.functions:
+            self._held.setdefault(index, []).append(text)
+            text = ""
+        delta = DeltaMessage(content=text or None)
+        return self._chunk([ChatCompletionStreamChoice(index=index, delta=delta)], self._progress(progress))
+
+    def finished(self, index: int, finished: Finished, progress: UsageInfo) -> list[ResponseModel]:
+        delta, reason = DeltaMessage(), str(finished.reason)
+        if self.functions:
+            message = self._message("".join(self._held.pop(index, [])))
+            calls = [c.model_copy(update={"index": k}) for k, c in enumerate(message.tool_calls or [])]
+            delta = DeltaMessage(content=message.content, tool_calls=calls or None)
+            reason = self._reason(message, finished)
+        choice = ChatCompletionStreamChoice(index=index, delta=delta, finish_reason=reason)
+        return [self._chunk([choice], self._progress(progress))]
+
+    def closing(self, total: UsageInfo) -> list[ResponseModel]:
+        return [self._chunk([], total)] if self.body.include_usage else []
+
+
+def render_chat(
+    state: ServingState,
+    messages: list[ChatMessage],
+    functions: list[Function],
+    add_generation_prompt: bool = True,
+) -> str:
+    try:
+        return str(
+            _engine(state).tokenizer.apply_chat_template(
+                template_messages(messages, functions), add_generation_prompt=add_generation_prompt
+            )
+        )
+    except ValueError as exc:  # e.g. no template, or the template rejects the roles' order
+        raise ApiError(400, f"Cannot apply the model's chat template: {exc}", "messages") from None
+
+
+async def serve_chat(state: ServingState, request: Request, body: ChatCompletionRequest) -> Response:
+    check_model(state, body.model)
+    _check_unconstrained(body)
+    engine = _engine(state)
+    functions = _functions(body)
+    prompt_ids = encode_prompt(state, render_chat(state, body.messages, functions))
+    room = engine.max_target_length - len(prompt_ids)
+    max_tokens = body.token_budget(default=max(1, min(state.options.chat_default_max_tokens, room)))
+    gens = start_generations(state, request, body, [prompt_ids], max_tokens, body.n)
+    renderer = ChatRenderer(gens[0].request.request_id, state.options.model_name, body, functions)
+    return await respond(gens, body.stream, renderer, SSE, body.n)
+
+
+# ----- models and tokenizer routes ---------------------------------------------------------------
+
+
+def _card(state: ServingState) -> ModelCard:
+    max_model_len = state.engine.max_target_length if state.engine is not None else None
+    return ModelCard(id=state.options.model_name, created=int(state.started_at), max_model_len=max_model_len)
+
+
+def list_models(state: ServingState) -> ModelList:
+    return ModelList(data=[_card(state)])
+
+
+def get_model(state: ServingState, model: str) -> ModelCard:
+    check_model(state, model)
+    return _card(state)
+
+
+def tokenize(state: ServingState, body: TokenizeRequest) -> TokenizeResponse:
+    check_model(state, body.model)
+    engine = _engine(state)
+    text = (
+        body.prompt
+        if body.messages is None
+        else render_chat(state, body.messages, [], body.add_generation_prompt)
+    )
+    ids = list(engine.tokenizer.encode(text or ""))
+    strs = [engine.tokenizer.decode([t]) for t in ids] if body.return_token_strs else None
+    return TokenizeResponse(
+        count=len(ids), max_model_len=engine.max_target_length, tokens=ids, token_strs=strs
+    )
+
+
+def detokenize(state: ServingState, body: DetokenizeRequest) -> DetokenizeResponse:
+    check_model(state, body.model)
+    ids = check_token_ids(state, body.tokens, "tokens")
+    return DetokenizeResponse(prompt=_engine(state).tokenizer.decode(list(ids)))
+
+
+def tokenizer_info(state: ServingState) -> JSONResponse:
+    """The tokenizer's Hugging Face config (eos/bos tokens, chat template), as vLLM's route."""
+    engine = _engine(state)
+    info: dict[str, Any] = (
+        dict(engine.tokenizer.hf_config()) if isinstance(engine.tokenizer, HasHfConfig) else {}
+    )
+    info["model_max_length"] = engine.max_target_length
+    return JSONResponse(info)

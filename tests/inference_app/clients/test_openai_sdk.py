@@ -1,0 +1,119 @@
+"""The official openai SDK against a real server: sync, async, streaming, and its error classes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+import pytest
+
+from tests.inference_app.serving_cases import ServerProcess
+
+GREEDY = {"temperature": 0, "max_tokens": 8}
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def model(client: openai.OpenAI) -> str:
+    return client.models.list().data[0].id
+
+
+def test_chat_sync_and_streamed_text_agree(client: openai.OpenAI, model: str) -> None:
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    whole = client.chat.completions.create(model=model, messages=messages, **GREEDY)  # type: ignore[arg-type]
+    text = whole.choices[0].message.content
+    assert text and whole.choices[0].finish_reason in ("stop", "length")
+    assert whole.usage is not None and whole.usage.completion_tokens >= 1
+    stream = client.chat.completions.create(model=model, messages=messages, stream=True, **GREEDY)  # type: ignore[arg-type]
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(pieces) == text
+
+
+def test_completions_sync_and_async(client: openai.OpenAI, model: str, server: ServerProcess) -> None:
+    whole = client.completions.create(model=model, prompt="The capital of France is", **GREEDY)  # type: ignore[arg-type]
+    assert whole.choices[0].text
+
+    async def twice() -> list[str]:
+        aclient = openai.AsyncOpenAI(
+            base_url=f"{server.base}/v1", api_key="unused", max_retries=0, timeout=120
+        )
+        answers = await asyncio.gather(
+            *(
+                aclient.completions.create(model=model, prompt="The capital of France is", **GREEDY)  # type: ignore[arg-type]
+                for _ in range(2)
+            )
+        )
+        await aclient.close()
+        return [a.choices[0].text for a in answers]
+
+    assert asyncio.run(twice()) == [whole.choices[0].text] * 2
+
+
+def test_error_classes(client: openai.OpenAI, model: str) -> None:
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.completions.create(model=model, prompt="x", extra_body={"max_token": 5})
+    assert "max_token" in str(bad.value)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="no-such-model", prompt="x", max_tokens=1)
+
+
+def test_what_current_sdks_and_agents_send(client: openai.OpenAI, model: str) -> None:
+    plain = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+        **GREEDY,  # type: ignore[arg-type]
+    )
+    lenient = client.chat.completions.create(
+        model="smollm2-135m",  # the catalog alias
+        messages=[
+            {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}], "name": "ann"},
+        ],
+        top_p=None,
+        n=None,
+        seed=None,
+        stop=None,
+        logprobs=False,
+        top_logprobs=None,
+        store=False,
+        metadata={"k": "v"},
+        service_tier="auto",
+        user="u1",
+        frequency_penalty=0,
+        presence_penalty=0,
+        logit_bias={},
+        response_format={"type": "text"},
+        parallel_tool_calls=True,
+        **GREEDY,  # type: ignore[arg-type]
+    )
+    assert lenient.choices[0].message.content == plain.choices[0].message.content
+    assert client.models.retrieve(model).id == model
+
+
+def test_n_choices_and_the_usage_chunk(client: openai.OpenAI, model: str) -> None:
+    two = client.completions.create(
+        model=model, prompt="Once upon a time", n=2, temperature=1.0, seed=7, max_tokens=6
+    )
+    assert [c.index for c in two.choices] == [0, 1] and two.usage is not None
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+        **GREEDY,  # type: ignore[arg-type]
+    )
+    chunks = list(stream)
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_unsupported_features_are_bad_requests_naming_the_field(client: openai.OpenAI, model: str) -> None:
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "x"}], frequency_penalty=0.5, max_tokens=1
+        )
+    assert "frequency_penalty: not supported" in str(bad.value)
