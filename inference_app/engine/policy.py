@@ -65,9 +65,9 @@ class EnginePolicy:
     # stage; needs both stages on one device group and a paged attention kernel.
     chunked_prefill: bool
     # The kernel that reads the paged KV cache (`model/paged_attention.py`) when prompts prefill
-    # in chunks: "cpu" (the native kernel, a float32 cache on one CPU device) or "pallas_tpu"
-    # (JAX's ragged paged attention, one TPU device). None: a slot cache, prompts prefilled
-    # separately and inserted (other platforms, sharded meshes, int8 KV, disaggregated serving).
+    # in chunks: "cpu" (the native kernel, a float32 cache on one CPU device); "pallas_tpu" (JAX's
+    # ragged paged attention) is the TPU kernel for it. None: a slot cache, prompts prefilled
+    # separately and inserted (TPU/GPU, sharded meshes, int8 KV, disaggregated serving).
     paged_kernel: AttentionKernel | None
 
     @property
@@ -94,12 +94,12 @@ def derive_policy(
     )
     kernel_attention = native and jnp.dtype(kv) == jnp.float32
     ynn_dots = cpu and int8
+    # The Pallas TPU kernel ("pallas_tpu") reads the same paged cache through the same seam and is
+    # checked against the CPU path in TPU interpret mode, but no engine has run on a TPU with it
+    # yet: TPU keeps the slot cache and separate prefill until one has (docs/model.md).
     paged: AttentionKernel | None = None
-    if settings.chunked_prefill and settings.mode == "interleaved":
-        if kernel_attention:
-            paged = "cpu"
-        elif platform == "tpu" and generate_devices == 1 and jnp.dtype(kv) in (jnp.bfloat16, jnp.float32):
-            paged = "pallas_tpu"
+    if settings.chunked_prefill and settings.mode == "interleaved" and kernel_attention:
+        paged = "cpu"
     return EnginePolicy(
         compute_dtype=compute,
         kv_dtype=kv,
