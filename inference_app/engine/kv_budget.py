@@ -8,9 +8,10 @@ decode together, and admission is bounded by free blocks (`block_tables.KVBlockM
 
     cache bytes  --kv-cache-memory; else, when both --max-slots and --max-target-length are
                  given, what lets every slot hold a full context; else a fraction of free memory
-                 (CPU: 0.25, like vLLM's 4 GiB CPU default on a 16 GiB host, since the host also
-                 runs the server and often other programs; accelerators: 0.85, leaving room for
-                 activations and compiled programs)
+                 (CPU: 0.25, since the host also runs the server and often other programs, and at
+                 most 4 GiB, vLLM's CPU default: a bigger cache only costs resident memory on a
+                 few cores, which cannot decode more sequences at once anyway; accelerators:
+                 0.85, leaving room for activations and compiled programs)
     blocks       cache bytes // (block size x bytes per token)
     context      the model's own context (8192 for SmolLM2), unless the cache holds fewer
                  tokens; --max-target-length overrides it
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 CPU_MEMORY_FRACTION = 0.25
+CPU_MEMORY_CAP = 4 * 2**30  # bytes; vLLM's CPU default (VLLM_CPU_KVCACHE_SPACE=4)
 ACCELERATOR_MEMORY_FRACTION = 0.85
 DEFAULT_MAX_SLOTS = {"cpu": 64}
 ACCELERATOR_MAX_SLOTS = 256
@@ -80,6 +82,8 @@ def size_kv_cache(
         budget = max_slots * -(-max_context // block_size) * block_size * bytes_per_token
     else:
         budget = int(free_bytes * fraction)
+        if platform == "cpu":
+            budget = min(budget, CPU_MEMORY_CAP)
     blocks = budget // (block_size * bytes_per_token)
     tokens = blocks * block_size
     context = max_context if max_context is not None else min(model_context, tokens)
@@ -87,6 +91,7 @@ def size_kv_cache(
         "--kv-cache-memory"
         if cache_bytes is not None
         else f"{fraction:.0%} of {free_bytes / 2**30:.1f} GiB free"
+        + (f", at most {CPU_MEMORY_CAP / 2**30:.0f} GiB" if platform == "cpu" else "")
     )
     if blocks < 1 or context < 2 or tokens < context:
         need = max(context, 2 * block_size) * bytes_per_token

@@ -23,6 +23,13 @@ def test_cpu_default_sizes_from_a_quarter_of_free_memory() -> None:
     assert b.cache_bytes <= 4 * GIB and b.tokens == 728 * 128
 
 
+def test_cpu_default_is_capped_at_4_gib_on_a_big_host() -> None:
+    b = size_kv_cache(
+        platform="cpu", free_bytes=64 * GIB, bytes_per_token=SMOLLM2_FP32, block_size=128, model_context=8192
+    )
+    assert b.num_blocks == 728 and b.max_context == 8192 and b.max_slots == 64
+
+
 def test_accelerators_use_most_free_memory_and_more_slots() -> None:
     b = size_kv_cache(
         platform="tpu",
