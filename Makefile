@@ -64,11 +64,13 @@ lock: $(DEV_STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# Serving benchmark, ours vs llama.cpp's server on the same GGUF (docs/benchmarks.md). The first
-# run builds llama-cpp-python into .work/llamacpp (~10 min). BENCH_ARGS="--name cpu-idle" etc.
+# Serving benchmark, ours vs llama.cpp's llama-server (and llama-cpp-python's server) on the same
+# GGUF, load from guidellm (docs/benchmarks.md). The first run builds llama-server from the
+# llama-cpp-python sdist into .work/ (~10 min on 2 idle cores). BENCH_ARGS="--name cpu-idle" etc.
 BENCH_ARGS ?=
 bench: $(DEV_STAMP)
-	@test -x .work/llamacpp/bin/python || bench/serving/llamacpp.sh setup
+	@test -x .work/llama.cpp-build/bin/llama-server -a -x .work/llamacpp/bin/python \
+		-a -x .work/guidellm/bin/guidellm || bench/serving/llamacpp.sh setup
 	$(BIN)/python bench/serving/compare.py $(BENCH_ARGS)
 
 # TPU chips, quota and $/hour of one stack or several (their total too): make cost STACK="a b".

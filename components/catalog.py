@@ -203,6 +203,17 @@ class ModelSpec:
         """K and V for every layer, one token."""
         return 2 * self.layers * self.kv_heads * self.head_dim * kv_dtype_bytes
 
+    @property
+    def vocab_params(self) -> int:
+        """The embedding table plus, when untied, the logits projection (vocab x hidden each)."""
+        return self.vocab * self.hidden * (1 if self.tied_embeddings else 2)
+
+    @property
+    def layer_params(self) -> int:
+        """One decoder layer (attention, MLP, its norms): the rest without the vocab matrices and the
+        final norm."""
+        return (self.params - self.vocab_params - self.hidden) // self.layers
+
 
 _LLAMA2_TOK = "assets/tokenizer.llama2"
 _LLAMA3_TOK = "assets/tokenizer_llama3.tiktoken"
@@ -251,6 +262,23 @@ MODELS: Final[MappingProxyType[str, ModelSpec]] = MappingProxyType(
 )
 
 DTYPE_BYTES: Final[MappingProxyType[str, int]] = MappingProxyType({"float32": 4, "bfloat16": 2, "int8": 1})
+
+# --- The inference-app model container's memory (leader pod) ---
+# It never holds the model: Hugging Face checkpoints stream a device shard at a time through a
+# queue two shards deep (inference_app/model/streaming.py), MaxText checkpoints are restored one
+# layer at a time (model/maxtext.py; under Pathways persistence the TPU workers read them from GCS
+# themselves). Its request is the process itself (JAX client, tokenizer, HTTP server) plus
+# MODEL_SERVER_STREAM_UNITS of the largest unit in flight (one layer, or the embedding table when
+# that is larger, as the checkpoint stores it), not the model: 405B's 810 GB would fit no node.
+MODEL_SERVER_BASE_MEMORY: Final = 4 * GIB
+MODEL_SERVER_STREAM_UNITS: Final = 2
+# Set to 1 on the inference-app container for a MaxText checkpoint: pathwaysutils then registers
+# its Orbax handler, and the TPU workers read the checkpoint from GCS (it needs one saved without
+# OCDBT, which pre-flight checks).
+PATHWAYS_PERSISTENCE_ENV: Final = "ENABLE_PATHWAYS_PERSISTENCE"
+# Bytes per parameter of a checkpoint that is not int8: bf16, as Meta and MaxText publish them
+# (a float32 engine casts on the devices; host shards keep the checkpoint's dtype).
+CHECKPOINT_FLOAT_BYTES: Final = 2
 
 # --- Flex-start (GKE "About flex-start provisioning mode", cloud.google.com/kubernetes-engine/docs/
 # concepts/provisioning-model, stored copy read 2026-11-29): TPUs need GKE >= 1.33.0-gke.1712000; the

@@ -189,13 +189,25 @@ class TpuConfig(_Model):
 
 class ModelConfig(_Model):
     name: str = Field(..., description="Model catalog key, e.g. llama3.1-405b.")
-    checkpoint: str = Field(..., description="gs:// path of the checkpoint (MaxText format for JetStream).")
+    checkpoint: str = Field(
+        ...,
+        description="gs:// path of the checkpoint: MaxText (Orbax, e.g. .../0/items) for jetstream-maxtext; "
+        "inference-app also reads a Hugging Face directory or a .gguf file. Pre-flight says which it found.",
+    )
     weight_dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="Compute/weight dtype.")
     quantization: Literal["none", "int8"] = Field("none", description="Weight quantization.")
     quantize_kvcache: bool = Field(False, description="int8 KV cache.")
     checkpoint_is_quantized: bool = Field(False, description="The checkpoint is already int8.")
     tokenizer_path: str | None = Field(
-        None, description="MaxText tokenizer_path= flag; omitted when unset (the MaxText config's default)."
+        None,
+        description="jetstream-maxtext only: MaxText tokenizer_path= flag (an asset in its image); omitted "
+        "when unset (the MaxText config's default).",
+    )
+    hf_tokenizer_path: str | None = Field(
+        None,
+        description="inference-app with a MaxText checkpoint (which carries no tokenizer): gs:// Hugging "
+        "Face directory with tokenizer.json (or the file) of the same model; rendered as "
+        "`--tokenizer-path`, with `--model <MaxText name>`. Pre-flight requires it for a MaxText checkpoint.",
     )
 
 
@@ -433,8 +445,20 @@ class StackConfig(_Model):
         return self.serving.per_device_batch_size * self.chips_per_slice
 
     @property
-    def weight_dtype_bytes(self) -> int:
-        return 1 if self.model.quantization == "int8" else catalog.DTYPE_BYTES[self.model.weight_dtype]
+    def weight_bytes(self) -> int:
+        """HBM the engine's weights take, in the dtype it holds them (int8 scales add ~0.1%).
+
+        With int8, our engine quantizes every matrix, the embedding and logits included; JetStream/
+        MaxText quantizes only the decoder layers' kernels (AQT) and keeps the embedding and the
+        logits projection in `weight_dtype` (MaxText `layers/decoders.py`).
+        """
+        spec = self.model_spec
+        float_bytes = catalog.DTYPE_BYTES[self.model.weight_dtype]
+        if self.model.quantization != "int8":
+            return spec.params * float_bytes
+        if self.serving.engine == "inference-app":
+            return spec.params
+        return spec.params - spec.vocab_params + spec.vocab_params * float_bytes
 
     @property
     def kv_dtype_bytes(self) -> int:
@@ -444,7 +468,7 @@ class StackConfig(_Model):
     def memory_estimate_bytes(self) -> tuple[int, int]:
         """(needed, usable) HBM bytes per engine slice: weights + KV cache for every slot."""
         spec = self.model_spec
-        weights = spec.params * self.weight_dtype_bytes
+        weights = self.weight_bytes
         kv = (
             spec.kv_bytes_per_token(self.kv_dtype_bytes)
             * self.serving.max_target_length
@@ -452,6 +476,27 @@ class StackConfig(_Model):
         )
         usable = int(self.chips_per_slice * self.generation.hbm_bytes_per_chip * catalog.HBM_USABLE_FRACTION)
         return weights + kv, usable
+
+    @property
+    def app_restores_maxtext(self) -> bool:
+        """inference-app serving a MaxText checkpoint: declared by `model.hf_tokenizer_path`.
+
+        The checkpoint's format is only known from its listing, which pre-flight reads and holds
+        against this (a MaxText checkpoint without the tokenizer path, or the path next to a
+        Hugging Face or GGUF checkpoint, is refused there).
+        """
+        return self.serving.engine == "inference-app" and self.model.hf_tokenizer_path is not None
+
+    @property
+    def model_server_memory_request_bytes(self) -> int:
+        """The inference-app container's memory request: the process plus a few streamed units.
+
+        Sized for streaming (catalog.MODEL_SERVER_STREAM_UNITS), never for the whole model.
+        """
+        spec = self.model_spec
+        unit = max(spec.layer_params, spec.vocab * spec.hidden)
+        per_param = 1 if self.model.checkpoint_is_quantized else catalog.CHECKPOINT_FLOAT_BYTES
+        return catalog.MODEL_SERVER_BASE_MEMORY + catalog.MODEL_SERVER_STREAM_UNITS * unit * per_param
 
     @property
     def autoscaling_metric_name(self) -> str:
@@ -520,6 +565,18 @@ class StackConfig(_Model):
     def checkpoint_bucket(self) -> str:
         """The bucket of `model.checkpoint` (the nodes get read access to it)."""
         return config_rules.gcs_bucket(self.model.checkpoint)
+
+    @property
+    def tokenizer_bucket(self) -> str | None:
+        """The bucket of `model.hf_tokenizer_path` when it is another one (the nodes read it too).
+
+        The path is only accepted with engine inference-app (config_rules), so this is the bucket of
+        the tokenizer the leader's model container reads.
+        """
+        path = self.model.hf_tokenizer_path
+        if path is None or config_rules.gcs_bucket(path) == self.checkpoint_bucket:
+            return None
+        return config_rules.gcs_bucket(path)
 
     def service_account_id(self, role: str) -> str:
         """GCP service-account id `<stack>-<role>`, the stack cut so the id fits 30 characters."""

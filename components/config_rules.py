@@ -304,7 +304,37 @@ def model_rules(c: StackConfig) -> list[str]:
         out.append(f"model.checkpoint: {problem}")
     if c.model.checkpoint_is_quantized and c.model.quantization != "int8":
         out.append("model.checkpoint_is_quantized: needs model.quantization: int8")
+    out += _tokenizer_problems(c, spec)
     return out
+
+
+def _tokenizer_problems(c: StackConfig, spec: catalog.ModelSpec | None) -> list[str]:
+    """Each engine has its own tokenizer field; the other engine's is an error, not ignored."""
+    m = c.model
+    if c.serving.engine == "inference-app" and m.tokenizer_path is not None:
+        return [
+            "model.tokenizer_path: MaxText's tokenizer flag, only used by engine jetstream-maxtext; remove "
+            "it (inference-app reads the tokenizer of a Hugging Face or GGUF checkpoint, and of a MaxText "
+            "checkpoint from model.hf_tokenizer_path)"
+        ]
+    path = m.hf_tokenizer_path
+    if path is None:
+        return []
+    if c.serving.engine != "inference-app":
+        return [
+            "model.hf_tokenizer_path: only used by engine inference-app (jetstream-maxtext reads "
+            "model.tokenizer_path); remove it"
+        ]
+    if (problem := gcs_path_problem(path)) is not None:
+        return [f"model.hf_tokenizer_path: {problem}"]
+    if m.checkpoint.endswith(".gguf"):
+        return ["model.hf_tokenizer_path: a GGUF checkpoint carries its own tokenizer; remove it"]
+    if spec is not None and spec.maxtext_name is None:
+        return [
+            f"model.hf_tokenizer_path: goes with a MaxText checkpoint, and {spec.name} has no MaxText "
+            "architecture; remove it (its Hugging Face or GGUF checkpoint carries the tokenizer)"
+        ]
+    return []
 
 
 def _parallelism_problems(c: StackConfig) -> list[str]:
@@ -344,7 +374,7 @@ def _memory_problems(c: StackConfig) -> list[str]:
     gib, s = catalog.GIB, c.serving
     return [
         f"serving.per_device_batch_size: {spec.name} needs ~{needed / gib:.0f} GiB per engine "
-        f"(weights {spec.params * c.weight_dtype_bytes / gib:.0f} GiB + KV cache for {c.slots_per_engine} "
+        f"(weights {c.weight_bytes / gib:.0f} GiB + KV cache for {c.slots_per_engine} "
         f"slots x {s.max_target_length} tokens) but a {c.generation.name} {c.tpu.topology} slice has "
         f"~{usable / gib:.0f} GiB usable HBM; use a larger topology, int8 (model.quantization / "
         "quantize_kvcache), fewer slots or a shorter max_target_length"

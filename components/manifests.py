@@ -29,6 +29,11 @@ def _bool(value: bool) -> str:
     return "true" if value else "false"
 
 
+def gib_quantity(n_bytes: int) -> str:
+    """Bytes as a Kubernetes quantity in whole GiB, rounded up."""
+    return f"{-(-n_bytes // catalog.GIB)}Gi"
+
+
 def flag_value(value: FlagValue) -> str:
     """A flag or env value as text: booleans as MaxText's `true`/`false`, numbers as written."""
     return _bool(value) if isinstance(value, bool) else str(value)
@@ -106,14 +111,22 @@ def maxtext_args(c: StackConfig) -> list[str]:
 
 
 def inference_app_command(c: StackConfig) -> list[str]:
-    """Our server as the leader's model container, talking to Pathways through the proxy."""
+    """Our server as the leader's model container, talking to Pathways through the proxy.
+
+    A MaxText checkpoint holds only arrays: `--model` names its architecture (the MaxText model
+    name, which the server's catalog uses too) and `--tokenizer-path` its tokenizer.
+    """
     s, m = c.serving, c.model
     fsdp, ar, tensor = c.parallelism
+    source = ["--model-path", m.checkpoint]
+    if c.app_restores_maxtext:
+        assert c.model_spec.maxtext_name is not None and m.hf_tokenizer_path is not None  # validated
+        source += ["--model", c.model_spec.maxtext_name, "--tokenizer-path", m.hf_tokenizer_path]
     return [
         "python", "-m", "inference_app", "serve",
         "--host", "0.0.0.0",
         "--port", str(catalog.HTTP_PORT),
-        "--model-path", m.checkpoint,
+        *source,
         "--mode", s.mode,
         "--max-slots", str(c.slots_per_engine),
         "--max-prefill-length", str(s.max_prefill_predict_length),
@@ -149,20 +162,34 @@ def _env(values: Mapping[str, FlagValue]) -> list[Obj]:
     return [{"name": k, "value": flag_value(v)} for k, v in values.items()]
 
 
+def inference_app_env(c: StackConfig, *, maxtext: bool) -> dict[str, str]:
+    """The inference-app container's environment (`serving.model_server_env` may override it).
+
+    With a MaxText checkpoint (`maxtext`), `ENABLE_PATHWAYS_PERSISTENCE=1` lets the TPU workers
+    read their shards from GCS themselves (pathwaysutils' Orbax handler) instead of through this
+    container.
+    """
+    env: dict[str, FlagValue] = {
+        "JAX_PLATFORMS": "proxy",
+        "JAX_BACKEND_TARGET": f"grpc://localhost:{catalog.PROXY_PORT}",
+    }
+    if maxtext:
+        env[catalog.PATHWAYS_PERSISTENCE_ENV] = "1"
+    env.update(c.serving.model_server_env)
+    return {k: flag_value(v) for k, v in env.items()}
+
+
 def _model_containers(c: StackConfig) -> list[Obj]:
     if c.serving.engine == "inference-app":
-        env = {
-            "JAX_PLATFORMS": "proxy",
-            "JAX_BACKEND_TARGET": f"grpc://localhost:{catalog.PROXY_PORT}",
-            **c.serving.model_server_env,
-        }
         app: Obj = {
             "name": "inference-app",
             "image": c.images.inference_app,
             "command": inference_app_command(c),
-            "env": _env(env),
+            "env": _env(inference_app_env(c, maxtext=c.app_restores_maxtext)),
             "imagePullPolicy": "IfNotPresent",
             "ports": [{"containerPort": catalog.HTTP_PORT}],
+            # Streaming loads hold a few shards, never the model (catalog.MODEL_SERVER_STREAM_UNITS).
+            "resources": {"requests": {"memory": gib_quantity(c.model_server_memory_request_bytes)}},
             **_probes(c),
         }
         return [app]

@@ -122,9 +122,22 @@ def _machine_types(args: dict[str, Any]) -> InvokeAnswer:
     return {"zone": args.get("zone"), "machineTypes": [{"name": name, "guestCpus": 180}]}
 
 
+# Under any directory prefix: a MaxText checkpoint saved without OCDBT (Orbax's metadata files and
+# one directory per array), which both engines restore; it holds a tokenizer.json too, so the same
+# answer serves the listing of `model.hf_tokenizer_path`. A `.gguf` prefix is the file itself.
+MOCK_CHECKPOINT_OBJECTS = (
+    "_CHECKPOINT_METADATA",
+    "_METADATA",
+    "params.params.decoder.decoder_norm.scale/.zarray",
+    "params.params.decoder.decoder_norm.scale/0",
+    "tokenizer.json",
+)
+
+
 def _bucket_objects(args: dict[str, Any]) -> InvokeAnswer:
-    prefix = str(args.get("prefix", ""))
-    return {"bucket": args.get("bucket"), "bucketObjects": [{"name": f"{prefix}/checkpoint"}]}
+    prefix = str(args.get("prefix", "")).rstrip("/")
+    names = [prefix] if prefix.endswith(".gguf") else [f"{prefix}/{n}" for n in MOCK_CHECKPOINT_OBJECTS]
+    return {"bucket": args.get("bucket"), "bucketObjects": [{"name": n} for n in names]}
 
 
 def _bucket_iam_policy(args: dict[str, Any]) -> InvokeAnswer:
@@ -173,6 +186,7 @@ class Recording:
     outputs: dict[str, Any] = field(default_factory=dict)
     invokes: list[InvokeRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    infos: list[str] = field(default_factory=list)  # `pulumi.log.info` (what pre-flight found, ...)
 
     def by_type(self, type_: str) -> list[ResourceRecord]:
         return [r for r in self.resources if r.type == type_]
@@ -241,15 +255,16 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         return response
 
 
-class _WarningsHandler(logging.Handler):
-    """Collects the program's `pulumi.log.warn` messages (placeholders under preview, ...)."""
+class _MessagesHandler(logging.Handler):
+    """Collects the program's `pulumi.log.warn` (placeholders under preview, ...) and `info` messages."""
 
     def __init__(self, recording: Recording) -> None:
-        super().__init__(level=logging.WARNING)
+        super().__init__(level=logging.INFO)
         self.recording = recording
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.recording.warnings.append(record.getMessage())
+        found = self.recording.warnings if record.levelno >= logging.WARNING else self.recording.infos
+        found.append(record.getMessage())
 
 
 def _resolve(value: Any) -> Any:
@@ -280,7 +295,8 @@ def run_program(
     ROOT.set(None)  # a fresh root stack per run (several runs share one test process)
     logger = logging.getLogger(f"{__name__}.{id(recording)}")
     logger.propagate = False
-    logger.handlers = [_WarningsHandler(recording)]
+    logger.setLevel(logging.INFO)
+    logger.handlers = [_MessagesHandler(recording)]
     pulumi.runtime.set_mocks(
         mocks,
         project=PROJECT,

@@ -160,6 +160,7 @@ def storage_args(c: StackConfig, node_member: pulumi.Input[str] | None) -> Scrat
         retention_days=c.storage.scratch_retention_days,
         labels=resource_labels(c),
         checkpoint_bucket=c.checkpoint_bucket,
+        tokenizer_bucket=c.tokenizer_bucket,
         node_member=node_member,
     )
 

@@ -1,4 +1,4 @@
-"""The per-stack Pathways scratch bucket and the TPU nodes' access to it and to the checkpoint.
+"""The per-stack Pathways scratch bucket and the TPU nodes' access to it, the checkpoint and its tokenizer.
 
 The guide points Pathways at Google's shared `gs://cloud-pathways-staging/tmp`, which is not ours to
 write; each stack gets its own private bucket instead.
@@ -22,6 +22,7 @@ class ScratchStorageArgs:
     retention_days: int
     labels: Mapping[str, str]
     checkpoint_bucket: str  # the nodes get read access to it
+    tokenizer_bucket: str | None  # another bucket the model server reads (its tokenizer), or None
     node_member: pulumi.Input[str] | None  # "serviceAccount:<email>" of the TPU nodes; None: grant nothing
 
 
@@ -47,20 +48,16 @@ class ScratchStorage(pulumi.ComponentResource):
             opts=child,
         )
         if args.node_member is not None:
-            gcp.storage.BucketIAMMember(
-                f"{name}-scratch-object-admin",
-                bucket=bucket.name,
-                role="roles/storage.objectAdmin",
-                member=args.node_member,
-                opts=child,
-            )
-            gcp.storage.BucketIAMMember(
-                f"{name}-checkpoint-reader",
-                bucket=args.checkpoint_bucket,
-                role="roles/storage.objectViewer",
-                member=args.node_member,
-                opts=child,
-            )
+            grants: list[tuple[str, pulumi.Input[str], str]] = [
+                ("scratch-object-admin", bucket.name, "roles/storage.objectAdmin"),
+                ("checkpoint-reader", args.checkpoint_bucket, "roles/storage.objectViewer"),
+            ]
+            if args.tokenizer_bucket is not None:
+                grants.append(("tokenizer-reader", args.tokenizer_bucket, "roles/storage.objectViewer"))
+            for suffix, target, role in grants:
+                gcp.storage.BucketIAMMember(
+                    f"{name}-{suffix}", bucket=target, role=role, member=args.node_member, opts=child
+                )
         self.bucket_name = bucket.name
         self.scratch_location = pulumi.Output.concat("gs://", bucket.name, "/tmp")
         self.register_outputs({"bucket_name": self.bucket_name, "scratch_location": self.scratch_location})

@@ -33,6 +33,10 @@ CONFIGS = {  # name -> (weight dtype, kv dtype, slots)
     "fp32-b1": ("float32", "float32", 1),
     "int8-b1": ("int8", "float32", 1),
     "fp32-b8": ("float32", "float32", 8),
+    "int8-b8": ("int8", "float32", 8),
+    "gguf-b1": ("gguf", "float32", 1),  # the GGUF's own blocks (Q4_1 layers, Q8_0 table)
+    "gguf-b8": ("gguf", "float32", 8),
+    "gguf-b32": ("gguf", "float32", 32),
     "fp32-b32": ("float32", "float32", 32),
     "int8-b32": ("int8", "float32", 32),
     "bf16-b1": ("bfloat16", "float32", 1),
@@ -156,8 +160,13 @@ def main() -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__}",
         "setup": f"SmolLM2-135M, {PROMPT_TOKENS}-token prompt, {NEW_TOKENS} new tokens, greedy, "
         "host copy of each step overlapping the next",
-        "decode": [decode_run(name, args.reps) for name in args.configs.split(",")],
+        "decode": [],
     }
+    # A name may repeat (fp32-b1,gguf-b1,fp32-b1,gguf-b1): alternating runs of two configurations
+    # see the same shared-machine load.
+    for name in args.configs.split(","):
+        results["decode"].append(decode_run(name, args.reps))
+        print(json.dumps(results["decode"][-1]), flush=True)  # progress: runs are minutes each
     if not args.no_startup:
         results["startup_to_first_token"] = startup()
     Path(args.out).write_text(json.dumps(results, indent=1) + "\n")

@@ -1,33 +1,36 @@
-"""Our server vs llama.cpp's server on the same GGUF, in one run, on this machine.
+"""Our server vs llama.cpp's `llama-server` (and llama-cpp-python's server) on the same GGUF.
 
-Starts both servers on loopback, then alternates between them level by level (so a change in
-background load hits both alike) and never loads both at once:
+Every server runs with its default flags (ours exactly as `make serve` starts it), except that
+llama-server's `--parallel` is set to our slot count (read from our `/metrics`). The load
+generator is guidellm (independent of this project, in its own venv under .work/, see
+`llamacpp.sh setup`): streaming chat completions (`/v1/chat/completions`; `--api completions`
+for `/v1/completions`), synthetic prompts of
+`--prompt-tokens` tokens, exactly `--max-tokens` output tokens per request (guidellm sends
+`ignore_eos`), temperature 0 (greedy), a closed loop of C concurrent streams with max(16, 2 x C)
+requests per level. Output tok/s = output tokens of the successful requests / the level's
+duration.
 
-1. batch-1 decode: one request at a time, a short prompt, exactly `--decode-tokens` new tokens;
-   decode tok/s = 1 / TPOT (median of `--decode-repeats`). Ours with int8 weights vs llama.cpp
-   with the Q8_0 file (made by `llamacpp.sh quantize`), and ours (default float32) vs Q4_1.
-2. throughput at each concurrency in `--levels`: the bundled prompt set, every request generating
-   exactly its own `max_tokens` from the set (16 to 256, mean 119; or `--max-tokens` for all)
-   (ours: `ignore_eos`, llama.cpp: `min_tokens`). Each side runs its fastest configuration on
-   this machine: ours with `--our-weights` (default bfloat16) and chunked prefill (the CPU
-   default), llama.cpp with the Q8_0 file (faster here than the bundled Q4_1).
+Servers are started once and measured level by level, alternating between them (ours, then
+llama-server, then llama-cpp-python at each concurrency), never two at once, so a change in
+background load hits all alike. Recorded per (server, level): output tok/s, TTFT p50/p99, ITL
+p50/p99, TPOT p50, failures, and the server process's peak RSS so far (VmHWM), plus the load
+average. Writes `bench/serving/results/<name>.json` and the plots next to it.
 
-Writes `bench/serving/results/<name>.json` and the PNG plots next to it.
-
-    .venv/bin/python bench/serving/compare.py --name cpu-2core   # ~20 min on 2 cores
+    bench/serving/llamacpp.sh setup                       # once (make bench does it)
+    .venv/bin/python bench/serving/compare.py --name cpu-2core-llama-server
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import re
 import signal
 import socket
-import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -36,15 +39,13 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from inference_app.loadtest.client import FixedOutput  # noqa: E402
-from inference_app.loadtest.runner import LoadTestSettings, run_load_test  # noqa: E402
-
+WORK = ROOT / ".work"
 RESULTS = ROOT / "bench" / "serving" / "results"
 LLAMACPP = ROOT / "bench" / "serving" / "llamacpp.sh"
-Q8_0 = ROOT / ".work" / "models" / "SmolLM2-135M-Instruct.Q8_0.gguf"
-DECODE_PROMPT = "Write a long story about a lighthouse keeper and a storm."
+GUIDELLM = WORK / "guidellm" / "bin" / "guidellm"
+TOKENIZER = WORK / "tokenizer"  # the GGUF's tokenizer as transformers files, for guidellm's prompts
+SERVERS = ("ours", "llama-server", "llama-cpp-python")
+API_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
 
 def free_port() -> int:
@@ -56,24 +57,36 @@ def free_port() -> int:
 class Server:
     """A server subprocess in its own process group; stopped with SIGTERM, then SIGKILL."""
 
-    def __init__(self, name: str, cmd: list[str], port: int, health: str, log_dir: Path) -> None:
-        self.name, self.port, self.health = name, port, health
+    def __init__(self, name: str, cmd: list[str], port: int, ready_path: str, log_dir: Path) -> None:
+        self.name, self.port, self.ready_path = name, port, ready_path
         self.url = f"http://127.0.0.1:{port}"
         self.log = (log_dir / f"{name}.log").open("w")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
-    def wait_ready(self, timeout_s: float = 900) -> None:
+    def wait_ready(self, timeout_s: float = 3600) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log.name}")
             try:
-                if httpx.get(self.url + self.health, timeout=2).status_code == 200:
+                r = httpx.get(self.url + self.ready_path, timeout=5)
+                if r.status_code == 200 and '"is_live":false' not in r.text:
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(1)
+            time.sleep(2)
         raise TimeoutError(f"{self.name} not ready after {timeout_s} s")
+
+    def peak_rss_mib(self) -> float | None:
+        """VmHWM of the server process (the `exec`ed binary for the llama.cpp scripts)."""
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return None
+        m = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+        return round(int(m.group(1)) / 1024, 1) if m else None
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -86,128 +99,203 @@ class Server:
         self.log.close()
 
 
-def ours(name: str, port: int, log_dir: Path, args: argparse.Namespace, *extra: str) -> Server:
-    cmd = [sys.executable, "-m", "inference_app", "serve", "--port", str(port), "--max-slots", str(args.max_slots),
-           "--max-queue", "256", "--log-level", "warning", *extra]
-    return Server(name, cmd, port, "/healthcheck", log_dir)
+def start(name: str, log_dir: Path, slots: int, ours_args: list[str]) -> Server:
+    port = free_port()
+    if name == "ours":  # `make serve` without its fixed host/port: the defaults under test
+        return Server(
+            name,
+            [sys.executable, "-m", "inference_app", "serve", "--port", str(port), *ours_args],
+            port,
+            "/healthcheck",
+            log_dir,
+        )
+    if name == "llama-server":
+        return Server(
+            name, ["bash", str(LLAMACPP), "serve-native", str(port), str(slots)], port, "/health", log_dir
+        )
+    return Server(name, ["bash", str(LLAMACPP), "serve", str(port)], port, "/v1/models", log_dir)
 
 
-def llamacpp(name: str, port: int, log_dir: Path, gguf: Path | None = None) -> Server:
-    cmd = ["bash", str(LLAMACPP), "serve", str(port), *([str(gguf)] if gguf else [])]
-    return Server(name, cmd, port, "/v1/models", log_dir)
+def our_slots(server: Server) -> int:
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    m = re.search(r"^inference_max_slots (\S+)$", text, re.M)
+    if not m or float(m.group(1)) < 1:
+        raise RuntimeError("our /metrics has no inference_max_slots > 0")
+    return int(float(m.group(1)))
 
 
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-def bench(server: Server, fixed: FixedOutput, **kw: Any) -> dict[str, Any]:
-    settings = LoadTestSettings(endpoint=server.url, api="openai", fixed_output=fixed, label=server.name, **kw)
-    report = asyncio.run(run_load_test(settings))
-    report["uptime"] = uptime()
-    s = report["summary"]
-    print(f"  {server.name:14s} {kw.get('concurrency')!s:>3} conc: {s['output_tok_s']:8.1f} out tok/s  "
-          f"TTFT p50 {s['ttft_ms']['median']} ms  TPOT p50 {s['tpot_ms']['median']} ms  "
-          f"failed {s['failed']}  [{report['uptime'].split('load average:')[-1].strip()}]", flush=True)
-    return report
+def export_tokenizer() -> None:
+    """tokenizer.json + tokenizer_config.json of the embedded GGUF, which guidellm's synthetic
+    prompts are sized with (no download: transformers reads the local directory)."""
+    if (TOKENIZER / "tokenizer.json").exists():
+        return
+    from inference_app.model.catalog import embedded_model_path
+    from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
+
+    tok = gguf_tokenizer(GGUFCheckpoint(str(embedded_model_path("smollm2-135m"))))
+    TOKENIZER.mkdir(parents=True, exist_ok=True)
+    tok.backend.save(str(TOKENIZER / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": "<|im_end|>",
+        "chat_template": tok.chat_template,
+        "model_max_length": 8192,
+    }
+    (TOKENIZER / "tokenizer_config.json").write_text(json.dumps(config))
 
 
-def decode_speed(server: Server, fixed: FixedOutput, tokens: int, repeats: int, tmp: Path) -> dict[str, Any]:
-    data = tmp / "decode_prompt.jsonl"
-    data.write_text(json.dumps({"id": "decode", "prompt": DECODE_PROMPT, "max_tokens": tokens}) + "\n")
-    runs = [bench(server, fixed, num_prompts=1, concurrency=1, dataset=str(data), warmup=1 if i == 0 else 0)
-            for i in range(repeats)]
-    speeds = [r["summary"]["decode_tok_s_per_request"] for r in runs]
-    return {"decode_tok_s": statistics.median(speeds), "runs": speeds, "uptime": runs[-1]["uptime"]}
+def guidellm(
+    server: Server, concurrency: int, requests: int, args: argparse.Namespace, tmp: Path
+) -> dict[str, Any]:
+    """One level with guidellm; returns its per-request statistics, summarised."""
+    scenario = {
+        "spec": {
+            "backend": {
+                "kind": "openai_http",
+                "target": server.url,
+                "request_format": API_PATHS[args.api],
+                "validate_backend": False,
+                "extras": {"body": {"temperature": 0}},
+            },
+            "profile": {"kind": "concurrent", "streams": concurrency},
+            "data": [
+                {
+                    "kind": "synthetic_text",
+                    "prompt_tokens": args.prompt_tokens,
+                    "output_tokens": args.max_tokens,
+                }
+            ],
+            "tokenizer": {"kind": "huggingface_auto", "model": str(TOKENIZER)},
+            "constraints": [{"kind": "max_requests", "count": requests}],
+        },
+        "benchmarks": [{"profile.streams": concurrency}],
+    }
+    path = tmp / f"{server.name}-{concurrency}.scenario.json"
+    out = tmp / f"{server.name}-{concurrency}.guidellm.json"
+    path.write_text(json.dumps(scenario))
+    cmd = [str(GUIDELLM), "run", "-c", str(path), "--output", f"kind=json,path={out}", "--disable-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=7200)
+    if proc.returncode != 0:
+        raise RuntimeError(f"guidellm failed for {server.name} at {concurrency}:\n{proc.stderr[-3000:]}")
+    return summarize(json.loads(out.read_text()))
+
+
+def summarize(report: dict[str, Any]) -> dict[str, Any]:
+    """The numbers the tables need from guidellm's JSON report (one benchmark)."""
+    bench = report["benchmarks"][0]
+    metrics = bench["metrics"]
+
+    def stat(name: str, key: str) -> float | None:
+        block = metrics.get(name, {}).get("successful") or {}
+        value = block.get("percentiles", {}).get(key) if key.startswith("p") else block.get(key)
+        return None if value is None else round(float(value), 2)
+
+    totals = metrics.get("request_totals", {}) or {}
+    out_tokens = (metrics.get("output_token_count", {}).get("successful") or {}).get("total_sum") or 0
+    return {
+        "output_tok_s": round(out_tokens / bench["duration"], 2) if bench.get("duration") else None,
+        "output_tokens": out_tokens,
+        "duration_s": round(float(bench.get("duration") or 0), 2),
+        "requests_s": stat("requests_per_second", "mean"),
+        "ttft_ms": {
+            "p50": stat("time_to_first_token_ms", "p50"),
+            "p99": stat("time_to_first_token_ms", "p99"),
+        },
+        "itl_ms": {
+            "p50": stat("inter_token_latency_ms", "p50"),
+            "p99": stat("inter_token_latency_ms", "p99"),
+        },
+        "tpot_ms": {"p50": stat("time_per_output_token_ms", "p50")},
+        "completed": totals.get("successful"),
+        "failed": totals.get("errored"),
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--name", default="cpu")
     p.add_argument("--levels", default="1,4,16,32,64")
-    p.add_argument("--max-tokens", type=int, default=0,
-                   help="tokens generated per request (default 0: each prompt's own max_tokens from the set)")
-    p.add_argument("--our-weights", default="bfloat16", help="our --weight-dtype for the throughput levels")
-    p.add_argument("--our-flags", default="",
-                   help="more serve flags for our throughput levels, e.g. '--no-chunked-prefill --max-prefill-batch 8'")
-    p.add_argument("--peer-gguf", choices=["q8_0", "q4_1"], default="q8_0",
-                   help="llama.cpp's weights for the throughput levels")
-    p.add_argument("--prompts", type=int, default=0, help="requests per level (default max(16, 2 x level))")
-    p.add_argument("--max-slots", type=int, default=32, help="our server's decode slots")
-    p.add_argument("--decode-tokens", type=int, default=128)
-    p.add_argument("--decode-repeats", type=int, default=3)
-    p.add_argument("--skip-decode", action="store_true")
-    p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--servers", default=",".join(SERVERS), help=f"any of {', '.join(SERVERS)}")
+    p.add_argument(
+        "--api",
+        choices=sorted(API_PATHS),
+        default="chat",
+        help="chat (the issue's setup; guidellm sends messages as content parts) or completions",
+    )
+    p.add_argument("--max-tokens", type=int, default=96, help="output tokens per request")
+    p.add_argument("--prompt-tokens", type=int, default=128, help="tokens of each synthetic chat prompt")
+    p.add_argument("--requests", type=int, default=0, help="requests per level (default max(16, 2 x level))")
+    p.add_argument(
+        "--ours-args",
+        default="",
+        help="extra flags for our server, e.g. '--weight-dtype float32' (default: none, make serve's)",
+    )
     args = p.parse_args()
+    if not GUIDELLM.exists():
+        raise SystemExit("guidellm is missing: run bench/serving/llamacpp.sh setup (make bench does)")
+    export_tokenizer()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    log_dir = ROOT / ".work" / "bench-logs"
+    log_dir = WORK / "bench-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    levels = [int(x) for x in args.levels.split(",")]
-    out: dict[str, Any] = {"name": args.name, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                           "uptime_start": uptime(), "cpus": os.cpu_count(), "args": vars(args),
-                           "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                                    text=True).stdout.strip()}
+    names = [s for s in args.servers.split(",") if s]
+    commit = (WORK / "llama.cpp-commit").read_text().strip() if (WORK / "llama.cpp-commit").exists() else None
+    out: dict[str, Any] = {
+        "name": args.name,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "uptime_start": uptime(),
+        "cpus": os.cpu_count(),
+        "args": vars(args),
+        "llama_cpp_commit": commit,
+        "commit": subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
+        "load_generator": "guidellm "
+        + subprocess.run([str(GUIDELLM), "--version"], capture_output=True, text=True).stdout.strip(),
+        "levels": [],
+    }
     print(out["uptime_start"], flush=True)
-    with ExitStack() as stack:
-        if not args.skip_throughput:
-            if args.peer_gguf == "q8_0" and not Q8_0.exists():
-                subprocess.run(["bash", str(LLAMACPP), "quantize"], check=True)
-            a = stack.enter_context(_closing(ours("ours", free_port(), log_dir, args, "--weight-dtype", args.our_weights,
-                                                  *args.our_flags.split())))
-            b = stack.enter_context(_closing(llamacpp("llama.cpp", free_port(), log_dir,
-                                                      Q8_0 if args.peer_gguf == "q8_0" else None)))
-            a.wait_ready()
-            b.wait_ready()
-            out["throughput"] = []
-            for c in levels:
-                n = args.prompts or max(16, 2 * c)
-                kw = {"num_prompts": n, "concurrency": c, "max_tokens": args.max_tokens or None}
-                row: dict[str, Any] = {"concurrency": c, "num_prompts": n,
-                       "ours": bench(a, "ignore_eos", **kw), "llama.cpp": bench(b, "min_tokens", **kw)}
-                for side in ("ours", "llama.cpp"):
-                    row[side].pop("requests", None)
-                out["throughput"].append(row)
-                _save(out)
-            a.close()
-            b.close()
-        if not args.skip_decode:
-            if not Q8_0.exists():
-                subprocess.run(["bash", str(LLAMACPP), "quantize"], check=True)
-            out["decode"] = {}
-            pairs = [("ours-int8", ["--weight-dtype", "int8"], "llama.cpp-Q8_0", Q8_0),
-                     ("ours-default", [], "llama.cpp-Q4_1", None)]
-            for our_name, extra, peer_name, gguf in pairs:
-                a = stack.enter_context(_closing(ours(our_name, free_port(), log_dir, replace_slots(args, 1), *extra)))
-                b = stack.enter_context(_closing(llamacpp(peer_name, free_port(), log_dir, gguf)))
-                a.wait_ready()
-                b.wait_ready()
-                out["decode"][our_name] = decode_speed(a, "ignore_eos", args.decode_tokens, args.decode_repeats, log_dir)
-                out["decode"][peer_name] = decode_speed(b, "min_tokens", args.decode_tokens, args.decode_repeats, log_dir)
-                a.close()
-                b.close()
-                _save(out)
+    with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp_dir:
+        servers: dict[str, Server] = {}
+        slots = 0
+        for name in [
+            "ours",
+            *[n for n in names if n != "ours"],
+        ]:  # ours first: its slot count sets --parallel
+            server = start(name, log_dir, slots, args.ours_args.split())
+            stack.callback(server.close)
+            server.wait_ready()
+            if name == "ours":
+                slots = our_slots(server)
+                out["our_slots"] = slots
+            if name in names:
+                servers[name] = server
+        for c in (int(x) for x in args.levels.split(",")):
+            n = args.requests or max(16, 2 * c)
+            row: dict[str, Any] = {"concurrency": c, "requests": n}
+            for name, server in servers.items():
+                result = guidellm(server, c, n, args, Path(tmp_dir))
+                result["peak_rss_mib"] = server.peak_rss_mib()
+                result["uptime"] = uptime()
+                row[name] = result
+                print(
+                    f"  {name:16s} {c:>3} conc: {result['output_tok_s']} out tok/s  TTFT p50 "
+                    f"{result['ttft_ms']['p50']} ms  ITL p50 {result['itl_ms']['p50']} ms  failed "
+                    f"{result['failed']}  RSS {result['peak_rss_mib']} MiB  "
+                    f"[{result['uptime'].split('load average:')[-1].strip()}]",
+                    flush=True,
+                )
+            out["levels"].append(row)
+            _save(out)
     out["uptime_end"] = uptime()
     path = _save(out)
     from plot import plot_results  # sibling module; matplotlib only here
 
     for png in plot_results(path):
         print(f"wrote {png}")
-
-
-def replace_slots(args: argparse.Namespace, slots: int) -> argparse.Namespace:
-    """Batch-1 decode runs our server with one slot: the same per-step work as llama.cpp's."""
-    return argparse.Namespace(**{**vars(args), "max_slots": slots})
-
-
-class _closing:
-    def __init__(self, server: Server) -> None:
-        self.server = server
-
-    def __enter__(self) -> Server:
-        return self.server
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.close()
 
 
 def _save(out: dict[str, Any]) -> Path:

@@ -32,10 +32,13 @@ from inference_app.orchestrator import (
 
 def generation_request(orch: Orchestrator, item: BatchItem, default_max_tokens: int) -> GenerationRequest:
     s = item.sampling
-    text = item.prompt if item.messages is None else orch.tokenizer.apply_chat_template(item.messages)
+    if item.messages is None:
+        prompt_ids = tuple(orch.tokenizer.encode(item.prompt or ""))
+    else:  # contents stay text: special-token text typed into a message cannot forge turns
+        prompt_ids = tuple(orch.tokenizer.encode_chat(item.messages))
     stop = s.get("stop", ())
     return GenerationRequest(
-        prompt_ids=tuple(orch.tokenizer.encode(text or "")),
+        prompt_ids=prompt_ids,
         max_tokens=s.get("max_tokens", default_max_tokens),
         sampling=SamplingParams(
             temperature=float(s.get("temperature", 0.0)), top_k=s.get("top_k", 0),
@@ -58,7 +61,7 @@ async def run_local(orch: Orchestrator, item: BatchItem, default_max_tokens: int
     def sink(event: Event) -> None:  # called on orchestrator threads
         if isinstance(event, TextDelta):
             parts.append(event.text)
-        else:
+        elif isinstance(event, Finished | Failed):
             loop.call_soon_threadsafe(finish, event)
 
     start = time.perf_counter()

@@ -6,6 +6,8 @@ when both stages share devices); `insert` writes that KV into a free slot of the
 cache (donated, updated in place); every `generate` call advances all slots by one token, each at
 its own position; `release` frees the slot. With chunked prefill (the CPU default) `add_prompt`
 replaces prefill/transfer/insert: the prompt runs in chunks inside the coming `generate` steps.
+`score_prompt` (echo with log-probabilities) runs a prompt through the model on its own, like
+`prefill`, and keeps nothing.
 
 How it runs where it runs is decided once (`policy.derive_policy`); what it runs on device are
 the pure functions of `steps.py`, jitted here; how each step's rows are laid out is the
@@ -32,13 +34,20 @@ import numpy as np
 from jax.sharding import Mesh
 
 from inference_app.engine import steps
-from inference_app.engine.api import Prefix, SamplingParams, StepOutput
+from inference_app.engine.api import (
+    MAX_TOP_LOGPROBS,
+    Prefix,
+    SamplingParams,
+    StepLogprobs,
+    StepOutput,
+    TokenLogprobs,
+)
 from inference_app.engine.block_tables import KVBlockManager
 from inference_app.engine.buckets import fit, ladder, step_rows
 from inference_app.engine.kv_blocks import BlockPool
 from inference_app.engine.kv_budget import EngineLimits, device_free_bytes, engine_limits, host_free_bytes
 from inference_app.engine.policy import EnginePolicy, derive_policy, resolve_dtypes
-from inference_app.engine.settings import EngineSettings
+from inference_app.engine.settings import EngineSettings, SettingsError
 from inference_app.engine.sharding import cache_sharding, make_mesh, param_shardings, replicated
 from inference_app.engine.step_plan import (
     PendingPrompt,
@@ -52,9 +61,9 @@ from inference_app.engine.step_plan import (
 )
 from inference_app.engine.steps import SamplingRows, StepInputs
 from inference_app.kernels import build as kernel_build
-from inference_app.model.catalog import embedded_model_path
+from inference_app.model.catalog import ARCHITECTURES, embedded_model_path
 from inference_app.model.config import ModelConfig
-from inference_app.model.loader import LoadedModel, load_model
+from inference_app.model.loader import LoadedModel, check_combination, checkpoint_format, load_model
 from inference_app.model.paged_attention import PagedLayout, paged_layout, ragged_sequences
 from inference_app.model.tokenizer import TextTokenizer
 from inference_app.model.transformer import LayerKV, Params
@@ -84,9 +93,12 @@ def enable_compilation_cache(path: str | None) -> None:
 
 def validate_settings(s: EngineSettings) -> None:
     """What settings alone can be checked for; the limits left to sizing are checked there."""
-    if (s.model is None) == (s.model_path is None):
+    if s.model is None and s.model_path is None:
+        raise ValueError("set EngineSettings.model (catalog name) or EngineSettings.model_path")
+    if s.model is not None and s.model_path is not None and s.model not in ARCHITECTURES:
         raise ValueError(
-            "set exactly one of EngineSettings.model (catalog name) or EngineSettings.model_path"
+            f"EngineSettings.model {s.model!r} with a model_path names the checkpoint's architecture; "
+            f"choose one of {sorted(ARCHITECTURES)} or leave model unset (HF and GGUF carry their own)"
         )
     for name in ("max_slots", "max_prefill_length", "max_target_length", "kv_cache_memory"):
         value = getattr(s, name)
@@ -122,8 +134,8 @@ def split_devices(mode: str, devices: Sequence[jax.Device]) -> tuple[list[jax.De
 
 
 class JaxEngine:
-    """Implements `inference_app.engine.api.Engine` (with `BatchedPrefill` and `ChunkedPrefill`)
-    for Llama-family models."""
+    """Implements `inference_app.engine.api.Engine` (with `BatchedPrefill`, `ChunkedPrefill` and
+    `PromptScoring`) for Llama-family models."""
 
     def __init__(
         self,
@@ -148,14 +160,15 @@ class JaxEngine:
         )
         self.chunked_prefill = self.policy.chunked_prefill
 
-        self.prefill_params: Params = jax.device_put(
-            model.params, param_shardings(self.prefill_mesh, model.params)
-        )
+        # The weights place themselves (streamed shard by shard for big checkpoints); the
+        # generate mesh, if separate, gets a device-to-device copy.
+        abstract = model.weights.abstract()
+        self.prefill_params: Params = model.weights.place(param_shardings(self.prefill_mesh, abstract))
         if self.generate_mesh is self.prefill_mesh:
             self.generate_params = self.prefill_params
         else:
             self.generate_params = jax.device_put(
-                model.params, param_shardings(self.generate_mesh, model.params)
+                self.prefill_params, param_shardings(self.generate_mesh, abstract)
             )
         self.limits = self._size_limits(generate_devices[0])
         self.max_slots = self.limits.max_slots
@@ -210,6 +223,7 @@ class JaxEngine:
         self._top_k = np.zeros(b, np.int32)
         self._top_p = np.ones(b, np.float32)
         self._seeds = np.zeros(b, np.uint32)
+        self._logprobs = np.zeros(b, bool)  # the slot's request asks for log-probabilities
         self._active: set[int] = set()  # slots that decode
         self._pending: dict[int, PendingPrompt] = {}  # slot -> prompt being prefilled, FIFO
         # Paged cache: tokens each slot's request may hold (prompt + max new tokens); a slot that
@@ -300,7 +314,12 @@ class JaxEngine:
         """Jit the device programs of `steps.py` for this engine's model, kernels and meshes."""
         cfg, kernels = self.config, self.policy.kernels
         opts = self.policy.compiler_options or None
-        self._prefill_fn = jax.jit(partial(steps.prefill, cfg=cfg, kernels=kernels), compiler_options=opts)
+        self._prefill_fn = jax.jit(
+            partial(steps.prefill, cfg=cfg, kernels=kernels),
+            static_argnames=("logprobs",),
+            compiler_options=opts,
+        )
+        self._score_fn = jax.jit(partial(steps.score, cfg=cfg, kernels=kernels), compiler_options=opts)
         # Only the cache is donated: the token vector is tiny, and keeping it undonated means a
         # StepOutput handed to the orchestrator stays valid while later inserts/steps run.
         self._insert_fn = jax.jit(
@@ -314,9 +333,9 @@ class JaxEngine:
         )
         self._step_fn = jax.jit(
             partial(steps.step, cfg=cfg, kernels=kernels, attention=attention, paged=self.paged),
-            static_argnames=("attn_len", "greedy"),
+            static_argnames=("attn_len", "greedy", "logprobs"),
             donate_argnums=(1,),
-            out_shardings=(self._rep, self._cache_shardings),
+            out_shardings=(self._rep, self._cache_shardings, self._rep),
             compiler_options=opts,
         )
 
@@ -345,6 +364,8 @@ class JaxEngine:
             raise ValueError(f"top_k must be >= 0 (0 disables it), got {sp.top_k}")
         if not 0.0 < sp.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {sp.top_p}")
+        if sp.logprobs is not None and not 0 <= sp.logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {sp.logprobs}")
         if sp.seed is None:
             sp = dataclasses.replace(sp, seed=int(self._rng.integers(0, 2**32)))
         return sp
@@ -380,21 +401,40 @@ class JaxEngine:
             tokens[i, : len(ids)] = ids
             lengths[i] = len(ids)
         padded = resolved + [resolved[0]] * (rows - len(prompts))
-        first, kv = self._prefill_fn(self.prefill_params, tokens, lengths, SamplingRows.of(padded))
+        want = any(sp.logprobs is not None for sp in resolved)
+        first, kv, lp = self._prefill_fn(
+            self.prefill_params, tokens, lengths, SamplingRows.of(padded), logprobs=want
+        )
         first_host = np.asarray(first)
-        if rows == 1:
-            return [
-                Prefix(first_token=int(first_host[0]), length=int(lengths[0]), kv=kv, sampling=resolved[0])
-            ]
+        lp_host = lp.host() if lp is not None else None
+
+        def first_logprobs(i: int, sp: SamplingParams) -> TokenLogprobs | None:
+            return None if lp_host is None or sp.logprobs is None else lp_host.row(i, sp.logprobs)
+
         return [
             Prefix(
                 first_token=int(first_host[i]),
                 length=int(lengths[i]),
-                kv=[{k: a[i : i + 1] for k, a in layer.items()} for layer in kv],
+                kv=kv if rows == 1 else [{k: a[i : i + 1] for k, a in layer.items()} for layer in kv],
                 sampling=sp,
+                logprobs=first_logprobs(i, sp),
             )
             for i, sp in enumerate(resolved)
         ]
+
+    def score_prompt(self, prompt_ids: Sequence[int], top: int) -> list[TokenLogprobs]:
+        """`PromptScoring`: the prompt through the model at every position (its own compiled
+        program per prefill bucket, compiled on first use; nothing is cached)."""
+        self._check_prompt(prompt_ids)
+        if not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"top must be in [0, {MAX_TOP_LOGPROBS}], got {top}")
+        n = len(prompt_ids)
+        tokens = np.zeros((1, self.prefill_bucket(n)), np.int32)
+        tokens[0, :n] = prompt_ids
+        rows: StepLogprobs = self._score_fn(self.prefill_params, tokens, np.asarray([n], np.int32))
+        host = rows.host()
+        host = StepLogprobs(host.tokens[0], host.chosen[0], host.top_ids[0], host.top_logprobs[0])
+        return [host.row(p, top) for p in range(n - 1)]
 
     def transfer(self, prefix: Prefix) -> Prefix:
         if self.generate_mesh is self.prefill_mesh:
@@ -434,6 +474,7 @@ class JaxEngine:
         self._top_k[slot] = sp.top_k
         self._top_p[slot] = sp.top_p
         self._seeds[slot] = np.uint32((sp.seed or 0) % 2**32)
+        self._logprobs[slot] = sp.logprobs is not None
 
     def add_prompt(
         self,
@@ -501,7 +542,7 @@ class JaxEngine:
                 self.kv_blocks.grow(slot, int(self._positions[slot]) + 1)
             for slot, n in plan.taken.items():
                 self.kv_blocks.grow(slot, self._pending[slot].done + n)
-        self._run(plan, shape)
+        logprobs = self._run(plan, shape)
         rows = np.fromiter(decoding, np.int64, len(decoding))
         self._positions[rows] = np.minimum(self._positions[rows] + 1, self.max_target_length - 1)
         for slot, n in plan.taken.items():
@@ -511,10 +552,13 @@ class JaxEngine:
         for slot in plan.completed:
             self._positions[slot] = len(self._pending.pop(slot).ids)
             self._active.add(slot)
-        return StepOutput(tokens=self._tokens, slots=plan.emitted)
+        return StepOutput(tokens=self._tokens, slots=plan.emitted, logprobs=logprobs)
 
-    def _run(self, plan: StepPlan, shape: StepShape) -> None:
-        """Dispatch one compiled step (no host sync): the slots' tokens and the cache advance."""
+    def _run(self, plan: StepPlan, shape: StepShape) -> StepLogprobs | None:
+        """Dispatch one compiled step (no host sync): the slots' tokens and the cache advance.
+
+        The step computes log-probabilities only when one of its sampled slots asks for them (a
+        second compiled variant of its shape, compiled on first use rather than at warm-up)."""
         idx = np.minimum(plan.logit_slots, self.max_slots - 1)
         real = plan.logit_slots < self.max_slots
         rows = SamplingRows(
@@ -539,14 +583,16 @@ class JaxEngine:
             tables,
             sequences,
         )
-        self._tokens, self._cache = self._step_fn(
+        self._tokens, self._cache, logprobs = self._step_fn(
             self.generate_params,
             self._cache,
             self._tokens,
             inputs,
             attn_len=shape.attn_len,
             greedy=shape.greedy,
+            logprobs=bool(self._logprobs[idx[real]].any()),
         )
+        return logprobs
 
     def warmup(self) -> None:
         """Compile everything a request can reach: the prefill stage's buckets (unless prompts
@@ -575,15 +621,29 @@ class JaxEngine:
 
 
 def model_for(settings: EngineSettings, devices: Sequence[jax.Device] | None = None) -> LoadedModel:
-    """Load (on host) the weights and tokenizer that `settings` names, in the platform's dtype."""
+    """Open the checkpoint and tokenizer that `settings` names, weights unplaced, in the platform's dtype."""
     validate_settings(settings)
     if settings.model_path is not None:
         path = settings.model_path
     else:
         path = str(embedded_model_path(settings.model or ""))
     platform = (list(devices) if devices is not None else jax.devices())[0].platform
-    compute, _, int8 = resolve_dtypes(settings, platform)
-    return load_model(path, dtype=np.dtype(compute), int8=int8)
+    compute, _, matrices = resolve_dtypes(settings, platform)
+    try:
+        check_combination(checkpoint_format(path), matrices)
+    except ValueError as e:
+        raise SettingsError(
+            f"--weight-dtype {settings.weight_dtype} does not fit --model-path {path!r}: {e}. "
+            "q4_0/q4_1/q8_0 need a GGUF file or a Hugging Face checkpoint, gguf a GGUF file; "
+            "auto, float32, bfloat16 and int8 fit every checkpoint"
+        ) from None
+    return load_model(
+        path,
+        dtype=np.dtype(compute),
+        matrices=matrices,
+        model_name=settings.model if settings.model_path is not None else None,
+        tokenizer_path=settings.tokenizer_path,
+    )
 
 
 def load_engine(settings: EngineSettings, devices: Sequence[jax.Device] | None = None) -> JaxEngine:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from inference_app.engine.api import EngineSettings
 from inference_app.kernels.ops import NATIVE_CPU, PURE_JAX, KernelChoice
 from inference_app.model.paged_attention import AttentionKernel
+from inference_app.model.weights import MatrixFormat
 
 # XLA:CPU compiler options for int8-weight engines. YNNPACK dot fusions run the int8-weight
 # matrix-vector products (which XLA's own loop emitter handles at only the fp32 rate) through
@@ -28,18 +29,21 @@ from inference_app.model.paged_attention import AttentionKernel
 CPU_COMPILER_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 
-def resolve_dtypes(settings: EngineSettings, platform: str) -> tuple[Any, Any, bool]:
-    """(compute dtype, KV dtype, int8 weights) for a platform; `auto` is fp32 on CPU, bf16 elsewhere.
+def resolve_dtypes(settings: EngineSettings, platform: str) -> tuple[Any, Any, MatrixFormat]:
+    """(compute dtype, KV dtype, matrix format) for a platform; `auto` is fp32 on CPU, bf16
+    elsewhere, with float matrices.
 
     An `auto` KV cache follows the compute dtype, except on CPU where it stays float32: the CPU
     attention kernel reads float32, and a bf16 cache would save memory, not time.
     """
     auto = jnp.float32 if platform == "cpu" else jnp.bfloat16
     w = settings.weight_dtype
-    compute = auto if w in ("auto", "int8") else jnp.dtype(w).type
+    floats = w in ("float32", "bfloat16")
+    compute = jnp.dtype(w).type if floats else auto
     kv_auto = jnp.float32 if platform == "cpu" else compute
     kv = kv_auto if settings.kv_dtype == "auto" else jnp.dtype(settings.kv_dtype).type
-    return compute, kv, w == "int8"
+    matrices: MatrixFormat = "float" if floats or w == "auto" else w  # type: ignore[assignment]
+    return compute, kv, matrices
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ class EnginePolicy:
 
     compute_dtype: Any  # activations and float weights
     kv_dtype: Any
-    int8_weights: bool  # weight-only int8 matrices (`QInt8`)
+    matrices: MatrixFormat  # float, weight-only int8 (`QInt8`) or block-quantized (`BlockQuant`)
     # Native CPU kernels for the matmuls of a few rows and for greedy argmax: one CPU device
     # only (they know nothing of sharding), float activations, library built.
     kernels: KernelChoice
@@ -83,7 +87,7 @@ def derive_policy(
     `kernels_built` (normally `kernels.build.available`, which may compile the library) is
     called only when everything else allows the native kernels.
     """
-    compute, kv, int8 = resolve_dtypes(settings, platform)
+    compute, kv, matrices = resolve_dtypes(settings, platform)
     cpu = platform == "cpu"
     native = (
         settings.cpu_kernels
@@ -93,7 +97,7 @@ def derive_policy(
         and kernels_built()
     )
     kernel_attention = native and jnp.dtype(kv) == jnp.float32
-    ynn_dots = cpu and int8
+    ynn_dots = cpu and matrices == "int8"
     # The Pallas TPU kernel ("pallas_tpu") reads the same paged cache through the same seam and is
     # checked against the CPU path in TPU interpret mode, but no engine has run on a TPU with it
     # yet: TPU keeps the slot cache and separate prefill until one has (docs/model.md).
@@ -103,7 +107,7 @@ def derive_policy(
     return EnginePolicy(
         compute_dtype=compute,
         kv_dtype=kv,
-        int8_weights=int8,
+        matrices=matrices,
         kernels=NATIVE_CPU if native else PURE_JAX,
         kernel_attention=kernel_attention,
         ynn_dots=ynn_dots,

@@ -15,18 +15,24 @@ from dataclasses import dataclass
 from typing import Literal
 
 from inference_app.engine.kv_budget import parse_size
-from inference_app.model.catalog import CATALOG, DEFAULT_MODEL
+from inference_app.model.catalog import ARCHITECTURES, CATALOG, DEFAULT_MODEL
 
 Mode = Literal["interleaved", "disaggregated"]
 Dtype = Literal["auto", "float32", "bfloat16", "int8"]
+# Weights also take llama.cpp's block formats (quantized at load unless a GGUF file stores them
+# so) and `gguf`: every matrix as the GGUF file stores it (see `model/weights.py`).
+WeightDtype = Literal["auto", "float32", "bfloat16", "int8", "q4_0", "q4_1", "q8_0", "gguf"]
 
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """How to build an engine. Exactly one of `model` (catalog name) or `model_path` is set."""
+    """How to build an engine: `model` (catalog name), `model_path`, or both (see below)."""
 
+    # `model` alone: an embedded model (`CATALOG`). With `model_path`: the architecture
+    # (`ARCHITECTURES`) of a MaxText checkpoint, which carries no config; None for HF and GGUF.
     model: str | None = DEFAULT_MODEL
-    model_path: str | None = None  # GGUF file, HF directory, or gs:// URL of either
+    model_path: str | None = None  # GGUF file, HF directory, MaxText (Orbax) directory; local or gs://
+    tokenizer_path: str | None = None  # MaxText checkpoints: HF directory (or tokenizer.json)
     mode: Mode = "interleaved"
     # Limits; None: sized from the machine's free memory and the model (engine/kv_budget.py).
     max_slots: int | None = None  # sequences decoding at once
@@ -36,7 +42,7 @@ class EngineSettings:
     kv_block_size: int = 128  # tokens per block of the paged KV cache
     # Requests sharing a prompt prefix reuse its cached KV blocks (paged cache only).
     prefix_caching: bool = True
-    weight_dtype: Dtype = "auto"  # auto: fp32 CPU, bf16 TPU/GPU
+    weight_dtype: WeightDtype = "auto"  # auto: fp32 CPU, bf16 TPU/GPU
     kv_dtype: Dtype = "auto"
     # Mesh axes follow MaxText: fsdp x autoregressive x tensor; -1 fills the remaining devices.
     ici_fsdp_parallelism: int = 1
@@ -60,6 +66,7 @@ class EngineSettings:
 
 _DEFAULT = EngineSettings()
 DTYPES: tuple[str, ...] = typing.get_args(Dtype)
+WEIGHT_DTYPES: tuple[str, ...] = typing.get_args(WeightDtype)
 MODES: tuple[str, ...] = typing.get_args(Mode)
 # The flags of a serving engine (many requests at once) whose dest is the field's own name.
 _SERVING_FIELDS = (
@@ -119,16 +126,29 @@ def add_engine_arguments(
     `title` and `model_help` let a command say when the flags apply (`batch`: only with --local).
     """
     m = parser.add_argument_group(title)
-    src = m.add_mutually_exclusive_group()
-    src.add_argument("--model", default=None, help=model_help)
-    src.add_argument(
-        "--model-path", default=None, help="GGUF file, Hugging Face directory, or gs:// URL of either"
+    m.add_argument(
+        "--model",
+        default=None,
+        help=f"{model_help}; with --model-path of a MaxText checkpoint, its architecture: one of "
+        f"{', '.join(sorted(ARCHITECTURES))}",
+    )
+    m.add_argument(
+        "--model-path",
+        default=None,
+        help="GGUF file, Hugging Face directory or MaxText (Orbax) checkpoint directory; local or gs://",
+    )
+    m.add_argument(
+        "--tokenizer-path",
+        default=None,
+        help="with a MaxText --model-path: Hugging Face directory (or tokenizer.json) of the same model",
     )
     m.add_argument(
         "--weight-dtype",
-        choices=DTYPES,
+        choices=WEIGHT_DTYPES,
         default=_DEFAULT.weight_dtype,
-        help="auto: float32 on CPU, bfloat16 on TPU/GPU (default %(default)s)",
+        help="auto: float32 on CPU, bfloat16 on TPU/GPU; int8: per-channel int8; q4_0/q4_1/q8_0: "
+        "llama.cpp's block formats (kept as stored when a GGUF file has them, else quantized at "
+        "load); gguf: every matrix as the GGUF file stores it (default %(default)s)",
     )
     m.add_argument(
         "--kv-dtype", choices=DTYPES, default=_DEFAULT.kv_dtype, help="KV cache dtype (default %(default)s)"
@@ -220,18 +240,35 @@ def settings_from_args(args: argparse.Namespace) -> EngineSettings:
 
     Flags a command left out (`serving=False`) keep their `EngineSettings` defaults.
     """
-    if args.model is not None and args.model not in CATALOG:
+    if args.model_path is None:
+        if args.model is not None and args.model not in CATALOG:
+            raise SettingsError(
+                f"--model {args.model!r} is not in the catalog ({', '.join(sorted(CATALOG))}); "
+                "pass --model-path for any other checkpoint"
+            )
+        if args.tokenizer_path is not None:
+            raise SettingsError(
+                "--tokenizer-path goes with a MaxText --model-path; the catalog model carries its tokenizer"
+            )
+    elif args.model is not None and args.model not in ARCHITECTURES:
         raise SettingsError(
-            f"--model {args.model!r} is not in the catalog ({', '.join(sorted(CATALOG))}); "
-            "pass --model-path for any other checkpoint"
+            f"--model {args.model!r} with --model-path must name a MaxText checkpoint's architecture "
+            f"({', '.join(sorted(ARCHITECTURES))}); leave --model out for GGUF and Hugging Face "
+            "checkpoints, which carry their own"
         )
     settings = EngineSettings(
-        model=None if args.model_path else (args.model or DEFAULT_MODEL),
+        model=args.model if args.model_path else (args.model or DEFAULT_MODEL),
         model_path=args.model_path,
+        tokenizer_path=args.tokenizer_path,
         weight_dtype=args.weight_dtype,
         kv_dtype=args.kv_dtype,
         compilation_cache_dir=args.compilation_cache_dir or None,
     )
+    if settings.weight_dtype == "gguf" and settings.model_path and not settings.model_path.endswith(".gguf"):
+        raise SettingsError(
+            f"--weight-dtype gguf keeps a GGUF file's weights as stored, but --model-path "
+            f"{settings.model_path!r} is not a .gguf file; pass q4_0, q4_1 or q8_0 to quantize it at load"
+        )
     if not hasattr(args, "max_slots"):  # added with serving=False
         return settings
     settings = dataclasses.replace(

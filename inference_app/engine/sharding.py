@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from inference_app.model.quant import BlockQuant
 from inference_app.model.transformer import QInt8
 from inference_app.model.weights import IN_DIMS
 
@@ -81,26 +82,38 @@ def _spec(mesh: Mesh, shape: Sequence[int], logical: Sequence[tuple[str, ...] | 
 
 
 def param_shardings(mesh: Mesh, params: Any) -> Any:
-    """A pytree of NamedShardings matching `params` (layers, QInt8 leaves included)."""
+    """A pytree of NamedShardings matching `params` (layers, QInt8 and BlockQuant leaves included)."""
 
     def leaf(name: str, w: Any) -> Any:
-        if isinstance(w, QInt8):  # stored [out, in], flattened
-            in_axes: tuple[str, ...] | None
-            out_axes: tuple[str, ...] | None
-            if name == "embed":
-                in_axes, out_axes = FSDP, MODEL
-            else:
-                in_axes, out_axes = _PARAM_AXES[name][0], _PARAM_AXES[name][IN_DIMS[name]]
-            q_spec = _spec(mesh, w.q.shape, (out_axes, in_axes))
-            s_spec = _spec(mesh, w.scale.shape, (out_axes,))
-            return QInt8(
-                q=NamedSharding(mesh, q_spec),
-                scale=NamedSharding(mesh, s_spec),
+        if not isinstance(w, QInt8 | BlockQuant):
+            logical = _PARAM_AXES.get(name, (None,) * np.ndim(w))
+            return NamedSharding(mesh, _spec(mesh, np.shape(w), logical))
+        # quantized matrices are stored [out, in], flattened
+        in_axes: tuple[str, ...] | None
+        out_axes: tuple[str, ...] | None
+        if name == "embed":
+            in_axes, out_axes = FSDP, MODEL
+        else:
+            in_axes, out_axes = _PARAM_AXES[name][0], _PARAM_AXES[name][IN_DIMS[name]]
+        if isinstance(w, BlockQuant):  # qs, d and m all run [out, blocks of in]
+
+            def blocks(a: Any) -> NamedSharding | None:
+                return None if a is None else NamedSharding(mesh, _spec(mesh, a.shape, (out_axes, in_axes)))
+
+            return BlockQuant(
+                qs=blocks(w.qs),
+                d=blocks(w.d),
+                m=blocks(w.m),
+                fmt=w.fmt,
                 in_shape=w.in_shape,
                 out_shape=w.out_shape,
             )
-        logical = _PARAM_AXES.get(name, (None,) * np.ndim(w))
-        return NamedSharding(mesh, _spec(mesh, np.shape(w), logical))
+        return QInt8(
+            q=NamedSharding(mesh, _spec(mesh, w.q.shape, (out_axes, in_axes))),
+            scale=NamedSharding(mesh, _spec(mesh, w.scale.shape, (out_axes,))),
+            in_shape=w.in_shape,
+            out_shape=w.out_shape,
+        )
 
     out = {k: leaf(k, v) for k, v in params.items() if k != "layers"}
     out["layers"] = [{k: leaf(k, v) for k, v in layer.items()} for layer in params["layers"]]

@@ -4,13 +4,14 @@
     insert(cache, state, kv, slot, first)          a prefilled prompt's KV lands in a slot
     insert_paged(..., block_tables)                the same into the slot's blocks (paged cache)
     step(params, cache, state, inputs)             one step over token rows -> next tokens
+    score(params, tokens, lengths)                 a prompt -> its own tokens' log-probabilities
 
 `state` is the int32 [max_slots] vector of every slot's latest token: a decode row reads its
 input from it on device, and a step writes the tokens it samples back into it, so the host
 never waits for a step's tokens before dispatching the next. A step's rows are laid out on the
 host (`step_plan.py`) and passed as one `StepInputs` pytree; what varies between compiled
-steps is static (`attention`, `attn_len`, `greedy` and the model config and kernel choice the
-engine binds).
+steps is static (`attention`, `attn_len`, `greedy`, `logprobs` and the model config and kernel
+choice the engine binds): a step that no request asks log-probabilities of compiles without them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from inference_app.engine import sampling
-from inference_app.engine.api import SamplingParams
+from inference_app.engine.api import MAX_TOP_LOGPROBS, SamplingParams, StepLogprobs
 from inference_app.kernels.ops import KernelChoice
 from inference_app.model.config import ModelConfig
 from inference_app.model.paged_attention import (
@@ -47,6 +48,10 @@ from inference_app.model.transformer import (
     quantize_kv,
 )
 from inference_app.model.transformer import prefill as prefill_logits
+
+jax.tree_util.register_dataclass(
+    StepLogprobs, data_fields=["tokens", "chosen", "top_ids", "top_logprobs"], meta_fields=[]
+)
 
 # How a step's rows meet the cache (see model/transformer.py): "ragged_kernel" reads any slot at
 # any position in place (CPU kernel); "slot" is pure JAX, row i being slot i; "paged" reads the
@@ -117,6 +122,15 @@ class StepInputs:
     sequences: RaggedSequences | None = None
 
 
+def logprobs_of(logits: jax.Array, tokens: jax.Array) -> StepLogprobs:
+    """logits [..., V] and the tokens chosen from them [...] -> their log-probabilities under the
+    raw distribution (no temperature or truncation) and the MAX_TOP_LOGPROBS most likely."""
+    lp = jax.nn.log_softmax(logits, axis=-1)
+    top_lp, top_ids = jax.lax.top_k(lp, MAX_TOP_LOGPROBS)
+    chosen = jnp.take_along_axis(lp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return StepLogprobs(tokens.astype(jnp.int32), chosen, top_ids.astype(jnp.int32), top_lp)
+
+
 def prefill(
     params: Params,
     tokens: jax.Array,
@@ -125,12 +139,23 @@ def prefill(
     *,
     cfg: ModelConfig,
     kernels: KernelChoice,
-) -> tuple[jax.Array, list[LayerKV]]:
+    logprobs: bool = False,
+) -> tuple[jax.Array, list[LayerKV], StepLogprobs | None]:
     """Prompts tokens [B, S] (right-padded to a bucket; real lengths [B]) -> (first sampled token
-    [B], the prompts' KV per layer [B, KVH, S, Dh])."""
+    [B], the prompts' KV per layer [B, KVH, S, Dh], the first tokens' log-probabilities [B] when
+    `logprobs`)."""
     logits, kv = prefill_logits(params, cfg, tokens, lengths, kernels=kernels)
     first = sampling.sample(logits, rows.temperature, rows.top_k, rows.top_p, rows.seeds, lengths, kernels)
-    return first, kv
+    return first, kv, logprobs_of(logits, first) if logprobs else None
+
+
+def score(
+    params: Params, tokens: jax.Array, lengths: jax.Array, *, cfg: ModelConfig, kernels: KernelChoice
+) -> StepLogprobs:
+    """Prompts tokens [B, S] (right-padded) -> rows [B, S - 1]: row p holds token p + 1's
+    log-probability given tokens 0..p (rows past a prompt's length are junk)."""
+    logits, _ = prefill_logits(params, cfg, tokens, lengths, kernels=kernels, all_logits=True)
+    return logprobs_of(logits[:, :-1], tokens[:, 1:])
 
 
 def insert(
@@ -187,9 +212,11 @@ def step(
     attn_len: int,
     greedy: bool,
     paged: Paged | None = None,
-) -> tuple[jax.Array, list[LayerKV]]:
+    logprobs: bool = False,
+) -> tuple[jax.Array, list[LayerKV], StepLogprobs | None]:
     """Run the rows of `inputs` through the model, sample the rows in `logit_rows` and write their
-    tokens into `state` at `logit_slots`. Returns (state, cache).
+    tokens into `state` at `logit_slots`. Returns (state, cache, log-probabilities per slot
+    [max_slots] when `logprobs`, else None).
 
     With "slot" attention row i must be slot i (decode of the first N slots) and attention reads
     the first `attn_len` cache entries; "ragged_kernel" and "paged" take any rows and ignore
@@ -222,4 +249,10 @@ def step(
         r = inputs.sampling
         at = inputs.positions[inputs.logit_rows] + 1  # where the sampled tokens will sit
         nxt = sampling.sample(logits, r.temperature, r.top_k, r.top_p, r.seeds, at, kernels)
-    return state.at[inputs.logit_slots].set(nxt.astype(state.dtype), mode="drop"), cache
+    state = state.at[inputs.logit_slots].set(nxt.astype(state.dtype), mode="drop")
+    if not logprobs:
+        return state, cache, None
+    def by_slot(a: jax.Array) -> jax.Array:
+        return jnp.zeros((state.shape[0], *a.shape[1:]), a.dtype).at[inputs.logit_slots].set(a, mode="drop")
+
+    return state, cache, jax.tree.map(by_slot, logprobs_of(logits, nxt))

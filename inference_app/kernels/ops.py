@@ -26,7 +26,9 @@ MAX_KERNEL_ROWS = 4
 class KernelChoice:
     """Which native kernels traced code may call; hashable, so it is a static jit argument.
 
-    `cpu`: the kernels of `cpu_kernels.cc` (one CPU device, library loaded). With int8 weights
+    `cpu`: the kernels of `cpu_kernels.cc` and `quant_kernels.cc` (one library: one CPU device,
+    library loaded); block-quantized matrices then go to their kernel at every row count (see
+    `transformer.block_matmul`), float and int8 ones only up to `MAX_KERNEL_ROWS`. With int8 weights
     the engine then also compiles with YNNPACK dot fusions (see `engine/policy.py`), which
     `int8_matmul` relies on for its many-row GEMMs.
     """

@@ -36,6 +36,11 @@ class TextTokenizer:
         special_tokens: dict[str, str] | None = None,
     ) -> None:
         self._tok = tok
+        # The same tokenizer with special-token text split like any other text (Hugging Face's
+        # `split_special_tokens`): for message contents, which are never control tokens.
+        self._as_text = HFTokenizer.from_str(tok.to_str())
+        self._as_text.encode_special_tokens = True
+        self._special_texts = tuple(t.content for t in tok.get_added_tokens_decoder().values() if t.special)
         self.eos_token_ids = eos_token_ids
         self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
         self.chat_template = chat_template
@@ -46,7 +51,32 @@ class TextTokenizer:
         return self._tok
 
     def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
+        return _encode(self._tok, text)
+
+    def encode_chat(
+        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+    ) -> list[int]:
+        """Prompt ids of a conversation rendered with the chat template, where the template's own
+        markers are control tokens but message contents are text: `<|im_end|>` typed into a message
+        stays those characters, so a user cannot close their turn and forge another role's."""
+        if not any(s in m["content"] for m in messages for s in self._special_texts):
+            return self.encode(self.apply_chat_template(messages, add_generation_prompt))
+        used = "".join(m["content"] for m in messages)
+        begin, end = next((chr(c), chr(c + 1)) for c in range(0xE000, 0xF8FF, 2)
+                          if chr(c) not in used and chr(c + 1) not in used)  # private-use marks
+        marked = [{**m, "content": f"{begin}{m['content']}{end}"} for m in messages]
+        rest = self.apply_chat_template(marked, add_generation_prompt)
+        ids: list[int] = []
+        while rest:
+            template_part, found, rest = rest.partition(begin)
+            ids += self.encode(template_part)
+            if not found:
+                break
+            content, closed, rest = rest.partition(end)
+            if not closed:
+                raise ValueError("the chat template splits a message's content; cannot keep it as text")
+            ids += _encode(self._as_text, content)
+        return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._tok.decode(list(ids), skip_special_tokens=False))
@@ -83,6 +113,12 @@ class TextTokenizer:
         self._tok.save(str(out / "tokenizer.json"))
         (out / "tokenizer_config.json").write_text(json.dumps(self.hf_config(), indent=2, ensure_ascii=False))
         return out
+
+
+def _encode(tok: HFTokenizer, text: str) -> list[int]:
+    """`encode_batch` of one text: unlike `encode`, it lets go of the GIL while it works, so a
+    long prompt tokenized on a worker thread does not stall the event loop and the decode loop."""
+    return list(tok.encode_batch([text], add_special_tokens=False)[0].ids)
 
 
 def _raise(message: str) -> None:

@@ -20,8 +20,9 @@ edge (`weights_gguf.py`, `weights_hf.py`), never here.
       }, ... ]
     }
 
-Any matrix may instead be a `QInt8` (int8 values + per-output-channel fp32 scales): the scale
-is applied after the matmul (`linear`).
+Any matrix may instead be a `QInt8` (int8 values + per-output-channel fp32 scales, applied
+after the matmul) or a `BlockQuant` (llama.cpp's Q4_0/Q4_1/Q8_0 blocks, `model/quant.py`), both
+stored output-major [out, in]; a quantized "embed" is then also the tied LM head.
 
 The KV cache per layer is `{"k": [B, KVH, T, Dh], "v": ...}` and, for an int8 cache, also
 `"k_scale"`/`"v_scale"`: [B, KVH, T] (one scale per token and head).
@@ -45,8 +46,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from inference_app.kernels import ops as cpu_kernels
+from inference_app.kernels import quant_ops
 from inference_app.kernels.ops import PURE_JAX, KernelChoice
 from inference_app.model.config import ModelConfig
+from inference_app.model.quant import BlockQuant, dequantize_jax
 
 Params = dict[str, Any]
 LayerKV = dict[str, jax.Array]
@@ -69,7 +72,7 @@ class QInt8:
     out_shape: tuple[int, ...]
 
 
-Weight = jax.Array | QInt8
+Weight = jax.Array | QInt8 | BlockQuant
 
 
 def quantize_int8(w: np.ndarray, in_dims: int = 1) -> QInt8:
@@ -93,6 +96,8 @@ def linear(x: jax.Array, w: Weight, n_in: int = 1, kernels: KernelChoice = PURE_
     if isinstance(w, QInt8):
         y = int8_matmul(x.reshape(-1, int(np.prod(w.in_shape))), w.q, w.scale, kernels)
         return y.reshape(*lead, *w.out_shape)
+    if isinstance(w, BlockQuant):
+        return block_matmul(x.reshape(-1, w.cols), w, kernels).reshape(*lead, *w.out_shape)
     in_shape, out_shape = w.shape[:n_in], w.shape[n_in:]
     k = int(np.prod(in_shape))
     x2 = x.reshape(-1, k)
@@ -133,6 +138,19 @@ def int8_matmul(x: jax.Array, q: jax.Array, scale: jax.Array, kernels: KernelCho
     return y * scale.astype(x.dtype)
 
 
+def block_matmul(x: jax.Array, w: BlockQuant, kernels: KernelChoice = PURE_JAX) -> jax.Array:
+    """x [N, in] @ w.T for block-quantized w [out rows of in] -> [N, out] in x's dtype.
+
+    With the native CPU kernels, every row count goes to the kernel that reads the blocks as
+    stored (it quantizes the activations per block, as llama.cpp does); elsewhere the blocks are
+    dequantized in the traced program and multiplied by XLA.
+    """
+    if kernels.cpu:
+        return quant_ops.matmul(x, w).astype(x.dtype)
+    y = jnp.matmul(x, dequantize_jax(w, x.dtype).T, preferred_element_type=jnp.float32)
+    return y.astype(x.dtype)
+
+
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
@@ -162,6 +180,17 @@ def embed(params: Params, tokens: jax.Array, dtype: jnp.dtype) -> jax.Array:
     table = params["embed"]
     if isinstance(table, QInt8):  # per-row scales: rows are the LM head's output channels
         return (table.q[tokens].astype(jnp.float32) * table.scale[tokens][..., None]).astype(dtype)
+    if isinstance(table, BlockQuant):  # blocks run along a row: gather whole rows, then expand
+        flat = tokens.reshape(-1)
+        rows = BlockQuant(
+            qs=table.qs[flat],
+            d=table.d[flat],
+            m=None if table.m is None else table.m[flat],
+            fmt=table.fmt,
+            in_shape=table.in_shape,
+            out_shape=(flat.shape[0],),
+        )
+        return dequantize_jax(rows, dtype).reshape(*tokens.shape, table.cols)
     return table[tokens].astype(dtype)
 
 
@@ -173,6 +202,8 @@ def lm_head(params: Params, cfg: ModelConfig, x: jax.Array, kernels: KernelChoic
         if isinstance(table, QInt8):
             lead = x.shape[:-1]
             logits = int8_matmul(x.reshape(-1, x.shape[-1]), table.q, table.scale, kernels).reshape(*lead, -1)
+        elif isinstance(table, BlockQuant):
+            logits = linear(x, table, 1, kernels)
         else:
             logits = jnp.einsum("...d,vd->...v", x, table.astype(x.dtype))
     else:

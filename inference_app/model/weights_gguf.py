@@ -12,11 +12,14 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
-from gguf import GGUFReader, GGUFValueType
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf.quants import dequantize
 
+from inference_app.model import quant
 from inference_app.model.config import ModelConfig
 from inference_app.model.tokenizer import TextTokenizer, from_gguf_fields
+
+_FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
 
 # GGUF tensor name -> Hugging Face name ({i} = layer index).
 _NAMES = {
@@ -129,6 +132,29 @@ class GGUFCheckpoint:
             w = unpermute_qk(w, cfg.num_heads)
         elif hf_name.endswith("k_proj.weight"):
             w = unpermute_qk(w, cfg.num_kv_heads)
+        return w
+
+    def blocks(self, hf_name: str) -> quant.BlockQuant | None:
+        """A matrix by its Hugging Face name in a block format we read, rows in HF order [out, in]:
+        Q4_0/Q4_1/Q8_0 as stored (not dequantized); llama.cpp's other quantized types (K-quants,
+        ...) as Q8_0 of their dequantized values; None for a float tensor."""
+        try:
+            t = self._hf_to_tensor[hf_name]
+        except KeyError:
+            raise KeyError(f"{self.path}: no tensor for {hf_name}") from None
+        fmt = quant.format_of(t.tensor_type)
+        if fmt is None:
+            if t.tensor_type in _FLOAT_TYPES:
+                return None
+            return quant.quantize(self.tensor(hf_name).T, "q8_0")
+        cols, rows = (int(n) for n in t.shape)  # GGUF shapes are (cols, rows)
+        w = quant.from_gguf_rows(np.asarray(t.data), fmt, (cols,), (rows,))
+        cfg = self.config
+        heads = {"q_proj.weight": cfg.num_heads, "k_proj.weight": cfg.num_kv_heads}
+        for suffix, n in heads.items():
+            if hf_name.endswith(suffix):  # the same row permutation as `tensor`, on whole rows
+                order = unpermute_qk(np.arange(rows), n)
+                w = quant.take_rows(w, order, (rows,))
         return w
 
 

@@ -6,9 +6,10 @@ One request's trip (`submit` is called by the HTTP layer or the batch runner):
    never silent truncation) and puts the job on the bounded admission queue; when that queue is
    full the caller gets `QueueFull` (HTTP 429 + Retry-After) instead of an unbounded backlog.
 2. **prefill** thread — takes a *credit* (at most `max_slots + lookahead` prompts may hold KV at
-   once, so prefill never runs far ahead of free slots), runs `engine.prefill` (or, for waiting
-   prompts of one length bucket, one `prefill_many`), hands the `FirstToken` to detokenize and
-   the prefix to transfer.
+   once, so prefill never runs far ahead of free slots), scores the prompt first when the request
+   asks for its log-probabilities (`engine.score_prompt`; a request with max_tokens 0 ends there),
+   runs `engine.prefill` (or, for waiting prompts of one length bucket, one `prefill_many`), hands
+   the `FirstToken` to detokenize and the prefix to transfer.
 3. **transfer** thread — `engine.transfer`: in disaggregated mode the KV cache moves from the
    prefill device group to the generate sharding (`jax.device_put`); in interleaved mode a no-op.
 4. **generate** thread — before every step it frees the slots whose request finished (EOS, stop
@@ -25,10 +26,10 @@ they run truly in parallel on their own groups.
 
 With an engine that prefills in chunks inside its steps (`ChunkedPrefill`, the CPU engine),
 stages 2-3 do not run: the generate thread's admission hands each admitted prompt to a free slot
-(`engine.add_prompt`), and every step runs the decoding slots plus chunks of those prompts; the
-step that finishes a prompt also yields its first token. No prompt pauses decoding, and none is
-padded to a length bucket. Which path runs is decided once, when the orchestrator is built, from
-the capabilities the engine declares (`engine/api.py`).
+(`engine.add_prompt`, after `engine.score_prompt` when asked), and every step runs the decoding
+slots plus chunks of those prompts; the step that finishes a prompt also yields its first token.
+No prompt pauses decoding, and none is padded to a length bucket. Which path runs is decided
+once, when the orchestrator is built, from the capabilities the engine declares (`engine/api.py`).
 
 Errors: an exception in one request's prefill/transfer/insert fails that request only. An exception
 in `generate` or `release` (the device loop) fails every in-flight request, marks the driver failed
@@ -55,8 +56,12 @@ from inference_app.engine.api import (
     ChunkedPrefill,
     Engine,
     Prefix,
+    PromptScoring,
+    StepLogprobs,
+    TokenLogprobs,
     batched_prefill,
     chunked_prefill,
+    prompt_scoring,
 )
 from inference_app.orchestrator.metrics import ServingMetrics
 from inference_app.orchestrator.request import (
@@ -84,6 +89,7 @@ class FirstToken:
 
     job: Job
     token: int
+    logprobs: TokenLogprobs | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,7 @@ class StepTokens:
     tokens: Any  # engine array [max_slots]
     emitted: tuple[SlotJob, ...]
     dispatched_at: float
+    logprobs: StepLogprobs | None = None  # per slot, when a slot of the step asked
     _host: np.ndarray | None = field(default=None, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
@@ -114,7 +121,14 @@ class StepTokens:
             if self._host is None:
                 self._host = np.asarray(self.tokens)
                 self.tokens = None
+                if self.logprobs is not None:
+                    self.logprobs = self.logprobs.host()
             return self._host
+
+    def logprobs_of(self, owner: SlotJob) -> TokenLogprobs | None:
+        """The log-probabilities of `owner`'s token when its request asked (after `host()`)."""
+        k = owner.job.request.sampling.logprobs
+        return None if k is None or self.logprobs is None else self.logprobs.row(owner.slot, k)
 
 
 @dataclass(frozen=True)
@@ -189,6 +203,7 @@ class Orchestrator:
         # The engine's optional capabilities, checked once: they pick the code path.
         self._batched: BatchedPrefill | None = batched_prefill(engine)
         self._chunked: ChunkedPrefill | None = chunked_prefill(engine)
+        self._scoring: PromptScoring | None = prompt_scoring(engine)
         self.max_slots = engine.max_slots
         self.max_prefill_length = engine.max_prefill_length
         self.max_target_length = engine.max_target_length
@@ -296,7 +311,9 @@ class Orchestrator:
                 "(--max-prefill-length). Shorten the prompt.",
                 param="prompt",
             )
-        if request.max_tokens < 1:
+        if request.prompt_logprobs is not None and self._scoring is None:
+            raise BadRequest("This engine cannot score prompts (prompt log-probabilities).", param="echo")
+        if request.max_tokens < (0 if request.prompt_logprobs is not None else 1):
             raise BadRequest(f"max_tokens must be >= 1, got {request.max_tokens}.", param="max_tokens")
         room = self.max_target_length - n
         if request.max_tokens > room:
@@ -380,7 +397,10 @@ class Orchestrator:
                 continue
             batch = self._gather_prefill_batch(job)
             carry = batch.carry
-            self._prefill(batch.jobs)
+            with self._holding(self._prefill_lock):
+                jobs = [j for j in batch.jobs if self._score(j)]
+            if jobs:
+                self._prefill(jobs)
 
     def _gather_prefill_batch(self, first: Job) -> PrefillBatch:
         """`first` plus prompts already waiting in its length bucket, as many as the engine batches.
@@ -437,7 +457,7 @@ class Orchestrator:
             self._return_credit(job)
             return
         for job, prefix in zip(batch, prefixes, strict=True):
-            self._put(self._detok, FirstToken(job, int(prefix.first_token)))
+            self._put(self._detok, FirstToken(job, int(prefix.first_token), prefix.logprobs))
             self._put(self._transfer, Prefilled(job, prefix))
 
     def _transfer_loop(self) -> None:
@@ -469,7 +489,10 @@ class Orchestrator:
                 out = self.engine.generate()
             slots = range(self.max_slots) if out.slots is None else out.slots
             step = StepTokens(
-                out.tokens, tuple(SlotJob(s, job) for s in slots if (job := self._slots[s]) is not None), t0
+                out.tokens,
+                tuple(SlotJob(s, job) for s in slots if (job := self._slots[s]) is not None),
+                t0,
+                out.logprobs,
             )
             self._last_step = step
             self._put(self._detok, step)
@@ -518,13 +541,15 @@ class Orchestrator:
 
     @staticmethod
     def _fits(engine: ChunkedPrefill, job: Job) -> bool:
-        """Chunked prefill: whether the engine's KV cache can hold the request now."""
-        return job.finished or engine.can_admit(job.request.prompt_ids, job.request.max_tokens)
+        """Chunked prefill: whether the engine's KV cache can hold the request now (a request that
+        only scores its prompt, max_tokens 0, needs no KV blocks)."""
+        r = job.request
+        return job.finished or r.max_tokens < 1 or engine.can_admit(r.prompt_ids, r.max_tokens)
 
     def _add_prompt(self, engine: ChunkedPrefill, job: Job, slot: int) -> None:
         """Admission with chunked prefill: the prompt runs in the coming steps, in this slot; its
         KV blocks (prompt + max_tokens) are reserved now."""
-        if job.finished:
+        if job.finished or not self._score(job):
             return
         try:
             engine.add_prompt(slot, job.request.prompt_ids, job.request.sampling, job.request.max_tokens)
@@ -540,21 +565,36 @@ class Orchestrator:
         last_host_at = 0.0
         while not self._stopping.is_set():
             match self._get(self._detok):
-                case FirstToken(job, token):
-                    self._deliver(job, token)
+                case FirstToken(job, token, logprobs):
+                    self._deliver(job, token, logprobs)
                 case StepTokens() as step:
                     host = step.host()  # waits for the step; the next one is already dispatched
                     now = time.monotonic()
                     self.metrics.decode_step.observe(now - max(step.dispatched_at, last_host_at))
                     last_host_at = now
                     for owner in step.emitted:
-                        self._deliver(owner.job, int(host[owner.slot]))
+                        self._deliver(owner.job, int(host[owner.slot]), step.logprobs_of(owner))
 
     # ----- helpers ----------------------------------------------------------------------------
 
-    def _deliver(self, job: Job, token: int) -> None:
+    def _score(self, job: Job) -> bool:
+        """Score the prompt when the request asks (on the calling stage's thread); whether the job
+        still needs a slot (not when it failed, or asked for no generated token)."""
+        k = job.request.prompt_logprobs
+        if k is not None and self._scoring is not None:
+            try:
+                job.scored(self._scoring.score_prompt(job.request.prompt_ids, k))
+            except Exception as exc:
+                log.exception("[%s] prompt scoring failed", job.id)
+                job.fail(f"Prompt scoring failed: {type(exc).__name__}: {exc}")
+        if job.finished:
+            self._return_credit(job)
+            return False
+        return True
+
+    def _deliver(self, job: Job, token: int, logprobs: TokenLogprobs | None = None) -> None:
         try:
-            job.accept_token(token)
+            job.accept_token(token, logprobs)
         except Exception as exc:
             log.exception("[%s] detokenization failed", job.id)
             job.fail(f"Detokenization failed: {type(exc).__name__}: {exc}")

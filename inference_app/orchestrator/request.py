@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from inference_app.engine.api import SamplingParams, Tokenizer
+from inference_app.engine.api import SamplingParams, Tokenizer, TokenLogprobs
 from inference_app.orchestrator.detokenize import IncrementalDecoder, StopStringFilter
 from inference_app.orchestrator.metrics import ServingMetrics
 
@@ -28,11 +28,15 @@ def new_request_id() -> str:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """What to generate. `prompt_ids` already include any chat template."""
+    """What to generate. `prompt_ids` already include any chat template.
+
+    `prompt_logprobs` k asks for the prompt's own tokens' log-probabilities (with k alternatives)
+    before any text; then `max_tokens` may be 0 (score the prompt, generate nothing)."""
 
     prompt_ids: tuple[int, ...]
     max_tokens: int
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    prompt_logprobs: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     request_id: str = field(default_factory=new_request_id)
@@ -40,9 +44,19 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class TextDelta:
-    """New text, safe to show (no partial characters, no part of a stop string)."""
+    """New text, safe to show (no partial characters, no part of a stop string), and the
+    log-probabilities (when asked) of the tokens accepted since the previous delta: a token whose
+    text is held back (a partial character, a possible stop string) comes with a later delta."""
 
     text: str
+    logprobs: tuple[TokenLogprobs, ...] = ()
+
+
+@dataclass(frozen=True)
+class PromptLogprobs:
+    """The prompt's tokens after the first, scored (sent before any text when asked)."""
+
+    tokens: tuple[TokenLogprobs, ...]
 
 
 @dataclass(frozen=True)
@@ -60,7 +74,7 @@ class Failed:
     status: int = 500
 
 
-Event = TextDelta | Finished | Failed
+Event = PromptLogprobs | TextDelta | Finished | Failed
 Sink = Callable[[Event], None]  # called from orchestrator threads: must be quick and thread-safe
 
 
@@ -115,6 +129,7 @@ class Job:
         self._eos = frozenset() if request.ignore_eos else tokenizer.eos_token_ids
         self._decoder = IncrementalDecoder(tokenizer)
         self._stops = StopStringFilter(request.stop)
+        self._logprobs: list[TokenLogprobs] = []  # accepted, not yet sent with a delta
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._on_done = on_done
@@ -130,10 +145,21 @@ class Job:
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
 
-    def accept_token(self, token: int) -> None:
-        """Detokenize stage: one more generated token for this request."""
+    def scored(self, tokens: list[TokenLogprobs]) -> None:
+        """The prompt's log-probabilities (`prompt_logprobs`); with max_tokens 0 the job ends here."""
+        if self.finished:
+            return
+        self.sink(PromptLogprobs(tuple(tokens)))
+        if self.request.max_tokens == 0:
+            self._finish_ok("length")
+
+    def accept_token(self, token: int, logprobs: TokenLogprobs | None = None) -> None:
+        """Detokenize stage: one more generated token for this request (and its log-probabilities
+        when the request asked; EOS included, as vLLM does, though its text is not)."""
         if self.finished:
             return  # tokens a slot produced after its request ended are dropped
+        if logprobs is not None:
+            self._logprobs.append(logprobs)
         now = time.monotonic()
         if self.delivered == 0:
             self.first_token_at = now
@@ -145,7 +171,7 @@ class Job:
             return
         text = self._stops.feed(self._decoder.add(token))
         if text:
-            self.sink(TextDelta(text))
+            self.sink(self._delta(text))
         if self._stops.stopped:
             self._finish_ok("stop")
         elif self.delivered >= self.request.max_tokens:
@@ -161,13 +187,18 @@ class Job:
     def _finish_ok(self, reason: FinishReason) -> None:
         tail = self._stops.feed(self._decoder.flush()) if not self._stops.stopped else ""
         tail += self._stops.flush()
-        if tail and not self.finished:
-            self.sink(TextDelta(tail))
+        if (tail or self._logprobs) and not self.finished:
+            self.sink(self._delta(tail))
         if self._finish(Finished(reason, len(self.request.prompt_ids), self.delivered), "ok"):
             now = time.monotonic()
             self.metrics.e2e.observe(now - self.arrival)
             if self.first_token_at is not None and self.delivered > 1:
                 self.metrics.tpot.observe((now - self.first_token_at) / (self.delivered - 1))
+
+    def _delta(self, text: str) -> TextDelta:
+        delta = TextDelta(text, tuple(self._logprobs))
+        self._logprobs.clear()
+        return delta
 
     def _finish(self, event: Event, outcome: str) -> bool:
         with self._lock:

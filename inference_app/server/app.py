@@ -25,7 +25,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from inference_app.engine.api import Engine
 from inference_app.orchestrator import new_request_id
 from inference_app.server import routes_jetstream, routes_openai, routes_ops
+from inference_app.server.body_guard import BodyGuard
 from inference_app.server.errors import install_error_handlers
+from inference_app.server.http_metrics import HttpMetrics
 from inference_app.server.options import ServerOptions
 from inference_app.server.protocol import (
     ChatCompletionRequest,
@@ -123,15 +125,17 @@ def create_app(
         title="inference_app",
         summary="JetStream-compatible /generate and an OpenAI-compatible API over a JAX engine.",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url="/docs" if options.docs else None,
         redoc_url=None,
     )
     app.state.serving = state
+    app.state.http_metrics = http_metrics = HttpMetrics(state.metrics)
     app.include_router(routes_jetstream.router)
     app.include_router(routes_ops.router)
     app.include_router(routes_openai.router)
     app.include_router(routes_openai.tokenizer_router)
-    install_error_handlers(app, lambda: state.metrics.requests.labels(outcome="bad_request").inc())
-    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app, lambda outcome: state.metrics.requests.labels(outcome=outcome).inc())
+    app.add_middleware(BodyGuard, limits=options.limits, record=http_metrics.record)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every answer, the guard's too, carries the id
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

@@ -1,24 +1,17 @@
-"""`python -m inference_app serve`: the HTTP server (uvicorn) with a SIGTERM drain.
+"""`python -m inference_app serve`: flags -> engine settings and server options, then `run_server`.
 
-The outermost layer of serving: flags -> `ServerOptions` + `EngineSettings` (`engine/settings.py`)
--> `create_app` (`app.py`) with an engine factory that loads the model in the background -> uvicorn.
-
-SIGTERM: `/healthcheck` turns 503 and new requests get 503 at once, in-flight requests finish (up
-to `--drain-timeout` seconds; the rest fail with 503), then the process exits 0. A second SIGTERM
-or a SIGINT (Ctrl-C) stops at once.
+The outermost layer of serving: flags -> `ServerOptions` (with the front door's `HttpLimits`) +
+`EngineSettings` (`engine/settings.py`) -> `run_server` (`http_server.py`: `create_app` with an
+engine factory that loads the model in the background, served by uvicorn behind the connection
+guard, with the SIGTERM drain).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 from collections.abc import Callable
-from types import FrameType
 from typing import cast
-
-import uvicorn
 
 from inference_app import pathways
 from inference_app.engine.api import Engine
@@ -30,9 +23,11 @@ from inference_app.engine.settings import (
     settings_from_args,
 )
 from inference_app.model.catalog import CATALOG
-from inference_app.server.app import create_app
+from inference_app.server.http_server import run_server
+from inference_app.server.limits import add_http_limit_arguments, http_limits_from_args, non_negative_float
 from inference_app.server.options import ServerOptions
-from inference_app.server.state import ServingState
+
+__all__ = ["LOG_FORMAT", "ServerOptions", "add_arguments", "main", "run_server"]
 
 log = logging.getLogger("inference_app.server")
 
@@ -50,6 +45,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="admitted requests waiting for prefill before answering 429 (default %(default)s)",
     )
     g.add_argument(
+        "--max-queue-wait",
+        type=non_negative_float,
+        default=ServerOptions.max_queue_wait_s,
+        help="seconds a new request may expect to wait in the queue (queued requests over the "
+        "recent completion rate); longer: 503 with Retry-After at once; 0: no budget "
+        "(default %(default)s)",
+    )
+    g.add_argument(
         "--drain-timeout",
         type=float,
         default=ServerOptions.drain_timeout_s,
@@ -60,7 +63,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip compiling every prefill bucket before /healthcheck turns 200 (first requests compile)",
     )
+    g.add_argument(
+        "--docs",
+        action="store_true",
+        help="serve the interactive API page at /docs (off by default: it loads scripts from a CDN "
+        "into the visitor's browser; the schema stays at /openapi.json)",
+    )
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_http_limit_arguments(p)
 
     add_engine_arguments(p)
     p.add_argument_group("platform").add_argument(
@@ -93,8 +103,11 @@ def server_options(args: argparse.Namespace, settings: EngineSettings) -> Server
         model_name=name,
         model_aliases=aliases,
         max_queue=args.max_queue,
+        max_queue_wait_s=args.max_queue_wait,
         drain_timeout_s=args.drain_timeout,
         warmup=not args.no_warmup,
+        docs=args.docs,
+        limits=http_limits_from_args(args),
     )
 
 
@@ -124,64 +137,6 @@ def engine_factory(settings: EngineSettings, inject_fault: str | None) -> Callab
         return engine if wrap is None else wrap(engine)
 
     return build
-
-
-class QuietProbes(logging.Filter):
-    """Drop access-log lines of /healthcheck and /metrics polls that say nothing new (probes poll
-    every second): 200s, and the 503s while loading or draining, which the phase logs announce."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and len(args) == 5:
-            path, status = str(args[2]), args[4]
-            return not (path in ("/healthcheck", "/metrics") and status in (200, 503))
-        return True
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn, except that the first SIGTERM drains (health 503, finish in flight) and exits 0."""
-
-    def __init__(self, config: uvicorn.Config, state: ServingState) -> None:
-        super().__init__(config)
-        self.state = state
-        self._draining = False
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if sig == signal.SIGTERM and not self._draining:
-            self._draining = True
-            threading.Thread(target=self._drain, name="drain", daemon=True).start()
-            return
-        super().handle_exit(sig, frame)
-
-    def _drain(self) -> None:
-        timeout = self.state.options.drain_timeout_s
-        log.info("SIGTERM: draining (health 503, no new requests, up to %.0fs for in-flight ones).", timeout)
-        self.state.begin_drain()
-        if self.state.wait_idle(timeout):
-            log.info("Drained: no request in flight; shutting down.")
-        else:
-            log.warning("Drain deadline of %.0fs passed; the remaining requests fail with 503.", timeout)
-            self.state.abort_in_flight(
-                f"The server is shutting down (drain deadline of {timeout:g}s passed)."
-            )
-        self.should_exit = True
-
-
-def run_server(options: ServerOptions, factory: Callable[[], Engine]) -> int:
-    """Serve until SIGTERM (drained, exit 0) or SIGINT."""
-    app = create_app(options, engine_factory=factory)
-    logging.getLogger("uvicorn.access").addFilter(QuietProbes())
-    config = uvicorn.Config(
-        app,
-        host=options.host,
-        port=options.port,
-        log_config=None,  # our logging format for uvicorn's loggers too
-        timeout_graceful_shutdown=5,
-        lifespan="on",
-    )
-    server = DrainingServer(config, app.state.serving)
-    server.run()
-    return 0
 
 
 def main(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -49,7 +50,7 @@ def error_response(
 ) -> JSONResponse:
     body = ErrorResponse.of(status, message, param, request_id_of(request))
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    level = logging.WARNING if status < 500 else logging.ERROR
+    level = logging.WARNING if status < 500 or status == 503 else logging.ERROR  # 503: load shedding
     log.log(
         level,
         "[%s] %s %s -> %d: %s",
@@ -62,13 +63,14 @@ def error_response(
     return JSONResponse(body.body(), status_code=status, headers=headers)
 
 
-def install_error_handlers(app: FastAPI, count_bad_request: Any) -> None:
-    """Map every exception type onto the one error shape."""
+def install_error_handlers(app: FastAPI, count: Callable[[str], None]) -> None:
+    """Map every exception type onto the one error shape; `count(outcome)` counts a request in
+    `inference_requests_total` (what the orchestrator turns away, it counts itself)."""
 
     async def api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
         if exc.status in (400, 404, 413, 415):
-            count_bad_request()
+            count("bad_request")
         return error_response(request, exc.status, exc.message, exc.param, exc.retry_after)
 
     async def rejected(request: Request, exc: Exception) -> JSONResponse:
@@ -81,13 +83,21 @@ def install_error_handlers(app: FastAPI, count_bad_request: Any) -> None:
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        count_bad_request()
+        count("bad_request")
         message, param = describe_validation_errors(list(exc.errors()))
         return error_response(request, 400, message, param)
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # A bug: the exception (which may name files) goes to the log, the client gets the request id.
         log.exception("[%s] unhandled error", request_id_of(request))
-        return error_response(request, 500, f"Internal error: {type(exc).__name__}: {exc}")
+        count("error")
+        request_id = request_id_of(request)
+        response = error_response(
+            request, 500, f"Internal error; the server log has the details (request id {request_id})."
+        )
+        if request_id:  # this answer leaves past the middleware that adds the header to the others
+            response.headers["X-Request-Id"] = request_id
+        return response
 
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(RequestRejected, rejected)
@@ -159,6 +169,13 @@ async def parse_body(
     except json.JSONDecodeError as exc:
         raise ApiError(
             400, f"The request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}."
+        ) from None
+    except RecursionError:
+        raise ApiError(400, "The request body is nested too deeply to parse.") from None
+    except ValueError:  # the only other error json.loads raises: an integer too long to convert
+        raise ApiError(
+            400,
+            f"The request body has an integer with more than {sys.get_int_max_str_digits()} digits.",
         ) from None
     try:
         json.dumps(data, ensure_ascii=False).encode("utf-8")

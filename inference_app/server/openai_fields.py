@@ -57,10 +57,6 @@ def _text_only(v: Any) -> bool:
     return v is None or v == ["text"]
 
 
-def _falsy(v: Any) -> bool:
-    return v is None or v is False
-
-
 def _one(v: Any) -> bool:
     return v is None or (isinstance(v, int) and not isinstance(v, bool) and v == 1)
 
@@ -108,7 +104,33 @@ RULES: tuple[FieldRule, ...] = (
         "on every chunk; include_obfuscation is accepted and ignored",
     ),
     FieldRule("n", BOTH, "supported", "up to 8 choices, each sampled with its own seed"),
-    FieldRule("echo", COMPLETIONS, "supported", "the prompt text is prepended to each choice"),
+    FieldRule(
+        "echo",
+        COMPLETIONS,
+        "supported",
+        "the prompt text is prepended to each choice; with logprobs its tokens are scored too "
+        "(max_tokens 0: only scored)",
+    ),
+    FieldRule(
+        "logprobs",
+        CHAT,
+        "supported",
+        "each generated token's log-probability under the raw model distribution (before "
+        "temperature, top_k, top_p), streamed with its text",
+    ),
+    FieldRule(
+        "top_logprobs",
+        CHAT,
+        "supported",
+        "0..20 most likely alternatives per token (needs logprobs: true)",
+    ),
+    FieldRule(
+        "logprobs",
+        COMPLETIONS,
+        "supported",
+        "0..20: each token's log-probability (raw model distribution) and that many most likely "
+        "alternatives, plus the chosen token",
+    ),
     FieldRule(
         "response_format",
         CHAT,
@@ -141,30 +163,6 @@ RULES: tuple[FieldRule, ...] = (
     FieldRule("reasoning_effort", CHAT, "ignored", "the model does not reason in a separate channel"),
     FieldRule("verbosity", CHAT, "ignored", "a hint to reasoning models"),
     # --- features this server does not have: neutral values accepted ----------------------------
-    FieldRule(
-        "logprobs",
-        CHAT,
-        "unsupported",
-        "the engine does not return log-probabilities yet",
-        _falsy,
-        "false or null",
-    ),
-    FieldRule(
-        "logprobs",
-        COMPLETIONS,
-        "unsupported",
-        "the engine does not return log-probabilities yet",
-        _none,
-        "null",
-    ),
-    FieldRule(
-        "top_logprobs",
-        CHAT,
-        "unsupported",
-        "the engine does not return log-probabilities yet",
-        _zero,
-        "0 or null",
-    ),
     FieldRule(
         "frequency_penalty",
         BOTH,

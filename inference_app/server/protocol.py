@@ -31,7 +31,7 @@ from pydantic import (
 )
 from pydantic.config import JsonDict
 
-from inference_app.engine.api import SamplingParams
+from inference_app.engine.api import MAX_TOP_LOGPROBS, SamplingParams
 
 # ----- shared request fields ---------------------------------------------------------------------
 
@@ -74,8 +74,20 @@ class SamplingRequest(StrictRequest):
 
     def sampling_params(self) -> SamplingParams:
         return SamplingParams(
-            temperature=self.temperature, top_k=max(self.top_k, 0), top_p=self.top_p, seed=self.seed
+            temperature=self.temperature,
+            top_k=max(self.top_k, 0),
+            top_p=self.top_p,
+            seed=self.seed,
+            logprobs=self.logprobs_count(),
         )
+
+    def logprobs_count(self) -> int | None:
+        """Alternatives per generated token when the request asks for log-probabilities."""
+        return None
+
+    def prompt_logprobs_count(self) -> int | None:
+        """Alternatives per prompt token when the request asks for the prompt's log-probabilities."""
+        return None
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -122,9 +134,11 @@ ERROR_TYPES = {
     400: "invalid_request_error",
     404: "not_found_error",
     405: "method_not_allowed",
+    408: "request_timeout",
     413: "request_too_large",
     415: "unsupported_media_type",
     429: "rate_limit_error",
+    431: "request_header_fields_too_large",
     500: "server_error",
     503: "service_unavailable",
 }
@@ -302,11 +316,27 @@ PromptText = Annotated[str, Field(min_length=1)]
 
 
 class CompletionRequest(OpenAIRequest):
-    """`POST /v1/completions`: a prompt, several prompts, token ids, or several token-id lists."""
+    """`POST /v1/completions`: a prompt, several prompts, token ids, or several token-id lists.
+
+    `echo` with `logprobs` scores the prompt's own tokens too (lm-eval's loglikelihood tasks), and
+    then `max_tokens` may be 0: the prompt is scored and nothing is generated."""
 
     prompt: PromptText | list[PromptText] | TokenIds | list[TokenIds]
-    max_tokens: PositiveInt = 16  # OpenAI's default
+    max_tokens: int = Field(default=16, ge=0, le=MAX_TOKENS_CAP)  # OpenAI's default
     echo: bool = False
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _zero_tokens_only_to_score(self) -> CompletionRequest:
+        if self.max_tokens == 0 and self.prompt_logprobs_count() is None:
+            raise ValueError("max_tokens must be >= 1 (0 only with echo and logprobs: scoring the prompt)")
+        return self
+
+    def logprobs_count(self) -> int | None:
+        return self.logprobs
+
+    def prompt_logprobs_count(self) -> int | None:
+        return self.logprobs if self.echo else None
 
     @field_validator("prompt")
     @classmethod
@@ -326,10 +356,19 @@ class CompletionRequest(OpenAIRequest):
         return list(v)  # type: ignore[arg-type]
 
 
+class CompletionLogprobs(ResponseModel):
+    """Legacy completions' log-probabilities: one entry per token (the prompt's first: null)."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]  # where each token's text starts in the choice's text
+
+
 class CompletionChoice(ResponseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
 
 
@@ -435,9 +474,20 @@ class ChatCompletionRequest(OpenAIRequest):
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     response_format: ResponseFormat | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
     def token_budget(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default
+
+    def logprobs_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class FunctionCallOut(ResponseModel):
@@ -462,10 +512,25 @@ class AssistantMessage(ResponseModel):
     tool_calls: list[ToolCallOut] | None = None
 
 
+class TopLogprob(ResponseModel):
+    token: str
+    logprob: float
+    bytes: list[int]  # the token's UTF-8 bytes (a token may hold part of a character)
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(ResponseModel):
+    content: list[ChatTokenLogprob] | None
+    refusal: list[ChatTokenLogprob] | None = None
+
+
 class ChatCompletionChoice(ResponseModel):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None
 
 
@@ -488,7 +553,7 @@ class DeltaMessage(ResponseModel):
 class ChatCompletionStreamChoice(ResponseModel):
     index: int = 0
     delta: DeltaMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
 
 

@@ -21,7 +21,7 @@ router = APIRouter()
 async def generate(request: Request) -> Response:
     """Continue `prompt` (no echo): `{"response": text}`, or NDJSON chunks with `stream: true`."""
     state = serving_state(request)
-    body = await parse_body(request, GenerateRequest, state.options.max_body_bytes)
+    body = await parse_body(request, GenerateRequest, state.options.limits.max_body_bytes)
     return await serve_generate(state, request, body)
 
 
@@ -35,7 +35,7 @@ async def healthcheck(request: Request) -> JSONResponse:
 async def decode(request: Request) -> Response:
     """JetStream's own route: text or token ids in, a stream of DecodeResponse messages out."""
     state = serving_state(request)
-    body = await parse_body(request, DecodeRequest, state.options.max_body_bytes)
+    body = await parse_body(request, DecodeRequest, state.options.limits.max_body_bytes)
     return await serve_decode(state, request, body)
 
 

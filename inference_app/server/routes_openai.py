@@ -35,14 +35,18 @@ tokenizer_router = APIRouter()  # vLLM serves these at the root
 @router.post("/completions")
 async def completions(request: Request) -> Response:
     state = serving_state(request)
-    body = await parse_body(request, CompletionRequest, state.options.max_body_bytes, screener("completions"))
+    body = await parse_body(
+        request, CompletionRequest, state.options.limits.max_body_bytes, screener("completions")
+    )
     return await serve_completion(state, request, body)
 
 
 @router.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
     state = serving_state(request)
-    body = await parse_body(request, ChatCompletionRequest, state.options.max_body_bytes, screener("chat"))
+    body = await parse_body(
+        request, ChatCompletionRequest, state.options.limits.max_body_bytes, screener("chat")
+    )
     return await serve_chat(state, request, body)
 
 
@@ -60,14 +64,14 @@ async def model_card(request: Request, model: str) -> JSONResponse:
 @tokenizer_router.post("/tokenize")
 async def tokenize_route(request: Request) -> JSONResponse:
     state = serving_state(request)
-    body = await parse_body(request, TokenizeRequest, state.options.max_body_bytes)
-    return JSONResponse(tokenize(state, body).body())
+    body = await parse_body(request, TokenizeRequest, state.options.limits.max_body_bytes)
+    return JSONResponse((await tokenize(state, body)).body())
 
 
 @tokenizer_router.post("/detokenize")
 async def detokenize_route(request: Request) -> JSONResponse:
     state = serving_state(request)
-    body = await parse_body(request, DetokenizeRequest, state.options.max_body_bytes)
+    body = await parse_body(request, DetokenizeRequest, state.options.limits.max_body_bytes)
     return JSONResponse(detokenize(state, body).body())
 
 

@@ -24,10 +24,20 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import jinja2
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from inference_app.orchestrator import Event, Failed, Finished, GenerationRequest, Job, TextDelta
+from inference_app.engine.api import Engine, TokenLogprobs
+from inference_app.orchestrator import (
+    Event,
+    Failed,
+    Finished,
+    GenerationRequest,
+    Job,
+    PromptLogprobs,
+    TextDelta,
+)
 from inference_app.server.errors import ApiError, request_id_of
 from inference_app.server.protocol import ErrorResponse, ResponseModel, SamplingRequest, ServerInfo, UsageInfo
 from inference_app.server.state import ServingState
@@ -50,17 +60,31 @@ class EventChannel:
         return await self._queue.get()
 
 
+@dataclass(frozen=True)
+class Collected:
+    """A whole answer of one generation: its text, why it ended, its tokens' log-probabilities."""
+
+    text: str
+    finished: Finished
+    logprobs: tuple[TokenLogprobs, ...] = ()
+
+
 class Generation:
-    """An admitted request: iterate `events()`, always `close()` (cancels if unfinished)."""
+    """An admitted request: iterate `events()`, always `close()` (cancels if unfinished).
+
+    The prompt's log-probabilities, when asked, are kept in `prompt_logprobs` (they arrive before
+    any text) rather than yielded."""
 
     def __init__(self, state: ServingState, request: GenerationRequest, http_request: Request) -> None:
         self.request = request
         self._channel = EventChannel()
         self.job: Job = state.submit(request, self._channel)  # raises RequestRejected (4xx/503)
+        self._state = state
         self._http_request = http_request
         self._watcher = asyncio.create_task(self._watch_disconnect())
         self._pending: list[Event] = []
         self._t0 = time.monotonic()
+        self.prompt_logprobs: tuple[TokenLogprobs, ...] | None = None
 
     async def _watch_disconnect(self) -> None:
         while not self.job.finished:
@@ -82,26 +106,32 @@ class Generation:
         """Events until (and including) the final `Finished` or `Failed`."""
         while True:
             event = self._pending.pop(0) if self._pending else await self._channel.get()
+            if isinstance(event, PromptLogprobs):
+                self.prompt_logprobs = event.tokens
+                continue
             yield event
             if isinstance(event, Finished | Failed):
                 return
 
-    async def collect(self) -> tuple[str, Finished]:
+    async def collect(self) -> Collected:
         """Non-streaming: the whole text; a failure becomes its HTTP error."""
         parts: list[str] = []
+        logprobs: list[TokenLogprobs] = []
         async for event in self.events():
             if isinstance(event, TextDelta):
                 parts.append(event.text)
+                logprobs.extend(event.logprobs)
             elif isinstance(event, Failed):
                 raise ApiError(event.status, event.message)
-            else:
-                return "".join(parts), event
+            elif isinstance(event, Finished):
+                return Collected("".join(parts), event, tuple(logprobs))
         raise ApiError(500, "The request ended without a result.")
 
     def close(self) -> None:
         self._watcher.cancel()
         if self.job.cancel():
             log.info("[%s] stream closed early; request cancelled", self.request.request_id)
+        self._state.queue_budget.completed(self._state.queue_depth())
         log.info(
             "[%s] done: %s, %d prompt + %d generated tokens in %.2fs",
             self.request.request_id,
@@ -112,18 +142,41 @@ class Generation:
         )
 
 
-def encode_prompt(state: ServingState, text: str) -> tuple[int, ...]:
-    """Tokenize with the engine's tokenizer (503 while the model is still loading)."""
-    if state.engine is None:
-        raise ApiError(503, f"The model is not loaded yet (phase: {state.phase}).", retry_after=5)
-    return tuple(state.engine.tokenizer.encode(text))
+def loaded_engine(state: ServingState) -> Engine:
+    """The engine, or a counted 503 (`Unavailable`) while it loads or after a failed start-up."""
+    with state.counting_refusals():
+        engine, _ = state.loaded()
+    return engine
+
+
+async def encode_prompt(state: ServingState, text: str, param: str = "prompt") -> tuple[int, ...]:
+    """Tokenize off the event loop, after the length checks that need no tokenizer (503 while the
+    model is still loading, 400 for a text longer than any prompt that fits)."""
+    with state.counting_refusals():
+        engine, limits = state.loaded()
+        limits.check_text(text, param)
+    return tuple(await state.tokenization.run(engine.tokenizer.encode, text))
+
+
+async def encode_chat(
+    state: ServingState, messages: list[dict[str, str]], add_generation_prompt: bool = True
+) -> tuple[int, ...]:
+    """The conversation rendered with the model's chat template and tokenized (contents as text, so
+    special-token text typed into a message cannot forge turns), off the event loop, after the
+    checks that need neither."""
+    with state.counting_refusals():
+        engine, limits = state.loaded()
+        limits.check_messages([m["content"] for m in messages])
+    try:
+        ids = await state.tokenization.run(engine.tokenizer.encode_chat, messages, add_generation_prompt)
+    except (ValueError, jinja2.TemplateError) as exc:  # no template, or it rejects the roles' order
+        raise ApiError(400, f"Cannot apply the model's chat template: {exc}", "messages") from None
+    return tuple(ids)
 
 
 def check_token_ids(state: ServingState, ids: list[int], param: str) -> tuple[int, ...]:
     """Token ids a client tokenized itself: 400 naming the field when one is outside the vocabulary."""
-    if state.engine is None:
-        raise ApiError(503, f"The model is not loaded yet (phase: {state.phase}).", retry_after=5)
-    vocab = state.engine.tokenizer.vocab_size
+    vocab = loaded_engine(state).tokenizer.vocab_size
     bad = [t for t in ids if not 0 <= t < vocab]
     if bad:
         raise ApiError(400, f"{param}: token ids must be in [0, {vocab}); got {bad[:5]}", param)
@@ -154,6 +207,7 @@ def start_generation(
         prompt_ids=prompt_ids,
         max_tokens=max_tokens,
         sampling=sampling,
+        prompt_logprobs=body.prompt_logprobs_count(),
         stop=body.stop_strings(),
         ignore_eos=body.ignore_eos,
         request_id=f"{rid}-{choice}" if choice else rid,
@@ -184,13 +238,13 @@ def start_generations(
 class Renderer(Protocol):
     """One endpoint's response models: the whole answer, or the chunks of a stream (choice `index`)."""
 
-    def whole(self, results: list[tuple[str, Finished]]) -> ResponseModel: ...
+    def whole(self, results: list[Collected]) -> ResponseModel: ...
 
     def opening(self, choices: int) -> list[ResponseModel]:
         """Chunks sent before any text (OpenAI chat announces the assistant role)."""
         ...
 
-    def text(self, index: int, text: str, progress: UsageInfo) -> ResponseModel: ...
+    def text(self, index: int, delta: TextDelta, progress: UsageInfo) -> ResponseModel: ...
 
     def finished(self, index: int, finished: Finished, progress: UsageInfo) -> list[ResponseModel]:
         """Why this choice ended (and, per endpoint, its token counts)."""
@@ -268,12 +322,12 @@ async def _stream(gens: list[Generation], renderer: Renderer, framing: Framing, 
         while running:
             index, event = await events.get()
             if isinstance(event, TextDelta):
-                yield framing.frame(renderer.text(index, event.text, usage_total(gens, n)))
+                yield framing.frame(renderer.text(index, event, usage_total(gens, n)))
             elif isinstance(event, Finished):
                 running -= 1
                 for chunk in renderer.finished(index, event, usage_total(gens, n)):
                     yield framing.frame(chunk)
-            else:  # failed after the headers were sent: the error is the last chunk
+            elif isinstance(event, Failed):  # after the headers were sent: the error is the last chunk
                 yield framing.frame(
                     ErrorResponse.of(event.status, event.message, request_id=gens[index].request.request_id)
                 )

@@ -16,7 +16,7 @@ import time
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from inference_app.orchestrator import Finished
+from inference_app.orchestrator import Finished, TextDelta
 from inference_app.server.protocol import (
     DecodeRequest,
     DecodeResponse,
@@ -33,6 +33,7 @@ from inference_app.server.protocol import (
 )
 from inference_app.server.serving import (
     NDJSON,
+    Collected,
     Framing,
     check_token_ids,
     encode_prompt,
@@ -49,14 +50,14 @@ class GenerateRenderer:
     def __init__(self, request_id: str) -> None:
         self.id = f"generate-{request_id}"
 
-    def whole(self, results: list[tuple[str, Finished]]) -> GenerateResponse:
-        return GenerateResponse(response=results[0][0])
+    def whole(self, results: list[Collected]) -> GenerateResponse:
+        return GenerateResponse(response=results[0].text)
 
     def opening(self, choices: int) -> list[ResponseModel]:
         return []
 
-    def text(self, index: int, text: str, progress: UsageInfo) -> GenerateChunk:
-        return GenerateChunk(id=self.id, time_created=time.time(), text=text, response=text)
+    def text(self, index: int, delta: TextDelta, progress: UsageInfo) -> GenerateChunk:
+        return GenerateChunk(id=self.id, time_created=time.time(), text=delta.text, response=delta.text)
 
     def finished(self, index: int, finished: Finished, progress: UsageInfo) -> list[ResponseModel]:
         return [
@@ -75,7 +76,8 @@ class GenerateRenderer:
 
 
 async def serve_generate(state: ServingState, request: Request, body: GenerateRequest) -> Response:
-    gen = start_generation(state, request, body, encode_prompt(state, body.prompt), body.max_tokens)
+    prompt_ids = await encode_prompt(state, body.prompt)
+    gen = start_generation(state, request, body, prompt_ids, body.max_tokens)
     return await respond([gen], body.stream, GenerateRenderer(gen.request.request_id), NDJSON)
 
 
@@ -98,14 +100,14 @@ PROTOBUF_JSON = Framing(media_type="text/event-stream", frame=lambda m: json.dum
 class DecodeRenderer:
     """JetStream `DecodeResponse` messages: one sample of new text each; nothing marks the end."""
 
-    def whole(self, results: list[tuple[str, Finished]]) -> ResponseModel:
+    def whole(self, results: list[Collected]) -> ResponseModel:
         raise AssertionError("JetStream's /v1/generate always streams")
 
     def opening(self, choices: int) -> list[ResponseModel]:
         return []
 
-    def text(self, index: int, text: str, progress: UsageInfo) -> DecodeResponse:
-        return DecodeResponse(streamContent=DecodeStreamContent(samples=[DecodeSample(text=text)]))
+    def text(self, index: int, delta: TextDelta, progress: UsageInfo) -> DecodeResponse:
+        return DecodeResponse(streamContent=DecodeStreamContent(samples=[DecodeSample(text=delta.text)]))
 
     def finished(self, index: int, finished: Finished, progress: UsageInfo) -> list[ResponseModel]:
         return []
@@ -119,7 +121,7 @@ async def serve_decode(state: ServingState, request: Request, body: DecodeReques
         prompt_ids = check_token_ids(state, body.token_content.token_ids, "token_content.token_ids")
     else:
         assert body.text_content is not None
-        prompt_ids = encode_prompt(state, body.text_content.text)
+        prompt_ids = await encode_prompt(state, body.text_content.text, "text_content.text")
     # JetStream's request has no sampling fields: its server's defaults (here: greedy).
     greedy = GenerateRequest(prompt="-", max_tokens=body.max_tokens, stop=None)
     gen = start_generation(state, request, greedy, prompt_ids, body.max_tokens)

@@ -9,18 +9,25 @@ per piece of text (chat opens with a chunk announcing the assistant role), a chu
 choice's `finish_reason`, a last chunk with `usage` and `choices: []` only when
 `stream_options.include_usage` asks for it (`continuous_usage_stats`: usage on every chunk), then
 `data: [DONE]`.
+
+Log-probabilities (`logprobs`, chat's `top_logprobs`) come from the engine with each token, under
+the raw model distribution (before temperature, top_k and top_p, as vLLM reports them); token
+strings are each token decoded alone. With `echo`, completions score the prompt's own tokens too
+(the first has no context: null), which is what lm-eval's loglikelihood tasks read.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from inference_app.orchestrator import Finished
+from inference_app.engine.api import Tokenizer, TokenLogprobs
+from inference_app.orchestrator import Finished, TextDelta
 from inference_app.server.errors import ApiError
 from inference_app.server.openai_fields import Endpoint, UnsupportedField, screen
 from inference_app.server.protocol import (
@@ -30,8 +37,11 @@ from inference_app.server.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatCompletionStreamChoice,
+    ChatLogprobs,
     ChatMessage,
+    ChatTokenLogprob,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
     DeltaMessage,
@@ -40,17 +50,21 @@ from inference_app.server.protocol import (
     FunctionCallOut,
     ModelCard,
     ModelList,
-    OpenAIRequest,
     ResponseModel,
     TokenizeRequest,
     TokenizeResponse,
     ToolCallOut,
+    TopLogprob,
     UsageInfo,
 )
 from inference_app.server.serving import (
     SSE,
+    Collected,
+    Generation,
     check_token_ids,
+    encode_chat,
     encode_prompt,
+    loaded_engine,
     respond,
     start_generations,
 )
@@ -88,22 +102,29 @@ def check_model(state: ServingState, model: str | None) -> None:
         raise ApiError(404, f"Model {model!r} is not served here; this server serves {names}.", "model")
 
 
-def _engine(state: ServingState) -> Any:
-    if state.engine is None:
-        raise ApiError(503, f"The model is not loaded yet (phase: {state.phase}).", retry_after=5)
-    return state.engine
-
-
 # ----- completions -------------------------------------------------------------------------------
 
 
 class CompletionRenderer:
-    """`text_completion` objects; a stream's chunks are the same object with a piece of text each."""
+    """`text_completion` objects; a stream's chunks are the same object with a piece of text each.
 
-    def __init__(self, request_id: str, model: str, body: OpenAIRequest, echoes: list[str], n: int) -> None:
+    A choice's first piece carries its echo (the prompt text and, with logprobs, the prompt's
+    scored tokens); `text_offset` counts characters from the start of the choice's text."""
+
+    def __init__(
+        self,
+        request_id: str,
+        model: str,
+        body: CompletionRequest,
+        echoes: list[str],
+        gens: list[Generation],
+        tokenizer: Tokenizer,
+    ) -> None:
         self.id, self.created, self.model = f"cmpl-{request_id}", int(time.time()), model
-        self.body, self.echoes, self.n = body, echoes, n  # echoes: per prompt, "" without echo
+        self.body, self.echoes, self.n = body, echoes, body.n  # echoes: per prompt, "" without echo
+        self.gens, self.tokenizer = gens, tokenizer
         self._opened: set[int] = set()
+        self._offsets: dict[int, int] = {}  # choice -> characters of its text so far
 
     def _response(
         self, choices: list[CompletionChoice], usage: UsageInfo | None = None
@@ -112,18 +133,56 @@ class CompletionRenderer:
             id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
         )
 
-    def _echo(self, index: int) -> str:
-        if index in self._opened:
-            return ""
-        self._opened.add(index)
-        return self.echoes[index // self.n]
+    def _choice(
+        self, index: int, text: str, logprobs: Sequence[TokenLogprobs], finish_reason: str | None = None
+    ) -> CompletionChoice:
+        """The choice's next piece: its echo first, if not sent yet."""
+        scored: list[TokenLogprobs | None] = []
+        if index not in self._opened:
+            self._opened.add(index)
+            text = self.echoes[index // self.n] + text
+            prompt = self.gens[index].prompt_logprobs
+            if prompt is not None:
+                scored = [None, *prompt]  # the prompt's first token has no context to score
+        entries = self._logprobs(index, scored, logprobs) if self.body.logprobs is not None else None
+        return CompletionChoice(index=index, text=text, logprobs=entries, finish_reason=finish_reason)
 
-    def whole(self, results: list[tuple[str, Finished]]) -> CompletionResponse:
+    def _logprobs(
+        self, index: int, scored: list[TokenLogprobs | None], generated: Sequence[TokenLogprobs]
+    ) -> CompletionLogprobs | None:
+        tokens: list[str] = []
+        values: list[float | None] = []
+        tops: list[dict[str, float] | None] = []
+        offsets: list[int] = []
+        at = self._offsets.get(index, 0)
+        prompt_ids = self.gens[index].request.prompt_ids
+        for lp in [*scored, *generated]:
+            token = self.tokenizer.decode([lp.token if lp is not None else prompt_ids[0]])
+            tokens.append(token)
+            offsets.append(at)
+            at += len(token)
+            if lp is None:
+                values.append(None)
+                tops.append(None)
+            else:
+                values.append(lp.logprob)
+                top: dict[str, float] = {}
+                for t, p in lp.top:  # most likely first: two tokens reading alike keep the higher
+                    top.setdefault(self.tokenizer.decode([t]), p)
+                top.setdefault(token, lp.logprob)  # the chosen token is always listed (as vLLM)
+                tops.append(top)
+        self._offsets[index] = at
+        if not tokens:
+            return None
+        return CompletionLogprobs(
+            tokens=tokens, token_logprobs=values, top_logprobs=tops, text_offset=offsets
+        )
+
+    def whole(self, results: list[Collected]) -> CompletionResponse:
         choices = [
-            CompletionChoice(index=i, text=self._echo(i) + text, finish_reason=fin.reason)
-            for i, (text, fin) in enumerate(results)
+            self._choice(i, r.text, r.logprobs, r.finished.reason) for i, r in enumerate(results)
         ]
-        finished = [fin for _, fin in results]
+        finished = [r.finished for r in results]
         prompt = sum(f.prompt_tokens for f in finished[:: self.n])
         return self._response(choices, UsageInfo.of(prompt, sum(f.completion_tokens for f in finished)))
 
@@ -133,13 +192,11 @@ class CompletionRenderer:
     def _progress(self, progress: UsageInfo) -> UsageInfo | None:
         return progress if self.body.continuous_usage else None
 
-    def text(self, index: int, text: str, progress: UsageInfo) -> CompletionResponse:
-        return self._response(
-            [CompletionChoice(index=index, text=self._echo(index) + text)], self._progress(progress)
-        )
+    def text(self, index: int, delta: TextDelta, progress: UsageInfo) -> CompletionResponse:
+        return self._response([self._choice(index, delta.text, delta.logprobs)], self._progress(progress))
 
     def finished(self, index: int, finished: Finished, progress: UsageInfo) -> list[ResponseModel]:
-        choice = CompletionChoice(index=index, text=self._echo(index), finish_reason=finished.reason)
+        choice = self._choice(index, "", (), finished.reason)
         return [self._response([choice], self._progress(progress))]
 
     def closing(self, total: UsageInfo) -> list[ResponseModel]:
@@ -148,18 +205,21 @@ class CompletionRenderer:
 
 async def serve_completion(state: ServingState, request: Request, body: CompletionRequest) -> Response:
     check_model(state, body.model)
-    engine = _engine(state)
+    engine = loaded_engine(state)
     prompts: list[tuple[int, ...]] = []
     echoes: list[str] = []
     for i, prompt in enumerate(body.prompts()):
+        param = "prompt" if i == 0 else f"prompt.{i}"
         if isinstance(prompt, str):
-            prompts.append(encode_prompt(state, prompt))
+            prompts.append(await encode_prompt(state, prompt, param))
             echoes.append(prompt if body.echo else "")
         else:
-            prompts.append(check_token_ids(state, prompt, "prompt" if i == 0 else f"prompt.{i}"))
+            prompts.append(check_token_ids(state, prompt, param))
             echoes.append(engine.tokenizer.decode(prompt) if body.echo else "")
     gens = start_generations(state, request, body, prompts, body.max_tokens, body.n)
-    renderer = CompletionRenderer(gens[0].request.request_id, state.options.model_name, body, echoes, body.n)
+    renderer = CompletionRenderer(
+        gens[0].request.request_id, state.options.model_name, body, echoes, gens, engine.tokenizer
+    )
     return await respond(gens, body.stream, renderer, SSE, body.n)
 
 
@@ -219,11 +279,30 @@ class ChatRenderer:
     choice's text is held back until it ends, then sent as content or as tool_calls."""
 
     def __init__(
-        self, request_id: str, model: str, body: ChatCompletionRequest, functions: list[Function]
+        self,
+        request_id: str,
+        model: str,
+        body: ChatCompletionRequest,
+        functions: list[Function],
+        tokenizer: Tokenizer,
     ) -> None:
         self.id, self.created, self.model = f"chatcmpl-{request_id}", int(time.time()), model
-        self.body, self.functions = body, functions
+        self.body, self.functions, self.tokenizer = body, functions, tokenizer
         self._held: dict[int, list[str]] = {}
+
+    def _top(self, token: int, logprob: float) -> TopLogprob:
+        text = self.tokenizer.decode([token])
+        return TopLogprob(token=text, logprob=logprob, bytes=list(text.encode("utf-8")))
+
+    def _logprobs(self, logprobs: Sequence[TokenLogprobs]) -> ChatLogprobs | None:
+        if not self.body.logprobs:
+            return None
+        content = []
+        for lp in logprobs:
+            chosen = self._top(lp.token, lp.logprob)
+            top = [self._top(t, p) for t, p in lp.top]
+            content.append(ChatTokenLogprob(**chosen.model_dump(), top_logprobs=top))
+        return ChatLogprobs(content=content)
 
     def _chunk(
         self, choices: list[ChatCompletionStreamChoice], usage: UsageInfo | None = None
@@ -250,14 +329,19 @@ class ChatRenderer:
     def _reason(message: AssistantMessage, finished: Finished) -> str:
         return "tool_calls" if message.tool_calls else finished.reason
 
-    def whole(self, results: list[tuple[str, Finished]]) -> ChatCompletionResponse:
+    def whole(self, results: list[Collected]) -> ChatCompletionResponse:
         choices = []
-        for i, (text, fin) in enumerate(results):
-            message = self._message(text)
+        for i, r in enumerate(results):
+            message = self._message(r.text)
             choices.append(
-                ChatCompletionChoice(index=i, message=message, finish_reason=self._reason(message, fin))
+                ChatCompletionChoice(
+                    index=i,
+                    message=message,
+                    logprobs=self._logprobs(r.logprobs),
+                    finish_reason=self._reason(message, r.finished),
+                )
             )
-        finished = [fin for _, fin in results]
+        finished = [r.finished for r in results]
         usage = UsageInfo.of(finished[0].prompt_tokens, sum(f.completion_tokens for f in finished))
         return ChatCompletionResponse(
             id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
@@ -276,12 +360,15 @@ class ChatRenderer:
             )
         ]
 
-    def text(self, index: int, text: str, progress: UsageInfo) -> ChatCompletionChunk:
+    def text(self, index: int, delta: TextDelta, progress: UsageInfo) -> ChatCompletionChunk:
+        text = delta.text
         if self.functions:
             self._held.setdefault(index, []).append(text)
             text = ""
-        delta = DeltaMessage(content=text or None)
-        return self._chunk([ChatCompletionStreamChoice(index=index, delta=delta)], self._progress(progress))
+        choice = ChatCompletionStreamChoice(
+            index=index, delta=DeltaMessage(content=text or None), logprobs=self._logprobs(delta.logprobs)
+        )
+        return self._chunk([choice], self._progress(progress))
 
     def finished(self, index: int, finished: Finished, progress: UsageInfo) -> list[ResponseModel]:
         delta, reason = DeltaMessage(), str(finished.reason)
@@ -297,32 +384,18 @@ class ChatRenderer:
         return [self._chunk([], total)] if self.body.include_usage else []
 
 
-def render_chat(
-    state: ServingState,
-    messages: list[ChatMessage],
-    functions: list[Function],
-    add_generation_prompt: bool = True,
-) -> str:
-    try:
-        return str(
-            _engine(state).tokenizer.apply_chat_template(
-                template_messages(messages, functions), add_generation_prompt=add_generation_prompt
-            )
-        )
-    except ValueError as exc:  # e.g. no template, or the template rejects the roles' order
-        raise ApiError(400, f"Cannot apply the model's chat template: {exc}", "messages") from None
-
-
 async def serve_chat(state: ServingState, request: Request, body: ChatCompletionRequest) -> Response:
     check_model(state, body.model)
     _check_unconstrained(body)
-    engine = _engine(state)
     functions = _functions(body)
-    prompt_ids = encode_prompt(state, render_chat(state, body.messages, functions))
+    prompt_ids = await encode_chat(state, template_messages(body.messages, functions))
+    engine = loaded_engine(state)
     room = engine.max_target_length - len(prompt_ids)
     max_tokens = body.token_budget(default=max(1, min(state.options.chat_default_max_tokens, room)))
     gens = start_generations(state, request, body, [prompt_ids], max_tokens, body.n)
-    renderer = ChatRenderer(gens[0].request.request_id, state.options.model_name, body, functions)
+    renderer = ChatRenderer(
+        gens[0].request.request_id, state.options.model_name, body, functions, engine.tokenizer
+    )
     return await respond(gens, body.stream, renderer, SSE, body.n)
 
 
@@ -343,15 +416,14 @@ def get_model(state: ServingState, model: str) -> ModelCard:
     return _card(state)
 
 
-def tokenize(state: ServingState, body: TokenizeRequest) -> TokenizeResponse:
+async def tokenize(state: ServingState, body: TokenizeRequest) -> TokenizeResponse:
+    """The prompt ids `/v1/completions` (prompt) or `/v1/chat/completions` (messages) would use."""
     check_model(state, body.model)
-    engine = _engine(state)
-    text = (
-        body.prompt
-        if body.messages is None
-        else render_chat(state, body.messages, [], body.add_generation_prompt)
-    )
-    ids = list(engine.tokenizer.encode(text or ""))
+    engine = loaded_engine(state)
+    if body.messages is None:
+        ids = list(await encode_prompt(state, body.prompt or ""))
+    else:
+        ids = list(await encode_chat(state, template_messages(body.messages, []), body.add_generation_prompt))
     strs = [engine.tokenizer.decode([t]) for t in ids] if body.return_token_strs else None
     return TokenizeResponse(
         count=len(ids), max_model_len=engine.max_target_length, tokens=ids, token_strs=strs
@@ -361,12 +433,12 @@ def tokenize(state: ServingState, body: TokenizeRequest) -> TokenizeResponse:
 def detokenize(state: ServingState, body: DetokenizeRequest) -> DetokenizeResponse:
     check_model(state, body.model)
     ids = check_token_ids(state, body.tokens, "tokens")
-    return DetokenizeResponse(prompt=_engine(state).tokenizer.decode(list(ids)))
+    return DetokenizeResponse(prompt=loaded_engine(state).tokenizer.decode(list(ids)))
 
 
 def tokenizer_info(state: ServingState) -> JSONResponse:
     """The tokenizer's Hugging Face config (eos/bos tokens, chat template), as vLLM's route."""
-    engine = _engine(state)
+    engine = loaded_engine(state)
     info: dict[str, Any] = (
         dict(engine.tokenizer.hf_config()) if isinstance(engine.tokenizer, HasHfConfig) else {}
     )

@@ -8,16 +8,26 @@ Loading and warm-up run on a background thread so the port is open (and `/health
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 from fastapi import Request
 
 from inference_app.engine.api import Engine
-from inference_app.orchestrator import GenerationRequest, Job, Orchestrator, ServingMetrics, Sink, Unavailable
+from inference_app.orchestrator import (
+    GenerationRequest,
+    Job,
+    Orchestrator,
+    RequestRejected,
+    ServingMetrics,
+    Sink,
+    Unavailable,
+)
+from inference_app.server.admission import PromptLimits, QueueBudget, Tokenization
 from inference_app.server.options import ServerOptions
 
 log = logging.getLogger("inference_app.server")
@@ -42,7 +52,10 @@ class ServingState:
         self._phase: Phase = "loading"
         self._error: str | None = None
         self.engine: Engine | None = None
+        self.prompt_limits: PromptLimits | None = None  # set with the engine
         self.orchestrator: Orchestrator | None = None
+        self.tokenization = Tokenization()
+        self.queue_budget = QueueBudget(options.max_queue_wait_s)
         self._thread: threading.Thread | None = None
 
     @property
@@ -80,6 +93,7 @@ class ServingState:
             t0 = time.monotonic()
             log.info("Loading the engine ...")
             engine = self._factory()
+            self.prompt_limits = PromptLimits(engine.tokenizer, engine.max_prefill_length)
             self.engine = engine
             log.info("Engine loaded in %.1fs (%s mode).", time.monotonic() - t0, engine.settings.mode)
             orchestrator = Orchestrator(engine, max_queue=self.options.max_queue, metrics=self.metrics)
@@ -95,18 +109,41 @@ class ServingState:
                 orchestrator.begin_drain()
         except Exception as exc:
             log.exception("Start-up failed")
-            self._error = f"start-up failed: {type(exc).__name__}: {exc}"
+            # The message may name files and directories: it goes to the log, not to clients.
+            self._error = f"start-up failed: {type(exc).__name__} (details in the server log)"
             self._phase = "failed"
+
+    @contextlib.contextmanager
+    def counting_refusals(self) -> Iterator[None]:
+        """Count what is turned away here, before the orchestrator (which counts its own)."""
+        try:
+            yield
+        except RequestRejected as exc:
+            self.metrics.requests.labels(outcome=exc.outcome).inc()
+            raise
+
+    def loaded(self) -> tuple[Engine, PromptLimits]:
+        """The engine and its prompt limits, or `Unavailable` (503) while loading or after a failed
+        start-up. Callers count it (`counting_refusals`)."""
+        engine, limits = self.engine, self.prompt_limits
+        if engine is None or limits is None:
+            detail = f": {self.error}" if self.error else ""
+            raise Unavailable(f"The model is not loaded yet (phase: {self.phase}{detail}).", retry_after=5)
+        return engine, limits
+
+    def queue_depth(self) -> int:
+        """Admitted requests waiting for prefill (0 before the orchestrator starts)."""
+        return self.orchestrator.queue_depth if self.orchestrator is not None else 0
 
     def submit(self, request: GenerationRequest, sink: Sink) -> Job:
         orchestrator = self.orchestrator
         if orchestrator is not None and orchestrator.failure is not None:
             return orchestrator.submit(request, sink)  # raises Unavailable naming the failure
-        if orchestrator is None or self.phase != "ready":
-            detail = f": {self.error}" if self.error else ""
-            exc = Unavailable(f"The server is not ready (phase: {self.phase}{detail}).", retry_after=5)
-            self.metrics.requests.labels(outcome=exc.outcome).inc()
-            raise exc
+        with self.counting_refusals():
+            if orchestrator is None or self.phase != "ready":
+                detail = f": {self.error}" if self.error else ""
+                raise Unavailable(f"The server is not ready (phase: {self.phase}{detail}).", retry_after=5)
+            self.queue_budget.check(orchestrator.queue_depth)
         return orchestrator.submit(request, sink)
 
     def begin_drain(self) -> None:
@@ -128,3 +165,4 @@ class ServingState:
             self._phase = "stopped"
         if self.orchestrator is not None:
             self.orchestrator.stop()
+        self.tokenization.close()

@@ -63,6 +63,17 @@ def variant_config(stack: str, **sections: dict[str, Any]) -> StackConfig:
     return parse_stack_config(variant(stack, **sections), stack=stack)
 
 
+def app_model(stack: str, **changes: Any) -> dict[str, Any]:
+    """`model` changes that serve a stack's MaxText checkpoint with inference-app: MaxText's tokenizer
+    flag out, the Hugging Face tokenizer (a placeholder beside the checkpoint) in."""
+    checkpoint = stack_values(stack)["tpu-pathways-inference:model"]["checkpoint"]
+    return {
+        "tokenizer_path": None,
+        "hf_tokenizer_path": checkpoint.rsplit("/", 1)[0] + "/hf-tokenizer",
+        **changes,
+    }
+
+
 def _strict(schema: Any) -> Any:
     """Reject unknown fields: additionalProperties false wherever properties are listed."""
     if isinstance(schema, dict):

@@ -15,7 +15,7 @@ from components import catalog
 from components.config import ConfigError
 from components.mocks import MOCK_GKE_VERSIONS, InvokeAnswer, Recording
 
-from .conftest import STACKS, stack_values, variant, variant_config
+from .conftest import STACKS, app_model, stack_values, variant, variant_config
 from .test_program import _everything, run_main
 
 REAL_PROJECT = {"project": "my-real-project"}
@@ -211,6 +211,7 @@ def test_pathways_images_follow_the_engines_jax() -> None:
     app = variant_config(
         "dev",
         serving={"engine": "inference-app", "maxtext_extra_args": None},
+        model=app_model("dev"),
         images={"inference_app": "us-docker.pkg.dev/p/r/inference-app:0.1.0"},
     )
     assert jetstream.pathways_server_image.endswith("/server:jax-0.5.3")
@@ -223,6 +224,7 @@ def test_a_proxy_for_another_jax_is_refused_with_our_image() -> None:
         variant_config(
             "dev",
             serving={"engine": "inference-app", "maxtext_extra_args": None},
+            model=app_model("dev"),
             images={
                 "inference_app": "us-docker.pkg.dev/p/r/inference-app:0.1.0",
                 "pathways_proxy": catalog.pathways_proxy_image("0.5.3"),

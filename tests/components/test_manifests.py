@@ -12,17 +12,19 @@ import pytest
 from components import catalog, config_rules, manifests
 from components.config import StackConfig
 
-from .conftest import LWS_CRD_VERSIONS, STACKS, load_stack, lws_validator, variant_config
+from .conftest import LWS_CRD_VERSIONS, STACKS, app_model, load_stack, lws_validator, variant_config
 
 IMG = "us-docker.pkg.dev/my-project/inference/inference-app:0.1.0"
 K8S_VERSIONS = ("1.31.0", "1.33.0")  # GKE's v6e minimum, and a current minor
 
 
 def _inference_app(stack: str, **extra: dict[str, Any]) -> StackConfig:
+    """The stack served by inference-app from its MaxText checkpoint."""
     sections: dict[str, dict[str, Any]] = {
         "serving": {"engine": "inference-app", "maxtext_extra_args": None},
         "images": {"inference_app": IMG},
         **extra,
+        "model": app_model(stack, **extra.get("model", {})),
     }
     return variant_config(stack, **sections)
 
@@ -120,6 +122,8 @@ def test_inference_app_engine_replaces_jetstream() -> None:
         "python", "-m", "inference_app", "serve",
         "--host", "0.0.0.0", "--port", "8000",
         "--model-path", "gs://your-checkpoint-bucket/llama2-70b/int8",
+        "--model", "llama2-70b",
+        "--tokenizer-path", "gs://your-checkpoint-bucket/llama2-70b/hf-tokenizer",
         "--mode", "disaggregated",
         "--max-slots", "8",
         "--max-prefill-length", "1024",
@@ -136,10 +140,36 @@ def test_inference_app_engine_replaces_jetstream() -> None:
     assert env["JAX_PLATFORMS"] == "proxy"
     assert env["JAX_BACKEND_TARGET"] == "grpc://localhost:38681"
     assert env["LOG_LEVEL"] == "INFO"
+    assert env["ENABLE_PATHWAYS_PERSISTENCE"] == "1"  # the TPU workers read the MaxText checkpoint
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert app[probe]["httpGet"] == {"path": "/healthcheck", "port": 8000, "scheme": "HTTP"}
     assert app["ports"] == [{"containerPort": 8000}]
     assert manifests.service(c)["spec"]["ports"][0]["targetPort"] == 8000
+
+
+def test_hugging_face_or_gguf_checkpoints_need_no_model_or_tokenizer_flags() -> None:
+    """They describe themselves; only a MaxText checkpoint gets --model, --tokenizer-path and persistence."""
+    c = _inference_app("dev", model={"hf_tokenizer_path": None, "checkpoint": "gs://my-models/llama-hf"})
+    app = _containers(manifests.leader_worker_set(c), "leader")["inference-app"]
+    assert "--model" not in app["command"] and "--tokenizer-path" not in app["command"]
+    assert "ENABLE_PATHWAYS_PERSISTENCE" not in {e["name"] for e in app["env"]}
+
+
+@pytest.mark.parametrize(
+    ("stack", "gib"),
+    [
+        # 405B int8 on disk: 4 GiB + 2 x one layer (3.19e9 params) x 1 byte; the model is ~378 GiB.
+        ("llama31-405b-v6e16", 10),
+        # 8B bf16: its embedding (128256 x 4096 = 525M params) outweighs a layer (218M); 2 bytes each.
+        ("dev", 6),
+    ],
+)
+def test_the_model_container_requests_memory_for_streaming_not_the_model(stack: str, gib: int) -> None:
+    c = _inference_app(stack)
+    app = _containers(manifests.leader_worker_set(c), "leader")["inference-app"]
+    assert app["resources"] == {"requests": {"memory": f"{gib}Gi"}}
+    weights_gib = c.model_spec.params * (1 if c.model.checkpoint_is_quantized else 2) / catalog.GIB
+    assert gib < weights_gib / 2  # far below the model (a 405B request for it would fit no node)
 
 
 def test_leader_grace_period_covers_the_drain() -> None:

@@ -16,7 +16,7 @@ from pulumi.runtime import rpc
 from components import catalog
 from components.mocks import Recording, ResourceRecord, UnmockedCallError, run_program
 
-from .conftest import REPO_ROOT, STACKS, load_stack, stack_values, variant
+from .conftest import REPO_ROOT, STACKS, app_model, load_stack, stack_values, variant
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 IMG = "us-docker.pkg.dev/my-project/inference/inference-app:0.1.0"
@@ -58,6 +58,7 @@ def _everything() -> dict[str, Any]:
         "dev",
         serving={"engine": "inference-app", "maxtext_extra_args": None, "namespace": "llm"},
         images={"inference_app": IMG},
+        model=app_model("dev"),
         autoscaling={"enabled": True, "min_replicas": 1, "max_replicas": 2},
         batch_job={
             "enabled": True,

@@ -19,7 +19,7 @@ import pytest
 from components.mocks import Recording, run_program
 
 from . import sdk_inputs
-from .conftest import STACKS, stack_values, variant
+from .conftest import STACKS, app_model, stack_values, variant
 from .test_program import IMG, run_main
 
 PRODUCTION_OPTIONS = {
@@ -55,6 +55,7 @@ def _variants(kubeconfig: str) -> dict[str, tuple[str, dict[str, Any]]]:
                 "dev",
                 serving=app,
                 images={"inference_app": IMG},
+                model=app_model("dev"),
                 batch_job={
                     "enabled": True,
                     "input": "gs://my-data/in.jsonl",
@@ -72,7 +73,13 @@ def _variants(kubeconfig: str) -> dict[str, tuple[str, dict[str, Any]]]:
         ),
         "inference-app": (
             "llama2-70b-disagg",
-            variant("llama2-70b-disagg", serving=app, images={"inference_app": IMG}),
+            variant(
+                "llama2-70b-disagg",
+                serving=app,
+                images={"inference_app": IMG},
+                # a tokenizer in another bucket: the nodes get a second read grant
+                model=app_model("llama2-70b-disagg", hf_tokenizer_path="gs://my-tokenizers/llama2-70b"),
+            ),
         ),
         "existing-cluster": (
             "dev",

@@ -21,6 +21,7 @@ from components.stack_file import read_stack_file
 from inference_app.batch import cli as batch_cli
 from inference_app.server import cli as serve_cli
 from policy.checks import image_reference_problem
+from tests.components.conftest import app_model
 from tests.docker.dockerfile import Stage, parse
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -182,8 +183,14 @@ def test_test_doubles_stay_out_of_the_image_and_out_of_the_serving_path() -> Non
 
 
 def _inference_app_stack(**sections: object) -> StackConfig:
+    """The dev stack served by inference-app from its MaxText checkpoint (so the tokenizer comes
+    from `model.hf_tokenizer_path`, and the command carries --model and --tokenizer-path)."""
     values = read_stack_file(ROOT / "stacks" / "Pulumi.dev.yaml")
     values["tpu-pathways-inference:images"] = {"inference_app": "example/inference-app:0.1.0"}
+    serving = sections.get("serving")
+    if isinstance(serving, dict) and serving.get("engine") == "inference-app":
+        model = values["tpu-pathways-inference:model"]
+        values["tpu-pathways-inference:model"] = {**model, **app_model("dev")}
     values.update({f"tpu-pathways-inference:{k}": v for k, v in sections.items()})
     return parse_stack_config(values, stack="dev")
 

@@ -6,7 +6,9 @@ an occupied slot, decoding past `max_target_length`, or prefilling an over-long 
 orchestrator bugs surface as test failures. Tokens are UTF-8 bytes (ids 0..255) plus EOS (256);
 the greedy continuation of a prompt walks a fixed text (with multi-byte characters) from an offset
 derived from the prompt, and emits EOS at the end of that text. Output for a prompt depends only
-on the prompt and sampling, never on batch composition — like a correct real engine.
+on the prompt and sampling, never on batch composition — like a correct real engine. Asked for
+log-probabilities (`PromptScoring` too), every token is its position's most likely, at
+`fake_logprobs`.
 
 Run as a server (real process, fake model; used by the signal and disconnect tests):
     python -m tests.inference_app.fakes --port 8123 [--step-delay 0.02] [--max-slots 4]
@@ -24,7 +26,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from inference_app.engine.api import Engine, EngineSettings, Prefix, SamplingParams, StepOutput, Tokenizer
+from inference_app.engine.api import (
+    MAX_TOP_LOGPROBS,
+    Engine,
+    EngineSettings,
+    Prefix,
+    SamplingParams,
+    StepLogprobs,
+    StepOutput,
+    Tokenizer,
+    TokenLogprobs,
+)
 from inference_app.engine.buckets import fit
 
 EOS = 256
@@ -53,6 +65,12 @@ class ByteTokenizer:
         text = "".join(f"<|{m['role']}|>{m['content']}\n" for m in messages)
         return text + ("<|assistant|>" if add_generation_prompt else "")
 
+    def encode_chat(
+        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+    ) -> list[int]:
+        # bytes: there are no control tokens to forge
+        return self.encode(self.apply_chat_template(messages, add_generation_prompt))
+
 
 def continuation_start(prompt_ids: Sequence[int], sampling: SamplingParams) -> int:
     """Where in CORPUS_IDS a prompt's continuation starts (sampling picks a seeded offset)."""
@@ -69,6 +87,12 @@ def expected_ids(
     start = continuation_start(prompt_ids, sampling or SamplingParams())
     out = list(CORPUS_IDS[start : start + max_tokens])
     return out
+
+
+def fake_logprobs(token: int, top: int) -> TokenLogprobs:
+    """What the fake reports for `token`: the most likely at -0.25, then ids after it at -1, -2, ..."""
+    alternatives = [(token, -0.25)] + [((token + i) % 257, -float(i)) for i in range(1, MAX_TOP_LOGPROBS)]
+    return TokenLogprobs(token, -0.25, tuple(alternatives[:top]))
 
 
 class DonatableTokens:
@@ -91,6 +115,7 @@ class _Slot:
     cursor: int  # index into CORPUS_IDS of the next token
     position: int  # cache position the next decode step writes
     prefill_steps: int = 0  # chunked prefill: steps until the prompt's last chunk has run
+    logprobs: bool = False  # the request asked for log-probabilities
 
 
 @dataclass
@@ -143,7 +168,12 @@ class FakeEngine:
         time.sleep(self.prefill_delay)
         self.prefills += 1
         start = continuation_start(prompt_ids, sampling)
-        return Prefix(first_token=CORPUS_IDS[start], length=len(prompt_ids), kv=start + 1, sampling=sampling)
+        first = CORPUS_IDS[start]
+        lp = None if sampling.logprobs is None else fake_logprobs(first, sampling.logprobs)
+        return Prefix(first_token=first, length=len(prompt_ids), kv=start + 1, sampling=sampling, logprobs=lp)
+
+    def score_prompt(self, prompt_ids: Sequence[int], top: int) -> list[TokenLogprobs]:
+        return [fake_logprobs(t, top) for t in prompt_ids[1:]]
 
     def prefill_bucket(self, length: int) -> int:
         bucket = fit(self.prefill_buckets, length)
@@ -175,7 +205,9 @@ class FakeEngine:
         with self._lock:
             if self._slots[slot] is not None:
                 raise RuntimeError(f"insert into occupied slot {slot}")
-            self._slots[slot] = _Slot(cursor=int(prefix.kv), position=prefix.length)
+            self._slots[slot] = _Slot(
+                cursor=int(prefix.kv), position=prefix.length, logprobs=prefix.sampling.logprobs is not None
+            )
             if self._last_tokens is not None:
                 self._last_tokens.delete()  # like JaxEngine, which donates its token buffer here
             self.inserts += 1
@@ -206,7 +238,8 @@ class FakeEngine:
             self._reserved[slot] = len(prompt_ids) + (max_new_tokens or 1)
             steps = -(-len(prompt_ids) // self.prefill_chunk)
             start = continuation_start(prompt_ids, sampling)
-            self._slots[slot] = _Slot(cursor=start, position=len(prompt_ids), prefill_steps=steps)
+            asks = sampling.logprobs is not None
+            self._slots[slot] = _Slot(start, len(prompt_ids), prefill_steps=steps, logprobs=asks)
             self.prefills += 1
             self.max_active = max(self.max_active, self.active)
 
@@ -238,7 +271,20 @@ class FakeEngine:
                 emitted.append(i)
             self.steps += 1
             self._last_tokens = DonatableTokens(out)
-        return StepOutput(tokens=self._last_tokens, slots=tuple(emitted) if self.chunked_prefill else None)
+            asked = any(s is not None and s.logprobs for s in self._slots)
+        rows = [fake_logprobs(int(t), MAX_TOP_LOGPROBS) for t in out]
+        logprobs = (
+            StepLogprobs(
+                out.copy(),
+                np.array([r.logprob for r in rows], np.float32),
+                np.array([[t for t, _ in r.top] for r in rows], np.int32),
+                np.array([[p for _, p in r.top] for r in rows], np.float32),
+            )
+            if asked
+            else None
+        )
+        slots = tuple(emitted) if self.chunked_prefill else None
+        return StepOutput(tokens=self._last_tokens, slots=slots, logprobs=logprobs)
 
     def release(self, slot: int) -> None:
         with self._lock:
@@ -253,6 +299,7 @@ class FakeEngine:
 def main(argv: list[str] | None = None) -> int:
     """Serve a FakeEngine through the real server entry point (signals, sockets, drain)."""
     from inference_app.server.cli import LOG_FORMAT, ServerOptions, run_server
+    from inference_app.server.limits import add_http_limit_arguments, http_limits_from_args
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     p = argparse.ArgumentParser(description=__doc__)
@@ -261,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-delay", type=float, default=0.5)
     p.add_argument("--max-slots", type=int, default=4)
     p.add_argument("--max-queue", type=int, default=8)
+    p.add_argument("--max-queue-wait", type=float, default=ServerOptions.max_queue_wait_s)
     p.add_argument("--drain-timeout", type=float, default=30.0)
+    add_http_limit_arguments(p)
     args = p.parse_args(argv)
     settings = EngineSettings(max_slots=args.max_slots, max_prefill_length=64, max_target_length=400)
 
@@ -273,7 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         model_name="fake",
         max_queue=args.max_queue,
+        max_queue_wait_s=args.max_queue_wait,
         drain_timeout_s=args.drain_timeout,
+        limits=http_limits_from_args(args),
     )
     return run_server(options, factory)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -111,13 +112,21 @@ def free_port() -> int:
 class ServerProcess:
     """A real server subprocess on a free loopback port; logs go to a temp file."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, module: str = "inference_app") -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, module: str = "inference_app",
+                 nofile: int | None = None, cwd: Path = REPO) -> None:
+        """`nofile`: the server's file descriptor limit (soft and hard); `cwd`: the source tree to run."""
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile("w+", prefix="server-", suffix=".log", delete=False)  # noqa: SIM115
         cmd = [sys.executable, "-m", module, *args, "--port", str(self.port)]
+
+        def limit_fds() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(
-            cmd, cwd=REPO, env={**os.environ, **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT
+            cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT,
+            preexec_fn=limit_fds,
         )
         self.health_codes: list[int] = []
 

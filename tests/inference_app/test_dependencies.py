@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 # Distribution name -> import name, where they differ.
-IMPORT_NAMES = {"pyyaml": "yaml", "prometheus-client": "prometheus_client"}
+IMPORT_NAMES = {"pyyaml": "yaml", "prometheus-client": "prometheus_client", "orbax-checkpoint": "orbax"}
 # Installed for a reason other than an import: fsspec loads its gs:// backend by URL scheme.
 NOT_IMPORTED = {"gcsfs"}
 # Imported directly but part of a declared dependency's own API (FastAPI documents importing

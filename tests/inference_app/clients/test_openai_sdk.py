@@ -117,3 +117,30 @@ def test_unsupported_features_are_bad_requests_naming_the_field(client: openai.O
             model=model, messages=[{"role": "user", "content": "x"}], frequency_penalty=0.5, max_tokens=1
         )
     assert "frequency_penalty: not supported" in str(bad.value)
+
+
+def test_logprobs_chat_and_completions_whole_and_streamed(client: openai.OpenAI, model: str) -> None:
+    messages = [{"role": "user", "content": "Name a colour."}]
+    whole = client.chat.completions.create(
+        model=model, messages=messages, logprobs=True, top_logprobs=3, **GREEDY  # type: ignore[arg-type]
+    )
+    choice = whole.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content
+    content = choice.logprobs.content
+    assert "".join(t.token for t in content).startswith(choice.message.content or "")
+    for t in content:
+        assert len(t.top_logprobs) == 3 and t.logprob <= 0
+        assert t.top_logprobs[0].token == t.token  # greedy: the chosen token is the most likely
+        assert t.top_logprobs[0].logprob == t.logprob
+    stream = client.chat.completions.create(
+        model=model, messages=messages, logprobs=True, top_logprobs=3, stream=True, **GREEDY  # type: ignore[arg-type]
+    )
+    streamed = [t for c in stream for ch in c.choices if ch.logprobs for t in ch.logprobs.content or []]
+    assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content]
+    completion = client.completions.create(
+        model=model, prompt="The capital of France is", logprobs=2, echo=True, **GREEDY  # type: ignore[arg-type]
+    )
+    lp = completion.choices[0].logprobs
+    assert lp is not None and lp.tokens and lp.token_logprobs and lp.top_logprobs
+    assert lp.token_logprobs[0] is None and all(v is not None for v in lp.token_logprobs[1:])
+    assert completion.choices[0].text.startswith("The capital of France is")

@@ -135,7 +135,7 @@ def test_bad_slot_is_a_clear_error(engine8: JaxEngine) -> None:
 def test_settings_errors_name_the_field(model: LoadedModel) -> None:
     with pytest.raises(ValueError, match="max_target_length"):
         JaxEngine(dataclasses.replace(BASE, max_target_length=32), model)
-    with pytest.raises(ValueError, match=r"exactly one of EngineSettings\.model"):
+    with pytest.raises(ValueError, match=r"EngineSettings\.model 'smollm2-135m' with a model_path"):
         JaxEngine(dataclasses.replace(BASE, model_path="/x.gguf"), model)
     with pytest.raises(ValueError, match="ici_tensor_parallelism"):
         JaxEngine(dataclasses.replace(BASE, ici_tensor_parallelism=3), model)

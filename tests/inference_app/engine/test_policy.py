@@ -35,6 +35,9 @@ def not_built() -> bool:
         # int8 weights: YNNPACK dots; with the kernels row buckets stay, without them full width
         ({"weight_dtype": "int8"}, "cpu", 1, built, (NATIVE_CPU, True, True, False, True)),
         ({"weight_dtype": "int8"}, "cpu", 1, not_built, (PURE_JAX, False, True, True, False)),
+        # block-quantized weights: their kernel is part of the native library; no YNNPACK dots
+        ({"weight_dtype": "q4_1"}, "cpu", 1, built, (NATIVE_CPU, True, False, False, True)),
+        ({"weight_dtype": "gguf"}, "cpu", 1, not_built, (PURE_JAX, False, False, False, False)),
         # an int8 KV cache: the kernels for matmuls, pure-JAX attention, so no chunked prefill
         ({"kv_dtype": "int8"}, "cpu", 1, built, (NATIVE_CPU, False, False, False, False)),
         # chunked prefill switched off, or impossible in disaggregated mode
@@ -63,9 +66,11 @@ def test_policy_table(
 
 def test_dtypes_follow_the_platform() -> None:
     cpu = derive_policy(BASE, "cpu", 1, built)
-    assert (cpu.compute_dtype, cpu.kv_dtype, cpu.int8_weights) == (jnp.float32, jnp.float32, False)
+    assert (cpu.compute_dtype, cpu.kv_dtype, cpu.matrices) == (jnp.float32, jnp.float32, "float")
     tpu = derive_policy(BASE, "tpu", 1, built)
     assert (tpu.compute_dtype, tpu.kv_dtype) == (jnp.bfloat16, jnp.bfloat16)
+    q41 = derive_policy(dataclasses.replace(BASE, weight_dtype="q4_1"), "tpu", 1, built)
+    assert (q41.compute_dtype, q41.matrices) == (jnp.bfloat16, "q4_1")
     bf16 = derive_policy(dataclasses.replace(BASE, weight_dtype="bfloat16"), "cpu", 1, built)
     assert (bf16.compute_dtype, bf16.kv_dtype, bf16.kernels) == (jnp.bfloat16, jnp.float32, NATIVE_CPU)
 

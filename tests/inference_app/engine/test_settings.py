@@ -101,10 +101,59 @@ def test_an_unknown_catalog_model_names_the_flag_and_the_choices(command: str) -
         settings_from_args(parse(command, "--model", "gpt-4"))
 
 
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_weights_as_stored_need_a_gguf_file(command: str) -> None:
+    assert (
+        settings_from_args(parse(command, "--model-path", "m.gguf", "--weight-dtype", "gguf")).weight_dtype
+        == "gguf"
+    )
+    assert settings_from_args(parse(command, "--weight-dtype", "q4_1")).weight_dtype == "q4_1"
+    with pytest.raises(
+        SettingsError, match=r"--weight-dtype gguf .*'/ckpt/hf' is not a .gguf file; pass q4_0"
+    ):
+        settings_from_args(parse(command, "--model-path", "/ckpt/hf", "--weight-dtype", "gguf"))
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_takes_a_maxtext_checkpoints_architecture_and_tokenizer(command: str) -> None:
+    """A MaxText checkpoint carries no config or tokenizer: `--model` names its architecture."""
+    s = settings_from_args(
+        parse(
+            command,
+            "--model",
+            "llama3.1-405b",
+            "--model-path",
+            "gs://b/ckpt/0/items",
+            "--tokenizer-path",
+            "gs://b/tok",
+        )
+    )
+    assert (s.model, s.model_path, s.tokenizer_path) == ("llama3.1-405b", "gs://b/ckpt/0/items", "gs://b/tok")
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_model_next_to_a_path_must_be_an_architecture(command: str) -> None:
+    with pytest.raises(
+        SettingsError,
+        match=r"--model 'smollm2-135m' with --model-path must name a MaxText checkpoint's architecture "
+        r"\(llama2-13b, .*llama3.1-405b.*\); leave --model out",
+    ):
+        settings_from_args(parse(command, "--model", "smollm2-135m", "--model-path", "/x.gguf"))
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_tokenizer_path_needs_a_model_path(command: str) -> None:
+    with pytest.raises(SettingsError, match="--tokenizer-path goes with a MaxText --model-path"):
+        settings_from_args(parse(command, "--tokenizer-path", "/tok"))
+
+
 def test_the_default_model_is_named_once() -> None:
     assert DEFAULT_MODEL in CATALOG
+    # The server reports the catalog entry's Hugging Face id and answers to the short name too.
+    options = ServerOptions()
     assert EngineSettings().model == DEFAULT_MODEL
-    assert ServerOptions().model_name == CATALOG[DEFAULT_MODEL].hf_id  # served under its HF id
+    assert options.model_name == CATALOG[DEFAULT_MODEL].hf_id
+    assert options.serves(DEFAULT_MODEL) and options.serves(CATALOG[DEFAULT_MODEL].hf_id)
 
 
 def test_engine_settings_keeps_its_import_paths() -> None:

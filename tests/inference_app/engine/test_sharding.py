@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 
-from tests.inference_app.tiny_llama import make_tiny_llama
-
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -51,8 +49,8 @@ def check(result: dict[str, Any], heads_split: bool) -> None:
     assert rate >= 0.75
 
 
-def test_tiny_llama_on_8_virtual_devices(tmp_path: Path) -> None:
-    check(run_check(str(make_tiny_llama(tmp_path / "tiny")), steps=12), heads_split=True)
+def test_tiny_llama_on_8_virtual_devices(tiny_llama_dir: Path) -> None:
+    check(run_check(str(tiny_llama_dir), steps=12), heads_split=True)
 
 
 @pytest.mark.slow

@@ -12,18 +12,19 @@ import pytest
 
 from inference_app.engine import EngineSettings, SamplingParams
 from inference_app.engine.engine import JaxEngine, load_engine
-from inference_app.model.loader import load_model
+from inference_app.model import quant
+from inference_app.model.loader import HostWeights, load_model
+from inference_app.model.quant import BlockQuant
 from inference_app.model.transformer import prefill
 from inference_app.model.weights_hf import HFCheckpoint
-from tests.inference_app.tiny_llama import make_tiny_llama
 
 torch = pytest.importorskip("torch")
 PROMPT = [17, 250, 3, 9000, 41, 41, 7, 1234, 5, 48000, 77, 2, 600, 12, 13, 14, 15, 16, 30, 31, 32, 33, 34, 35]
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+def tiny_dir(tiny_llama_dir: Path) -> Path:
+    return tiny_llama_dir
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,22 @@ def test_all_position_logits_within_1e3(tiny_dir: Path, reference: Any) -> None:
         ref = reference(torch.tensor(ids, dtype=torch.long)).logits[0].numpy()
     assert np.abs(np.asarray(logits[0]) - ref).max() < 1e-3
     assert ref.std() > 0.1  # the comparison is not between two near-constant vectors
+
+
+@pytest.mark.parametrize("fmt", ["q8_0", "q4_1"])
+def test_block_formats_quantize_the_float_layout_at_load(tiny_dir: Path, fmt: str) -> None:
+    """llama.cpp's block formats on an HF checkpoint: built on host from the same row plans, so
+    every matrix expands back to the float model's within its quantization step."""
+    blocks, floats = load_model(str(tiny_dir), np.float32, fmt), load_model(str(tiny_dir), np.float32)  # type: ignore[arg-type]
+    assert isinstance(blocks.weights, HostWeights) and not isinstance(floats.weights, HostWeights)
+    layer, ref = blocks.params["layers"][1], floats.params["layers"][1]
+    for name in ("wqkv", "wo", "w_gate_up", "w_down"):
+        w = layer[name]
+        assert isinstance(w, BlockQuant) and w.fmt == fmt
+        want = ref[name].reshape(int(np.prod(w.in_shape)), -1).T  # [out, in]
+        step = np.abs(want).max() / (15 if fmt == "q4_1" else 127)
+        assert np.abs(quant.dequantize(w) - want).max() <= step
+    assert blocks.params["lm_head"].fmt == fmt and "lm_head" in floats.params  # untied
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,22 @@ from inference_app.orchestrator import (
     Finished,
     GenerationRequest,
     Orchestrator,
+    PromptLogprobs,
     QueueFull,
     TextDelta,
     Unavailable,
 )
 from inference_app.orchestrator.detokenize import IncrementalDecoder, StopStringFilter
 from inference_app.testing.faults import FaultInjectingEngine, parse_fault_spec
-from tests.inference_app.fakes import CORPUS, CORPUS_IDS, EOS, ByteTokenizer, FakeEngine, expected_ids
+from tests.inference_app.fakes import (
+    CORPUS,
+    CORPUS_IDS,
+    EOS,
+    ByteTokenizer,
+    FakeEngine,
+    expected_ids,
+    fake_logprobs,
+)
 
 
 class Collector:
@@ -491,3 +500,35 @@ def test_requests_wait_for_kv_blocks_in_arrival_order_and_all_finish() -> None:
         assert orch.wait_idle(5) and orch.active_slots == 0 and not engine._reserved
     finally:
         orch.stop()
+
+
+# ----- log-probabilities -----------------------------------------------------------------------
+
+
+def test_each_token_comes_with_its_logprobs_when_asked(orch: Orchestrator) -> None:
+    asked, plain = Collector(), Collector()
+    orch.submit(req("caf\u00e9 log", max_tokens=10, sampling=SamplingParams(logprobs=2)), asked)
+    orch.submit(req("caf\u00e9 log", max_tokens=10), plain)
+    assert isinstance(asked.final, Finished) and isinstance(plain.final, Finished)
+    deltas = [e for e in asked.events if isinstance(e, TextDelta)]
+    tokens = [lp.token for d in deltas for lp in d.logprobs]
+    want = expected_ids(tuple("caf\u00e9 log".encode()), 10)
+    assert tokens == want  # every token (EOS too), in order, whatever the text held back
+    assert all(lp == fake_logprobs(lp.token, 2) for d in deltas for lp in d.logprobs)
+    assert asked.text == plain.text
+    assert all(not e.logprobs for e in plain.events if isinstance(e, TextDelta))
+
+
+def test_prompt_logprobs_come_first_and_max_tokens_0_only_scores(orch: Orchestrator) -> None:
+    prompt = tuple(b"score me")
+    scored, only = Collector(), Collector()
+    orch.submit(GenerationRequest(prompt, 3, prompt_logprobs=1), scored)
+    orch.submit(GenerationRequest(prompt, 0, prompt_logprobs=0), only)
+    for sink in (scored, only):
+        first = sink.events[0] if sink.done.wait(10) else None
+        assert isinstance(first, PromptLogprobs)
+        assert [lp.token for lp in first.tokens] == list(prompt[1:])
+    assert isinstance(scored.final, Finished) and scored.final.completion_tokens == 3
+    assert only.events[1:] == [Finished("length", len(prompt), 0)]
+    with pytest.raises(BadRequest, match="max_tokens must be >= 1"):
+        orch.submit(GenerationRequest(prompt, 0), Collector())

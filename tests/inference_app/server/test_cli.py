@@ -72,7 +72,6 @@ def test_empty_cache_dir_disables_the_cache_and_tensor_minus_one_fills() -> None
         ["--weight-dtype", "fp8"],
         ["--mode", "pipelined"],
         ["--ici-tensor-parallelism", "0"],
-        ["--model", "smollm2-135m", "--model-path", "/x.gguf"],
     ],
 )
 def test_bad_flags_are_refused(argv: list[str]) -> None:

@@ -164,3 +164,69 @@ def test_tools_auto_describes_the_tools_and_parses_calls(client: TestClient) -> 
         },
     )
     assert forced.status_code == 400 and forced.json()["error"]["param"] == "tool_choice"
+
+
+# ----- log-probabilities (the FakeEngine: every token most likely at -0.25, see fakes.py) ----------
+
+
+def test_chat_logprobs_whole_and_streamed(client: TestClient) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], **GREEDY, "logprobs": True, "top_logprobs": 2}
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    content = choice["logprobs"]["content"]
+    assert "".join(t["token"] for t in content) == choice["message"]["content"]
+    assert len(content) == GREEDY["max_tokens"]
+    for t in content:
+        assert t["logprob"] == -0.25 and bytes(t["bytes"]).decode() == t["token"]
+        assert [a["logprob"] for a in t["top_logprobs"]] == [-0.25, -1.0]
+        assert t["top_logprobs"][0]["token"] == t["token"]
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as s:
+        chunks = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+    streamed = [t for c in chunks for ch in c["choices"] if ch["logprobs"] for t in ch["logprobs"]["content"]]
+    assert streamed == content
+    plain = client.post("/v1/chat/completions", json={**body, "logprobs": False, "top_logprobs": 0}).json()
+    assert plain["choices"][0]["logprobs"] is None
+
+
+def test_top_logprobs_without_logprobs_or_above_20_is_a_400(client: TestClient) -> None:
+    base = {"messages": [{"role": "user", "content": "hi"}], **GREEDY}
+    r = client.post("/v1/chat/completions", json={**base, "top_logprobs": 2})
+    assert r.status_code == 400 and "top_logprobs needs logprobs" in r.text
+    r = client.post("/v1/chat/completions", json={**base, "logprobs": True, "top_logprobs": 21})
+    assert r.status_code == 400 and "top_logprobs" in r.text
+    r = client.post("/v1/completions", json={"prompt": "ab", **GREEDY, "logprobs": 21})
+    assert r.status_code == 400 and "logprobs" in r.text
+
+
+def test_completion_logprobs_and_echo_score_the_prompt(client: TestClient) -> None:
+    body = {"prompt": "abc", **GREEDY, "logprobs": 1}
+    choice = client.post("/v1/completions", json=body).json()["choices"][0]
+    lp = choice["logprobs"]
+    assert "".join(lp["tokens"]) == choice["text"] and len(lp["tokens"]) == GREEDY["max_tokens"]
+    assert lp["token_logprobs"] == [-0.25] * GREEDY["max_tokens"]
+    assert all(top == {t: -0.25} for t, top in zip(lp["tokens"], lp["top_logprobs"], strict=True))
+    assert lp["text_offset"] == list(range(GREEDY["max_tokens"]))  # one character per byte token
+    echoed = client.post("/v1/completions", json={**body, "echo": True}).json()["choices"][0]
+    elp = echoed["logprobs"]
+    assert echoed["text"] == "abc" + choice["text"]
+    assert elp["tokens"] == ["a", "b", "c", *lp["tokens"]]
+    assert elp["token_logprobs"] == [None, -0.25, -0.25, *lp["token_logprobs"]]
+    assert elp["top_logprobs"][:2] == [None, {"b": -0.25}]
+    assert elp["text_offset"][:4] == [0, 1, 2, 3]
+
+
+def test_echo_with_max_tokens_0_only_scores(client: TestClient) -> None:
+    """lm-eval's loglikelihood requests, with token-id prompts, whole and streamed."""
+    body = {"prompt": [[97, 98, 99], [100, 101]], "max_tokens": 0, "echo": True, "logprobs": 0}
+    r = client.post("/v1/completions", json=body).json()
+    assert [c["text"] for c in r["choices"]] == ["abc", "de"]
+    assert [c["finish_reason"] for c in r["choices"]] == ["length", "length"]
+    assert r["choices"][1]["logprobs"]["token_logprobs"] == [None, -0.25]
+    assert r["usage"] == {"prompt_tokens": 5, "completion_tokens": 0, "total_tokens": 5}
+    with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as s:
+        chunks = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+    assert [c["choices"][0]["logprobs"]["tokens"] for c in chunks] == [["a", "b", "c"], ["d", "e"]]
+    for without in ({"echo": False}, {"logprobs": None}):
+        r = client.post("/v1/completions", json={**body, **without})
+        assert r.status_code == 400 and "max_tokens" in r.text

@@ -1,0 +1,435 @@
+// Matrix products with block-quantized weights (llama.cpp's Q4_0, Q4_1, Q8_0 as stored), called
+// from JAX through the XLA FFI (wrappers: quant_ops.py; formats: model/quant.py).
+//
+// Why: a decode step streams every weight once, so its speed is bytes per weight; Q4_1 is 5 bits
+// (20 bytes per 32 weights), float32 is 32. The activations are quantized per block of 32 to
+// int8 with a float scale (as llama.cpp's q8_1), and each (activation block, weight block) pair
+// is one integer dot product: u8 x s8 multiply-adds (AVX2 vpmaddubsw + vpmaddwd; vpdpbusd where
+// the target has VNNI) scaled by the two block scales in float. The same code serves many rows
+// (a decode step of 32-64 slots, a prefill chunk): a tile of up to 4 activation rows x 2 weight
+// rows shares every weight load and unpacked nibble, and each thread owns a range of output
+// rows.
+//
+//   quant_matmul_q4_0  x[M,K] f32, qs u8[N,K/2], d f16[N,K/32]            -> y[M,N] f32
+//   quant_matmul_q4_1  x[M,K] f32, qs u8[N,K/2], d f16[N,K/32], m f16[...] -> y[M,N] f32
+//   quant_matmul_q8_0  x[M,K] f32, qs s8[N,K],   d f16[N,K/32]            -> y[M,N] f32
+//
+// with y[m, n] = sum_k x[m, k] * w[n, k] and w the dequantized weight (model/quant.py), up to the
+// rounding of x to int8 per block. Per block b of 32 inputs, with x ~ dx[b] * qx and
+// s[b] = dx[b] * sum(qx):
+//   q4_0: dw * dx * dot(nibbles, qx) - 8 * dw * s      (w = dw * (nibble - 8))
+//   q4_1: dw * dx * dot(nibbles, qx) + mw * s          (w = dw * nibble + mw)
+//   q8_0: dw * dx * dot(qw, qx)
+// The second terms are one short dot product over the blocks per (row, output), done apart.
+//
+// Dispatch is at compile time: build.py compiles this file for the CPU's feature level (AVX2 +
+// FMA + F16C; AVX-512 VNNI or AVX-VNNI add vpdpbusd); without AVX2 the plain C++ loops below run.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "spin_pool.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+using inference_app_kernels::NumChunks;
+using inference_app_kernels::ParallelFor;
+
+constexpr int64_t kBlock = 32;
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define QK_AVX2 1
+#endif
+
+// IEEE half -> float, for targets without F16C (the tests build this path too).
+inline float HalfToFloat(uint16_t h) {
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else {  // subnormal: renormalise
+      exp = 127 - 15 + 1;
+      while ((man & 0x400) == 0) {
+        man <<= 1;
+        --exp;
+      }
+      bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000 | (man << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof(f));
+  return f;
+#endif
+}
+
+void HalvesToFloats(const uint16_t* h, float* f, int64_t n) {
+  int64_t i = 0;
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
+  }
+#endif
+  for (; i < n; ++i) f[i] = HalfToFloat(h[i]);
+}
+
+// ---- activations -------------------------------------------------------------------------------
+
+// One activation row quantized per block: qx[k] ~ x[k] / dx[b], and s[b] = dx[b] * sum(qx of b).
+// Rounding is to nearest, ties to even (what _mm256_cvtps_epi32 does, and numpy's round).
+void QuantizeRow(const float* x, int64_t k, int8_t* qx, float* dx, float* s) {
+  for (int64_t b = 0; b < k / kBlock; ++b) {
+    const float* xb = x + b * kBlock;
+    int8_t* qb = qx + b * kBlock;
+#if defined(QK_AVX2)
+    __m256 v[4];
+    __m256 amax = _mm256_setzero_ps();
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int i = 0; i < 4; ++i) {
+      v[i] = _mm256_loadu_ps(xb + 8 * i);
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float d = _mm_cvtss_f32(m4) / 127.f;
+    const __m256 id = _mm256_set1_ps(d > 0.f ? 1.f / d : 0.f);
+    __m256i q[4];
+    for (int i = 0; i < 4; ++i) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], id));
+    __m256i sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+    s4 = _mm_hadd_epi32(s4, s4);
+    s4 = _mm_hadd_epi32(s4, s4);
+    // pack 32 x i32 -> 32 x i8; the packs work per 128-bit lane, the permute restores the order
+    const __m256i p16a = _mm256_packs_epi32(q[0], q[1]);
+    const __m256i p16b = _mm256_packs_epi32(q[2], q[3]);
+    const __m256i p8 = _mm256_packs_epi16(p16a, p16b);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(qb),
+                        _mm256_permutevar8x32_epi32(p8, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    dx[b] = d;
+    s[b] = d * static_cast<float>(_mm_cvtsi128_si32(s4));
+#else
+    float amax = 0.f;
+    for (int i = 0; i < kBlock; ++i) amax = std::max(amax, std::fabs(xb[i]));
+    const float d = amax / 127.f;
+    const float id = d > 0.f ? 1.f / d : 0.f;
+    int32_t sum = 0;
+    for (int i = 0; i < kBlock; ++i) {
+      const int32_t q = static_cast<int32_t>(std::nearbyint(xb[i] * id));
+      qb[i] = static_cast<int8_t>(q);
+      sum += q;
+    }
+    dx[b] = d;
+    s[b] = d * static_cast<float>(sum);
+#endif
+  }
+}
+
+struct QuantizedRows {
+  std::vector<int8_t> q;  // [M, K]
+  std::vector<float> d;   // [M, K/32]
+  std::vector<float> s;   // [M, K/32]
+};
+
+void QuantizeRows(const float* x, int64_t m, int64_t k, QuantizedRows& out) {
+  const int64_t nb = k / kBlock;
+  out.q.resize(static_cast<size_t>(m * k));
+  out.d.resize(static_cast<size_t>(m * nb));
+  out.s.resize(static_cast<size_t>(m * nb));
+  auto rows = [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) QuantizeRow(x + r * k, k, &out.q[r * k], &out.d[r * nb], &out.s[r * nb]);
+  };
+  if (m * k < (1 << 16)) {
+    rows(0, m);
+    return;
+  }
+  const int64_t chunks = NumChunks(m, 8);
+  const int64_t per = (m + chunks - 1) / chunks;
+  ParallelFor(chunks, [&](int64_t c) { rows(c * per, std::min(m, (c + 1) * per)); });
+}
+
+// ---- weight formats ------------------------------------------------------------------------------
+
+// Each format gives the 32 weights of block b of a row as bytes in input order, and says whether
+// they are signed (q8_0) or unsigned nibbles (q4_x); the offset or minimum goes in `Correction`.
+struct Q4_0 {
+  static constexpr bool kSigned = false;
+  static constexpr int64_t RowBytes(int64_t k) { return k / 2; }
+  static constexpr bool kHasMin = false;
+  static constexpr float kOffset = -8.f;  // w = d * (nibble - 8)
+#if defined(QK_AVX2)
+  static __m256i Load(const uint8_t* row, int64_t b) {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + b * 16));
+    const __m256i both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
+  }
+#endif
+  static int32_t Scalar(const uint8_t* row, int64_t b, int i) {
+    const uint8_t byte = row[b * 16 + (i & 15)];
+    return i < 16 ? (byte & 0x0f) : (byte >> 4);
+  }
+};
+struct Q4_1 : Q4_0 {
+  static constexpr bool kHasMin = true;
+  static constexpr float kOffset = 0.f;  // w = d * nibble + m
+};
+struct Q8_0 {
+  static constexpr bool kSigned = true;
+  static constexpr int64_t RowBytes(int64_t k) { return k; }
+  static constexpr bool kHasMin = false;
+  static constexpr float kOffset = 0.f;
+#if defined(QK_AVX2)
+  static __m256i Load(const uint8_t* row, int64_t b) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * kBlock));
+  }
+#endif
+  static int32_t Scalar(const uint8_t* row, int64_t b, int i) {
+    return static_cast<int8_t>(row[b * kBlock + i]);
+  }
+};
+
+#if defined(QK_AVX2)
+// Eight partial sums of w . x over one block (w unsigned, or signed when kSigned, x signed int8).
+template <bool kSigned>
+inline __m256i BlockDot(__m256i w, __m256i x) {
+  if (kSigned) {  // u8 x s8 instructions: move w's sign onto x
+    x = _mm256_sign_epi8(x, w);
+    w = _mm256_sign_epi8(w, w);
+  }
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x);
+#elif defined(__AVXVNNI__)
+  return _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, x);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));
+#endif
+}
+
+inline float HSum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
+// The operands of one call, with the weight scales of the current output rows in float.
+struct Problem {
+  const QuantizedRows* x;
+  const uint8_t* qs;  // [N, row bytes]
+  const uint16_t* d;  // [N, nb] f16
+  const uint16_t* m;  // [N, nb] f16 or null
+  float* y;           // [M, N]
+  int64_t rows, k, n, nb, row_bytes;
+};
+
+// y[m0 .. m0+MR, n0 .. n0+NR) for whole rows of K: MR activation rows share each weight block
+// loaded, NR weight rows share each activation block. dw / cw: the NR rows' scales and
+// correction factors (mins, or the q4_0 offset times the scale) as float [NR][nb].
+template <typename W, int MR, int NR>
+void Tile(const Problem& p, int64_t m0, int64_t n0, const float* dw, const float* cw) {
+  const int64_t nb = p.nb, k = p.k;
+  const int8_t* xq = p.x->q.data() + m0 * k;
+  const float* xd = p.x->d.data() + m0 * nb;
+  const float* xs = p.x->s.data() + m0 * nb;
+  float out[MR][NR];
+#if defined(QK_AVX2)
+  __m256 acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
+  const uint8_t* wrow[NR];
+  for (int j = 0; j < NR; ++j) wrow[j] = p.qs + (n0 + j) * p.row_bytes;
+  for (int64_t b = 0; b < nb; ++b) {
+    __m256i w[NR];
+    __m256 sw[NR];
+    for (int j = 0; j < NR; ++j) {
+      w[j] = W::Load(wrow[j], b);
+      sw[j] = _mm256_broadcast_ss(dw + j * nb + b);
+    }
+    for (int i = 0; i < MR; ++i) {
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + i * k + b * kBlock));
+      const __m256 sx = _mm256_broadcast_ss(xd + i * nb + b);
+      for (int j = 0; j < NR; ++j) {
+        const __m256 dot = _mm256_cvtepi32_ps(BlockDot<W::kSigned>(w[j], xv));
+        acc[i][j] = _mm256_fmadd_ps(dot, _mm256_mul_ps(sx, sw[j]), acc[i][j]);
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) out[i][j] = HSum(acc[i][j]);
+#else
+  for (int i = 0; i < MR; ++i) {
+    for (int j = 0; j < NR; ++j) {
+      const uint8_t* wr = p.qs + (n0 + j) * p.row_bytes;
+      float total = 0.f;
+      for (int64_t b = 0; b < nb; ++b) {
+        int32_t dot = 0;
+        for (int t = 0; t < kBlock; ++t) dot += W::Scalar(wr, b, t) * xq[i * k + b * kBlock + t];
+        total += static_cast<float>(dot) * xd[i * nb + b] * dw[j * nb + b];
+      }
+      out[i][j] = total;
+    }
+  }
+#endif
+  if (cw != nullptr) {  // + sum_b c[b] * s[b]: the q4_1 minimum or the q4_0 offset
+    for (int i = 0; i < MR; ++i) {
+      for (int j = 0; j < NR; ++j) {
+        const float* c = cw + j * nb;
+        const float* s = xs + i * nb;
+        int64_t b = 0;
+        float corr = 0.f;
+#if defined(QK_AVX2)
+        __m256 a = _mm256_setzero_ps();
+        for (; b + 8 <= nb; b += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(c + b), _mm256_loadu_ps(s + b), a);
+        corr = HSum(a);
+#endif
+        for (; b < nb; ++b) corr += c[b] * s[b];
+        out[i][j] += corr;
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) p.y[(m0 + i) * p.n + n0 + j] = out[i][j];
+}
+
+template <typename W, int NR>
+void RowsTile(const Problem& p, int64_t m0, int64_t mr, int64_t n0, const float* dw, const float* cw) {
+  switch (mr) {
+    case 4: Tile<W, 4, NR>(p, m0, n0, dw, cw); break;
+    case 3: Tile<W, 3, NR>(p, m0, n0, dw, cw); break;
+    case 2: Tile<W, 2, NR>(p, m0, n0, dw, cw); break;
+    default: Tile<W, 1, NR>(p, m0, n0, dw, cw); break;
+  }
+}
+
+// Output rows [n0, n1) for every activation row. Weight rows go in groups of kGroup: their scales
+// are converted to float once, then every 4-row slice of the activations (L1-resident) meets the
+// whole group two weight rows at a time (the group's weights stay in L1/L2).
+template <typename W>
+void OutputRows(const Problem& p, int64_t n0, int64_t n1) {
+  constexpr int64_t kGroup = 16;
+  const int64_t nb = p.nb;
+  thread_local std::vector<float> scales;
+  scales.resize(static_cast<size_t>(2 * kGroup * nb));
+  float* dw = scales.data();
+  float* cw = dw + kGroup * nb;
+  const bool corr = W::kHasMin || W::kOffset != 0.f;
+  for (int64_t g0 = n0; g0 < n1; g0 += kGroup) {
+    const int64_t g1 = std::min(n1, g0 + kGroup);
+    HalvesToFloats(p.d + g0 * nb, dw, (g1 - g0) * nb);
+    if (W::kHasMin) {
+      HalvesToFloats(p.m + g0 * nb, cw, (g1 - g0) * nb);
+    } else if (corr) {
+      for (int64_t i = 0; i < (g1 - g0) * nb; ++i) cw[i] = W::kOffset * dw[i];
+    }
+    for (int64_t m0 = 0; m0 < p.rows; m0 += 4) {
+      const int64_t mr = std::min<int64_t>(4, p.rows - m0);
+      int64_t j = g0;
+      for (; j + 2 <= g1; j += 2) {
+        const int64_t off = (j - g0) * nb;
+        RowsTile<W, 2>(p, m0, mr, j, dw + off, corr ? cw + off : nullptr);
+      }
+      if (j < g1) {
+        const int64_t off = (j - g0) * nb;
+        RowsTile<W, 1>(p, m0, mr, j, dw + off, corr ? cw + off : nullptr);
+      }
+    }
+  }
+}
+
+template <typename W>
+void QuantMatmul(const float* x, const uint8_t* qs, const uint16_t* d, const uint16_t* m, float* y,
+                 int64_t rows, int64_t k, int64_t n) {
+  thread_local QuantizedRows xq;
+  QuantizeRows(x, rows, k, xq);
+  const Problem p{&xq, qs, d, m, y, rows, k, n, k / kBlock, W::RowBytes(k)};
+  // Few rows: bound by streaming the weights, so split them finely over the threads. Many rows:
+  // bound by arithmetic, so fewer, larger ranges that each reuse their weights across all rows.
+  const int64_t min_rows = rows <= 4 ? 64 : 256;
+  const int64_t chunks = NumChunks(n, min_rows);
+  const int64_t per = ((n + chunks - 1) / chunks + 1) / 2 * 2;  // even: whole 2-row tiles
+  ParallelFor(chunks, [&](int64_t c) {
+    const int64_t n0 = c * per, n1 = std::min(n, n0 + per);
+    if (n0 < n1) OutputRows<W>(p, n0, n1);
+  });
+}
+
+template <typename W, ffi::DataType QT>
+ffi::Error Check(ffi::Buffer<ffi::F32>& x, ffi::Buffer<QT>& qs, ffi::Buffer<ffi::F16>& d,
+                 const ffi::Buffer<ffi::F16>* m, const char* name) {
+  auto xd = x.dimensions();
+  auto qd = qs.dimensions();
+  auto dd = d.dimensions();
+  if (xd.size() != 2 || qd.size() != 2 || dd.size() != 2 || xd[1] % kBlock != 0 ||
+      qd[1] != W::RowBytes(xd[1]) || dd[0] != qd[0] || dd[1] != xd[1] / kBlock ||
+      (m != nullptr && (m->dimensions().size() != 2 || m->dimensions()[0] != dd[0] ||
+                        m->dimensions()[1] != dd[1]))) {
+    return ffi::Error::InvalidArgument(std::string(name) +
+                                       ": expected x[M,K] (K % 32 == 0), qs[N, row bytes], d[N,K/32]");
+  }
+  return ffi::Error::Success();
+}
+
+template <typename W, ffi::DataType QT>
+ffi::Error QuantMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<QT> qs, ffi::Buffer<ffi::F16> d,
+                           ffi::ResultBuffer<ffi::F32> y) {
+  ffi::Error err = Check<W, QT>(x, qs, d, nullptr, "quant_matmul");
+  if (err.failure()) return err;
+  QuantMatmul<W>(x.typed_data(), reinterpret_cast<const uint8_t*>(qs.untyped_data()),
+                 reinterpret_cast<const uint16_t*>(d.untyped_data()), nullptr, y->typed_data(),
+                 x.dimensions()[0], x.dimensions()[1], qs.dimensions()[0]);
+  return ffi::Error::Success();
+}
+
+ffi::Error QuantMatmulQ4_1Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::U8> qs, ffi::Buffer<ffi::F16> d,
+                               ffi::Buffer<ffi::F16> m, ffi::ResultBuffer<ffi::F32> y) {
+  ffi::Error err = Check<Q4_1, ffi::U8>(x, qs, d, &m, "quant_matmul_q4_1");
+  if (err.failure()) return err;
+  QuantMatmul<Q4_1>(x.typed_data(), qs.typed_data(), reinterpret_cast<const uint16_t*>(d.untyped_data()),
+                    reinterpret_cast<const uint16_t*>(m.untyped_data()), y->typed_data(), x.dimensions()[0],
+                    x.dimensions()[1], qs.dimensions()[0]);
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_0, (QuantMatmulImpl<Q4_0, ffi::U8>),
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::U8>>()
+                                  .Arg<ffi::Buffer<ffi::F16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_1, QuantMatmulQ4_1Impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::U8>>()
+                                  .Arg<ffi::Buffer<ffi::F16>>()
+                                  .Arg<ffi::Buffer<ffi::F16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ8_0, (QuantMatmulImpl<Q8_0, ffi::S8>),
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::F16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

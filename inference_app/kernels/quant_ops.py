@@ -1,0 +1,42 @@
+"""JAX wrappers for the block-quantized weight kernels (`quant_kernels.cc`).
+
+`matmul(x, w)` multiplies float activations by a `model.quant.BlockQuant` matrix through the
+native kernel, which reads the blocks as stored; `reference_matmul` is the same product in plain
+JAX (dequantize, then one dot), the path for platforms without the kernels. The caller decides
+which one runs (the kernels need `build.available()` and a single CPU device).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from inference_app.model.quant import BlockQuant
+
+TARGETS = {
+    "q4_0": "inference_app_quant_matmul_q4_0",
+    "q4_1": "inference_app_quant_matmul_q4_1",
+    "q8_0": "inference_app_quant_matmul_q8_0",
+}
+
+
+def matmul(x: jax.Array, w: BlockQuant) -> jax.Array:
+    """x [M, K] @ w.T (w: N block-quantized rows of K) -> [M, N] float32, on the CPU kernel.
+
+    The activations are rounded to int8 per block of 32 inside the kernel (as llama.cpp does for
+    its q8_1 dot products): the result differs from `reference_matmul` by that rounding only.
+    """
+    if x.ndim != 2 or x.shape[1] != w.cols:
+        raise ValueError(f"quant matmul: x {x.shape} does not match {w.rows}x{w.cols} weights")
+    out = jax.ShapeDtypeStruct((x.shape[0], w.rows), jnp.float32)
+    args = [x.astype(jnp.float32), w.qs, w.d]
+    if w.fmt == "q4_1":
+        args.append(w.m)
+    return jax.ffi.ffi_call(TARGETS[w.fmt], out)(*args)
+
+
+def reference_matmul(x: jax.Array, w: BlockQuant) -> jax.Array:
+    """The same product in plain JAX with unrounded activations: x @ dequantize(w).T, float32."""
+    from inference_app.model.quant import dequantize_jax
+
+    return jnp.matmul(x.astype(jnp.float32), dequantize_jax(w).T, preferred_element_type=jnp.float32)

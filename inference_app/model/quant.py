@@ -1,0 +1,201 @@
+"""Block-quantized weight matrices in llama.cpp's formats (Q4_0, Q4_1, Q8_0), kept as stored.
+
+Where it sits: a checkpoint loader produces `BlockQuant` matrices (a GGUF file's tensors as
+stored, only their rows reordered into our fused layouts; other checkpoints quantized at load
+with `quantize`), `linear` in `model/transformer.py` multiplies by them, and on a CPU the native
+kernel (`kernels/quant_ops.py`) reads the blocks directly, so a decode step streams 4.5-8.5 bits
+per weight instead of 32. Elsewhere (TPU, GPU, no compiler) they are dequantized in JAX.
+
+Each format splits every output row into blocks of 32 inputs with their own scale (Q4_1 also a
+minimum); the bits are GGUF's, stored as separate arrays instead of interleaved structs:
+
+    q4_0: w = d * (nibble - 8)   qs uint8 [N, K/2]  d float16 [N, K/32]
+    q4_1: w = d * nibble + m     qs uint8 [N, K/2]  d, m float16 [N, K/32]
+    q8_0: w = d * q              qs int8  [N, K]    d float16 [N, K/32]
+
+Nibbles follow GGUF: byte j of a block holds input j (low half) and input j + 16 (high half).
+The numpy (de)quantization here is the tests' reference for the kernels; `quantize` is the
+`gguf` package's (bit-identical to llama.cpp's reference quantizer), dequantization our own,
+checked against `gguf` in the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from gguf import GGMLQuantizationType
+from gguf.quants import quantize as gguf_quantize
+
+BLOCK = 32  # inputs per block, all three formats
+
+Format = Literal["q4_0", "q4_1", "q8_0"]
+FORMATS: tuple[Format, ...] = ("q4_0", "q4_1", "q8_0")
+GGML_TYPES: dict[Format, GGMLQuantizationType] = {
+    "q4_0": GGMLQuantizationType.Q4_0,
+    "q4_1": GGMLQuantizationType.Q4_1,
+    "q8_0": GGMLQuantizationType.Q8_0,
+}
+
+
+def format_of(ggml_type: GGMLQuantizationType) -> Format | None:
+    """Our name for a GGUF tensor type, or None when it is not one of the block formats here."""
+    for name, t in GGML_TYPES.items():
+        if t == ggml_type:
+            return name
+    return None
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class BlockQuant:
+    """A matrix [*in_shape] x [*out_shape] stored output-major as blocks: N = prod(out_shape)
+    rows of K = prod(in_shape) inputs (K a multiple of 32). `m` is None except for q4_1.
+
+    Arrays are numpy on the host until the engine places them; `fmt` and the shapes are static
+    (pytree metadata), so a jitted function specialises on the format.
+    """
+
+    qs: Any  # uint8 [N, K/2] (q4_0, q4_1) or int8 [N, K] (q8_0)
+    d: Any  # float16 [N, K/32]
+    m: Any  # float16 [N, K/32] (q4_1) or None
+    fmt: Format = field(metadata={"static": True})
+    in_shape: tuple[int, ...] = field(metadata={"static": True})
+    out_shape: tuple[int, ...] = field(metadata={"static": True})
+
+    @property
+    def rows(self) -> int:
+        return int(np.prod(self.out_shape))
+
+    @property
+    def cols(self) -> int:
+        return int(np.prod(self.in_shape))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(int(a.size) * a.dtype.itemsize for a in (self.qs, self.d, self.m) if a is not None)
+
+
+def _check_fmt(fmt: str) -> Format:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown block format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def _block_bytes(fmt: Format) -> int:
+    return {"q4_0": 18, "q4_1": 20, "q8_0": 34}[fmt]
+
+
+def from_gguf_rows(
+    raw: np.ndarray, fmt: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+) -> BlockQuant:
+    """Split GGUF block structs, raw uint8 [N, K/32 * block bytes], into a `BlockQuant`."""
+    fmt = _check_fmt(fmt)
+    n, k = int(np.prod(out_shape)), int(np.prod(in_shape))
+    nb = k // BLOCK
+    if k % BLOCK or raw.shape != (n, nb * _block_bytes(fmt)):
+        raise ValueError(
+            f"{fmt} rows: expected uint8 [{n}, {nb * _block_bytes(fmt)}] for {k} inputs, got {raw.shape}"
+        )
+    blocks = np.ascontiguousarray(raw, dtype=np.uint8).reshape(n, nb, _block_bytes(fmt))
+    d = np.ascontiguousarray(blocks[:, :, 0:2]).view(np.float16).reshape(n, nb)
+    m = None
+    qs: np.ndarray
+    if fmt == "q4_1":
+        m = np.ascontiguousarray(blocks[:, :, 2:4]).view(np.float16).reshape(n, nb)
+        qs = np.ascontiguousarray(blocks[:, :, 4:]).reshape(n, k // 2)
+    elif fmt == "q4_0":
+        qs = np.ascontiguousarray(blocks[:, :, 2:]).reshape(n, k // 2)
+    else:
+        qs = np.ascontiguousarray(blocks[:, :, 2:]).view(np.int8).reshape(n, k)
+    return BlockQuant(qs=qs, d=d, m=m, fmt=fmt, in_shape=tuple(in_shape), out_shape=tuple(out_shape))
+
+
+def to_gguf_rows(w: BlockQuant) -> np.ndarray:
+    """The inverse of `from_gguf_rows`: GGUF block structs, uint8 [N, K/32 * block bytes]."""
+    n, nb = w.rows, w.cols // BLOCK
+    parts = [np.asarray(w.d, np.float16).reshape(n, nb, 1).view(np.uint8)]
+    if w.m is not None:
+        parts.append(np.asarray(w.m, np.float16).reshape(n, nb, 1).view(np.uint8))
+    parts.append(np.asarray(w.qs).view(np.uint8).reshape(n, nb, -1))
+    return np.concatenate(parts, axis=-1).reshape(n, -1)
+
+
+def quantize(w: np.ndarray, fmt: str, in_dims: int = 1) -> BlockQuant:
+    """Quantize `w` [*in, *out] (its first `in_dims` dims contract) as llama.cpp would."""
+    fmt = _check_fmt(fmt)
+    w32 = np.asarray(w, np.float32)
+    in_shape, out_shape = tuple(w32.shape[:in_dims]), tuple(w32.shape[in_dims:])
+    k = int(np.prod(in_shape))
+    if k % BLOCK:
+        raise ValueError(f"{fmt} needs a multiple of {BLOCK} inputs per row, got {k} (shape {w32.shape})")
+    rows = np.ascontiguousarray(w32.reshape(k, -1).T)  # [N, K]
+    raw = gguf_quantize(rows, GGML_TYPES[fmt])
+    return from_gguf_rows(raw, fmt, in_shape, out_shape)
+
+
+def _nibbles(qs: np.ndarray, n: int, nb: int) -> np.ndarray:
+    """uint8 [N, K/2] -> the 4-bit values [N, K] in input order (low halves first per block)."""
+    b = qs.reshape(n, nb, BLOCK // 2)
+    return np.concatenate([b & 0x0F, b >> 4], axis=-1).reshape(n, nb * BLOCK)
+
+
+def dequantize(w: BlockQuant) -> np.ndarray:
+    """float32 [N, K] (output-major rows) of a block-quantized matrix, in numpy."""
+    n, nb = w.rows, w.cols // BLOCK
+    d = np.repeat(np.asarray(w.d, np.float32), BLOCK, axis=1)
+    if w.fmt == "q8_0":
+        return np.asarray(w.qs, np.int8).astype(np.float32) * d
+    q = _nibbles(np.asarray(w.qs, np.uint8), n, nb).astype(np.float32)
+    if w.fmt == "q4_0":
+        return d * (q - 8.0)
+    return d * q + np.repeat(np.asarray(w.m, np.float32), BLOCK, axis=1)
+
+
+def dequantize_jax(w: BlockQuant, dtype: Any = jnp.float32) -> jax.Array:
+    """The same as `dequantize`, traced: [N, K] in `dtype` (the path without the CPU kernel)."""
+    n, nb = w.rows, w.cols // BLOCK
+    d = w.d.astype(jnp.float32)[:, :, None]  # [N, nb, 1]
+    if w.fmt == "q8_0":
+        q = w.qs.reshape(n, nb, BLOCK).astype(jnp.float32)
+        return (q * d).reshape(n, -1).astype(dtype)
+    b = w.qs.reshape(n, nb, BLOCK // 2)
+    q = jnp.concatenate([b & 0x0F, b >> 4], axis=-1).astype(jnp.float32)
+    out = d * (q - 8.0) if w.fmt == "q4_0" else d * q + w.m.astype(jnp.float32)[:, :, None]
+    return out.reshape(n, -1).astype(dtype)
+
+
+def take_rows(w: BlockQuant, rows: np.ndarray, out_shape: tuple[int, ...]) -> BlockQuant:
+    """Rows `rows` of w (output channels, e.g. llama.cpp's Q/K order undone) as a matrix with
+    `out_shape`; blocks run along the inputs, so reordering rows keeps every block intact."""
+    if int(np.prod(out_shape)) != len(rows):
+        raise ValueError(f"take_rows: {len(rows)} rows do not fill out_shape {out_shape}")
+    m = None if w.m is None else np.asarray(w.m)[rows]
+    return BlockQuant(
+        qs=np.asarray(w.qs)[rows],
+        d=np.asarray(w.d)[rows],
+        m=m,
+        fmt=w.fmt,
+        in_shape=w.in_shape,
+        out_shape=tuple(out_shape),
+    )
+
+
+def concat_rows(parts: Sequence[BlockQuant], out_shape: tuple[int, ...]) -> BlockQuant:
+    """Stack the output rows of same-format, same-input matrices (fused QKV, gate/up)."""
+    first = parts[0]
+    if any(p.fmt != first.fmt or p.in_shape != first.in_shape for p in parts):
+        raise ValueError("concat_rows: every part needs the same format and inputs")
+    m = None if first.m is None else np.concatenate([np.asarray(p.m) for p in parts])
+    return BlockQuant(
+        qs=np.concatenate([np.asarray(p.qs) for p in parts]),
+        d=np.concatenate([np.asarray(p.d) for p in parts]),
+        m=m,
+        fmt=first.fmt,
+        in_shape=first.in_shape,
+        out_shape=tuple(out_shape),
+    )
