@@ -7,11 +7,13 @@ layout padding included). Nothing is sized per slot any more: slots only bound h
 decode together, and admission is bounded by free blocks (`block_tables.KVBlockManager`).
 
     cache bytes  --kv-cache-memory; else, when both --max-slots and --max-target-length are
-                 given, what lets every slot hold a full context; else a fraction of free memory
-                 (CPU: 0.25, since the host also runs the server and often other programs, and at
-                 most 4 GiB, vLLM's CPU default: a bigger cache only costs resident memory on a
-                 few cores, which cannot decode more sequences at once anyway; accelerators:
-                 0.85, leaving room for activations and compiled programs)
+                 given, what lets every slot hold a full context; else, on CPU, what the work a
+                 few cores can decode needs: one full context or every slot holding a chat turn
+                 of `CPU_SLOT_TOKENS`, whichever is more (SmolLM2: 128 blocks, 720 MiB), at most
+                 a quarter of free memory (the host also runs the server and other programs); a
+                 bigger cache only adds resident memory, since the cores cannot decode more
+                 sequences at once. Accelerators: 0.85 of free memory, leaving room for
+                 activations and compiled programs
     blocks       cache bytes // (block size x bytes per token)
     context      the model's own context (8192 for SmolLM2), unless the cache holds fewer
                  tokens; --max-target-length overrides it
@@ -34,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 CPU_MEMORY_FRACTION = 0.25
-CPU_MEMORY_CAP = 4 * 2**30  # bytes; vLLM's CPU default (VLLM_CPU_KVCACHE_SPACE=4)
+# Tokens the default CPU cache holds per default slot: a chat turn of a ~160-token prompt and a
+# 64-token reply fits in two 128-token blocks.
+CPU_SLOT_TOKENS = 256
 ACCELERATOR_MEMORY_FRACTION = 0.85
 DEFAULT_MAX_SLOTS = {"cpu": 64}
 ACCELERATOR_MAX_SLOTS = 256
@@ -83,7 +87,8 @@ def size_kv_cache(
     else:
         budget = int(free_bytes * fraction)
         if platform == "cpu":
-            budget = min(budget, CPU_MEMORY_CAP)
+            need = _cpu_tokens(block_size, model_context, max_slots, max_context)
+            budget = min(budget, need * bytes_per_token)
     blocks = budget // (block_size * bytes_per_token)
     tokens = blocks * block_size
     context = max_context if max_context is not None else min(model_context, tokens)
@@ -91,7 +96,6 @@ def size_kv_cache(
         "--kv-cache-memory"
         if cache_bytes is not None
         else f"{fraction:.0%} of {free_bytes / 2**30:.1f} GiB free"
-        + (f", at most {CPU_MEMORY_CAP / 2**30:.0f} GiB" if platform == "cpu" else "")
     )
     if blocks < 1 or context < 2 or tokens < context:
         need = max(context, 2 * block_size) * bytes_per_token
@@ -106,6 +110,14 @@ def size_kv_cache(
         else min(DEFAULT_MAX_SLOTS.get(platform, ACCELERATOR_MAX_SLOTS), blocks)
     )
     return KVBudget(blocks, block_size, slots, context, bytes_per_token)
+
+
+def _cpu_tokens(block_size: int, model_context: int, max_slots: int | None, max_context: int | None) -> int:
+    """Tokens of the default CPU cache: one full context, or every slot's chat turn, in blocks."""
+    slots = max_slots if max_slots is not None else DEFAULT_MAX_SLOTS["cpu"]
+    context = max_context if max_context is not None else model_context
+    blocks = max(-(-context // block_size), slots * -(-CPU_SLOT_TOKENS // block_size))
+    return blocks * block_size
 
 
 def host_free_bytes(meminfo: Path = Path("/proc/meminfo"), cgroup: Path = Path("/sys/fs/cgroup")) -> int:

@@ -7,27 +7,51 @@ from pathlib import Path
 
 import pytest
 
-from inference_app.engine.kv_budget import device_free_bytes, host_free_bytes, parse_size, size_kv_cache
+from inference_app.engine.kv_budget import (
+    CPU_SLOT_TOKENS,
+    KVBudget,
+    device_free_bytes,
+    host_free_bytes,
+    parse_size,
+    size_kv_cache,
+)
 
 GIB = 2**30
 SMOLLM2_FP32 = 30 * 2 * 3 * 64 * 4  # layers x (K + V) x KV heads x head size x float32
 
 
-def test_cpu_default_sizes_from_a_quarter_of_free_memory() -> None:
-    b = size_kv_cache(
-        platform="cpu", free_bytes=16 * GIB, bytes_per_token=SMOLLM2_FP32, block_size=128, model_context=8192
+def cpu_default(free_bytes: int, max_slots: int | None = None, max_context: int | None = None) -> KVBudget:
+    return size_kv_cache(
+        platform="cpu",
+        free_bytes=free_bytes,
+        bytes_per_token=SMOLLM2_FP32,
+        block_size=128,
+        model_context=8192,
+        max_slots=max_slots,
+        max_context=max_context,
     )
-    assert b.num_blocks == (4 * GIB) // (128 * SMOLLM2_FP32) == 728
-    assert b.max_context == 8192  # the model's full context
-    assert b.max_slots == 64
-    assert b.cache_bytes <= 4 * GIB and b.tokens == 728 * 128
 
 
-def test_cpu_default_is_capped_at_4_gib_on_a_big_host() -> None:
-    b = size_kv_cache(
-        platform="cpu", free_bytes=64 * GIB, bytes_per_token=SMOLLM2_FP32, block_size=128, model_context=8192
-    )
-    assert b.num_blocks == 728 and b.max_context == 8192 and b.max_slots == 64
+def test_cpu_default_holds_a_chat_turn_per_slot_and_a_full_context() -> None:
+    """64 slots x 2 blocks (a 256-token turn each) outweigh one 8192-token context (64 blocks):
+    128 blocks, 720 MiB for SmolLM2, whatever the host has beyond that."""
+    for free in (16 * GIB, 64 * GIB):
+        b = cpu_default(free)
+        assert (b.num_blocks, b.max_context, b.max_slots) == (128, 8192, 64)
+        assert b.tokens == 64 * CPU_SLOT_TOKENS and b.cache_bytes == 720 * 2**20
+
+
+def test_cpu_default_with_fewer_slots_still_holds_the_full_context() -> None:
+    b = cpu_default(16 * GIB, max_slots=8)
+    assert (b.num_blocks, b.max_context, b.max_slots) == (64, 8192, 8)
+    b = cpu_default(16 * GIB, max_context=1024)
+    assert (b.num_blocks, b.max_context, b.max_slots) == (128, 1024, 64)
+
+
+def test_cpu_default_takes_at_most_a_quarter_of_free_memory() -> None:
+    b = cpu_default(2 * GIB)
+    assert b.num_blocks == (GIB // 2) // (128 * SMOLLM2_FP32) == 91
+    assert b.max_context == 8192 and b.max_slots == 64
 
 
 def test_accelerators_use_most_free_memory_and_more_slots() -> None:
