@@ -38,7 +38,7 @@ class EngineSettings:
     max_slots: int | None = None  # sequences decoding at once
     max_prefill_length: int | None = None  # longest prompt
     max_target_length: int | None = None  # prompt + generated tokens of one sequence
-    kv_cache_memory: int | None = None  # bytes of KV cache (None: a share of free memory)
+    kv_cache_memory: int | None = None  # bytes of KV cache (None: sized in engine/kv_budget.py)
     kv_block_size: int = 128  # tokens per block of the paged KV cache
     # Requests sharing a prompt prefix reuse its cached KV blocks (paged cache only).
     prefix_caching: bool = True
@@ -191,7 +191,8 @@ def add_engine_arguments(
         "--kv-cache-memory",
         type=memory_size,
         default=_DEFAULT.kv_cache_memory,
-        help="memory for the KV cache, e.g. 4GiB (default: a share of free memory; see docs/model.md)",
+        help="memory for the KV cache, e.g. 4GiB (default on CPU: a full context or a chat turn per slot; "
+        "see docs/model.md)",
     )
     m.add_argument(
         "--kv-block-size",
