@@ -532,3 +532,20 @@ def test_prompt_logprobs_come_first_and_max_tokens_0_only_scores(orch: Orchestra
     assert only.events[1:] == [Finished("length", len(prompt), 0)]
     with pytest.raises(BadRequest, match="max_tokens must be >= 1"):
         orch.submit(GenerationRequest(prompt, 0), Collector())
+
+
+def test_a_request_that_only_scores_its_prompt_waits_for_no_kv_blocks() -> None:
+    """Echo with max_tokens 0 (lm-eval's loglikelihood) reads no KV cache: a prompt longer than the
+    free KV blocks is still scored at once."""
+    engine = FakeEngine(step_delay=0.001, chunked_prefill=True, kv_tokens=10)
+    orch = make(engine)
+    try:
+        prompt = tuple(b"a prompt of thirty bytes, long")
+        sink = Collector()
+        orch.submit(GenerationRequest(prompt, 0, prompt_logprobs=0), sink)
+        assert sink.done.wait(5), "the scoring request waited for KV blocks"
+        first = sink.events[0]
+        assert isinstance(first, PromptLogprobs) and [lp.token for lp in first.tokens] == list(prompt[1:])
+        assert sink.events[1:] == [Finished("length", len(prompt), 0)]
+    finally:
+        orch.stop()
