@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from inference_app.engine.api import EngineSettings
 from inference_app.kernels.ops import NATIVE_CPU, PURE_JAX, KernelChoice
+from inference_app.model.paged_attention import AttentionKernel
 from inference_app.model.weights import MatrixFormat
 
 # XLA:CPU compiler options for int8-weight engines. YNNPACK dot fusions run the int8-weight
@@ -64,9 +65,14 @@ class EnginePolicy:
     # YNNPACK dots first copy a sliced cache, so without the attention kernel every decode step
     # keeps all rows (measured, 32-slot cache, 1 active: 164 ms/step sliced vs 105 ms full).
     full_width_steps: bool
-    # Prompts prefill in chunks inside the decode steps (through the ragged attention kernel),
-    # instead of a separate padded prefill stage; needs both stages on one device group.
+    # Prompts prefill in chunks inside the decode steps, instead of a separate padded prefill
+    # stage; needs both stages on one device group and a paged attention kernel.
     chunked_prefill: bool
+    # The kernel that reads the paged KV cache (`model/paged_attention.py`) when prompts prefill
+    # in chunks: "cpu" (the native kernel, a float32 cache on one CPU device); "pallas_tpu" (JAX's
+    # ragged paged attention) is the TPU kernel for it. None: a slot cache, prompts prefilled
+    # separately and inserted (TPU/GPU, sharded meshes, int8 KV, disaggregated serving).
+    paged_kernel: AttentionKernel | None
 
     @property
     def compiler_options(self) -> dict[str, str]:
@@ -92,6 +98,12 @@ def derive_policy(
     )
     kernel_attention = native and jnp.dtype(kv) == jnp.float32
     ynn_dots = cpu and matrices == "int8"
+    # The Pallas TPU kernel ("pallas_tpu") reads the same paged cache through the same seam and is
+    # checked against the CPU path in TPU interpret mode, but no engine has run on a TPU with it
+    # yet: TPU keeps the slot cache and separate prefill until one has (docs/model.md).
+    paged: AttentionKernel | None = None
+    if settings.chunked_prefill and settings.mode == "interleaved" and kernel_attention:
+        paged = "cpu"
     return EnginePolicy(
         compute_dtype=compute,
         kv_dtype=kv,
@@ -100,5 +112,6 @@ def derive_policy(
         kernel_attention=kernel_attention,
         ynn_dots=ynn_dots,
         full_width_steps=ynn_dots and not native,
-        chunked_prefill=settings.chunked_prefill and settings.mode == "interleaved" and kernel_attention,
+        chunked_prefill=paged is not None,
+        paged_kernel=paged,
     )

@@ -43,9 +43,14 @@ def not_built() -> bool:
         # chunked prefill switched off, or impossible in disaggregated mode
         ({"chunked_prefill": False}, "cpu", 1, built, (NATIVE_CPU, True, False, False, False)),
         ({"mode": "disaggregated"}, "cpu", 1, built, (NATIVE_CPU, True, False, False, False)),
-        # TPU: bf16, pure JAX, separate prefill
+        # TPU: bf16, pure JAX matmuls, separate prefill into a slot cache (the Pallas paged
+        # kernel is checked in interpret mode only, not yet run by an engine on a TPU)
         ({}, "tpu", 1, built, (PURE_JAX, False, False, False, False)),
+        ({"kv_dtype": "int8"}, "tpu", 1, built, (PURE_JAX, False, False, False, False)),
+        # a sharded TPU mesh: separate prefill into a slot cache
         ({"weight_dtype": "int8"}, "tpu", 4, built, (PURE_JAX, False, False, False, False)),
+        # GPU: separate prefill into a slot cache
+        ({}, "gpu", 1, built, (PURE_JAX, False, False, False, False)),
     ],
 )
 def test_policy_table(
@@ -54,6 +59,8 @@ def test_policy_table(
     settings = dataclasses.replace(BASE, **changes)  # type: ignore[arg-type]
     p = derive_policy(settings, platform, devices, kernels_built)  # type: ignore[arg-type]
     assert (p.kernels, p.kernel_attention, p.ynn_dots, p.full_width_steps, p.chunked_prefill) == want
+    # chunked prefill runs over the paged cache, read by the native CPU kernel
+    assert p.paged_kernel == ("cpu" if p.chunked_prefill else None)
     assert p.compiler_options == (CPU_COMPILER_OPTIONS if p.ynn_dots else {})
 
 
