@@ -9,12 +9,14 @@ The orchestrator drives one request through four stages, calling only what is de
     release(slot)                                # the slot is free for the next request
 
 An engine may offer more, declared as capability protocols that the orchestrator checks once at
-start-up (`batched_prefill`, `chunked_prefill`, `prompt_scoring`) to pick its code path:
+start-up (`batched_prefill`, `chunked_prefill`, `prompt_scoring`, `token_masks`) to pick its code path:
 
     BatchedPrefill: prefill_many(prompts, samplings)   # prompts of one length bucket at once
     ChunkedPrefill: add_prompt(slot, ids, sampling)    # replaces prefill/transfer/insert: the
                                                        # prompt runs in chunks inside `generate`
     PromptScoring: score_prompt(ids, top)              # log-probabilities of the prompt's own tokens
+    TokenMasks: set_token_mask(slot, bitmask)          # the slot samples only allowed tokens
+                prefill_masked(prompts, samplings, bitmasks)   # so does a prefill's first token
 
 Log-probabilities (`SamplingParams.logprobs`) are those of the raw model distribution, log_softmax
 of the logits before temperature, top-k and top-p (what vLLM returns by default), so they do not
@@ -231,3 +233,29 @@ def chunked_prefill(engine: Engine) -> ChunkedPrefill | None:
 def prompt_scoring(engine: Engine) -> PromptScoring | None:
     """`engine` as a `PromptScoring` when it scores prompts, else None."""
     return engine if isinstance(engine, PromptScoring) else None
+
+
+@runtime_checkable
+class TokenMasks(Protocol):
+    """Sampling restricted to the tokens a bitmask allows (structured outputs). A row is int32
+    [ceil(mask_vocab / 32)], bit t % 32 of word t // 32 set when token t may come next
+    (`engine/token_mask.py`). Only sampling is masked: log-probabilities stay the raw distribution's."""
+
+    mask_vocab: int  # tokens a row covers: the model's logits width (may exceed the tokenizer's)
+
+    def set_token_mask(self, slot: int, bitmask: np.ndarray | None) -> None:
+        """The slot's sampled tokens obey `bitmask` from the next step on, until it is set again or
+        the slot is released (None: unconstrained)."""
+        ...
+
+    def prefill_masked(
+        self, prompts: Sequence[Sequence[int]], samplings: Sequence[SamplingParams], bitmasks: np.ndarray
+    ) -> list[Prefix]:
+        """What `prefill_many` gives, each first token sampled under its row of `bitmasks`
+        (int32 [len(prompts), words])."""
+        ...
+
+
+def token_masks(engine: Engine) -> TokenMasks | None:
+    """`engine` as a `TokenMasks` when it applies token masks, else None."""
+    return engine if isinstance(engine, TokenMasks) else None

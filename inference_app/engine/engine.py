@@ -6,6 +6,8 @@ when both stages share devices); `insert` writes that KV into a free slot of the
 cache (donated, updated in place); every `generate` call advances all slots by one token, each at
 its own position; `release` frees the slot. With chunked prefill (the CPU default) `add_prompt`
 replaces prefill/transfer/insert: the prompt runs in chunks inside the coming `generate` steps.
+`set_token_mask` restricts a slot's next sampled token to a bitmask of allowed tokens (structured
+outputs; `prefill_masked` does the same for the first token of a separate prefill).
 `score_prompt` (echo with log-probabilities) runs a prompt through the model on its own, like
 `prefill`, and keeps nothing.
 
@@ -134,8 +136,8 @@ def split_devices(mode: str, devices: Sequence[jax.Device]) -> tuple[list[jax.De
 
 
 class JaxEngine:
-    """Implements `inference_app.engine.api.Engine` (with `BatchedPrefill`, `ChunkedPrefill` and
-    `PromptScoring`) for Llama-family models."""
+    """Implements `inference_app.engine.api.Engine` (with `BatchedPrefill`, `ChunkedPrefill`,
+    `PromptScoring` and `TokenMasks`) for Llama-family models."""
 
     def __init__(
         self,
@@ -224,6 +226,9 @@ class JaxEngine:
         self._top_p = np.ones(b, np.float32)
         self._seeds = np.zeros(b, np.uint32)
         self._logprobs = np.zeros(b, bool)  # the slot's request asks for log-probabilities
+        self.mask_vocab = self.config.vocab_size
+        self._masks = np.full((b, (self.mask_vocab + 31) // 32), -1, np.int32)  # allowed tokens
+        self._constrained = np.zeros(b, bool)  # the slot's row of `_masks` is not all ones
         self._active: set[int] = set()  # slots that decode
         self._pending: dict[int, PendingPrompt] = {}  # slot -> prompt being prefilled, FIFO
         # Paged cache: tokens each slot's request may hold (prompt + max new tokens); a slot that
@@ -388,6 +393,24 @@ class JaxEngine:
         All prompts are padded to the bucket of the longest and the batch to a power of two, so
         compilations stay bounded; each returned Prefix is exactly what `prefill` would give.
         """
+        return self._prefill_rows(prompts, samplings, None)
+
+    def prefill_masked(
+        self, prompts: Sequence[Sequence[int]], samplings: Sequence[SamplingParams], bitmasks: np.ndarray
+    ) -> list[Prefix]:
+        """`TokenMasks`: `prefill_many` with each first token sampled under its row of `bitmasks`
+        (a second compiled variant per bucket, compiled on first use)."""
+        if bitmasks.shape != (len(prompts), self._masks.shape[1]):
+            want = (len(prompts), self._masks.shape[1])
+            raise ValueError(f"bitmasks must be int32 {list(want)}, got {list(bitmasks.shape)}")
+        return self._prefill_rows(prompts, samplings, bitmasks)
+
+    def _prefill_rows(
+        self,
+        prompts: Sequence[Sequence[int]],
+        samplings: Sequence[SamplingParams],
+        bitmasks: np.ndarray | None,
+    ) -> list[Prefix]:
         if len(prompts) != len(samplings) or not prompts:
             raise ValueError("prefill_many needs one SamplingParams per prompt and at least one prompt")
         for ids in prompts:
@@ -402,8 +425,12 @@ class JaxEngine:
             lengths[i] = len(ids)
         padded = resolved + [resolved[0]] * (rows - len(prompts))
         want = any(sp.logprobs is not None for sp in resolved)
+        mask = None
+        if bitmasks is not None:
+            mask = np.full((rows, self._masks.shape[1]), -1, np.int32)
+            mask[: len(prompts)] = bitmasks
         first, kv, lp = self._prefill_fn(
-            self.prefill_params, tokens, lengths, SamplingRows.of(padded), logprobs=want
+            self.prefill_params, tokens, lengths, SamplingRows.of(padded), logprobs=want, mask=mask
         )
         first_host = np.asarray(first)
         lp_host = lp.host() if lp is not None else None
@@ -520,6 +547,16 @@ class JaxEngine:
         if self.kv_blocks is not None:
             self.kv_blocks.release(slot)
             self._capacity[slot] = self.max_target_length
+        self.set_token_mask(slot, None)
+
+    def set_token_mask(self, slot: int, bitmask: np.ndarray | None) -> None:
+        """`TokenMasks`: the slot's next sampled token is one `bitmask` allows (None: any)."""
+        if bitmask is None:
+            self._masks[slot] = -1
+            self._constrained[slot] = False
+        else:
+            self._masks[slot] = bitmask
+            self._constrained[slot] = True
 
     # ---- steps -----------------------------------------------------------------------------
 
@@ -557,8 +594,9 @@ class JaxEngine:
     def _run(self, plan: StepPlan, shape: StepShape) -> StepLogprobs | None:
         """Dispatch one compiled step (no host sync): the slots' tokens and the cache advance.
 
-        The step computes log-probabilities only when one of its sampled slots asks for them (a
-        second compiled variant of its shape, compiled on first use rather than at warm-up)."""
+        The step computes log-probabilities only when one of its sampled slots asks for them, and
+        takes token masks only when one of them is constrained (other compiled variants of its
+        shape, compiled on first use rather than at warm-up)."""
         idx = np.minimum(plan.logit_slots, self.max_slots - 1)
         real = plan.logit_slots < self.max_slots
         rows = SamplingRows(
@@ -572,6 +610,7 @@ class JaxEngine:
             tables = self.kv_blocks.tables.copy()  # the host copy changes while the step runs
             if self.policy.paged_kernel == "pallas_tpu":
                 sequences = ragged_sequences(plan.slots, plan.positions, self.max_slots)
+        masked = bool(self._constrained[idx[real]].any())
         inputs = StepInputs(
             plan.tokens,
             plan.from_state,
@@ -582,6 +621,7 @@ class JaxEngine:
             rows,
             tables,
             sequences,
+            mask=np.where(real[:, None], self._masks[idx], -1) if masked else None,
         )
         self._tokens, self._cache, logprobs = self._step_fn(
             self.generate_params,

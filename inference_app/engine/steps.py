@@ -12,6 +12,9 @@ never waits for a step's tokens before dispatching the next. A step's rows are l
 host (`step_plan.py`) and passed as one `StepInputs` pytree; what varies between compiled
 steps is static (`attention`, `attn_len`, `greedy`, `logprobs` and the model config and kernel
 choice the engine binds): a step that no request asks log-probabilities of compiles without them.
+Likewise a step none of whose sampled rows is constrained (structured outputs) passes no token
+mask (`StepInputs.mask` None: another compiled variant, made on first use); a masked step samples
+from the masked logits while its log-probabilities stay those of the raw logits.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 
 from inference_app.engine import sampling
 from inference_app.engine.api import MAX_TOP_LOGPROBS, SamplingParams, StepLogprobs
+from inference_app.engine.token_mask import constrain
 from inference_app.kernels.ops import KernelChoice
 from inference_app.model.config import ModelConfig
 from inference_app.model.paged_attention import (
@@ -101,6 +105,7 @@ class SamplingRows:
         "sampling",
         "block_tables",
         "sequences",
+        "mask",
     ],
     meta_fields=[],
 )
@@ -120,6 +125,9 @@ class StepInputs:
     # and, for the Pallas kernel, the rows grouped by sequence.
     block_tables: Any = None
     sequences: RaggedSequences | None = None
+    # int32 [R, ceil(V/32)]: each sampled row's allowed tokens (`token_mask.py`); None: no row of
+    # the step is constrained (the step compiles without it)
+    mask: Any = None
 
 
 def logprobs_of(logits: jax.Array, tokens: jax.Array) -> StepLogprobs:
@@ -140,12 +148,16 @@ def prefill(
     cfg: ModelConfig,
     kernels: KernelChoice,
     logprobs: bool = False,
+    mask: jax.Array | None = None,
 ) -> tuple[jax.Array, list[LayerKV], StepLogprobs | None]:
     """Prompts tokens [B, S] (right-padded to a bucket; real lengths [B]) -> (first sampled token
     [B], the prompts' KV per layer [B, KVH, S, Dh], the first tokens' log-probabilities [B] when
-    `logprobs`)."""
+    `logprobs`). `mask` (int32 [B, ceil(V/32)]) restricts the first tokens (structured outputs)."""
     logits, kv = prefill_logits(params, cfg, tokens, lengths, kernels=kernels)
-    first = sampling.sample(logits, rows.temperature, rows.top_k, rows.top_p, rows.seeds, lengths, kernels)
+    r = rows
+    first = sampling.sample(
+        constrain(logits, mask), r.temperature, r.top_k, r.top_p, r.seeds, lengths, kernels
+    )
     return first, kv, logprobs_of(logits, first) if logprobs else None
 
 
@@ -243,12 +255,13 @@ def step(
         attn = SlotAttention.up_to(inputs.positions, attn_len)
     x, cache = forward(params, cfg, tokens, inputs.positions, attn, cache, kernels)
     logits = lm_head(params, cfg, x[inputs.logit_rows], kernels)
+    allowed = constrain(logits, inputs.mask)  # sampled from; log-probabilities read `logits`
     if greedy:
-        nxt = sampling.greedy(logits, kernels)
+        nxt = sampling.greedy(allowed, kernels)
     else:
         r = inputs.sampling
         at = inputs.positions[inputs.logit_rows] + 1  # where the sampled tokens will sit
-        nxt = sampling.sample(logits, r.temperature, r.top_k, r.top_p, r.seeds, at, kernels)
+        nxt = sampling.sample(allowed, r.temperature, r.top_k, r.top_p, r.seeds, at, kernels)
     state = state.at[inputs.logit_slots].set(nxt.astype(state.dtype), mode="drop")
     if not logprobs:
         return state, cache, None

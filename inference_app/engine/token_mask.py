@@ -19,3 +19,8 @@ def apply_bitmask(logits: jax.Array, bitmask: jax.Array) -> jax.Array:
     words = jnp.take(bitmask, ids >> 5, axis=1)  # [B, V]: the word holding each token's bit
     allowed = jnp.bitwise_and(jnp.right_shift(words, ids & 31), 1) != 0
     return jnp.where(allowed, logits, jnp.asarray(-jnp.inf, logits.dtype))
+
+
+def constrain(logits: jax.Array, bitmask: jax.Array | None) -> jax.Array:
+    """`apply_bitmask`, or the logits untouched when no row is constrained (None: nothing traced)."""
+    return logits if bitmask is None else apply_bitmask(logits, bitmask)

@@ -50,6 +50,10 @@ class TextTokenizer:
     def backend(self) -> HFTokenizer:
         return self._tok
 
+    def tokenizer_json(self) -> str:
+        """Hugging Face's tokenizer.json text (what the structured-output grammar engine reads)."""
+        return str(self._tok.to_str())
+
     def encode(self, text: str) -> list[int]:
         return _encode(self._tok, text)
 

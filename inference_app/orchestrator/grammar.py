@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import llguidance
 import llguidance.numpy as llg_numpy
@@ -32,6 +32,15 @@ JSON_LAYOUT: JsonCompileOptions = {
     "item_separator": ", ",
 }
 _LENIENT: JsonCompileOptions = {"lenient": True}  # ignore keywords the grammar cannot enforce
+
+
+@runtime_checkable
+class SerializedTokenizer(Protocol):
+    """A tokenizer that can hand over its Hugging Face tokenizer.json (the grammar engine reads it)."""
+
+    eos_token_ids: frozenset[int]
+
+    def tokenizer_json(self) -> str: ...
 
 
 class GrammarError(ValueError):
@@ -89,6 +98,11 @@ class GrammarCompiler:
         self.words = (vocab_size + 31) // 32  # int32 words per bitmask row
         self._tokenizer = llguidance.LLTokenizer(tokenizer_json, n_vocab=vocab_size, eos_token=eos_token_id)
 
+    @classmethod
+    def of(cls, tokenizer: SerializedTokenizer, vocab_size: int) -> GrammarCompiler:
+        """For `tokenizer`; a complete grammar allows its lowest EOS id (SmolLM2 has one)."""
+        return cls(tokenizer.tokenizer_json(), min(tokenizer.eos_token_ids), vocab_size)
+
     def matcher(self, spec: GrammarSpec) -> GrammarMatcher:
         spec.check()
         m = llguidance.LLMatcher(self._tokenizer, spec.grammar)
@@ -116,8 +130,12 @@ class GrammarMatcher:
 
     def fill_bitmask(self, row: np.ndarray) -> None:
         """Write the tokens allowed next into `row` (int32 [words]; bit t%32 of word t//32 = token t)."""
+        row[:] = self.mask()
+
+    def mask(self) -> np.ndarray:
+        """The tokens allowed next, int32 [words] (a view of a buffer the next call overwrites)."""
         llg_numpy.fill_next_token_bitmask(self._m, self._scratch, 0)
-        row[:] = self._scratch[0, : self._words]
+        return self._scratch[0, : self._words]
 
     def accept(self, token: int) -> bool:
         """Advance by the sampled token; False if the grammar does not allow it (it then stays put)."""

@@ -31,6 +31,14 @@ slots plus chunks of those prompts; the step that finishes a prompt also yields 
 No prompt pauses decoding, and none is padded to a length bucket. Which path runs is decided
 once, when the orchestrator is built, from the capabilities the engine declares (`engine/api.py`).
 
+Structured outputs: a request with a grammar (`GenerationRequest.grammar`, on an engine with
+`TokenMasks`) gets a matcher at admission. Its slot's mask row says which tokens may come next; the
+stage that samples its token (prefill, or the step that emits it) waits for that token on host,
+advances the matcher and sets the slot's next row before the slot's next step, so a constrained
+slot never runs ahead of its mask (steps without a constrained slot still overlap their host
+copies). The token that completes the grammar ends the request ("stop"); a token the grammar
+rejects can only be a bug in the mask path and fails the request (500, logged), never passes.
+
 Errors: an exception in one request's prefill/transfer/insert fails that request only. An exception
 in `generate` or `release` (the device loop) fails every in-flight request, marks the driver failed
 (`/healthcheck` turns 503 with the reason) and rejects new work; the process stays up so the
@@ -40,11 +48,13 @@ failure is visible and the orchestrator (Kubernetes) can restart it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, TypeVar
@@ -59,10 +69,13 @@ from inference_app.engine.api import (
     PromptScoring,
     StepLogprobs,
     TokenLogprobs,
+    TokenMasks,
     batched_prefill,
     chunked_prefill,
     prompt_scoring,
+    token_masks,
 )
+from inference_app.orchestrator.grammar import GrammarCompiler, GrammarError, SerializedTokenizer
 from inference_app.orchestrator.metrics import ServingMetrics
 from inference_app.orchestrator.request import (
     BadRequest,
@@ -90,6 +103,7 @@ class FirstToken:
     job: Job
     token: int
     logprobs: TokenLogprobs | None = None
+    last: bool = False  # it completes the request's grammar
 
 
 @dataclass(frozen=True)
@@ -98,6 +112,7 @@ class SlotJob:
 
     slot: int
     job: Job
+    last: bool = False  # the step's token completes the request's grammar
 
 
 @dataclass(eq=False)
@@ -204,6 +219,10 @@ class Orchestrator:
         self._batched: BatchedPrefill | None = batched_prefill(engine)
         self._chunked: ChunkedPrefill | None = chunked_prefill(engine)
         self._scoring: PromptScoring | None = prompt_scoring(engine)
+        self._masks: TokenMasks | None = token_masks(engine)
+        # Built on its own thread at start (about a second for a 49k vocabulary); None: no
+        # structured outputs (the engine applies no masks, or the tokenizer cannot be read).
+        self._grammars: Future[GrammarCompiler] | None = None
         self.max_slots = engine.max_slots
         self.max_prefill_length = engine.max_prefill_length
         self.max_target_length = engine.max_target_length
@@ -250,6 +269,11 @@ class Orchestrator:
         return self._admission.qsize()
 
     @property
+    def structured_outputs(self) -> bool:
+        """Whether requests may carry a grammar (the engine applies token masks)."""
+        return self._grammars is not None
+
+    @property
     def ready(self) -> bool:
         return self._admitting and self.failure is None
 
@@ -268,6 +292,8 @@ class Orchestrator:
             )
             took = time.monotonic() - t0
             log.info("Warm-up done in %.1fs (%s %s)", took, label, ", ".join(map(str, sizes)))
+        if self._masks is not None and isinstance(self.tokenizer, SerializedTokenizer):
+            self._grammars = self._build_grammars(self.tokenizer, self._masks.mask_vocab)
         admission: Admission[Any]
         if self._chunked is not None:
             stages: tuple[tuple[str, Callable[[], None]], ...] = ()
@@ -311,6 +337,11 @@ class Orchestrator:
                 "(--max-prefill-length). Shorten the prompt.",
                 param="prompt",
             )
+        if request.grammar is not None and self._grammars is None:
+            raise BadRequest(
+                "This engine cannot constrain its output (structured outputs need token masks).",
+                param="response_format",
+            )
         if request.prompt_logprobs is not None and self._scoring is None:
             raise BadRequest("This engine cannot score prompts (prompt log-probabilities).", param="echo")
         if request.max_tokens < (0 if request.prompt_logprobs is not None else 1):
@@ -333,6 +364,11 @@ class Orchestrator:
             if not self._admitting:
                 raise Unavailable("The server is not ready (warming up or draining).", retry_after=5)
             job = Job(request, sink, self.tokenizer, self.metrics, self._job_done)
+            if request.grammar is not None and self._grammars is not None:
+                try:
+                    job.matcher = self._grammars.result().matcher(request.grammar)
+                except GrammarError as exc:
+                    raise BadRequest(f"The output grammar cannot be used: {exc}") from None
             with self._in_flight_lock:
                 self._in_flight.add(job)
             try:
@@ -437,7 +473,13 @@ class Orchestrator:
         try:
             t0 = time.monotonic()
             with self._holding(self._prefill_lock):
-                if len(batch) == 1 or self._batched is None:
+                if self._masks is not None and any(j.matcher is not None for j in batch):
+                    prefixes = self._masks.prefill_masked(
+                        [j.request.prompt_ids for j in batch],
+                        [j.request.sampling for j in batch],
+                        np.stack([self._first_mask(j) for j in batch]),
+                    )
+                elif len(batch) == 1 or self._batched is None:
                     prefixes = [self.engine.prefill(j.request.prompt_ids, j.request.sampling) for j in batch]
                 else:
                     prefixes = self._batched.prefill_many(
@@ -457,8 +499,12 @@ class Orchestrator:
             self._return_credit(job)
             return
         for job, prefix in zip(batch, prefixes, strict=True):
-            self._put(self._detok, FirstToken(job, int(prefix.first_token), prefix.logprobs))
-            self._put(self._transfer, Prefilled(job, prefix))
+            last = job.matcher is not None and self._advance(job, int(prefix.first_token))
+            self._put(self._detok, FirstToken(job, int(prefix.first_token), prefix.logprobs, last))
+            if last:
+                self._return_credit(job)  # its grammar is complete (or it failed): no slot needed
+            else:
+                self._put(self._transfer, Prefilled(job, prefix))
 
     def _transfer_loop(self) -> None:
         while not self._stopping.is_set():
@@ -494,12 +540,67 @@ class Orchestrator:
                 t0,
                 out.logprobs,
             )
+            if any(owner.job.matcher is not None for owner in step.emitted):
+                step.emitted = self._constrain(step)
             self._last_step = step
             self._put(self._detok, step)
             for owner in step.emitted:
                 owner.job.scheduled += 1
-                if owner.job.scheduled >= owner.job.request.max_tokens:
+                if owner.last or owner.job.scheduled >= owner.job.request.max_tokens:
                     self._release(owner.slot)  # its last token is computed; the slot can take a new job
+
+    def _constrain(self, step: StepTokens) -> tuple[SlotJob, ...]:
+        """Advance the grammars of the step's constrained slots by their tokens (waiting for them on
+        host: their next masks depend on them) and set their next masks; the emitted slots, those
+        whose token ends their request marked `last`."""
+        assert self._masks is not None  # a job has a matcher only on an engine with TokenMasks
+        host = step.host()
+        emitted = []
+        for owner in step.emitted:
+            job = owner.job
+            if job.matcher is not None and not job.finished:
+                if self._advance(job, int(host[owner.slot])):
+                    owner = dataclasses.replace(owner, last=True)
+                else:
+                    self._masks.set_token_mask(owner.slot, job.matcher.mask())
+            emitted.append(owner)
+        return tuple(emitted)
+
+    def _advance(self, job: Job, token: int) -> bool:
+        """Feed a constrained job's sampled token to its grammar; whether the job ends with it (the
+        grammar is complete, or it rejected the token: then the job has failed)."""
+        assert job.matcher is not None
+        if job.matcher.accept(token):
+            return job.matcher.done
+        log.error(
+            "[%s] the grammar rejects token %d, sampled under the grammar's own mask: a bug in the "
+            "token-mask path; failing the request",
+            job.id,
+            token,
+        )
+        job.fail("Internal error: the output left its grammar (structured outputs); see the server log.")
+        return True
+
+    def _first_mask(self, job: Job) -> np.ndarray:
+        """The mask row of a job's first token (all ones: unconstrained)."""
+        if job.matcher is not None:
+            return job.matcher.mask().copy()
+        assert self._masks is not None
+        return np.full((self._masks.mask_vocab + 31) // 32, -1, np.int32)
+
+    def _build_grammars(self, tokenizer: SerializedTokenizer, vocab: int) -> Future[GrammarCompiler]:
+        """The grammar compiler, built on its own thread; a request with a grammar waits for it."""
+        done: Future[GrammarCompiler] = Future()
+
+        def build() -> None:
+            try:
+                done.set_result(GrammarCompiler.of(tokenizer, vocab))
+            except Exception as exc:
+                log.exception("building the grammar compiler failed; structured outputs will fail")
+                done.set_exception(exc)
+
+        threading.Thread(target=build, name="grammar-init", daemon=True).start()
+        return done
 
     def _admit(self, admission: Admission[Any], block: bool) -> None:
         """Let waiting work into free slots (blocking briefly when there is nothing to do)."""
@@ -535,6 +636,8 @@ class Orchestrator:
             self._slots[slot] = job
             self._release(slot)
             return
+        if job.matcher is not None and self._masks is not None:
+            self._masks.set_token_mask(slot, job.matcher.mask())  # advanced by the first token
         job.scheduled = 1  # the first token came from prefill
         self._slots[slot] = job
         log.debug("[%s] inserted into slot %d", job.id, slot)
@@ -553,6 +656,8 @@ class Orchestrator:
             return
         try:
             engine.add_prompt(slot, job.request.prompt_ids, job.request.sampling, job.request.max_tokens)
+            if job.matcher is not None and self._masks is not None:
+                self._masks.set_token_mask(slot, job.matcher.mask())  # for its first token
         except Exception as exc:
             log.exception("[%s] prefill failed", job.id)
             job.fail(f"Prefill failed: {type(exc).__name__}: {exc}")
@@ -565,8 +670,10 @@ class Orchestrator:
         last_host_at = 0.0
         while not self._stopping.is_set():
             match self._get(self._detok):
-                case FirstToken(job, token, logprobs):
+                case FirstToken(job, token, logprobs, last):
                     self._deliver(job, token, logprobs)
+                    if last:
+                        job.grammar_complete()
                 case StepTokens() as step:
                     host = step.host()  # waits for the step; the next one is already dispatched
                     now = time.monotonic()
@@ -574,6 +681,8 @@ class Orchestrator:
                     last_host_at = now
                     for owner in step.emitted:
                         self._deliver(owner.job, int(host[owner.slot]), step.logprobs_of(owner))
+                        if owner.last:
+                            owner.job.grammar_complete()
 
     # ----- helpers ----------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from typing import Literal
 
 from inference_app.engine.api import SamplingParams, Tokenizer, TokenLogprobs
 from inference_app.orchestrator.detokenize import IncrementalDecoder, StopStringFilter
+from inference_app.orchestrator.grammar import GrammarMatcher, GrammarSpec
 from inference_app.orchestrator.metrics import ServingMetrics
 
 FinishReason = Literal["stop", "length", "cancelled"]
@@ -31,7 +32,8 @@ class GenerationRequest:
     """What to generate. `prompt_ids` already include any chat template.
 
     `prompt_logprobs` k asks for the prompt's own tokens' log-probabilities (with k alternatives)
-    before any text; then `max_tokens` may be 0 (score the prompt, generate nothing)."""
+    before any text; then `max_tokens` may be 0 (score the prompt, generate nothing). `grammar`
+    constrains the output (structured outputs): it ends with "stop" once the grammar is complete."""
 
     prompt_ids: tuple[int, ...]
     max_tokens: int
@@ -40,6 +42,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     request_id: str = field(default_factory=new_request_id)
+    grammar: GrammarSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,9 @@ class Job:
         self.delivered = 0  # tokens seen by the detokenize stage
         self.scheduled = 0  # tokens produced so far, counted by the generate stage
         self.holds_credit = False  # a prefill credit (see Orchestrator) is held for this job
+        # Where a constrained request is in its grammar: advanced by the stage that samples its
+        # tokens (prefill, then generate), before its next token is sampled.
+        self.matcher: GrammarMatcher | None = None
         self.outcome: str | None = None
         self._eos = frozenset() if request.ignore_eos else tokenizer.eos_token_ids
         self._decoder = IncrementalDecoder(tokenizer)
@@ -176,6 +182,11 @@ class Job:
             self._finish_ok("stop")
         elif self.delivered >= self.request.max_tokens:
             self._finish_ok("length")
+
+    def grammar_complete(self) -> None:
+        """Detokenize stage, after the token that completed the request's grammar: it ends with "stop"."""
+        if not self.finished:
+            self._finish_ok("stop")
 
     def cancel(self) -> bool:
         """The caller lost interest (client disconnected); frees the slot on the next step."""

@@ -135,7 +135,8 @@ RULES: tuple[FieldRule, ...] = (
         "response_format",
         CHAT,
         "supported",
-        'type "text"; json_object and json_schema are refused (400) until the engine applies token masks',
+        "text; json_object (any JSON object) and json_schema (strict: a keyword the grammar cannot enforce "
+        "is a 400), enforced by token masks in the engine; ends with stop when the JSON is complete",
     ),
     FieldRule(
         "tools",
@@ -148,7 +149,8 @@ RULES: tuple[FieldRule, ...] = (
         "tool_choice",
         CHAT,
         "supported",
-        "none, auto; required and a named function are refused (400) until the engine applies token masks",
+        "none, auto, required, or a named function: the last two force one call whose arguments match the "
+        "function's schema (token masks); they take precedence over response_format",
     ),
     # --- accepted, no effect (informational, or a hint a local server has no use for) ---------
     FieldRule("user", BOTH, "ignored", "informational"),

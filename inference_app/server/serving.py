@@ -38,6 +38,7 @@ from inference_app.orchestrator import (
     PromptLogprobs,
     TextDelta,
 )
+from inference_app.orchestrator.grammar import GrammarSpec
 from inference_app.server.errors import ApiError, request_id_of
 from inference_app.server.protocol import ErrorResponse, ResponseModel, SamplingRequest, ServerInfo, UsageInfo
 from inference_app.server.state import ServingState
@@ -194,11 +195,13 @@ def start_generation(
     prompt_ids: tuple[int, ...],
     max_tokens: int,
     choice: int = 0,
+    grammar: GrammarSpec | None = None,
 ) -> Generation:
     """Admit the request (raises `RequestRejected`: 4xx, 429 or 503) and start following its events.
 
     `choice` > 0 is one more sample of the same request (`n`): its own request id suffix and, when the
-    client fixed a seed, seed + choice, so the choices differ yet stay reproducible."""
+    client fixed a seed, seed + choice, so the choices differ yet stay reproducible. `grammar`
+    constrains the output (structured outputs, forced tool calls)."""
     sampling = body.sampling_params()
     if choice and sampling.seed is not None:
         sampling = dataclasses.replace(sampling, seed=sampling.seed + choice)
@@ -211,6 +214,7 @@ def start_generation(
         stop=body.stop_strings(),
         ignore_eos=body.ignore_eos,
         request_id=f"{rid}-{choice}" if choice else rid,
+        grammar=grammar,
     )
     return Generation(state, gen_request, request)
 
@@ -222,12 +226,15 @@ def start_generations(
     prompts: list[tuple[int, ...]],
     max_tokens: int,
     n: int,
+    grammar: GrammarSpec | None = None,
 ) -> list[Generation]:
     """n choices of every prompt (choice index = prompt index * n + sample), all admitted or none."""
     gens: list[Generation] = []
     try:
         for p, ids in enumerate(prompts):
-            gens.extend(start_generation(state, request, body, ids, max_tokens, p * n + k) for k in range(n))
+            gens.extend(
+                start_generation(state, request, body, ids, max_tokens, p * n + k, grammar) for k in range(n)
+            )
     except BaseException:
         for gen in gens:
             gen.close()

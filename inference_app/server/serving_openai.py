@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from fastapi import Request
@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, Response
 
 from inference_app.engine.api import Tokenizer, TokenLogprobs
 from inference_app.orchestrator import Finished, TextDelta
+from inference_app.orchestrator.grammar import GrammarError, GrammarSpec
 from inference_app.server.errors import ApiError
 from inference_app.server.openai_fields import Endpoint, UnsupportedField, screen
 from inference_app.server.protocol import (
@@ -50,6 +51,7 @@ from inference_app.server.protocol import (
     FunctionCallOut,
     ModelCard,
     ModelList,
+    NamedToolChoice,
     ResponseModel,
     TokenizeRequest,
     TokenizeResponse,
@@ -69,7 +71,13 @@ from inference_app.server.serving import (
     start_generations,
 )
 from inference_app.server.state import ServingState
-from inference_app.server.tool_calls import Function, call_as_text, parse_tool_calls, tools_system_prompt
+from inference_app.server.tool_calls import (
+    Function,
+    call_as_text,
+    call_grammar,
+    parse_tool_calls,
+    tools_system_prompt,
+)
 
 log = logging.getLogger("inference_app.server")
 
@@ -235,22 +243,51 @@ def _functions(body: ChatCompletionRequest) -> list[Function]:
     ]
 
 
-def _check_unconstrained(body: ChatCompletionRequest) -> None:
-    """What needs token masks in the engine is refused, naming the field, until the engine has them."""
-    if body.response_format is not None and body.response_format.type != "text":
+def _forced_call(body: ChatCompletionRequest, functions: list[Function]) -> GrammarSpec | None:
+    """`tool_choice` "required" or a named function: the answer is exactly one call (of that
+    function), its arguments valid against the function's schema."""
+    choice = body.tool_choice
+    if choice is None or choice in ("none", "auto"):
+        return None
+    if not functions:
+        raise ApiError(400, "tool_choice: a forced tool call needs tools.", "tool_choice")
+    if isinstance(choice, NamedToolChoice):
+        functions = [f for f in functions if f.name == choice.function.name]
+        if not functions:
+            raise ApiError(
+                400,
+                f"tool_choice.function.name: no tool named {choice.function.name!r} in tools.",
+                "tool_choice.function.name",
+            )
+    return _checked(lambda: call_grammar(functions), "tools")
+
+
+def _output_grammar(body: ChatCompletionRequest) -> GrammarSpec | None:
+    """`response_format` json_object / json_schema as a grammar; a schema the grammar engine cannot
+    use (or, with strict, a keyword it cannot enforce) is a 400 naming the schema."""
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return GrammarSpec.json_object()
+    if fmt.json_schema is None:
         raise ApiError(
-            400,
-            f"response_format: type {body.response_format.type!r} is not supported by this server "
-            "yet (structured outputs need token masks in the engine); send type 'text' or leave it out.",
-            "response_format",
+            400, "response_format.json_schema: required with type json_schema.", "response_format.json_schema"
         )
-    if body.tool_choice is not None and body.tool_choice not in ("none", "auto"):
-        raise ApiError(
-            400,
-            "tool_choice: only 'none' and 'auto' are supported by this server yet (a forced call "
-            "needs token masks in the engine).",
-            "tool_choice",
-        )
+    schema = fmt.json_schema.schema_
+    if schema is None:  # OpenAI's schema is optional: then any JSON object
+        return GrammarSpec.json_object()
+    strict = bool(fmt.json_schema.strict)
+    return _checked(lambda: GrammarSpec.json_schema(schema, strict), "response_format.json_schema.schema")
+
+
+def _checked(build: Callable[[], GrammarSpec], param: str) -> GrammarSpec:
+    try:
+        spec = build()
+        spec.check()
+    except GrammarError as exc:
+        raise ApiError(400, f"{param}: cannot constrain the output to it: {exc}", param) from None
+    return spec
 
 
 def template_messages(messages: list[ChatMessage], functions: list[Function]) -> list[dict[str, str]]:
@@ -386,13 +423,19 @@ class ChatRenderer:
 
 async def serve_chat(state: ServingState, request: Request, body: ChatCompletionRequest) -> Response:
     check_model(state, body.model)
-    _check_unconstrained(body)
     functions = _functions(body)
+    grammar, param = (_forced_call(body, functions), "tool_choice")
+    if grammar is None:
+        grammar, param = (_output_grammar(body), "response_format")
+    orchestrator = state.orchestrator
+    if grammar is not None and orchestrator is not None and not orchestrator.structured_outputs:
+        message = f"{param}: not supported by this engine (it cannot constrain its output: no token masks)."
+        raise ApiError(400, message, param)
     prompt_ids = await encode_chat(state, template_messages(body.messages, functions))
     engine = loaded_engine(state)
     room = engine.max_target_length - len(prompt_ids)
     max_tokens = body.token_budget(default=max(1, min(state.options.chat_default_max_tokens, room)))
-    gens = start_generations(state, request, body, [prompt_ids], max_tokens, body.n)
+    gens = start_generations(state, request, body, [prompt_ids], max_tokens, body.n, grammar)
     renderer = ChatRenderer(
         gens[0].request.request_id, state.options.model_name, body, functions, engine.tokenizer
     )

@@ -78,9 +78,10 @@ def bad_inputs(max_prefill: int, max_target: int) -> list[BadInput]:
         BadInput("an image part", "POST", "/v1/chat/completions",
                  _j({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
                  400, "messages.0.content", "text only"),
-        BadInput("json_object (no masks yet)", "POST", "/v1/chat/completions",
-                 _j({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}),
-                 400, "response_format", "not supported"),
+        BadInput("json_schema the grammar cannot use", "POST", "/v1/chat/completions",
+                 _j({"messages": [{"role": "user", "content": "hi"}], "response_format": {
+                     "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "(("}}}}),
+                 400, "response_format.json_schema.schema", "cannot constrain"),
         BadInput("JetStream decode without content", "POST", "/v1/generate", _j({"max_tokens": 5}), 400),
         BadInput("unknown model", "POST", "/v1/completions", _j({"prompt": "hi", "model": "gpt-4"}), 404, "model"),
         BadInput("chat without messages", "POST", "/v1/chat/completions", _j({"messages": []}), 400, "messages"),

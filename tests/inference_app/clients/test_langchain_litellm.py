@@ -1,18 +1,21 @@
-"""langchain-openai's ChatOpenAI and litellm (`openai/` and `hosted_vllm/` providers), unmodified."""
+"""langchain-openai's ChatOpenAI (with_structured_output, bind_tools) and litellm (`openai/` and
+`hosted_vllm/` providers), unmodified."""
 
 from __future__ import annotations
 
+import jsonschema
 import litellm
 from langchain_core.messages import HumanMessage
 from langchain_openai import ChatOpenAI
+from pydantic import BaseModel, Field
 
 from tests.inference_app.serving_cases import ServerProcess
 
 
-def chat_model(server: ServerProcess) -> ChatOpenAI:
+def chat_model(server: ServerProcess, max_tokens: int = 8) -> ChatOpenAI:
     model = litellm_model(server)
     return ChatOpenAI(
-        base_url=f"{server.base}/v1", api_key="unused", model=model, temperature=0, max_tokens=8
+        base_url=f"{server.base}/v1", api_key="unused", model=model, temperature=0, max_tokens=max_tokens
     )
 
 
@@ -40,6 +43,28 @@ def test_langchain_bind_tools_round_trips(server: ServerProcess) -> None:
     assert reply.content or reply.tool_calls  # a tool call when the model makes one, else text
     for call in reply.tool_calls:
         assert call["name"] == "add" and isinstance(call["args"], dict)
+
+
+class Place(BaseModel):
+    """A city and the country it is in."""
+
+    city: str = Field(max_length=20)
+    country: str = Field(max_length=20)
+
+
+def test_langchain_with_structured_output_and_forced_tool_choice(server: ServerProcess) -> None:
+    llm = chat_model(server, max_tokens=40)
+    place = llm.with_structured_output(Place).invoke("Name a city and its country.")  # json_schema
+    assert isinstance(place, Place)
+
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    reply = llm.bind_tools([add], tool_choice="add").invoke("What is 1 + 2?")
+    assert [c["name"] for c in reply.tool_calls] == ["add"]
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}
+    jsonschema.validate(reply.tool_calls[0]["args"], {**schema, "required": ["a", "b"]})
 
 
 def test_litellm_openai_and_hosted_vllm_providers(server: ServerProcess) -> None:

@@ -1,11 +1,15 @@
-"""The official openai SDK against a real server: sync, async, streaming, and its error classes."""
+"""The official openai SDK against a real server: sync, async, streaming, its error classes, structured
+outputs (`parse` with a pydantic model, json_object) and forced tool calls."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
+import jsonschema
 import openai
 import pytest
+from pydantic import BaseModel, Field
 
 from tests.inference_app.serving_cases import ServerProcess
 
@@ -144,3 +148,73 @@ def test_logprobs_chat_and_completions_whole_and_streamed(client: openai.OpenAI,
     assert lp is not None and lp.tokens and lp.token_logprobs and lp.top_logprobs
     assert lp.token_logprobs[0] is None and all(v is not None for v in lp.token_logprobs[1:])
     assert completion.choices[0].text.startswith("The capital of France is")
+
+
+class Place(BaseModel):
+    city: str = Field(max_length=20)
+    country: str = Field(max_length=20)
+
+
+ADD_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def test_structured_outputs_json_object_and_json_schema(client: openai.OpenAI, model: str) -> None:
+    ask = 'Reply with a JSON object with a single key "ok" set to true.'
+    free = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": ask}],
+        response_format={"type": "json_object"},
+        temperature=0,
+        max_tokens=32,
+    )
+    assert free.choices[0].finish_reason == "stop"  # the object closed: the answer ends there
+    assert isinstance(json.loads(free.choices[0].message.content or ""), dict)
+    parsed = client.chat.completions.parse(  # the SDK sends a strict json_schema built from Place
+        model=model,
+        messages=[{"role": "user", "content": "Name a city and its country."}],
+        response_format=Place,
+        temperature=0,
+        max_tokens=40,
+    )
+    choice = parsed.choices[0]
+    assert choice.finish_reason == "stop" and isinstance(choice.message.parsed, Place)
+    jsonschema.validate(json.loads(choice.message.content or ""), Place.model_json_schema())
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "x"}],
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "p", "strict": True, "schema": {"type": "string", "pattern": "(("}},
+            },
+            max_tokens=4,
+        )
+    assert bad.value.body["param"] == "response_format.json_schema.schema"  # type: ignore[index]
+
+
+def test_forced_tool_calls(client: openai.OpenAI, model: str) -> None:
+    """tool_choice "required" here; a named function through langchain's bind_tools."""
+    reply = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "What is 1 + 2?"}],
+        tools=[ADD_TOOL],  # type: ignore[list-item]
+        tool_choice="required",
+        temperature=0,
+        max_tokens=40,
+    )
+    calls = reply.choices[0].message.tool_calls
+    assert reply.choices[0].finish_reason == "tool_calls" and calls and len(calls) == 1
+    assert calls[0].type == "function" and calls[0].function.name == "add"
+    jsonschema.validate(json.loads(calls[0].function.arguments), ADD_TOOL["function"]["parameters"])  # type: ignore[index]

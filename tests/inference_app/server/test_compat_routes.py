@@ -163,7 +163,9 @@ def test_tools_auto_describes_the_tools_and_parses_calls(client: TestClient) -> 
             **GREEDY,
         },
     )
+    # the fake engine applies no token masks: a forced call is refused, naming the field
     assert forced.status_code == 400 and forced.json()["error"]["param"] == "tool_choice"
+    assert "no token masks" in forced.json()["error"]["message"]
 
 
 # ----- log-probabilities (the FakeEngine: every token most likely at -0.25, see fakes.py) ----------
