@@ -48,7 +48,7 @@ from inference_app.engine.block_tables import KVBlockManager
 from inference_app.engine.buckets import fit, ladder, step_rows
 from inference_app.engine.kv_blocks import BlockPool
 from inference_app.engine.kv_budget import EngineLimits, device_free_bytes, engine_limits, host_free_bytes
-from inference_app.engine.policy import EnginePolicy, derive_policy, resolve_dtypes, served_weight_dtype
+from inference_app.engine.policy import EnginePolicy, derive_policy, resolve_dtypes
 from inference_app.engine.settings import EngineSettings, SettingsError
 from inference_app.engine.sharding import cache_sharding, make_mesh, param_shardings, replicated
 from inference_app.engine.step_plan import (
@@ -663,7 +663,10 @@ class JaxEngine:
 def model_for(settings: EngineSettings, devices: Sequence[jax.Device] | None = None) -> LoadedModel:
     """Open the checkpoint and tokenizer that `settings` names, weights unplaced, in the platform's dtype."""
     validate_settings(settings)
-    path = checkpoint_path(settings)
+    if settings.model_path is not None:
+        path = settings.model_path
+    else:
+        path = str(embedded_model_path(settings.model or ""))
     platform = (list(devices) if devices is not None else jax.devices())[0].platform
     compute, _, matrices = resolve_dtypes(settings, platform)
     try:
@@ -683,32 +686,8 @@ def model_for(settings: EngineSettings, devices: Sequence[jax.Device] | None = N
     )
 
 
-def checkpoint_path(settings: EngineSettings) -> str:
-    """The checkpoint `settings` names: `model_path`, else the embedded model's file."""
-    if settings.model_path is not None:
-        return settings.model_path
-    return str(embedded_model_path(settings.model or ""))
-
-
-def settings_to_serve(
-    settings: EngineSettings, devices: Sequence[jax.Device] | None = None
-) -> EngineSettings:
-    """`settings` with `auto` weights resolved as served (`policy.served_weight_dtype`)."""
-    devices = list(devices if devices is not None else jax.devices())
-    _, generate_devices = split_devices(settings.mode, devices)
-    return served_weight_dtype(
-        settings,
-        checkpoint_format(checkpoint_path(settings)),
-        devices[0].platform,
-        len(generate_devices),
-        kernel_build.available,
-    )
-
-
 def load_engine(settings: EngineSettings, devices: Sequence[jax.Device] | None = None) -> JaxEngine:
-    """Load the model named by `settings` and build an engine on `devices` (default: all), `auto`
-    weights resolved as served."""
+    """Load the model named by `settings` and build an engine on `devices` (default: all)."""
     validate_settings(settings)
     enable_compilation_cache(settings.compilation_cache_dir)
-    settings = settings_to_serve(settings, devices)
     return JaxEngine(settings, model_for(settings, devices), devices)

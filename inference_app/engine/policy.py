@@ -10,7 +10,6 @@ table.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,28 +27,6 @@ from inference_app.model.weights import MatrixFormat
 # Passed per jit (not via XLA_FLAGS), so they apply regardless of when jax was imported and form
 # part of the compilation-cache key.
 CPU_COMPILER_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
-
-
-def served_weight_dtype(
-    settings: EngineSettings,
-    checkpoint: str,
-    platform: str,
-    generate_devices: int,
-    kernels_built: Callable[[], bool],
-) -> EngineSettings:
-    """`settings` with an `auto` weight dtype made concrete for an engine loaded to serve.
-
-    On one CPU device with the native kernels, a GGUF file is served as it stores its matrices
-    (`gguf`: llama.cpp's blocks read by the kernels, the numerics llama.cpp itself serves). Measured
-    on the embedded Q4_1 file (bench/model/results_block_weights.md, int8_quality.md): 1.5x fp32's
-    batch-1 and 1.7-1.9x its batch-32 decode, perplexity 50.54 vs 49.88. Elsewhere `auto` stays
-    float (fp32 CPU, bf16 TPU/GPU). An engine built directly from an `auto` setting keeps float
-    matrices: the exact reference the golden tests compare with transformers.
-    """
-    if settings.weight_dtype != "auto" or checkpoint != "gguf":
-        return settings
-    native = settings.cpu_kernels and platform == "cpu" and generate_devices == 1 and kernels_built()
-    return dataclasses.replace(settings, weight_dtype="gguf") if native else settings
 
 
 def resolve_dtypes(settings: EngineSettings, platform: str) -> tuple[Any, Any, MatrixFormat]:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from inference_app.engine.api import EngineSettings
-from inference_app.engine.policy import CPU_COMPILER_OPTIONS, derive_policy, served_weight_dtype
+from inference_app.engine.policy import CPU_COMPILER_OPTIONS, derive_policy
 from inference_app.kernels.ops import NATIVE_CPU, PURE_JAX
 
 BASE = EngineSettings()
@@ -94,28 +94,3 @@ def test_policy_is_frozen_and_hashable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.chunked_prefill = False  # type: ignore[misc]
     assert hash(p) == hash(derive_policy(BASE, "cpu", 1, built))
-
-
-@pytest.mark.parametrize(
-    ("changes", "checkpoint", "platform", "devices", "kernels_built", "want"),
-    [
-        # what `make serve` gets: the embedded GGUF on one CPU device with the kernels
-        ({}, "gguf", "cpu", 1, built, "gguf"),
-        # anything else keeps `auto` (float: fp32 CPU, bf16 TPU/GPU)
-        ({}, "gguf", "cpu", 1, not_built, "auto"),
-        ({"cpu_kernels": False}, "gguf", "cpu", 1, built, "auto"),
-        ({}, "gguf", "cpu", 8, built, "auto"),
-        ({}, "gguf", "tpu", 1, built, "auto"),
-        ({}, "hf", "cpu", 1, built, "auto"),
-        ({}, "maxtext", "cpu", 1, built, "auto"),
-        # an explicit choice is never replaced
-        ({"weight_dtype": "float32"}, "gguf", "cpu", 1, built, "float32"),
-        ({"weight_dtype": "int8"}, "gguf", "cpu", 1, built, "int8"),
-    ],
-)
-def test_served_weight_dtype(
-    changes: dict[str, object], checkpoint: str, platform: str, devices: int, kernels_built: object, want: str
-) -> None:
-    settings = dataclasses.replace(BASE, **changes)  # type: ignore[arg-type]
-    served = served_weight_dtype(settings, checkpoint, platform, devices, kernels_built)  # type: ignore[arg-type]
-    assert served.weight_dtype == want
