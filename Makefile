@@ -42,8 +42,11 @@ lint: $(DEV_STAMP)
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy components inference_app policy
 
+# Two pytest-xdist workers (this machine's cores); tests/conftest.py groups tests by file (and the
+# real-model server's users together), so module-scoped engines and servers are built once.
+PYTEST_WORKERS ?= 2
 test: lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 check: test
 

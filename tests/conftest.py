@@ -1,0 +1,67 @@
+"""Suite-wide hooks: one persistent XLA compilation cache for the run, and how `make test` spreads
+the suite over pytest-xdist workers (docs/testing.md has the measurements behind both).
+
+- Cache: every test that builds an engine compiles the same 30-layer step programs again (a new
+  JaxEngine jits new closures); with the cache on from the start, the second engine with a shape
+  loads it instead of compiling, in this process, in the other worker and in every server or
+  checker subprocess (they inherit the variables). It is the serving app's own default cache
+  directory (EngineSettings.compilation_cache_dir) under the repository, so a second local run
+  starts warm; CI's fresh clone starts cold. What a test checks about compiling (the jit caches'
+  `_cache_size()`) is the in-memory trace cache, which this does not change.
+- Workers: `--dist loadgroup` with one group per test file, so a module-scoped fixture (an engine,
+  a server) is built once; files that share one real-model server (SMOLLM2_SERVER_FILES) form one
+  group. Groups whose files are known to be long start first, so the two workers finish together.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from inference_app.engine.settings import EngineSettings
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The files that use tests/inference_app/conftest.py's session-scoped `smollm2_server`.
+SMOLLM2_SERVER_GROUP = "smollm2-server"
+SMOLLM2_SERVER_FILES = ("tests/inference_app/clients/", "tests/inference_app/server/test_process.py")
+
+# The longest groups of a cold run (docs/testing.md), started first; the rest keep file order.
+LONG_FIRST = (
+    SMOLLM2_SERVER_GROUP,
+    "tests/inference_app/model/test_quant_model.py",
+    "tests/inference_app/engine/test_engine.py",
+    "tests/inference_app/engine/test_chunked_prefill.py",
+    "tests/inference_app/model/test_cpu_kernels.py",
+    "tests/inference_app/engine/test_sharding.py",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    cache = EngineSettings().compilation_cache_dir
+    if cache and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        # The variables, not jax.config: subprocesses inherit them, and jax need not be imported here.
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = str(REPO / cache)
+        os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+
+def group_of(item: pytest.Item) -> str:
+    path = item.nodeid.split("::", 1)[0]
+    if path.startswith(SMOLLM2_SERVER_FILES):
+        return SMOLLM2_SERVER_GROUP
+    return path
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    groups: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        group = group_of(item)
+        item.add_marker(pytest.mark.xdist_group(group))
+        groups.setdefault(group, []).append(item)
+    rank = {g: i for i, g in enumerate(LONG_FIRST)}
+    order = sorted(groups, key=lambda g: rank.get(g, len(rank)))  # stable: file order otherwise
+    items[:] = [item for group in order for item in groups[group]]
