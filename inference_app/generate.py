@@ -60,9 +60,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Generate for `args`; returns ids, text and timings."""
     import numpy as np
 
-    from inference_app.engine.engine import JaxEngine, enable_compilation_cache, model_for
+    from inference_app.engine.engine import JaxEngine, enable_compilation_cache, model_for, settings_to_serve
 
-    base = dataclasses.replace(settings_from_args(args), max_slots=1)
+    base = settings_to_serve(dataclasses.replace(settings_from_args(args), max_slots=1))
     enable_compilation_cache(base.compilation_cache_dir)
     start = time.perf_counter()
     model = model_for(base)

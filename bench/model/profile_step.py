@@ -83,16 +83,25 @@ def capture_inputs(engine: Any) -> tuple[Any, Any]:
     rows = SamplingRows(
         np.zeros(len(idx), np.float32), engine._top_k[idx], engine._top_p[idx], engine._seeds[idx]
     )
+    tables = None if engine.kv_blocks is None else engine.kv_blocks.tables.copy()  # paged cache
     inputs = StepInputs(
-        plan.tokens, plan.from_state, plan.slots, plan.positions, plan.logit_rows, plan.logit_slots, rows
+        plan.tokens,
+        plan.from_state,
+        plan.slots,
+        plan.positions,
+        plan.logit_rows,
+        plan.logit_slots,
+        rows,
+        tables,
     )
     return jax.device_put(inputs), shape
 
 
 def call_step(engine: Any, tokens: Any, cache: Any, inputs: Any, shape: Any) -> tuple[Any, Any]:
-    return engine._step_fn(  # type: ignore[no-any-return]
+    tokens, cache, _ = engine._step_fn(
         engine.generate_params, cache, tokens, inputs, attn_len=shape.attn_len, greedy=shape.greedy
     )
+    return tokens, cache
 
 
 def time_compiled(engine: Any, steps: int) -> float:

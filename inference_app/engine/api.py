@@ -193,7 +193,18 @@ class ChunkedPrefill(Protocol):
     chunked_prefill: bool  # whether this engine runs that way (it may depend on the platform)
     step_buckets: tuple[int, ...]  # compiled token rows per step
 
-    def add_prompt(self, slot: int, prompt_ids: Sequence[int], sampling: SamplingParams) -> None: ...
+    def add_prompt(
+        self,
+        slot: int,
+        prompt_ids: Sequence[int],
+        sampling: SamplingParams,
+        max_new_tokens: int | None = None,
+    ) -> None: ...
+
+    def can_admit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> bool:
+        """Whether the KV cache can hold this request now (prompt + `max_new_tokens`, less its
+        cached prefix); one that cannot waits until running requests free blocks."""
+        ...
 
 
 @runtime_checkable

@@ -42,8 +42,11 @@ from inference_app.engine.api import (
     StepOutput,
     TokenLogprobs,
 )
+from inference_app.engine.block_tables import KVBlockManager
 from inference_app.engine.buckets import fit, ladder, step_rows
-from inference_app.engine.policy import EnginePolicy, derive_policy, resolve_dtypes
+from inference_app.engine.kv_blocks import BlockPool
+from inference_app.engine.kv_budget import EngineLimits, device_free_bytes, engine_limits, host_free_bytes
+from inference_app.engine.policy import EnginePolicy, derive_policy, resolve_dtypes, served_weight_dtype
 from inference_app.engine.settings import EngineSettings, SettingsError
 from inference_app.engine.sharding import cache_sharding, make_mesh, param_shardings, replicated
 from inference_app.engine.step_plan import (
@@ -61,6 +64,7 @@ from inference_app.kernels import build as kernel_build
 from inference_app.model.catalog import ARCHITECTURES, embedded_model_path
 from inference_app.model.config import ModelConfig
 from inference_app.model.loader import LoadedModel, check_combination, checkpoint_format, load_model
+from inference_app.model.paged_attention import PagedLayout, paged_layout, ragged_sequences
 from inference_app.model.tokenizer import TextTokenizer
 from inference_app.model.transformer import LayerKV, Params
 
@@ -88,6 +92,7 @@ def enable_compilation_cache(path: str | None) -> None:
 
 
 def validate_settings(s: EngineSettings) -> None:
+    """What settings alone can be checked for; the limits left to sizing are checked there."""
     if s.model is None and s.model_path is None:
         raise ValueError("set EngineSettings.model (catalog name) or EngineSettings.model_path")
     if s.model is not None and s.model_path is not None and s.model not in ARCHITECTURES:
@@ -95,11 +100,17 @@ def validate_settings(s: EngineSettings) -> None:
             f"EngineSettings.model {s.model!r} with a model_path names the checkpoint's architecture; "
             f"choose one of {sorted(ARCHITECTURES)} or leave model unset (HF and GGUF carry their own)"
         )
-    if s.max_slots < 1:
-        raise ValueError(f"EngineSettings.max_slots must be >= 1, got {s.max_slots}")
-    if s.max_prefill_length < 1:
-        raise ValueError(f"EngineSettings.max_prefill_length must be >= 1, got {s.max_prefill_length}")
-    if s.max_target_length <= s.max_prefill_length:
+    for name in ("max_slots", "max_prefill_length", "max_target_length", "kv_cache_memory"):
+        value = getattr(s, name)
+        if value is not None and value < 1:
+            raise ValueError(f"EngineSettings.{name} must be >= 1, got {value}")
+    if s.kv_block_size < 1:
+        raise ValueError(f"EngineSettings.kv_block_size must be >= 1, got {s.kv_block_size}")
+    if (
+        s.max_target_length is not None
+        and s.max_prefill_length is not None
+        and s.max_target_length <= s.max_prefill_length
+    ):
         raise ValueError(
             f"EngineSettings.max_target_length ({s.max_target_length}) must exceed "
             f"max_prefill_length ({s.max_prefill_length}) so that at least one token can be generated"
@@ -135,9 +146,6 @@ class JaxEngine:
         validate_settings(settings)
         s = self.settings = settings
         self.mode = s.mode
-        self.max_slots = s.max_slots
-        self.max_prefill_length = s.max_prefill_length
-        self.max_target_length = s.max_target_length
         self.config: ModelConfig = model.config
         self.tokenizer: TextTokenizer = model.tokenizer
         devices = list(devices if devices is not None else jax.devices())
@@ -162,19 +170,53 @@ class JaxEngine:
             self.generate_params = jax.device_put(
                 self.prefill_params, param_shardings(self.generate_mesh, abstract)
             )
+        self.limits = self._size_limits(generate_devices[0])
+        self.max_slots = self.limits.max_slots
+        self.max_prefill_length = self.limits.max_prefill_length
+        self.max_target_length = self.limits.max_target_length
+        # The paged cache's static description and host-side books (chunked prefill only).
+        self.paged: steps.Paged | None = None
+        self.kv_blocks: KVBlockManager | None = None
+        if self.policy.paged_kernel is not None:
+            budget = self.limits.budget
+            self.paged = steps.Paged(self.policy.paged_kernel, self._paged_layout(budget.num_blocks))
+            self.kv_blocks = KVBlockManager(
+                BlockPool(budget.num_blocks),
+                budget.block_size,
+                self.max_slots,
+                self.max_target_length,
+                s.prefix_caching,
+            )
         self._cache = self._allocate_cache()
         self._cache_shardings = jax.tree.map(lambda a: a.sharding, self._cache)
         self._rep = replicated(self.generate_mesh)
-
-        self.prefill_buckets = ladder(min(MIN_PREFILL_BUCKET, s.max_prefill_length), s.max_prefill_length)
-        self.step_buckets = step_rows(s.max_slots, max(s.max_step_tokens, s.max_slots))
-        self.layout: StepLayout = (
-            RaggedLayout(self.step_buckets, s.max_slots, s.max_target_length)
-            if self.chunked_prefill
-            else SlotLayout(self._row_buckets(), self._attention_buckets(), s.max_slots, s.max_target_length)
+        kv = self.limits.budget
+        log.info(
+            "KV cache: %s, %d tokens (%.0f MiB); %d slots, %d tokens per sequence, prompts up to %d",
+            f"paged, {kv.num_blocks} blocks of {kv.block_size} ({self.policy.paged_kernel} attention"
+            f"{', prefix caching' if s.prefix_caching else ''})"
+            if self.paged is not None
+            else "one region per slot",
+            kv.tokens,
+            kv.cache_bytes / 2**20,
+            self.max_slots,
+            self.max_target_length,
+            self.max_prefill_length,
         )
 
-        b = s.max_slots
+        self.prefill_buckets = ladder(
+            min(MIN_PREFILL_BUCKET, self.max_prefill_length), self.max_prefill_length
+        )
+        self.step_buckets = step_rows(self.max_slots, max(s.max_step_tokens, self.max_slots))
+        self.layout: StepLayout = (
+            RaggedLayout(self.step_buckets, self.max_slots, self.max_target_length)
+            if self.chunked_prefill
+            else SlotLayout(
+                self._row_buckets(), self._attention_buckets(), self.max_slots, self.max_target_length
+            )
+        )
+
+        b = self.max_slots
         self._tokens = jax.device_put(np.zeros(b, np.int32), self._rep)  # every slot's latest token
         self._positions = np.zeros(b, np.int32)  # where each slot's next token goes
         self._temperature = np.zeros(b, np.float32)
@@ -184,19 +226,63 @@ class JaxEngine:
         self._logprobs = np.zeros(b, bool)  # the slot's request asks for log-probabilities
         self._active: set[int] = set()  # slots that decode
         self._pending: dict[int, PendingPrompt] = {}  # slot -> prompt being prefilled, FIFO
+        # Paged cache: tokens each slot's request may hold (prompt + max new tokens); a slot that
+        # reaches it decodes no further until it is released.
+        self._capacity = np.full(b, self.max_target_length, np.int32)
         self._rng = np.random.default_rng()
         self._jit_steps()
 
     # ---- construction helpers ------------------------------------------------------------
 
+    def _paged_layout(self, num_blocks: int) -> PagedLayout:
+        cfg, kernel = self.config, self.policy.paged_kernel
+        assert kernel is not None  # callers check the policy
+        return paged_layout(
+            kernel,
+            num_blocks,
+            self.settings.kv_block_size,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            self.policy.kv_dtype,
+        )
+
+    def _size_limits(self, device: jax.Device) -> EngineLimits:
+        """Slots, lengths and KV cache size from the settings, else from free memory: the
+        device's where it reports it (TPU/GPU, after the weights are placed), else the host's."""
+        s, cfg, kv = self.settings, self.config, jnp.dtype(self.policy.kv_dtype)
+        if self.policy.paged_kernel is not None:
+            per_layer = self._paged_layout(1).bytes_per_token(kv)
+        else:
+            per_layer = 2 * cfg.num_kv_heads * (cfg.head_dim * kv.itemsize + (4 if kv == jnp.int8 else 0))
+        free = device_free_bytes(device)
+        return engine_limits(
+            paged=self.policy.paged_kernel is not None,
+            platform=device.platform,
+            free_bytes=host_free_bytes() if free is None else free,
+            bytes_per_token=per_layer * cfg.num_layers,
+            block_size=s.kv_block_size,
+            model_context=cfg.max_position_embeddings,
+            cache_bytes=s.kv_cache_memory,
+            max_slots=s.max_slots,
+            max_target_length=s.max_target_length,
+            max_prefill_length=s.max_prefill_length,
+        )
+
     def _allocate_cache(self) -> list[LayerKV]:
-        cfg, s, kv_dtype = self.config, self.settings, self.policy.kv_dtype
-        shape = (s.max_slots, cfg.num_kv_heads, s.max_target_length, cfg.head_dim)
+        cfg, kv_dtype = self.config, self.policy.kv_dtype
+        shape = (self.max_slots, cfg.num_kv_heads, self.max_target_length, cfg.head_dim)
         mesh = self.generate_mesh
 
         def zeros(shp: tuple[int, ...], dtype: Any) -> jax.Array:
             return jax.jit(partial(jnp.zeros, shp, dtype), out_shardings=cache_sharding(mesh, shp))()
 
+        if self.paged is not None:  # one block array per layer, whole on the one device
+            pages = self.paged.layout.shape
+            rep = replicated(mesh)
+            return [
+                {"kv": jax.jit(partial(jnp.zeros, pages, kv_dtype), out_shardings=rep)()}
+                for _ in range(cfg.num_layers)
+            ]
         cache = []
         for _ in range(cfg.num_layers):
             layer = {"k": zeros(shape, kv_dtype), "v": zeros(shape, kv_dtype)}
@@ -237,14 +323,16 @@ class JaxEngine:
         # Only the cache is donated: the token vector is tiny, and keeping it undonated means a
         # StepOutput handed to the orchestrator stays valid while later inserts/steps run.
         self._insert_fn = jax.jit(
-            steps.insert,
+            steps.insert if self.paged is None else partial(steps.insert_paged, layout=self.paged.layout),
             donate_argnums=(0,),
             out_shardings=(self._cache_shardings, self._rep),
             compiler_options=opts,
         )
-        attention: steps.AttentionKind = "ragged_kernel" if self.policy.kernel_attention else "slot"
+        attention: steps.AttentionKind = (
+            "paged" if self.paged is not None else "ragged_kernel" if self.policy.kernel_attention else "slot"
+        )
         self._step_fn = jax.jit(
-            partial(steps.step, cfg=cfg, kernels=kernels, attention=attention),
+            partial(steps.step, cfg=cfg, kernels=kernels, attention=attention, paged=self.paged),
             static_argnames=("attn_len", "greedy", "logprobs"),
             donate_argnums=(1,),
             out_shardings=(self._rep, self._cache_shardings, self._rep),
@@ -363,9 +451,19 @@ class JaxEngine:
             raise ValueError(f"slot {slot} out of range [0, {self.max_slots})")
         if prefix.length >= self.max_target_length:
             raise ValueError(f"prefix length {prefix.length} leaves no room below max_target_length")
-        self._cache, self._tokens = self._insert_fn(
-            self._cache, self._tokens, prefix.kv, np.int32(slot), np.int32(prefix.first_token)
+        args: tuple[Any, ...] = (
+            self._cache,
+            self._tokens,
+            prefix.kv,
+            np.int32(slot),
+            np.int32(prefix.first_token),
         )
+        if self.kv_blocks is not None:  # a paged cache: the sequence may grow to the full context
+            self.release(slot)
+            self.kv_blocks.admit_unknown(slot, prefix.length, self.max_target_length - prefix.length)
+            self.kv_blocks.grow(slot, prefix.length)
+            args = (*args, self.kv_blocks.tables.copy())
+        self._cache, self._tokens = self._insert_fn(*args)
         self._pending.pop(slot, None)
         self._positions[slot] = prefix.length
         self._set_sampling(slot, prefix.sampling)
@@ -378,11 +476,22 @@ class JaxEngine:
         self._seeds[slot] = np.uint32((sp.seed or 0) % 2**32)
         self._logprobs[slot] = sp.logprobs is not None
 
-    def add_prompt(self, slot: int, prompt_ids: Sequence[int], sampling: SamplingParams) -> None:
+    def add_prompt(
+        self,
+        slot: int,
+        prompt_ids: Sequence[int],
+        sampling: SamplingParams,
+        max_new_tokens: int | None = None,
+    ) -> None:
         """Chunked prefill (`ChunkedPrefill`, when `chunked_prefill`): the prompt runs in the
         coming `generate` steps, alongside the decoding slots; the step that runs its last token
-        also samples its first generated token into `slot`."""
-        if not self.chunked_prefill:
+        also samples its first generated token into `slot`.
+
+        The request's KV blocks (prompt + `max_new_tokens`, default: up to `max_target_length`)
+        are reserved now; the prompt's longest prefix already in the prefix cache is not computed
+        again. Raises `OutOfBlocks` when the cache cannot hold it (see `can_admit`).
+        """
+        if self.kv_blocks is None:
             raise RuntimeError("this engine has no chunked prefill (see EngineSettings.chunked_prefill)")
         if not 0 <= slot < self.max_slots:
             raise ValueError(f"slot {slot} out of range [0, {self.max_slots})")
@@ -394,26 +503,52 @@ class JaxEngine:
                 f"prompt has {len(prompt_ids)} tokens; "
                 f"the limit is max_prefill_length={self.max_prefill_length}"
             )
-        self._set_sampling(slot, self._resolve(sampling))
-        self._pending[slot] = PendingPrompt(np.asarray(prompt_ids, np.int32))
+        new = self.max_target_length - len(prompt_ids) if max_new_tokens is None else max_new_tokens
+        resolved = self._resolve(sampling)
+        cached = self.kv_blocks.admit(slot, prompt_ids, new)
+        self._capacity[slot] = len(prompt_ids) + new
+        self._set_sampling(slot, resolved)
+        self._pending[slot] = PendingPrompt(np.asarray(prompt_ids, np.int32), done=cached)
+
+    def can_admit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> bool:
+        """Whether the paged cache can take this request now (its blocks, after prefix hits)."""
+        return self.kv_blocks is not None and self.kv_blocks.can_admit(prompt_ids, max_new_tokens)
 
     def release(self, slot: int) -> None:
         self._active.discard(slot)
         self._pending.pop(slot, None)
+        if self.kv_blocks is not None:
+            self.kv_blocks.release(slot)
+            self._capacity[slot] = self.max_target_length
 
     # ---- steps -----------------------------------------------------------------------------
 
+    def _decoding(self) -> set[int]:
+        """Slots that decode in the next step: every active one, except (paged cache) those that
+        reached their request's capacity and only wait to be released."""
+        if self.kv_blocks is None:
+            return self._active
+        return {s for s in self._active if self._positions[s] < self._capacity[s]}
+
     def next_step(self) -> tuple[StepPlan, StepShape]:
         """The layout and compiled shape of the step `generate` would run now."""
-        return self.layout.plan(SlotView(self._active, self._positions, self._pending, self._temperature))
+        return self.layout.plan(SlotView(self._decoding(), self._positions, self._pending, self._temperature))
 
     def generate(self) -> StepOutput:
-        plan, shape = self.next_step()
+        decoding = self._decoding()
+        plan, shape = self.layout.plan(SlotView(decoding, self._positions, self._pending, self._temperature))
+        if self.kv_blocks is not None:  # blocks for every token this step writes
+            for slot in decoding:
+                self.kv_blocks.grow(slot, int(self._positions[slot]) + 1)
+            for slot, n in plan.taken.items():
+                self.kv_blocks.grow(slot, self._pending[slot].done + n)
         logprobs = self._run(plan, shape)
-        decoding = np.fromiter(self._active, np.int64, len(self._active))
-        self._positions[decoding] = np.minimum(self._positions[decoding] + 1, self.max_target_length - 1)
+        rows = np.fromiter(decoding, np.int64, len(decoding))
+        self._positions[rows] = np.minimum(self._positions[rows] + 1, self.max_target_length - 1)
         for slot, n in plan.taken.items():
             self._pending[slot].done += n
+            if self.kv_blocks is not None:  # dispatched: later steps may read these blocks
+                self.kv_blocks.written(slot, self._pending[slot].done)
         for slot in plan.completed:
             self._positions[slot] = len(self._pending.pop(slot).ids)
             self._active.add(slot)
@@ -432,8 +567,21 @@ class JaxEngine:
             self._top_p[idx],
             self._seeds[idx],
         )
+        tables, sequences = None, None
+        if self.kv_blocks is not None:
+            tables = self.kv_blocks.tables.copy()  # the host copy changes while the step runs
+            if self.policy.paged_kernel == "pallas_tpu":
+                sequences = ragged_sequences(plan.slots, plan.positions, self.max_slots)
         inputs = StepInputs(
-            plan.tokens, plan.from_state, plan.slots, plan.positions, plan.logit_rows, plan.logit_slots, rows
+            plan.tokens,
+            plan.from_state,
+            plan.slots,
+            plan.positions,
+            plan.logit_rows,
+            plan.logit_slots,
+            rows,
+            tables,
+            sequences,
         )
         self._tokens, self._cache, logprobs = self._step_fn(
             self.generate_params,
@@ -475,10 +623,7 @@ class JaxEngine:
 def model_for(settings: EngineSettings, devices: Sequence[jax.Device] | None = None) -> LoadedModel:
     """Open the checkpoint and tokenizer that `settings` names, weights unplaced, in the platform's dtype."""
     validate_settings(settings)
-    if settings.model_path is not None:
-        path = settings.model_path
-    else:
-        path = str(embedded_model_path(settings.model or ""))
+    path = checkpoint_path(settings)
     platform = (list(devices) if devices is not None else jax.devices())[0].platform
     compute, _, matrices = resolve_dtypes(settings, platform)
     try:
@@ -498,8 +643,32 @@ def model_for(settings: EngineSettings, devices: Sequence[jax.Device] | None = N
     )
 
 
+def checkpoint_path(settings: EngineSettings) -> str:
+    """The checkpoint `settings` names: `model_path`, else the embedded model's file."""
+    if settings.model_path is not None:
+        return settings.model_path
+    return str(embedded_model_path(settings.model or ""))
+
+
+def settings_to_serve(
+    settings: EngineSettings, devices: Sequence[jax.Device] | None = None
+) -> EngineSettings:
+    """`settings` with `auto` weights resolved as served (`policy.served_weight_dtype`)."""
+    devices = list(devices if devices is not None else jax.devices())
+    _, generate_devices = split_devices(settings.mode, devices)
+    return served_weight_dtype(
+        settings,
+        checkpoint_format(checkpoint_path(settings)),
+        devices[0].platform,
+        len(generate_devices),
+        kernel_build.available,
+    )
+
+
 def load_engine(settings: EngineSettings, devices: Sequence[jax.Device] | None = None) -> JaxEngine:
-    """Load the model named by `settings` and build an engine on `devices` (default: all)."""
+    """Load the model named by `settings` and build an engine on `devices` (default: all), `auto`
+    weights resolved as served."""
     validate_settings(settings)
     enable_compilation_cache(settings.compilation_cache_dir)
+    settings = settings_to_serve(settings, devices)
     return JaxEngine(settings, model_for(settings, devices), devices)

@@ -10,6 +10,7 @@ table.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 
 from inference_app.engine.api import EngineSettings
 from inference_app.kernels.ops import NATIVE_CPU, PURE_JAX, KernelChoice
+from inference_app.model.paged_attention import AttentionKernel
 from inference_app.model.weights import MatrixFormat
 
 # XLA:CPU compiler options for int8-weight engines. YNNPACK dot fusions run the int8-weight
@@ -26,6 +28,28 @@ from inference_app.model.weights import MatrixFormat
 # Passed per jit (not via XLA_FLAGS), so they apply regardless of when jax was imported and form
 # part of the compilation-cache key.
 CPU_COMPILER_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+
+def served_weight_dtype(
+    settings: EngineSettings,
+    checkpoint: str,
+    platform: str,
+    generate_devices: int,
+    kernels_built: Callable[[], bool],
+) -> EngineSettings:
+    """`settings` with an `auto` weight dtype made concrete for an engine loaded to serve.
+
+    On one CPU device with the native kernels, a GGUF file is served as it stores its matrices
+    (`gguf`: llama.cpp's blocks read by the kernels, the numerics llama.cpp itself serves). Measured
+    on the embedded Q4_1 file (bench/model/results_block_weights.md, int8_quality.md): 1.5x fp32's
+    batch-1 and 1.7-1.9x its batch-32 decode, perplexity 50.54 vs 49.88. Elsewhere `auto` stays
+    float (fp32 CPU, bf16 TPU/GPU). An engine built directly from an `auto` setting keeps float
+    matrices: the exact reference the golden tests compare with transformers.
+    """
+    if settings.weight_dtype != "auto" or checkpoint != "gguf":
+        return settings
+    native = settings.cpu_kernels and platform == "cpu" and generate_devices == 1 and kernels_built()
+    return dataclasses.replace(settings, weight_dtype="gguf") if native else settings
 
 
 def resolve_dtypes(settings: EngineSettings, platform: str) -> tuple[Any, Any, MatrixFormat]:
@@ -64,9 +88,14 @@ class EnginePolicy:
     # YNNPACK dots first copy a sliced cache, so without the attention kernel every decode step
     # keeps all rows (measured, 32-slot cache, 1 active: 164 ms/step sliced vs 105 ms full).
     full_width_steps: bool
-    # Prompts prefill in chunks inside the decode steps (through the ragged attention kernel),
-    # instead of a separate padded prefill stage; needs both stages on one device group.
+    # Prompts prefill in chunks inside the decode steps, instead of a separate padded prefill
+    # stage; needs both stages on one device group and a paged attention kernel.
     chunked_prefill: bool
+    # The kernel that reads the paged KV cache (`model/paged_attention.py`) when prompts prefill
+    # in chunks: "cpu" (the native kernel, a float32 cache on one CPU device); "pallas_tpu" (JAX's
+    # ragged paged attention) is the TPU kernel for it. None: a slot cache, prompts prefilled
+    # separately and inserted (TPU/GPU, sharded meshes, int8 KV, disaggregated serving).
+    paged_kernel: AttentionKernel | None
 
     @property
     def compiler_options(self) -> dict[str, str]:
@@ -92,6 +121,12 @@ def derive_policy(
     )
     kernel_attention = native and jnp.dtype(kv) == jnp.float32
     ynn_dots = cpu and matrices == "int8"
+    # The Pallas TPU kernel ("pallas_tpu") reads the same paged cache through the same seam and is
+    # checked against the CPU path in TPU interpret mode, but no engine has run on a TPU with it
+    # yet: TPU keeps the slot cache and separate prefill until one has (docs/model.md).
+    paged: AttentionKernel | None = None
+    if settings.chunked_prefill and settings.mode == "interleaved" and kernel_attention:
+        paged = "cpu"
     return EnginePolicy(
         compute_dtype=compute,
         kv_dtype=kv,
@@ -100,5 +135,6 @@ def derive_policy(
         kernel_attention=kernel_attention,
         ynn_dots=ynn_dots,
         full_width_steps=ynn_dots and not native,
-        chunked_prefill=settings.chunked_prefill and settings.mode == "interleaved" and kernel_attention,
+        chunked_prefill=paged is not None,
+        paged_kernel=paged,
     )

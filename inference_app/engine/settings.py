@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass
 from typing import Literal
 
+from inference_app.engine.kv_budget import parse_size
 from inference_app.model.catalog import ARCHITECTURES, CATALOG, DEFAULT_MODEL
 
 Mode = Literal["interleaved", "disaggregated"]
@@ -33,10 +34,15 @@ class EngineSettings:
     model_path: str | None = None  # GGUF file, HF directory, MaxText (Orbax) directory; local or gs://
     tokenizer_path: str | None = None  # MaxText checkpoints: HF directory (or tokenizer.json)
     mode: Mode = "interleaved"
-    max_slots: int = 8
-    max_prefill_length: int = 512
-    max_target_length: int = 1024  # prompt + generated tokens per slot
-    weight_dtype: WeightDtype = "auto"  # auto: fp32 CPU, bf16 TPU/GPU
+    # Limits; None: sized from the machine's free memory and the model (engine/kv_budget.py).
+    max_slots: int | None = None  # sequences decoding at once
+    max_prefill_length: int | None = None  # longest prompt
+    max_target_length: int | None = None  # prompt + generated tokens of one sequence
+    kv_cache_memory: int | None = None  # bytes of KV cache (None: sized in engine/kv_budget.py)
+    kv_block_size: int = 128  # tokens per block of the paged KV cache
+    # Requests sharing a prompt prefix reuse its cached KV blocks (paged cache only).
+    prefix_caching: bool = True
+    weight_dtype: WeightDtype = "auto"  # auto: see policy.served_weight_dtype and resolve_dtypes
     kv_dtype: Dtype = "auto"
     # Mesh axes follow MaxText: fsdp x autoregressive x tensor; -1 fills the remaining devices.
     ici_fsdp_parallelism: int = 1
@@ -50,10 +56,10 @@ class EngineSettings:
     # Native decode kernels (inference_app/kernels) on a single CPU device; built on first use,
     # skipped with a warning where no C++ compiler is available.
     cpu_kernels: bool = True
-    # Prefill prompts in chunks inside the decode steps (`add_prompt`), so new prompts never
-    # pause decoding and are never padded to a bucket. Needs the CPU kernels (one CPU device,
-    # float32 KV cache); elsewhere the separate prefill stage runs. `max_step_tokens` caps the
-    # token rows of one step (decode rows + prompt chunks).
+    # Prefill prompts in chunks inside the decode steps (`add_prompt`) over the paged KV cache,
+    # so new prompts never pause decoding and are never padded to a bucket. Needs the CPU kernels
+    # (one CPU device, float32 KV cache); elsewhere the separate prefill stage and a slot cache
+    # run. `max_step_tokens` caps the token rows of one step (decode rows + prompt chunks).
     chunked_prefill: bool = True
     max_step_tokens: int = 256
 
@@ -68,6 +74,8 @@ _SERVING_FIELDS = (
     "max_slots",
     "max_prefill_length",
     "max_target_length",
+    "kv_cache_memory",
+    "kv_block_size",
     "max_prefill_batch",
     "max_step_tokens",
     "ici_fsdp_parallelism",
@@ -86,6 +94,14 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def memory_size(text: str) -> int:
+    """argparse type for a memory size: 4GiB, 512MiB, 1.5G or a byte count."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _parallelism(text: str) -> int:
@@ -130,7 +146,8 @@ def add_engine_arguments(
         "--weight-dtype",
         choices=WEIGHT_DTYPES,
         default=_DEFAULT.weight_dtype,
-        help="auto: float32 on CPU, bfloat16 on TPU/GPU; int8: per-channel int8; q4_0/q4_1/q8_0: "
+        help="auto: a GGUF file's own blocks on one CPU device with the native kernels (as gguf), "
+        "else float32 on CPU, bfloat16 on TPU/GPU; int8: per-channel int8; q4_0/q4_1/q8_0: "
         "llama.cpp's block formats (kept as stored when a GGUF file has them, else quantized at "
         "load); gguf: every matrix as the GGUF file stores it (default %(default)s)",
     )
@@ -155,19 +172,39 @@ def add_engine_arguments(
         "--max-slots",
         type=positive_int,
         default=_DEFAULT.max_slots,
-        help="decode slots = requests generated concurrently (default %(default)s)",
+        help="requests generated concurrently (default: sized from the KV cache memory; see docs/model.md)",
     )
     m.add_argument(
         "--max-prefill-length",
         type=positive_int,
         default=_DEFAULT.max_prefill_length,
-        help="longest prompt in tokens; longer prompts get 400 (default %(default)s)",
+        help="longest prompt in tokens; longer prompts get 400 (default: the sequence length - 1 with "
+        "chunked prefill, else at most 512)",
     )
     m.add_argument(
         "--max-target-length",
         type=positive_int,
         default=_DEFAULT.max_target_length,
-        help="prompt + generated tokens per slot (default %(default)s)",
+        help="prompt + generated tokens of one request (default: the model's context, if the KV cache "
+        "memory holds it)",
+    )
+    m.add_argument(
+        "--kv-cache-memory",
+        type=memory_size,
+        default=_DEFAULT.kv_cache_memory,
+        help="memory for the KV cache, e.g. 4GiB (default on CPU: a full context or a chat turn per slot; "
+        "see docs/model.md)",
+    )
+    m.add_argument(
+        "--kv-block-size",
+        type=positive_int,
+        default=_DEFAULT.kv_block_size,
+        help="tokens per block of the paged KV cache (default %(default)s)",
+    )
+    m.add_argument(
+        "--no-prefix-caching",
+        action="store_true",
+        help="do not reuse the KV blocks of prompt prefixes shared between requests",
     )
     m.add_argument(
         "--max-prefill-batch",
@@ -239,9 +276,14 @@ def settings_from_args(args: argparse.Namespace) -> EngineSettings:
     settings = dataclasses.replace(
         settings,
         chunked_prefill=not args.no_chunked_prefill,
+        prefix_caching=not args.no_prefix_caching,
         **{name: getattr(args, name) for name in _SERVING_FIELDS},
     )
-    if settings.max_prefill_length >= settings.max_target_length:
+    if (
+        settings.max_prefill_length is not None
+        and settings.max_target_length is not None
+        and settings.max_prefill_length >= settings.max_target_length
+    ):
         raise SettingsError(
             f"--max-prefill-length ({settings.max_prefill_length}) must be smaller than "
             f"--max-target-length ({settings.max_target_length}) to leave room for generated tokens."

@@ -2,6 +2,7 @@
 
     prefill(params, tokens, lengths, sampling)    whole prompts -> first tokens + their KV
     insert(cache, state, kv, slot, first)          a prefilled prompt's KV lands in a slot
+    insert_paged(..., block_tables)                the same into the slot's blocks (paged cache)
     step(params, cache, state, inputs)             one step over token rows -> next tokens
     score(params, tokens, lengths)                 a prompt -> its own tokens' log-probabilities
 
@@ -28,6 +29,14 @@ from inference_app.engine import sampling
 from inference_app.engine.api import MAX_TOP_LOGPROBS, SamplingParams, StepLogprobs
 from inference_app.kernels.ops import KernelChoice
 from inference_app.model.config import ModelConfig
+from inference_app.model.paged_attention import (
+    AttentionKernel,
+    PagedAttention,
+    PagedLayout,
+    RaggedSequences,
+    token_blocks,
+    write_kv,
+)
 from inference_app.model.transformer import (
     Attention,
     LayerKV,
@@ -45,8 +54,17 @@ jax.tree_util.register_dataclass(
 )
 
 # How a step's rows meet the cache (see model/transformer.py): "ragged_kernel" reads any slot at
-# any position in place (CPU kernel); "slot" is pure JAX, row i being slot i.
-AttentionKind = Literal["ragged_kernel", "slot"]
+# any position in place (CPU kernel); "slot" is pure JAX, row i being slot i; "paged" reads the
+# paged cache through its block tables (model/paged_attention.py, with the kernel `Paged` names).
+AttentionKind = Literal["ragged_kernel", "slot", "paged"]
+
+
+@dataclass(frozen=True)
+class Paged:
+    """Static description of a paged cache: its layout and the kernel that reads it."""
+
+    kernel: AttentionKernel
+    layout: PagedLayout
 
 
 @partial(
@@ -73,7 +91,17 @@ class SamplingRows:
 
 @partial(
     jax.tree_util.register_dataclass,
-    data_fields=["tokens", "from_state", "slots", "positions", "logit_rows", "logit_slots", "sampling"],
+    data_fields=[
+        "tokens",
+        "from_state",
+        "slots",
+        "positions",
+        "logit_rows",
+        "logit_slots",
+        "sampling",
+        "block_tables",
+        "sequences",
+    ],
     meta_fields=[],
 )
 @dataclass(frozen=True)
@@ -88,6 +116,10 @@ class StepInputs:
     logit_rows: Any  # int32 [R]: rows whose next token is sampled
     logit_slots: Any  # int32 [R]: the slot each sampled token belongs to
     sampling: SamplingRows  # [R]
+    # Paged cache only: every slot's block table (int32 [max_slots, max blocks], -1 unassigned)
+    # and, for the Pallas kernel, the rows grouped by sequence.
+    block_tables: Any = None
+    sequences: RaggedSequences | None = None
 
 
 def logprobs_of(logits: jax.Array, tokens: jax.Array) -> StepLogprobs:
@@ -146,6 +178,28 @@ def insert(
     return out, state.at[slot].set(first)
 
 
+def insert_paged(
+    cache: list[LayerKV],
+    state: jax.Array,
+    kv: list[LayerKV],
+    slot: jax.Array,
+    first: jax.Array,
+    block_tables: jax.Array,
+    *,
+    layout: PagedLayout,
+) -> tuple[list[LayerKV], jax.Array]:
+    """`insert` into a paged cache: the prompt's KV [1, KVH, S, Dh] goes to positions 0..S-1 of
+    the slot's blocks (positions past its blocks drop: the padding of the prompt's bucket)."""
+    s = kv[0]["k"].shape[2]
+    positions = jnp.arange(s, dtype=jnp.int32)
+    blocks, offsets = token_blocks(block_tables, jnp.full(s, slot, jnp.int32), positions, layout)
+    out = []
+    for c, p in zip(cache, kv, strict=True):
+        k, v = p["k"][0].transpose(1, 0, 2), p["v"][0].transpose(1, 0, 2)  # [S, KVH, Dh]
+        out.append({"kv": write_kv(c["kv"], layout, k, v, blocks, offsets)})
+    return out, state.at[slot].set(first)
+
+
 def step(
     params: Params,
     cache: list[LayerKV],
@@ -157,6 +211,7 @@ def step(
     attention: AttentionKind,
     attn_len: int,
     greedy: bool,
+    paged: Paged | None = None,
     logprobs: bool = False,
 ) -> tuple[jax.Array, list[LayerKV], StepLogprobs | None]:
     """Run the rows of `inputs` through the model, sample the rows in `logit_rows` and write their
@@ -164,16 +219,28 @@ def step(
     [max_slots] when `logprobs`, else None).
 
     With "slot" attention row i must be slot i (decode of the first N slots) and attention reads
-    the first `attn_len` cache entries; "ragged_kernel" takes any rows and ignores `attn_len`.
+    the first `attn_len` cache entries; "ragged_kernel" and "paged" take any rows and ignore
+    `attn_len` ("paged" with the Pallas kernel: rows grouped by sequence, `inputs.sequences`).
     `greedy`: every sampled row is greedy, so the sampler is left out of the program.
     """
     last = state[jnp.clip(inputs.slots, 0, state.shape[0] - 1)]  # decode rows: last step's token
     tokens = jnp.where(inputs.from_state, last, inputs.tokens)
-    attn: Attention = (
-        RaggedKernelAttention(inputs.slots, inputs.positions)
-        if attention == "ragged_kernel"
-        else SlotAttention.up_to(inputs.positions, attn_len)
-    )
+    attn: Attention
+    if attention == "paged":
+        if paged is None:
+            raise ValueError("a paged step needs its cache layout and kernel")
+        attn = PagedAttention.for_rows(
+            paged.kernel,
+            paged.layout,
+            inputs.block_tables,
+            inputs.slots,
+            inputs.positions,
+            seqs=inputs.sequences,
+        )
+    elif attention == "ragged_kernel":
+        attn = RaggedKernelAttention(inputs.slots, inputs.positions)
+    else:
+        attn = SlotAttention.up_to(inputs.positions, attn_len)
     x, cache = forward(params, cfg, tokens, inputs.positions, attn, cache, kernels)
     logits = lm_head(params, cfg, x[inputs.logit_rows], kernels)
     if greedy:

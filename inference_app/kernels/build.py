@@ -66,6 +66,7 @@ TARGETS = {  # FFI target name -> exported handler symbol
     "inference_app_cpu_matmul_bf16": "CpuMatmulBF16",
     "inference_app_cpu_attention": "CpuAttention",
     "inference_app_cpu_argmax": "CpuArgmax",
+    "inference_app_cpu_paged_attention": "CpuPagedAttention",
     "inference_app_quant_matmul_q4_0": "QuantMatmulQ4_0",
     "inference_app_quant_matmul_q4_1": "QuantMatmulQ4_1",
     "inference_app_quant_matmul_q8_0": "QuantMatmulQ8_0",

@@ -88,3 +88,29 @@ def argmax(x: jax.Array) -> jax.Array:
     """First index of each row's maximum: x [M, N] f32 -> int32 [M] (XLA's reduce is ~10x slower)."""
     out = jax.ShapeDtypeStruct((x.shape[0],), jnp.int32)
     return jax.ffi.ffi_call("inference_app_cpu_argmax", out)(x.astype(jnp.float32))
+
+
+def paged_attention(
+    q: jax.Array,
+    kv_pages: jax.Array,
+    block_tables: jax.Array,
+    slots: jax.Array,
+    positions: jax.Array,
+    scale: float,
+) -> jax.Array:
+    """q [N, KVH, G, D]; kv_pages [P, 2*KVH, BS, D] (block p: K of head h in slab 2h, V in
+    2h + 1); block_tables [S, MB]: row n attends to tokens 0..positions[n] of sequence slots[n],
+    whose token t lives in block block_tables[slots[n], t // BS] at offset t % BS.
+
+    Rows with an out-of-range slot or position, or whose block-table entries up to that position
+    name no block, are padding and get zeros. Reads the blocks in place.
+    """
+    out = jax.ShapeDtypeStruct(q.shape, jnp.float32)
+    return jax.ffi.ffi_call("inference_app_cpu_paged_attention", out)(
+        q.astype(jnp.float32),
+        kv_pages,
+        block_tables.astype(jnp.int32),
+        slots.astype(jnp.int32),
+        positions.astype(jnp.int32),
+        scale=np.float32(scale),
+    )

@@ -157,6 +157,9 @@ class Admission(Generic[T]):
 
     waiting: queue.Queue[T | None]
     place: Callable[[T, int], None]
+    # Whether the engine can take the item now (its KV blocks); one that cannot is held, first
+    # in line, until running requests free blocks.
+    fits: Callable[[T], bool] = lambda item: True
 
 
 class FairLock:
@@ -221,6 +224,7 @@ class Orchestrator:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._admitting = False
+        self._held: Any = None  # taken from the waiting queue, not yet fitting (see `Admission.fits`)
         self.failure: str | None = None
         self.metrics.max_slots.set(self.max_slots)
         self.metrics.bind(
@@ -267,7 +271,9 @@ class Orchestrator:
         admission: Admission[Any]
         if self._chunked is not None:
             stages: tuple[tuple[str, Callable[[], None]], ...] = ()
-            admission = Admission(self._admission, partial(self._add_prompt, self._chunked))
+            admission = Admission(
+                self._admission, partial(self._add_prompt, self._chunked), partial(self._fits, self._chunked)
+            )
             log.info(
                 "Chunked prefill: prompts run inside the generate steps (up to %d token rows a step).",
                 max(self._chunked.step_buckets),
@@ -498,12 +504,17 @@ class Orchestrator:
     def _admit(self, admission: Admission[Any], block: bool) -> None:
         """Let waiting work into free slots (blocking briefly when there is nothing to do)."""
         while None in self._slots:
-            try:
-                item = admission.waiting.get(timeout=_POLL_S) if block else admission.waiting.get_nowait()
-            except queue.Empty:
-                return
+            item, self._held = self._held, None
+            if item is None:
+                try:
+                    item = admission.waiting.get(timeout=_POLL_S) if block else admission.waiting.get_nowait()
+                except queue.Empty:
+                    return
             block = False
             if item is None:
+                return
+            if not admission.fits(item):
+                self._held = item
                 return
             admission.place(item, self._slots.index(None))
 
@@ -528,12 +539,20 @@ class Orchestrator:
         self._slots[slot] = job
         log.debug("[%s] inserted into slot %d", job.id, slot)
 
+    @staticmethod
+    def _fits(engine: ChunkedPrefill, job: Job) -> bool:
+        """Chunked prefill: whether the engine's KV cache can hold the request now (a request that
+        only scores its prompt, max_tokens 0, needs no KV blocks)."""
+        r = job.request
+        return job.finished or r.max_tokens < 1 or engine.can_admit(r.prompt_ids, r.max_tokens)
+
     def _add_prompt(self, engine: ChunkedPrefill, job: Job, slot: int) -> None:
-        """Admission with chunked prefill: the prompt runs in the coming steps, in this slot."""
+        """Admission with chunked prefill: the prompt runs in the coming steps, in this slot; its
+        KV blocks (prompt + max_tokens) are reserved now."""
         if job.finished or not self._score(job):
             return
         try:
-            engine.add_prompt(slot, job.request.prompt_ids, job.request.sampling)
+            engine.add_prompt(slot, job.request.prompt_ids, job.request.sampling, job.request.max_tokens)
         except Exception as exc:
             log.exception("[%s] prefill failed", job.id)
             job.fail(f"Prefill failed: {type(exc).__name__}: {exc}")

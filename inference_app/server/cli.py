@@ -151,8 +151,9 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"serve: {exc}") from None
     options = server_options(args, settings)
     log.info(
-        "Serving %s (%s mode, %d slots, prefill <= %d, target %d) on http://%s:%d",
-        options.model_name, settings.mode, settings.max_slots, settings.max_prefill_length,
-        settings.max_target_length, options.host, options.port,
+        "Serving %s (%s mode; slots %s, prompts <= %s, sequences <= %s; auto: sized from memory) on http://%s:%d",
+        options.model_name, settings.mode, settings.max_slots or "auto",
+        settings.max_prefill_length or "auto", settings.max_target_length or "auto",
+        options.host, options.port,
     )
     return run_server(options, engine_factory(settings, args.inject_fault))

@@ -128,11 +128,20 @@ class FaultInjectingEngine:
         if marked:
             self._marked_slots.add(slot)
 
-    def add_prompt(self, slot: int, prompt_ids: Sequence[int], sampling: SamplingParams) -> None:
+    def can_admit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> bool:
+        return self.inner.can_admit(prompt_ids, max_new_tokens)
+
+    def add_prompt(
+        self,
+        slot: int,
+        prompt_ids: Sequence[int],
+        sampling: SamplingParams,
+        max_new_tokens: int | None = None,
+    ) -> None:
         marked = self.marker in self.tokenizer.decode(list(prompt_ids))
         if marked and self.stage in ("prefill", "insert"):
             raise InjectedFault(f"injected fault in {self.stage} (prompt contains {self.marker!r})")
-        self.inner.add_prompt(slot, prompt_ids, sampling)
+        self.inner.add_prompt(slot, prompt_ids, sampling, max_new_tokens)
         if marked:
             self._marked_slots.add(slot)
 

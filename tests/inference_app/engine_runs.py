@@ -1,4 +1,5 @@
-"""Drive a JaxEngine by hand (no orchestrator): one prompt per slot, all decoded together."""
+"""Drive a JaxEngine by hand (no orchestrator): one prompt per slot, all decoded together
+(`decode_all`), or prompts added as slots free up and prefilled in chunks (`run_chunked`)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,36 @@ def decode_all(
 
 def decode_greedy(engine: JaxEngine, prompts: Sequence[list[int]], steps: int) -> list[list[int]]:
     return decode_all(engine, prompts, [SamplingParams()] * len(prompts), steps)
+
+
+def run_chunked(
+    engine: JaxEngine,
+    prompts: list[list[int]],
+    sampling: list[SamplingParams],
+    steps: int,
+    stagger: int = 0,
+    max_new_tokens: int | None = None,
+) -> list[list[int]]:
+    """Prompt i starts in the lowest free slot once one is free (and not before step i * stagger);
+    `max_new_tokens` is what each request reserves (None: up to the engine's sequence limit)."""
+    outs: list[list[int]] = [[] for _ in prompts]
+    slot_of: dict[int, int] = {}
+    waiting = list(range(len(prompts)))
+    step = 0
+    while any(len(o) < steps for o in outs):
+        busy = set(slot_of.values())
+        while waiting and len(busy) < engine.max_slots and waiting[0] * stagger <= step:
+            i = waiting.pop(0)
+            slot = min(set(range(engine.max_slots)) - busy)
+            engine.add_prompt(slot, prompts[i], sampling[i], max_new_tokens)
+            slot_of[i], busy = slot, busy | {slot}
+        out = engine.generate()
+        tokens = np.asarray(out.tokens)
+        for i, slot in list(slot_of.items()):
+            if slot in out.slots:
+                outs[i].append(int(tokens[slot]))
+                if len(outs[i]) == steps:
+                    engine.release(slot)
+                    del slot_of[i]
+        step += 1
+    return outs

@@ -134,6 +134,9 @@ class FakeEngine:
     chunked_prefill: bool = False
     prefill_chunk: int = 16
     step_buckets: tuple[int, ...] = (4,)  # reported only: the fake compiles nothing
+    # Chunked prefill: KV tokens all slots may reserve together (prompt + max new tokens each),
+    # as a paged cache bounds admission; None: only the slots bound it.
+    kv_tokens: int | None = None
 
     def __post_init__(self) -> None:
         self.tokenizer: Tokenizer = ByteTokenizer()
@@ -142,6 +145,7 @@ class FakeEngine:
         self.max_prefill_length = self.settings.max_prefill_length
         self.max_target_length = self.settings.max_target_length
         self._slots: list[_Slot | None] = [None] * self.settings.max_slots
+        self._reserved: dict[int, int] = {}  # slot -> KV tokens its request reserved
         self.inserts = 0
         self.steps = 0
         self.prefills = 0
@@ -209,14 +213,29 @@ class FakeEngine:
             self.inserts += 1
             self.max_active = max(self.max_active, self.active)
 
-    def add_prompt(self, slot: int, prompt_ids: Sequence[int], sampling: SamplingParams) -> None:
+    def can_admit(self, prompt_ids: Sequence[int], max_new_tokens: int) -> bool:
+        need = len(prompt_ids) + max_new_tokens
+        with self._lock:
+            free = None if self.kv_tokens is None else self.kv_tokens - sum(self._reserved.values())
+        return need <= self.max_target_length and (free is None or need <= free)
+
+    def add_prompt(
+        self,
+        slot: int,
+        prompt_ids: Sequence[int],
+        sampling: SamplingParams,
+        max_new_tokens: int | None = None,
+    ) -> None:
         if not self.chunked_prefill:
             raise RuntimeError("add_prompt on an engine without chunked prefill")
         if not 0 < len(prompt_ids) <= self.max_prefill_length:
             raise ValueError(f"prompt of {len(prompt_ids)} tokens (limit {self.max_prefill_length})")
+        if not self.can_admit(prompt_ids, max_new_tokens or 1):
+            raise RuntimeError(f"add_prompt of a request the KV cache cannot hold now (slot {slot})")
         with self._lock:
             if self._slots[slot] is not None:
                 raise RuntimeError(f"add_prompt into occupied slot {slot}")
+            self._reserved[slot] = len(prompt_ids) + (max_new_tokens or 1)
             steps = -(-len(prompt_ids) // self.prefill_chunk)
             start = continuation_start(prompt_ids, sampling)
             asks = sampling.logprobs is not None
@@ -270,6 +289,7 @@ class FakeEngine:
     def release(self, slot: int) -> None:
         with self._lock:
             self._slots[slot] = None
+            self._reserved.pop(slot, None)
 
     def warmup(self) -> None:
         time.sleep(self.warmup_delay)

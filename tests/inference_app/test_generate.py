@@ -29,7 +29,9 @@ def case(kind: str, index: int = 0) -> dict[str, Any]:
 def test_chat_json_matches_transformers(capsys: pytest.CaptureFixture[str]) -> None:
     golden = case("chat")
     user = golden["text"].split("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
-    code, out, _ = run(capsys, "--prompt", user, "--max-tokens", "8", "--chat", "--json")
+    code, out, _ = run(
+        capsys, "--prompt", user, "--max-tokens", "8", "--chat", "--json", "--weight-dtype", "float32"
+    )
     assert code == 0
     result = json.loads(out)
     assert set(result) == {"prompt_ids", "token_ids", "text"}
@@ -41,7 +43,17 @@ def test_chat_json_matches_transformers(capsys: pytest.CaptureFixture[str]) -> N
 def test_stop_at_eos_ends_on_the_eos_token(capsys: pytest.CaptureFixture[str]) -> None:
     golden = case("raw")
     eos_at = golden["greedy_ids"].index(2)  # this continuation ends its answer with <|im_end|>
-    code, out, _ = run(capsys, "--prompt", golden["text"], "--max-tokens", "64", "--stop-at-eos", "--json")
+    code, out, _ = run(
+        capsys,
+        "--prompt",
+        golden["text"],
+        "--max-tokens",
+        "64",
+        "--stop-at-eos",
+        "--json",
+        "--weight-dtype",
+        "float32",
+    )
     assert code == 0
     result = json.loads(out)
     assert result["token_ids"] == golden["greedy_ids"][: eos_at + 1]

@@ -71,7 +71,9 @@ def main() -> None:
             w = engine.generate_params["layers"][0][weight]
             sharding = w.q.sharding if hasattr(w, "q") else w.sharding
             result[f"{name}:{weight}_spec"] = str(cast(NamedSharding, sharding).spec)
-        result[name + ":cache_spec"] = str(cast(NamedSharding, engine._cache[0]["k"].sharding).spec)
+        layer = engine._cache[0]  # a slot cache ("k", "v") on a mesh; the paged cache ("kv") on one device
+        cache = layer["k"] if "k" in layer else layer["kv"]
+        result[name + ":cache_spec"] = str(cast(NamedSharding, cache.sharding).spec)
         result[name + ":devices"] = [
             sorted(d.id for d in engine.prefill_mesh.devices.flat),
             sorted(d.id for d in engine.generate_mesh.devices.flat),

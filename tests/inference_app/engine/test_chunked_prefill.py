@@ -12,7 +12,7 @@ from inference_app.engine.engine import JaxEngine, model_for
 from inference_app.engine.step_plan import PendingPrompt, plan_ragged
 from inference_app.kernels import build
 from inference_app.model.loader import LoadedModel
-from tests.inference_app.engine_runs import decode_all
+from tests.inference_app.engine_runs import decode_all, run_chunked
 
 STEPS = 10
 PROMPTS = [
@@ -78,33 +78,6 @@ def prompt_ids(model: LoadedModel) -> list[list[int]]:
     ids = [model.tokenizer.encode(p) for p in PROMPTS]
     assert max(map(len, ids)) > BASE.max_step_tokens  # some prompts need several steps
     return ids
-
-
-def run_chunked(
-    engine: JaxEngine, prompts: list[list[int]], sampling: list[SamplingParams], steps: int, stagger: int = 0
-) -> list[list[int]]:
-    """Prompt i starts in slot i % slots once a slot is free (and not before step i * stagger)."""
-    outs: list[list[int]] = [[] for _ in prompts]
-    slot_of: dict[int, int] = {}
-    waiting = list(range(len(prompts)))
-    step = 0
-    while any(len(o) < steps for o in outs):
-        busy = set(slot_of.values())
-        while waiting and len(busy) < engine.max_slots and waiting[0] * stagger <= step:
-            i = waiting.pop(0)
-            slot = min(set(range(engine.max_slots)) - busy)
-            engine.add_prompt(slot, prompts[i], sampling[i])
-            slot_of[i], busy = slot, busy | {slot}
-        out = engine.generate()
-        tokens = np.asarray(out.tokens)
-        for i, slot in list(slot_of.items()):
-            if slot in out.slots:
-                outs[i].append(int(tokens[slot]))
-                if len(outs[i]) == steps:
-                    engine.release(slot)
-                    del slot_of[i]
-        step += 1
-    return outs
 
 
 @needs_kernels

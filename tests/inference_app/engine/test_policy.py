@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from inference_app.engine.api import EngineSettings
-from inference_app.engine.policy import CPU_COMPILER_OPTIONS, derive_policy
+from inference_app.engine.policy import CPU_COMPILER_OPTIONS, derive_policy, served_weight_dtype
 from inference_app.kernels.ops import NATIVE_CPU, PURE_JAX
 
 BASE = EngineSettings()
@@ -43,9 +43,14 @@ def not_built() -> bool:
         # chunked prefill switched off, or impossible in disaggregated mode
         ({"chunked_prefill": False}, "cpu", 1, built, (NATIVE_CPU, True, False, False, False)),
         ({"mode": "disaggregated"}, "cpu", 1, built, (NATIVE_CPU, True, False, False, False)),
-        # TPU: bf16, pure JAX, separate prefill
+        # TPU: bf16, pure JAX matmuls, separate prefill into a slot cache (the Pallas paged
+        # kernel is checked in interpret mode only, not yet run by an engine on a TPU)
         ({}, "tpu", 1, built, (PURE_JAX, False, False, False, False)),
+        ({"kv_dtype": "int8"}, "tpu", 1, built, (PURE_JAX, False, False, False, False)),
+        # a sharded TPU mesh: separate prefill into a slot cache
         ({"weight_dtype": "int8"}, "tpu", 4, built, (PURE_JAX, False, False, False, False)),
+        # GPU: separate prefill into a slot cache
+        ({}, "gpu", 1, built, (PURE_JAX, False, False, False, False)),
     ],
 )
 def test_policy_table(
@@ -54,6 +59,8 @@ def test_policy_table(
     settings = dataclasses.replace(BASE, **changes)  # type: ignore[arg-type]
     p = derive_policy(settings, platform, devices, kernels_built)  # type: ignore[arg-type]
     assert (p.kernels, p.kernel_attention, p.ynn_dots, p.full_width_steps, p.chunked_prefill) == want
+    # chunked prefill runs over the paged cache, read by the native CPU kernel
+    assert p.paged_kernel == ("cpu" if p.chunked_prefill else None)
     assert p.compiler_options == (CPU_COMPILER_OPTIONS if p.ynn_dots else {})
 
 
@@ -87,3 +94,28 @@ def test_policy_is_frozen_and_hashable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.chunked_prefill = False  # type: ignore[misc]
     assert hash(p) == hash(derive_policy(BASE, "cpu", 1, built))
+
+
+@pytest.mark.parametrize(
+    ("changes", "checkpoint", "platform", "devices", "kernels_built", "want"),
+    [
+        # what `make serve` gets: the embedded GGUF on one CPU device with the kernels
+        ({}, "gguf", "cpu", 1, built, "gguf"),
+        # anything else keeps `auto` (float: fp32 CPU, bf16 TPU/GPU)
+        ({}, "gguf", "cpu", 1, not_built, "auto"),
+        ({"cpu_kernels": False}, "gguf", "cpu", 1, built, "auto"),
+        ({}, "gguf", "cpu", 8, built, "auto"),
+        ({}, "gguf", "tpu", 1, built, "auto"),
+        ({}, "hf", "cpu", 1, built, "auto"),
+        ({}, "maxtext", "cpu", 1, built, "auto"),
+        # an explicit choice is never replaced
+        ({"weight_dtype": "float32"}, "gguf", "cpu", 1, built, "float32"),
+        ({"weight_dtype": "int8"}, "gguf", "cpu", 1, built, "int8"),
+    ],
+)
+def test_served_weight_dtype(
+    changes: dict[str, object], checkpoint: str, platform: str, devices: int, kernels_built: object, want: str
+) -> None:
+    settings = dataclasses.replace(BASE, **changes)  # type: ignore[arg-type]
+    served = served_weight_dtype(settings, checkpoint, platform, devices, kernels_built)  # type: ignore[arg-type]
+    assert served.weight_dtype == want

@@ -163,7 +163,13 @@ def test_engine_with_and_without_kernels_agree() -> None:
     runs = {}
     for on in (True, False):
         engine = load_engine(
-            EngineSettings(max_slots=4, max_prefill_length=32, max_target_length=64, cpu_kernels=on)
+            EngineSettings(
+                max_slots=4,
+                max_prefill_length=32,
+                max_target_length=64,
+                cpu_kernels=on,
+                weight_dtype="float32",
+            )
         )
         assert engine.policy.kernels.cpu is on
         runs[on] = (decode_greedy(engine, prompts[:1], 24), decode_greedy(engine, prompts, 24))

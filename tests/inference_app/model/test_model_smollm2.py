@@ -29,7 +29,9 @@ def golden() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def engine() -> JaxEngine:
-    return load_engine(EngineSettings(max_slots=4, max_prefill_length=64, max_target_length=128))
+    return load_engine(
+        EngineSettings(max_slots=4, max_prefill_length=64, max_target_length=128, weight_dtype="float32")
+    )
 
 
 def test_golden_covers_raw_and_chat_prompts(golden: dict[str, Any]) -> None:

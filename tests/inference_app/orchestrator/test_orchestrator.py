@@ -484,6 +484,24 @@ def test_capabilities_pick_the_path_and_the_fault_wrapper_mirrors_them(chunked: 
         FaultInjectingEngine(PlainEngine(fake), "prefill", "X")
 
 
+def test_requests_wait_for_kv_blocks_in_arrival_order_and_all_finish() -> None:
+    """Chunked prefill over a paged cache: free slots are not enough, the request's KV must fit.
+    Each request here reserves 20 + 30 tokens of a 60-token cache, so they run one at a time."""
+    engine = FakeEngine(step_delay=0.001, chunked_prefill=True, kv_tokens=60)
+    orch = make(engine)
+    try:
+        prompts = [f"prompt number {i:05d}" for i in range(3)]  # 20 bytes each
+        sinks = [Collector() for _ in prompts]
+        for p, s in zip(prompts, sinks, strict=True):
+            orch.submit(req(p, max_tokens=30, ignore_eos=True), s)
+        for s in sinks:
+            assert isinstance(s.final, Finished), s.final
+        assert engine.max_active == 1 and engine.prefills == 3  # never two at once, none refused
+        assert orch.wait_idle(5) and orch.active_slots == 0 and not engine._reserved
+    finally:
+        orch.stop()
+
+
 # ----- log-probabilities -----------------------------------------------------------------------
 
 
@@ -514,3 +532,20 @@ def test_prompt_logprobs_come_first_and_max_tokens_0_only_scores(orch: Orchestra
     assert only.events[1:] == [Finished("length", len(prompt), 0)]
     with pytest.raises(BadRequest, match="max_tokens must be >= 1"):
         orch.submit(GenerationRequest(prompt, 0), Collector())
+
+
+def test_a_request_that_only_scores_its_prompt_waits_for_no_kv_blocks() -> None:
+    """Echo with max_tokens 0 (lm-eval's loglikelihood) reads no KV cache: a prompt longer than the
+    free KV blocks is still scored at once."""
+    engine = FakeEngine(step_delay=0.001, chunked_prefill=True, kv_tokens=10)
+    orch = make(engine)
+    try:
+        prompt = tuple(b"a prompt of thirty bytes, long")
+        sink = Collector()
+        orch.submit(GenerationRequest(prompt, 0, prompt_logprobs=0), sink)
+        assert sink.done.wait(5), "the scoring request waited for KV blocks"
+        first = sink.events[0]
+        assert isinstance(first, PromptLogprobs) and [lp.token for lp in first.tokens] == list(prompt[1:])
+        assert sink.events[1:] == [Finished("length", len(prompt), 0)]
+    finally:
+        orch.stop()

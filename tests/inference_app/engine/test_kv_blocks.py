@@ -1,0 +1,263 @@
+"""The paged KV cache's host side: block pool (refcounts, LRU reuse), prefix-cache keys, and the
+per-sequence block tables (admission by blocks, reservations, prefix hits)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from inference_app.engine.block_tables import UNASSIGNED, KVBlockManager
+from inference_app.engine.kv_blocks import BlockPool, OutOfBlocks
+from inference_app.engine.prefix_cache import block_hashes
+
+# ----- prefix-cache keys -----------------------------------------------------------------------
+
+
+def test_block_keys_chain_the_whole_prefix() -> None:
+    a = block_hashes([1, 2, 3, 4, 5, 6, 7], 2)
+    assert len(a) == 3  # full blocks only
+    assert block_hashes([1, 2, 3, 4, 9, 9], 2)[:2] == a[:2]
+    # the same block of tokens after a different prefix is a different key
+    b = block_hashes([0, 0, 3, 4], 2)
+    assert b[1] != a[1]
+    assert block_hashes([1, 2, 3, 4, 5, 6, 7], 2, count=2) == a[:2]
+    assert block_hashes([1, 2, 3], 4) == []
+    with pytest.raises(ValueError, match="block_size"):
+        block_hashes([1], 0)
+
+
+def test_block_keys_do_not_depend_on_the_container() -> None:
+    ids = list(range(40))
+    assert block_hashes(ids, 16) == block_hashes(np.arange(40, dtype=np.int64), 16)
+
+
+# ----- the pool --------------------------------------------------------------------------------
+
+
+def test_pool_reuses_the_least_recently_released_block_and_evicts_its_key() -> None:
+    pool = BlockPool(3)
+    a, b, c = pool.allocate(), pool.allocate(), pool.allocate()
+    with pytest.raises(OutOfBlocks):
+        pool.allocate()
+    assert pool.register(a, b"ka") and pool.register(b, b"kb")
+    pool.release(b)
+    pool.release(a)  # queue: b (older), a
+    assert pool.num_free == 2 and pool.lookup(b"ka") == a
+    assert pool.allocate() == b  # oldest first; its key is evicted
+    assert pool.lookup(b"kb") is None and pool.lookup(b"ka") == a
+    pool.take_cached(a)  # a prefix hit takes a off the queue
+    assert pool.refcount(a) == 1 and pool.num_free == 0
+    pool.take_cached(a)  # shared by a second sequence
+    pool.release(a)
+    pool.release(a)
+    pool.release(c)
+    assert pool.num_free == 2 and pool.lookup(b"ka") == a
+
+
+def test_pool_keeps_the_first_block_registered_for_a_key() -> None:
+    pool = BlockPool(2)
+    a, b = pool.allocate(), pool.allocate()
+    assert pool.register(a, b"k")
+    assert not pool.register(b, b"k")  # computed twice at once: the second stays unkeyed
+    assert pool.key(b) is None and pool.lookup(b"k") == a
+
+
+def test_pool_rejects_misuse() -> None:
+    pool = BlockPool(2)
+    a = pool.allocate()
+    with pytest.raises(ValueError, match="not in use"):
+        pool.release(1)
+    with pytest.raises(ValueError, match="no cached prefix"):
+        pool.take_cached(a)
+    pool.release(a)
+    with pytest.raises(ValueError, match="not in use"):
+        pool.register(a, b"k")
+    with pytest.raises(ValueError, match="at least one block"):
+        BlockPool(0)
+
+
+# ----- block tables ----------------------------------------------------------------------------
+
+
+def manager(blocks: int = 16, block_size: int = 4, slots: int = 4, context: int = 32) -> KVBlockManager:
+    return KVBlockManager(BlockPool(blocks), block_size, slots, context)
+
+
+def test_admission_reserves_the_worst_case_and_growth_takes_blocks_lazily() -> None:
+    m = manager(blocks=8)
+    assert m.admit(0, list(range(10)), 6) == 0  # 16 tokens: 4 blocks reserved, none taken
+    assert m.available_blocks == 4 and m.pool.num_free == 8
+    m.grow(0, 10)
+    assert m.length(0) == 12 and m.pool.num_free == 5 and m.available_blocks == 4
+    assert list(m.tables[0, :3]) == [0, 1, 2] and m.tables[0, 3] == UNASSIGNED
+    assert m.can_admit(list(range(100, 110)), 6)
+    assert not m.can_admit(list(range(100, 110)), 7)  # 5 blocks > 4 available
+    with pytest.raises(OutOfBlocks, match="needs 5 KV blocks and only 4"):
+        m.admit(1, list(range(100, 110)), 7)
+    with pytest.raises(ValueError, match="may hold 16 tokens"):
+        m.grow(0, 17)
+    m.release(0)
+    assert m.available_blocks == 8 and (m.tables[0] == UNASSIGNED).all()
+
+
+def test_admission_errors_name_the_problem() -> None:
+    m = manager(context=32)
+    with pytest.raises(ValueError, match="does not fit the context of 32"):
+        m.admit(0, list(range(30)), 3)
+    m.admit(0, [1, 2], 1)
+    with pytest.raises(ValueError, match="already holds a sequence"):
+        m.admit(0, [1, 2], 1)
+    with pytest.raises(ValueError, match="out of range"):
+        m.admit(9, [1, 2], 1)
+
+
+def test_a_shared_prefix_is_computed_once() -> None:
+    m = manager(blocks=16, block_size=4)
+    system = list(range(50, 59))  # 9 tokens: two full blocks and one token
+    first = [*system, 1, 2, 3]
+    assert m.admit(0, first, 4) == 0
+    m.grow(0, len(first))
+    m.written(0, 6)  # only the first block is written so far
+    second = [*system, 7, 7]
+    assert m.admit(1, second, 4) == 4  # the written block is a hit, the unwritten one is not
+    m.written(0, len(first))  # now both full system blocks are registered (and block 3 too)
+    assert m.admit(2, second, 4) == 8
+    assert list(m.tables[2, :2]) == list(m.tables[0, :2])
+    assert m.pool.refcount(int(m.tables[0, 0])) == 3
+    assert m.prefix_stats.hit_tokens == 12 and m.prefix_stats.queried_tokens == 12 + 11 + 11
+
+
+def test_the_last_prompt_token_is_always_computed() -> None:
+    m = manager(block_size=4)
+    prompt = list(range(8))  # exactly two blocks
+    m.admit(0, prompt, 2)
+    m.grow(0, 8)
+    m.written(0, 8)
+    # the same prompt again: only the first block is served from the cache, the second (which
+    # holds the last token, whose logits are needed) is computed into a block of its own
+    assert m.admit(1, prompt, 2) == 4
+    m.grow(1, 8)
+    assert m.tables[1, 0] == m.tables[0, 0] and m.tables[1, 1] != m.tables[0, 1]
+
+
+def test_released_prefixes_stay_cached_until_their_blocks_are_needed() -> None:
+    m = manager(blocks=4, block_size=4, context=16)
+    prompt = list(range(9))
+    m.admit(0, prompt, 3)  # 12 tokens: 3 blocks
+    m.grow(0, 12)
+    m.written(0, 9)
+    m.release(0)  # blocks free, but two of them keep their prefix keys
+    assert m.available_blocks == 4 and m.pool.num_cached == 2
+    assert m.admit(1, prompt, 3) == 8  # a hit after release
+    m.release(1)
+    m.admit(2, list(range(100, 113)), 3)  # needs all four blocks: the cached ones are evicted
+    m.grow(2, 16)
+    assert m.pool.num_cached == 0
+    m.release(2)
+    assert m.admit(3, prompt, 3) == 0
+
+
+def test_a_hit_on_an_idle_cached_block_counts_against_admission() -> None:
+    """Reusing a released (cached) block takes it off the free queue, so it costs a free block:
+    admitting past that would leave a running sequence unable to grow."""
+    m = manager(blocks=4, block_size=2, context=8)
+    m.admit(0, [1, 2, 3], 1)
+    m.grow(0, 4)
+    m.written(0, 4)
+    m.release(0)  # block 0 keeps the key of [1, 2]
+    m.admit(1, [7, 7, 7, 7, 7], 1)  # reserves 3 blocks: 1 available
+    assert not m.can_admit([1, 2, 3], 1)  # 1 new block + the idle hit = 2
+    with pytest.raises(OutOfBlocks):
+        m.admit(2, [1, 2, 3], 1)
+    m.grow(1, 6)
+    assert m.available_blocks == 1
+
+
+def test_cached_blocks_are_evicted_least_recently_used_first() -> None:
+    m = manager(blocks=4, block_size=2, context=8)
+    a, b = [1, 2, 3], [4, 5, 6]
+    for slot, prompt in ((0, a), (1, b)):
+        m.admit(slot, prompt, 1)
+        m.grow(slot, 4)
+        m.written(slot, 4)
+    m.release(0)
+    m.release(1)  # a's blocks were released first: they go first
+    m.admit(2, [9, 9, 9], 1)
+    m.grow(2, 4)  # takes a's two blocks
+    assert m.admit(3, a, 1) == 0 and m.prefix_stats.hit_tokens == 0
+    m.release(3)
+    assert m.admit(3, b, 1) == 2
+
+
+def test_prefix_caching_off_never_shares() -> None:
+    m = KVBlockManager(BlockPool(8), 4, 2, 32, prefix_caching=False)
+    m.admit(0, list(range(9)), 1)
+    m.grow(0, 9)
+    m.written(0, 9)
+    assert m.admit(1, list(range(9)), 1) == 0 and m.pool.num_cached == 0
+
+
+class BlockTablesMachine(RuleBasedStateMachine):
+    """Any sequence of admissions, growth, writes and releases keeps the books consistent, and a
+    sequence that was admitted can always grow to its capacity (no preemption is ever needed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.m = KVBlockManager(BlockPool(12), 3, 4, 24)
+        self.capacity: dict[int, int] = {}
+        self.prompt: dict[int, list[int]] = {}
+
+    @rule(
+        slot=st.integers(0, 3),
+        prompt=st.lists(st.integers(0, 2), min_size=1, max_size=14),
+        new=st.integers(1, 10),
+    )
+    def admit(self, slot: int, prompt: list[int], new: int) -> None:
+        if slot in self.capacity or len(prompt) + new > 24 or not self.m.can_admit(prompt, new):
+            return
+        cached = self.m.admit(slot, prompt, new)
+        assert cached % 3 == 0 and cached < len(prompt)
+        self.capacity[slot] = len(prompt) + new
+        self.prompt[slot] = prompt
+
+    @precondition(lambda self: bool(self.capacity))
+    @rule(data=st.data())
+    def grow_and_write(self, data: st.DataObject) -> None:
+        slot = data.draw(st.sampled_from(sorted(self.capacity)))
+        tokens = data.draw(st.integers(1, self.capacity[slot]))
+        self.m.grow(slot, tokens)
+        self.m.written(slot, tokens)
+
+    @precondition(lambda self: bool(self.capacity))
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        slot = data.draw(st.sampled_from(sorted(self.capacity)))
+        self.m.release(slot)
+        del self.capacity[slot], self.prompt[slot]
+
+    @invariant()
+    def books_balance(self) -> None:
+        m = self.m
+        refs = np.zeros(m.pool.num_blocks, int)
+        for slot in range(m.tables.shape[0]):
+            row = m.tables[slot]
+            listed = row[row != UNASSIGNED]
+            refs[listed] += 1
+            if slot not in self.capacity:
+                assert len(listed) == 0
+        assert all(m.pool.refcount(b) == refs[b] for b in range(m.pool.num_blocks))
+        # a block in two tables is a cached (keyed) prefix block
+        assert all(m.pool.key(int(b)) is not None for b in np.flatnonzero(refs > 1))
+        assert m.pool.num_free == int((refs == 0).sum())
+        assert m.available_blocks >= 0
+
+    def teardown(self) -> None:
+        for slot, cap in self.capacity.items():  # every admitted sequence can reach its capacity
+            self.m.grow(slot, cap)
+
+
+TestBlockTables = BlockTablesMachine.TestCase
+TestBlockTables.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
