@@ -8,15 +8,19 @@ the suite over pytest-xdist workers (docs/testing.md has the measurements behind
   directory (EngineSettings.compilation_cache_dir) under the repository, so a second local run
   starts warm; CI's fresh clone starts cold. What a test checks about compiling (the jit caches'
   `_cache_size()`) is the in-memory trace cache, which this does not change.
-- Workers: `--dist loadgroup` with one group per test file, so a module-scoped fixture (an engine,
+- Workers: with `--dist loadgroup`, one group per test file, so a module-scoped fixture (an engine,
   a server) is built once; files that share one real-model server (SMOLLM2_SERVER_FILES) form one
   group. Groups whose files are known to be long start first, so the two workers finish together.
+  The groups are given to xdist as its scheduler's scopes (pytest_xdist_make_scheduler): its own
+  `xdist_group` marks rename node ids, which pytest 9 no longer lets a plugin do, so they group
+  nothing here (each test then went to either worker).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,20 +52,32 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 
-def group_of(item: pytest.Item) -> str:
-    path = item.nodeid.split("::", 1)[0]
+def group_of(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
     if path.startswith(SMOLLM2_SERVER_FILES):
         return SMOLLM2_SERVER_GROUP
     return path
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    if config.getvalue("dist") != "loadgroup":
+        return None  # xdist's own scheduler for the other modes
+
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        """xdist's scope scheduler (a worker takes a whole scope), with group_of as the scope."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return ByGroup(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     groups: dict[str, list[pytest.Item]] = {}
     for item in items:
-        group = group_of(item)
-        item.add_marker(pytest.mark.xdist_group(group))
-        groups.setdefault(group, []).append(item)
+        groups.setdefault(group_of(item.nodeid), []).append(item)
     rank = {g: i for i, g in enumerate(LONG_FIRST)}
     order = sorted(groups, key=lambda g: rank.get(g, len(rank)))  # stable: file order otherwise
     items[:] = [item for group in order for item in groups[group]]
