@@ -18,7 +18,9 @@ the suite over pytest-xdist workers (docs/testing.md has the measurements behind
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,19 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["JAX_COMPILATION_CACHE_DIR"] = str(REPO / cache)
         os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
         os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+
+@pytest.fixture(autouse=True)
+def main_thread_event_loop() -> Iterator[None]:
+    """Pulumi's mocks (components/, policy/) run on the main thread's current event loop, and a test
+    that ran `asyncio.run` before them in the same worker (the openai SDK's async client, Orbax)
+    leaves the thread with none: "There is no current event loop". Serially the stack tests ran
+    first; with workers and longest-first groups they need not, so each test starts with a loop."""
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+    yield
 
 
 def group_of(nodeid: str) -> str:
