@@ -1,18 +1,23 @@
-"""A real `serve` process with the embedded SmolLM2 model on loopback (one server for the module)."""
+"""A real `serve` process with the embedded SmolLM2 model on loopback: the suite's one real-model
+server (`smollm2_server`), which the real-client tests share."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from tests.inference_app.serving_cases import ServerProcess, bad_inputs, check_error
+from tests.inference_app.serving_cases import (
+    SMOLLM2_PREFILL,
+    SMOLLM2_TARGET,
+    ServerProcess,
+    bad_inputs,
+    check_error,
+)
 
-MAX_PREFILL, MAX_TARGET = 64, 256
 GUIDE_PROMPT = "What are the top 5 programming languages"
 PROMPTS = [
     "The capital of France is",
@@ -27,20 +32,8 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    srv = ServerProcess(
-        [
-            "serve",
-            "--max-slots", "4",
-            "--max-prefill-length", str(MAX_PREFILL),
-            "--max-target-length", str(MAX_TARGET),
-        ]
-    )
-    try:
-        srv.wait_healthy(timeout=240)
-        yield srv
-    finally:
-        srv.terminate()
+def server(smollm2_server: ServerProcess) -> ServerProcess:
+    return smollm2_server
 
 
 def generate(srv: ServerProcess, prompt: str, max_tokens: int, **extra: object) -> str:
@@ -143,7 +136,7 @@ def test_disconnect_mid_stream_frees_the_slot(server: ServerProcess) -> None:
 
 
 def test_bad_inputs_get_4xx_and_the_server_still_serves(server: ServerProcess) -> None:
-    for case in bad_inputs(MAX_PREFILL, MAX_TARGET):
+    for case in bad_inputs(SMOLLM2_PREFILL, SMOLLM2_TARGET):
         r = httpx.request(case.method, f"{server.base}{case.path}", content=case.body,
                           headers={"content-type": "application/json"}, timeout=30)
         check_error(case, r)
