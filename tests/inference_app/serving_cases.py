@@ -20,7 +20,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[2]
 
 # The one real-model `serve` process of `make test` (tests/inference_app/conftest.py's
-# `smollm2_server`): the embedded SmolLM2 with small limits and float32 weights, shared by the real
+# `smollm2_server`): the embedded SmolLM2 with small limits and default (float32) weights, shared by the real
 # clients (clients/) and the real-process tests (server/test_process.py), so the suite pays for one
 # start-up and warm-up. Nothing may download at run time: the Hugging Face hub is off for it.
 SMOLLM2_SLOTS, SMOLLM2_PREFILL, SMOLLM2_TARGET = 4, 256, 512
@@ -30,9 +30,6 @@ SMOLLM2_SERVER_ARGS = [
     "--max-prefill-length", str(SMOLLM2_PREFILL),
     "--max-target-length", str(SMOLLM2_TARGET),
     "--max-step-tokens", "64",  # fewer step shapes to compile before healthy; prompts are short
-    # float32 weights, as served before `auto` became the GGUF's own blocks: lm-eval's
-    # loglikelihoods are checked against a float32 forward of the model, within 1e-3
-    "--weight-dtype", "float32",
 ]  # fmt: skip
 OFFLINE = {
     "HF_HUB_OFFLINE": "1",
