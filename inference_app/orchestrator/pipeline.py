@@ -315,8 +315,8 @@ class Orchestrator:
         for stage, target in loops:
             log.info("Spinning up %s thread 0.", stage)
             thread = threading.Thread(target=self._guard(stage, target), name=f"{stage}-0", daemon=True)
+            thread.start()  # before it is listed: a concurrent stop() joins only started threads
             self._threads.append(thread)
-            thread.start()
         self._admitting = True
         log.info(
             "Driver initialized: %d slots, prefill up to %d tokens, %d tokens per slot, queue bound %d.",
