@@ -32,4 +32,7 @@ def test_a_short_run_has_no_errors(
     run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     totals = json.loads(out.read_text())["benchmarks"][0]["metrics"]["request_totals"]
-    assert totals["errored"] == 0 and totals["incomplete"] == 0 and totals["successful"] >= 6, totals
+    # guidellm may close its measured window before counting the last of the 6 it sent (seen: a
+    # synchronous run reporting 5 successful of 5): every counted request must have succeeded.
+    assert totals["errored"] == 0 and totals["incomplete"] == 0, totals
+    assert totals["successful"] == totals["total"] >= 5, totals
