@@ -76,25 +76,8 @@ def capture_inputs(engine: Any) -> tuple[Any, Any]:
     """The `StepInputs` and static shape `engine.generate` would pass its jitted step now."""
     import jax
 
-    from inference_app.engine.steps import SamplingRows, StepInputs
-
     plan, shape = engine.next_step()
-    idx = np.minimum(plan.logit_slots, engine.max_slots - 1)
-    rows = SamplingRows(
-        np.zeros(len(idx), np.float32), engine._top_k[idx], engine._top_p[idx], engine._seeds[idx]
-    )
-    tables = None if engine.kv_blocks is None else engine.kv_blocks.tables.copy()  # paged cache
-    inputs = StepInputs(
-        plan.tokens,
-        plan.from_state,
-        plan.slots,
-        plan.positions,
-        plan.logit_rows,
-        plan.logit_slots,
-        rows,
-        tables,
-    )
-    return jax.device_put(inputs), shape
+    return jax.device_put(engine.step_inputs(plan)), shape
 
 
 def call_step(engine: Any, tokens: Any, cache: Any, inputs: Any, shape: Any) -> tuple[Any, Any]:

@@ -599,6 +599,22 @@ class JaxEngine:
         shape, compiled on first use rather than at warm-up)."""
         idx = np.minimum(plan.logit_slots, self.max_slots - 1)
         real = plan.logit_slots < self.max_slots
+        self._tokens, self._cache, logprobs = self._step_fn(
+            self.generate_params,
+            self._cache,
+            self._tokens,
+            self.step_inputs(plan),
+            attn_len=shape.attn_len,
+            greedy=shape.greedy,
+            logprobs=bool(self._logprobs[idx[real]].any()),
+        )
+        return logprobs
+
+    def step_inputs(self, plan: StepPlan) -> StepInputs:
+        """The host inputs of the step that runs `plan`: sampling rows of its sampled slots (padding
+        rows greedy), the block tables, and token masks when a sampled slot is constrained."""
+        idx = np.minimum(plan.logit_slots, self.max_slots - 1)
+        real = plan.logit_slots < self.max_slots
         rows = SamplingRows(
             np.where(real, self._temperature[idx], 0.0).astype(np.float32),  # padding: greedy
             self._top_k[idx],
@@ -611,7 +627,7 @@ class JaxEngine:
             if self.policy.paged_kernel == "pallas_tpu":
                 sequences = ragged_sequences(plan.slots, plan.positions, self.max_slots)
         masked = bool(self._constrained[idx[real]].any())
-        inputs = StepInputs(
+        return StepInputs(
             plan.tokens,
             plan.from_state,
             plan.slots,
@@ -623,16 +639,6 @@ class JaxEngine:
             sequences,
             mask=np.where(real[:, None], self._masks[idx], -1) if masked else None,
         )
-        self._tokens, self._cache, logprobs = self._step_fn(
-            self.generate_params,
-            self._cache,
-            self._tokens,
-            inputs,
-            attn_len=shape.attn_len,
-            greedy=shape.greedy,
-            logprobs=bool(self._logprobs[idx[real]].any()),
-        )
-        return logprobs
 
     def warmup(self) -> None:
         """Compile everything a request can reach: the prefill stage's buckets (unless prompts
