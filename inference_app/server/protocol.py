@@ -277,6 +277,18 @@ class StreamOptions(StrictRequest):
     include_obfuscation: bool | None = None  # accepted; nothing is obfuscated
 
 
+class JsonSchemaFormat(StrictRequest):
+    name: str
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(StrictRequest):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class OpenAIRequest(SamplingRequest):
     """Fields common to the OpenAI endpoints. Before validation `openai_fields.screen` has removed
     the fields accepted without effect and explicit nulls (OpenAI's "use the default")."""
@@ -286,6 +298,7 @@ class OpenAIRequest(SamplingRequest):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=MAX_CHOICES)
+    response_format: ResponseFormat | None = None  # completions: a vLLM extension, as in chat
 
     @property
     def include_usage(self) -> bool:
@@ -453,18 +466,6 @@ class NamedToolChoice(StrictRequest):
     function: NamedFunction
 
 
-class JsonSchemaFormat(StrictRequest):
-    name: str
-    description: str | None = None
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
-    strict: bool | None = None
-
-
-class ResponseFormat(StrictRequest):
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchemaFormat | None = None
-
-
 class ChatCompletionRequest(OpenAIRequest):
     """`POST /v1/chat/completions`: rendered with the model's own chat template."""
 
@@ -473,7 +474,6 @@ class ChatCompletionRequest(OpenAIRequest):
     max_completion_tokens: PositiveInt | None = None
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    response_format: ResponseFormat | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 

@@ -52,6 +52,7 @@ from inference_app.server.protocol import (
     ModelCard,
     ModelList,
     NamedToolChoice,
+    OpenAIRequest,
     ResponseModel,
     TokenizeRequest,
     TokenizeResponse,
@@ -213,6 +214,8 @@ class CompletionRenderer:
 
 async def serve_completion(state: ServingState, request: Request, body: CompletionRequest) -> Response:
     check_model(state, body.model)
+    grammar = _output_grammar(body)
+    _check_constrainable(state, grammar, "response_format")
     engine = loaded_engine(state)
     prompts: list[tuple[int, ...]] = []
     echoes: list[str] = []
@@ -224,7 +227,7 @@ async def serve_completion(state: ServingState, request: Request, body: Completi
         else:
             prompts.append(check_token_ids(state, prompt, param))
             echoes.append(engine.tokenizer.decode(prompt) if body.echo else "")
-    gens = start_generations(state, request, body, prompts, body.max_tokens, body.n)
+    gens = start_generations(state, request, body, prompts, body.max_tokens, body.n, grammar)
     renderer = CompletionRenderer(
         gens[0].request.request_id, state.options.model_name, body, echoes, gens, engine.tokenizer
     )
@@ -262,7 +265,7 @@ def _forced_call(body: ChatCompletionRequest, functions: list[Function]) -> Gram
     return _checked(lambda: call_grammar(functions), "tools")
 
 
-def _output_grammar(body: ChatCompletionRequest) -> GrammarSpec | None:
+def _output_grammar(body: OpenAIRequest) -> GrammarSpec | None:
     """`response_format` json_object / json_schema as a grammar; a schema the grammar engine cannot
     use (or, with strict, a keyword it cannot enforce) is a 400 naming the schema."""
     fmt = body.response_format
@@ -279,6 +282,13 @@ def _output_grammar(body: ChatCompletionRequest) -> GrammarSpec | None:
         return GrammarSpec.json_object()
     strict = bool(fmt.json_schema.strict)
     return _checked(lambda: GrammarSpec.json_schema(schema, strict), "response_format.json_schema.schema")
+
+
+def _check_constrainable(state: ServingState, grammar: GrammarSpec | None, param: str) -> None:
+    orchestrator = state.orchestrator
+    if grammar is not None and orchestrator is not None and not orchestrator.structured_outputs:
+        message = f"{param}: not supported by this engine (it cannot constrain its output: no token masks)."
+        raise ApiError(400, message, param)
 
 
 def _checked(build: Callable[[], GrammarSpec], param: str) -> GrammarSpec:
@@ -427,10 +437,7 @@ async def serve_chat(state: ServingState, request: Request, body: ChatCompletion
     grammar, param = (_forced_call(body, functions), "tool_choice")
     if grammar is None:
         grammar, param = (_output_grammar(body), "response_format")
-    orchestrator = state.orchestrator
-    if grammar is not None and orchestrator is not None and not orchestrator.structured_outputs:
-        message = f"{param}: not supported by this engine (it cannot constrain its output: no token masks)."
-        raise ApiError(400, message, param)
+    _check_constrainable(state, grammar, param)
     prompt_ids = await encode_chat(state, template_messages(body.messages, functions))
     engine = loaded_engine(state)
     room = engine.max_target_length - len(prompt_ids)

@@ -16,8 +16,10 @@ and in a real server process through `serve --inject-fault STAGE:MARKER`). Stage
 from __future__ import annotations
 
 import weakref
-from collections.abc import Sequence
-from typing import Literal, Protocol, get_args, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
+
+import numpy as np
 
 from inference_app.engine.api import (
     BatchedPrefill,
@@ -27,6 +29,10 @@ from inference_app.engine.api import (
     SamplingParams,
     StepOutput,
     Tokenizer,
+    TokenLogprobs,
+    TokenMasks,
+    prompt_scoring,
+    token_masks,
 )
 from inference_app.engine.settings import EngineSettings
 
@@ -58,8 +64,20 @@ class FaultInjectingEngine:
     """Delegates to `inner`, raising `InjectedFault` at `stage` for prompts containing `marker`.
 
     It offers what `inner` offers: both capabilities, with chunked prefill on exactly when it is
-    on in `inner`, so the orchestrator picks the same code path as for `inner` alone.
+    on in `inner`, and token masks and prompt scoring exactly when `inner` has them (an instance is
+    of the subclass that adds those), so the orchestrator picks the same code path as for `inner`
+    alone and a wrapped server answers structured outputs and `echo` logprobs as an unwrapped one.
     """
+
+    def __new__(cls, inner: Engine, *args: Any, **kwargs: Any) -> FaultInjectingEngine:
+        if cls is FaultInjectingEngine:
+            masks, scoring = token_masks(inner) is not None, prompt_scoring(inner) is not None
+            cls = {
+                (True, True): _FaultsWithMasksAndScoring,
+                (True, False): _FaultsWithMasks,
+                (False, True): _FaultsWithScoring,
+            }.get((masks, scoring), FaultInjectingEngine)
+        return super().__new__(cls)
 
     def __init__(self, inner: Engine, stage: FaultStage, marker: str) -> None:
         if stage not in FAULT_STAGES:
@@ -101,10 +119,15 @@ class FaultInjectingEngine:
         self, prompts: Sequence[Sequence[int]], samplings: Sequence[SamplingParams]
     ) -> list[Prefix]:
         """A batch with a marked prompt fails as a whole (the orchestrator then retries one by one)."""
+        return self._prefill_batch(prompts, lambda: self.inner.prefill_many(prompts, samplings))
+
+    def _prefill_batch(
+        self, prompts: Sequence[Sequence[int]], run: Callable[[], list[Prefix]]
+    ) -> list[Prefix]:
         marked = [self.marker in self.tokenizer.decode(list(ids)) for ids in prompts]
         if any(marked) and self.stage == "prefill":
             raise InjectedFault(f"injected fault in prefill (a prompt of the batch contains {self.marker!r})")
-        prefixes = self.inner.prefill_many(prompts, samplings)
+        prefixes = run()
         for prefix, m in zip(prefixes, marked, strict=True):
             if m:
                 self._marked[id(prefix)] = weakref.ref(prefix)
@@ -156,3 +179,39 @@ class FaultInjectingEngine:
 
     def warmup(self) -> None:
         self.inner.warmup()
+
+
+class _FaultsWithMasks(FaultInjectingEngine):
+    """The wrapper of an engine with `TokenMasks`: a masked prefill fails as `prefill_many` does."""
+
+    @property
+    def _masks(self) -> TokenMasks:
+        masks = token_masks(self.inner)
+        assert masks is not None  # __new__ picked this class for it
+        return masks
+
+    @property
+    def mask_vocab(self) -> int:
+        return self._masks.mask_vocab
+
+    def set_token_mask(self, slot: int, bitmask: np.ndarray | None) -> None:
+        self._masks.set_token_mask(slot, bitmask)
+
+    def prefill_masked(
+        self, prompts: Sequence[Sequence[int]], samplings: Sequence[SamplingParams], bitmasks: np.ndarray
+    ) -> list[Prefix]:
+        masks = self._masks
+        return self._prefill_batch(prompts, lambda: masks.prefill_masked(prompts, samplings, bitmasks))
+
+
+class _FaultsWithScoring(FaultInjectingEngine):
+    """The wrapper of an engine with `PromptScoring` (no fault: scoring touches no slot)."""
+
+    def score_prompt(self, prompt_ids: Sequence[int], top: int) -> list[TokenLogprobs]:
+        scoring = prompt_scoring(self.inner)
+        assert scoring is not None  # __new__ picked this class for it
+        return scoring.score_prompt(prompt_ids, top)
+
+
+class _FaultsWithMasksAndScoring(_FaultsWithMasks, _FaultsWithScoring):
+    pass

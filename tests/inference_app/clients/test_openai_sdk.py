@@ -202,6 +202,18 @@ def test_structured_outputs_json_object_and_json_schema(client: openai.OpenAI, m
             max_tokens=4,
         )
     assert bad.value.body["param"] == "response_format.json_schema.schema"  # type: ignore[index]
+    # /v1/completions takes it too (vLLM's extension, sent as an extra field): every prompt's choice
+    both = client.completions.create(
+        model=model,
+        prompt=["A JSON object describing a city:", "Some JSON:"],
+        max_tokens=40,
+        temperature=0,
+        extra_body={"response_format": {"type": "json_schema", "json_schema": {
+            "name": "Place", "strict": True, "schema": Place.model_json_schema()}}},
+    )
+    assert [c.finish_reason for c in both.choices] == ["stop", "stop"]
+    for c in both.choices:
+        jsonschema.validate(json.loads(c.text), Place.model_json_schema())
 
 
 def test_forced_tool_calls(client: openai.OpenAI, model: str) -> None:

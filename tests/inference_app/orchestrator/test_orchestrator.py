@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import pytest
 
 from inference_app.engine.api import (
@@ -18,6 +19,8 @@ from inference_app.engine.api import (
     StepOutput,
     batched_prefill,
     chunked_prefill,
+    prompt_scoring,
+    token_masks,
 )
 from inference_app.orchestrator import (
     BadRequest,
@@ -32,7 +35,7 @@ from inference_app.orchestrator import (
     Unavailable,
 )
 from inference_app.orchestrator.detokenize import IncrementalDecoder, StopStringFilter
-from inference_app.testing.faults import FaultInjectingEngine, parse_fault_spec
+from inference_app.testing.faults import FaultInjectingEngine, InjectedFault, parse_fault_spec
 from tests.inference_app.fakes import (
     CORPUS,
     CORPUS_IDS,
@@ -482,6 +485,42 @@ def test_capabilities_pick_the_path_and_the_fault_wrapper_mirrors_them(chunked: 
         assert (chunked_prefill(engine) is engine) is chunked
     with pytest.raises(TypeError, match="cannot be wrapped"):
         FaultInjectingEngine(PlainEngine(fake), "prefill", "X")
+
+
+class MaskingEngine(FakeEngine):
+    """A FakeEngine with the TokenMasks capability (its masks are recorded, not applied)."""
+
+    mask_vocab = 256
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.masks: dict[int, object] = {}
+
+    def set_token_mask(self, slot: int, bitmask: object) -> None:
+        self.masks[slot] = bitmask
+
+    def prefill_masked(
+        self, prompts: Sequence[Sequence[int]], samplings: Sequence[SamplingParams], bitmasks: object
+    ) -> list[Prefix]:
+        return self.prefill_many(prompts, samplings)
+
+
+def test_the_fault_wrapper_has_token_masks_and_prompt_scoring_exactly_when_its_engine_does() -> None:
+    plain, masking = FakeEngine(), MaskingEngine()
+    assert token_masks(plain) is None and prompt_scoring(plain) is plain
+    wrapped_plain = FaultInjectingEngine(plain, "prefill", "BOOM")
+    assert token_masks(wrapped_plain) is None and prompt_scoring(wrapped_plain) is wrapped_plain
+    wrapped = FaultInjectingEngine(masking, "prefill", "BOOM")
+    masks, scoring = token_masks(wrapped), prompt_scoring(wrapped)
+    assert masks is wrapped and scoring is wrapped
+    assert scoring.score_prompt(list(b"ab"), 1) == plain.score_prompt(list(b"ab"), 1)
+    none = np.zeros((1, 8), np.int32)
+    assert len(masks.prefill_masked([list(b"fine")], [SamplingParams()], none)) == 1
+    row = none[0]
+    masks.set_token_mask(0, row)
+    assert list(masking.masks) == [0] and masking.masks[0] is row and masks.mask_vocab == 256
+    with pytest.raises(InjectedFault, match="prefill"):
+        masks.prefill_masked([list(b"fine"), list(b"a BOOM")], [SamplingParams()] * 2, np.repeat(none, 2, 0))
 
 
 def test_requests_wait_for_kv_blocks_in_arrival_order_and_all_finish() -> None:

@@ -166,6 +166,13 @@ def test_tools_auto_describes_the_tools_and_parses_calls(client: TestClient) -> 
     # the fake engine applies no token masks: a forced call is refused, naming the field
     assert forced.status_code == 400 and forced.json()["error"]["param"] == "tool_choice"
     assert "no token masks" in forced.json()["error"]["message"]
+    completion = client.post(
+        "/v1/completions", json={"prompt": "ab", "response_format": {"type": "json_object"}, **GREEDY}
+    )
+    assert completion.status_code == 400 and completion.json()["error"]["param"] == "response_format"
+    text = {"type": "text"}
+    plain = client.post("/v1/completions", json={"prompt": "ab", "response_format": text, **GREEDY})
+    assert plain.json()["choices"][0]["text"] == expected_text("ab", 6)
 
 
 # ----- log-probabilities (the FakeEngine: every token most likely at -0.25, see fakes.py) ----------
