@@ -26,7 +26,7 @@ from inference_app.model.streaming import StreamedWeights
 from inference_app.model.tokenizer import TextTokenizer
 from inference_app.model.transformer import Params
 from inference_app.model.weights import SHARDED_FORMATS, MatrixFormat, check_format, params_from_hf
-from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
+from inference_app.model.weights_gguf import gguf_tokenizer, open_gguf
 from inference_app.model.weights_hf import HFCheckpoint
 
 Format = Literal["gguf", "hf", "maxtext"]
@@ -110,7 +110,7 @@ def load_model(
     matrices = check_format(matrices)
     fmt = checkpoint_format(path)
     if fmt == "gguf":
-        ckpt = GGUFCheckpoint(path)
+        ckpt = open_gguf(path)
         cfg = ckpt.config
         params = params_from_hf(cfg, ckpt.tensor, dtype=dtype, matrices=matrices, stored=ckpt.blocks)
         return LoadedModel(cfg, HostWeights(params), gguf_tokenizer(ckpt), fmt)

@@ -7,8 +7,9 @@ layout, so `unpermute_qk` puts the rows back; tests prove it against transformer
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,19 @@ def permute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     rows = w.shape[0]
     half = rows // n_heads // 2
     return w.reshape(n_heads, 2, half, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def open_gguf(path: str) -> GGUFCheckpoint:
+    """The parsed checkpoint at `path`, shared within the process while the file is unchanged:
+    gguf's reader takes about 10 s on 2 cores to parse the embedded model's 49k-token vocabulary,
+    and one process may open the file several times (the engine, a tokenizer, the test suite)."""
+    st = os.stat(path)
+    return _open_gguf(os.path.realpath(path), st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=4)
+def _open_gguf(path: str, mtime_ns: int, size: int) -> GGUFCheckpoint:
+    return GGUFCheckpoint(path)
 
 
 @dataclass
@@ -125,7 +139,8 @@ class GGUFCheckpoint:
             t = self._hf_to_tensor[hf_name]
         except KeyError:
             raise KeyError(f"{self.path}: no tensor for {hf_name}") from None
-        w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+        # np.asarray: a plain view of the memmap (each slice of an np.memmap runs a Python hook)
+        w = np.asarray(dequantize(np.asarray(t.data), t.tensor_type), dtype=np.float32)
         w = w.reshape([int(n) for n in reversed(t.shape)])  # GGUF shapes are (cols, rows)
         cfg = self.config
         if hf_name.endswith("q_proj.weight"):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from inference_app.engine import EngineSettings
+from inference_app.engine.engine import model_for
+from inference_app.model.loader import HostWeights, LoadedModel
 from tests.inference_app.serving_cases import OFFLINE, SMOLLM2_SERVER_ARGS, ServerProcess
 from tests.inference_app.tiny_llama import make_tiny_llama
 
@@ -16,6 +20,29 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The random Llama-3.1-style HF checkpoint of tiny_llama.py, written once per session
     (transformers + torch take most of a minute to import and save it here)."""
     return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> LoadedModel:
+    """The embedded SmolLM2 in the CPU serving dtype (float32), read once per worker: engines built
+    from it place their own copy of the weights, so tests cannot disturb each other through it."""
+    return model_for(EngineSettings())
+
+
+@pytest.fixture(scope="session")
+def smollm2_4_layers(smollm2: LoadedModel) -> LoadedModel:
+    """SmolLM2's first 4 layers (its tokenizer, embeddings and final norm): for tests of what an
+    engine compiles or how it lays out steps, where the text it writes does not matter. The unrolled
+    layers are most of a step's compile time, so these engines build several times faster. Its text
+    is degenerate (", and, and"): token-equality tests of batching or prefill paths use the full
+    model, whose answers differ per prompt."""
+    params = smollm2.weights.host()
+    return LoadedModel(
+        dataclasses.replace(smollm2.config, num_layers=4),
+        HostWeights({**params, "layers": params["layers"][:4]}),
+        smollm2.tokenizer,
+        smollm2.format,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from inference_app.engine import SamplingParams
+from inference_app.engine.api import TokenLogprobs
 from inference_app.engine.engine import JaxEngine
 
 
@@ -24,6 +25,28 @@ def decode_all(
         toks = np.asarray(engine.generate().tokens)
         for slot, out in enumerate(outs):
             out.append(int(toks[slot]))
+    for slot in range(len(prompts)):
+        engine.release(slot)
+    return outs
+
+
+def decode_logprobs(
+    engine: JaxEngine, prompts: Sequence[list[int]], steps: int, top: int = 5
+) -> list[list[TokenLogprobs]]:
+    """Greedy decoding as `decode_all`, each token with its log-probability and `top` alternatives."""
+    sp = SamplingParams(logprobs=top)
+    outs = []
+    for slot, ids in enumerate(prompts):
+        prefix = engine.transfer(engine.prefill(ids, sp))
+        engine.insert(prefix, slot)
+        assert prefix.logprobs is not None
+        outs.append([prefix.logprobs])
+    for _ in range(steps - 1):
+        step = engine.generate().logprobs
+        assert step is not None
+        host = step.host()
+        for slot, out in enumerate(outs):
+            out.append(host.row(slot, top))
     for slot in range(len(prompts)):
         engine.release(slot)
     return outs

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from inference_app.model.catalog import embedded_model_path
-from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
+from inference_app.model.weights_gguf import gguf_tokenizer, open_gguf
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -56,7 +56,7 @@ def make_tiny_llama(directory: Path, seed: int = 0) -> Path:
                 p.mul_(4.0)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory, safe_serialization=True)
-    tok = gguf_tokenizer(GGUFCheckpoint(str(embedded_model_path("smollm2-135m"))))
+    tok = gguf_tokenizer(open_gguf(str(embedded_model_path("smollm2-135m"))))
     tok.backend.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(
         json.dumps({"chat_template": CHAT_TEMPLATE, "eos_token": "<|im_end|>", "bos_token": "<|im_start|>"})

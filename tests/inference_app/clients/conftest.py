@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from inference_app.model.catalog import embedded_model_path
-from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
+from inference_app.model.weights_gguf import gguf_tokenizer, open_gguf
 from tests.inference_app.serving_cases import OFFLINE, ServerProcess
 
 
@@ -36,5 +36,5 @@ def server(smollm2_server: ServerProcess) -> ServerProcess:
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tokenizer = gguf_tokenizer(GGUFCheckpoint(str(embedded_model_path("smollm2-135m"))))
+    tokenizer = gguf_tokenizer(open_gguf(str(embedded_model_path("smollm2-135m"))))
     return tokenizer.save_pretrained(tmp_path_factory.mktemp("tokenizer"))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from inference_app.engine import EngineSettings, SamplingParams
-from inference_app.engine.engine import JaxEngine, model_for
+from inference_app.engine.engine import JaxEngine
 from inference_app.engine.step_plan import PendingPrompt, plan_ragged
 from inference_app.kernels import build
 from inference_app.model.loader import LoadedModel
@@ -61,8 +61,8 @@ def test_plan_pads_to_the_smallest_bucket_with_rows_that_touch_nothing() -> None
 
 
 @pytest.fixture(scope="module")
-def model() -> LoadedModel:
-    return model_for(BASE)
+def model(smollm2: LoadedModel) -> LoadedModel:
+    return smollm2
 
 
 @pytest.fixture(scope="module")

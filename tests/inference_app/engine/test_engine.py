@@ -9,7 +9,7 @@ import pytest
 
 from inference_app.engine import Engine, EngineSettings, SamplingParams
 from inference_app.engine.api import batched_prefill, chunked_prefill
-from inference_app.engine.engine import JaxEngine, model_for
+from inference_app.engine.engine import JaxEngine
 from inference_app.engine.step_plan import SlotLayout
 from inference_app.model.loader import LoadedModel
 from tests.inference_app.engine_runs import decode_all
@@ -29,8 +29,8 @@ BASE = EngineSettings(max_slots=8, max_prefill_length=32, max_target_length=64)
 
 
 @pytest.fixture(scope="module")
-def model() -> LoadedModel:
-    return model_for(BASE)
+def model(smollm2: LoadedModel) -> LoadedModel:
+    return smollm2
 
 
 @pytest.fixture(scope="module")
@@ -198,9 +198,11 @@ def test_prefill_batch_rows_cap_padded_tokens(model: LoadedModel) -> None:
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-def test_warmup_compiles_every_step_a_request_reaches(model: LoadedModel, chunked: bool) -> None:
+def test_warmup_compiles_every_step_a_request_reaches(smollm2_4_layers: LoadedModel, chunked: bool) -> None:
     """Warm-up runs each step shape with padding rows; real steps then compile nothing new.
-    Without chunked prefill and kernels: 2 row buckets x 2 attention buckets x greedy or not."""
+    Without chunked prefill and kernels: 2 row buckets x 2 attention buckets x greedy or not.
+    (What is compiled does not depend on the depth: 4 of the 30 layers, to compile faster.)"""
+    model = smollm2_4_layers
     settings = dataclasses.replace(
         BASE,
         max_slots=2,

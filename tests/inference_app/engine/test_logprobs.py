@@ -16,7 +16,6 @@ import pytest
 from inference_app.engine import EngineSettings, SamplingParams
 from inference_app.engine.api import MAX_TOP_LOGPROBS, TokenLogprobs, prompt_scoring
 from inference_app.engine.engine import JaxEngine, load_engine
-from tests.inference_app.tiny_llama import make_tiny_llama
 
 torch = pytest.importorskip("torch")
 PROMPT = [17, 250, 3, 9000, 41, 41, 7, 1234, 5, 48000, 77, 2, 600, 12, 13, 14, 15, 16, 30]
@@ -24,8 +23,8 @@ STEPS = 6
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+def tiny_dir(tiny_llama_dir: Path) -> Path:
+    return tiny_llama_dir
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 
 from inference_app.engine import EngineSettings, SamplingParams
-from inference_app.engine.engine import JaxEngine, model_for
+from inference_app.engine.engine import JaxEngine
 from inference_app.engine.kv_blocks import OutOfBlocks
 from inference_app.kernels import build
 from inference_app.model.loader import LoadedModel
@@ -38,8 +38,8 @@ def chat(question: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def model() -> LoadedModel:
-    return model_for(BASE)
+def model(smollm2: LoadedModel) -> LoadedModel:
+    return smollm2
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from inference_app.engine import EngineSettings
-from inference_app.engine.engine import JaxEngine, load_engine
+from inference_app.engine.engine import JaxEngine
+from inference_app.model.loader import LoadedModel
 from inference_app.model.transformer import prefill
 from tests.inference_app.engine_runs import decode_greedy
 
@@ -28,8 +29,8 @@ def golden() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def engine() -> JaxEngine:
-    return load_engine(EngineSettings(max_slots=4, max_prefill_length=64, max_target_length=128))
+def engine(smollm2: LoadedModel) -> JaxEngine:
+    return JaxEngine(EngineSettings(max_slots=4, max_prefill_length=64, max_target_length=128), smollm2)
 
 
 def test_golden_covers_raw_and_chat_prompts(golden: dict[str, Any]) -> None:

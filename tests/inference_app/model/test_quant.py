@@ -88,9 +88,9 @@ def test_gguf_blocks_are_the_stored_rows_in_hf_order() -> None:
     """`GGUFCheckpoint.blocks` dequantizes to exactly what `tensor` gives (Q/K rows unpermuted),
     for a Q4_1 attention matrix, a permuted Q and K, and the Q8_0 embedding table."""
     from inference_app.model.catalog import embedded_model_path
-    from inference_app.model.weights_gguf import GGUFCheckpoint
+    from inference_app.model.weights_gguf import open_gguf
 
-    ckpt = GGUFCheckpoint(str(embedded_model_path("smollm2-135m")))
+    ckpt = open_gguf(str(embedded_model_path("smollm2-135m")))
     for name in (
         "model.layers.3.self_attn.q_proj.weight",
         "model.layers.3.self_attn.k_proj.weight",

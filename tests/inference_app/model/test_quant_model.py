@@ -36,7 +36,7 @@ from inference_app.model.weights import (
     params_from_hf,
     rows_of,
 )
-from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
+from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer, open_gguf
 from tests.inference_app.engine_runs import decode_greedy
 
 GOLDEN = Path(__file__).resolve().parents[2] / "golden"
@@ -54,7 +54,7 @@ GREEDY_GAP = 0.5
 
 @pytest.fixture(scope="module")
 def ckpt() -> GGUFCheckpoint:
-    return GGUFCheckpoint(str(embedded_model_path("smollm2-135m")))
+    return open_gguf(str(embedded_model_path("smollm2-135m")))
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 
 from inference_app.model.catalog import embedded_model_path
 from inference_app.model.weights import MatrixFormat
-from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
+from inference_app.model.weights_gguf import gguf_tokenizer, open_gguf
 from tests.inference_app.model.synthetic_llama import BIG, SMALL, write_synthetic_llama
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -25,7 +25,7 @@ MAX_EXTRA = 0.25  # of the checkpoint's size
 
 
 def _tokenizer_dir(tmp: Path) -> Path:
-    tok = gguf_tokenizer(GGUFCheckpoint(str(embedded_model_path("smollm2-135m"))))
+    tok = gguf_tokenizer(open_gguf(str(embedded_model_path("smollm2-135m"))))
     tmp.mkdir(parents=True, exist_ok=True)
     tok.backend.save(str(tmp / "tokenizer.json"))
     (tmp / "tokenizer_config.json").write_text("{}")

@@ -14,7 +14,7 @@ import pytest
 
 from inference_app.model.catalog import embedded_model_path
 from inference_app.model.tokenizer import TextTokenizer
-from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
+from inference_app.model.weights_gguf import gguf_tokenizer, open_gguf
 
 TABLE = [
     "Hello world",
@@ -34,7 +34,7 @@ TABLE = [
 
 @pytest.fixture(scope="module")
 def ours() -> TextTokenizer:
-    return gguf_tokenizer(GGUFCheckpoint(str(embedded_model_path("smollm2-135m"))))
+    return gguf_tokenizer(open_gguf(str(embedded_model_path("smollm2-135m"))))
 
 
 @pytest.fixture(scope="module")

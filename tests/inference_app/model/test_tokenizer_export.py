@@ -9,7 +9,7 @@ import pytest
 
 from inference_app.model.catalog import embedded_model_path
 from inference_app.model.tokenizer import TextTokenizer
-from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
+from inference_app.model.weights_gguf import gguf_tokenizer, open_gguf
 
 TEXTS = [
     "Hello world",
@@ -22,7 +22,7 @@ CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
 
 @pytest.fixture(scope="module")
 def ours() -> TextTokenizer:
-    return gguf_tokenizer(GGUFCheckpoint(str(embedded_model_path("smollm2-135m"))))
+    return gguf_tokenizer(open_gguf(str(embedded_model_path("smollm2-135m"))))
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,12 @@ from gguf.quants import dequantize
 
 from inference_app.model.catalog import ModelNotFoundError, embedded_model_path
 from inference_app.model.config import ModelConfig
-from inference_app.model.weights_gguf import GGUFCheckpoint, permute_qk, unpermute_qk
+from inference_app.model.weights_gguf import GGUFCheckpoint, open_gguf, permute_qk, unpermute_qk
 
 
 @pytest.fixture(scope="module")
 def ckpt() -> GGUFCheckpoint:
-    return GGUFCheckpoint(str(embedded_model_path("smollm2-135m")))
+    return open_gguf(str(embedded_model_path("smollm2-135m")))
 
 
 def raw_rows(ckpt: GGUFCheckpoint, name: str) -> np.ndarray:

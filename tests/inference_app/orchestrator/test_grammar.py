@@ -12,7 +12,7 @@ import pytest
 from inference_app.engine.token_mask import apply_bitmask
 from inference_app.model.catalog import embedded_model_path
 from inference_app.model.tokenizer import TextTokenizer
-from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
+from inference_app.model.weights_gguf import gguf_tokenizer, open_gguf
 from inference_app.orchestrator.grammar import GrammarCompiler, GrammarError, GrammarSpec
 
 EOS = 2
@@ -31,7 +31,7 @@ SCHEMA = {
 
 @pytest.fixture(scope="module")
 def tokenizer() -> TextTokenizer:
-    return gguf_tokenizer(GGUFCheckpoint(str(embedded_model_path("smollm2-135m"))))
+    return gguf_tokenizer(open_gguf(str(embedded_model_path("smollm2-135m"))))
 
 
 @pytest.fixture(scope="module")

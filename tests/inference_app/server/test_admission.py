@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from inference_app.engine.api import EngineSettings
 from inference_app.model.catalog import embedded_model_path
 from inference_app.model.tokenizer import TextTokenizer
-from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
+from inference_app.model.weights_gguf import gguf_tokenizer, open_gguf
 from inference_app.orchestrator import Unavailable
 from inference_app.orchestrator.request import BadRequest
 from inference_app.server.admission import (
@@ -34,7 +34,7 @@ TEXTS = ["Hello world", " " * 300, "-" * 500, "日本語のテキスト" * 50, "
 
 @pytest.fixture(scope="module")
 def smollm2() -> TextTokenizer:
-    return gguf_tokenizer(GGUFCheckpoint(str(embedded_model_path("smollm2-135m"))))
+    return gguf_tokenizer(open_gguf(str(embedded_model_path("smollm2-135m"))))
 
 
 def test_character_bound_never_refuses_a_prompt_that_fits(smollm2: TextTokenizer) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from inference_app.model.catalog import embedded_model_path
 from inference_app.model.tokenizer import TextTokenizer
-from inference_app.model.weights_gguf import GGUFCheckpoint, gguf_tokenizer
+from inference_app.model.weights_gguf import gguf_tokenizer, open_gguf
 from inference_app.orchestrator.grammar import GrammarCompiler
 from inference_app.server.tool_calls import (
     Function,
@@ -43,7 +43,7 @@ WEATHER = Function(
 
 @pytest.fixture(scope="module")
 def tokenizer() -> TextTokenizer:
-    return gguf_tokenizer(GGUFCheckpoint(str(embedded_model_path("smollm2-135m"))))
+    return gguf_tokenizer(open_gguf(str(embedded_model_path("smollm2-135m"))))
 
 
 @pytest.fixture(scope="module")
