@@ -47,14 +47,22 @@ serve: $(SERVE_STAMP)
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 
+MYPY := $(BIN)/mypy components inference_app policy
 typecheck: $(DEV_STAMP)
-	$(BIN)/mypy components inference_app policy
+	$(MYPY)
 
 # Two pytest-xdist workers (this machine's cores); tests/conftest.py groups tests by file (and the
-# real-model server's users together), so module-scoped engines and servers are built once.
+# real-model server's users together), so module-scoped engines and servers are built once. mypy
+# runs beside pytest (it is single-threaded and the workers leave gaps); its report follows
+# pytest's, and either failing fails the target.
 PYTEST_WORKERS ?= 2
-test: lint typecheck
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+MYPY_LOG := .mypy_cache/make-test.log
+test: lint
+	@mkdir -p .mypy_cache
+	@$(MYPY) > $(MYPY_LOG) 2>&1 & mypy=$$!; \
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup; tests=$$?; \
+	wait $$mypy; types=$$?; echo "$(MYPY):"; cat $(MYPY_LOG); \
+	test $$tests -eq 0 -a $$types -eq 0
 
 check: test
 

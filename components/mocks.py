@@ -9,6 +9,7 @@ program unnoticed; tests replace single invoke answers to simulate a project tha
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -275,6 +276,16 @@ def _resolve(value: Any) -> Any:
     return value
 
 
+def _ensure_event_loop() -> None:
+    """Pulumi's mocks run on the thread's current event loop; an earlier `asyncio.run` in the same
+    process (an async client, Orbax) leaves the main thread with none: "There is no current event
+    loop". Give it a new one then."""
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+
+
 def run_program(
     config: Mapping[str, Any],
     stack: str,
@@ -292,6 +303,7 @@ def run_program(
     """
     recording = Recording() if recording is None else recording
     mocks = RecordingMocks(recording, invokes)
+    _ensure_event_loop()
     ROOT.set(None)  # a fresh root stack per run (several runs share one test process)
     logger = logging.getLogger(f"{__name__}.{id(recording)}")
     logger.propagate = False

@@ -48,10 +48,17 @@ LONG_FIRST = (
 def pytest_configure(config: pytest.Config) -> None:
     cache = EngineSettings().compilation_cache_dir
     if cache and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-        # The variables, not jax.config: subprocesses inherit them, and jax need not be imported here.
+        # The variables for subprocesses (servers, checkers), which inherit them ...
         os.environ["JAX_COMPILATION_CACHE_DIR"] = str(REPO / cache)
         os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
         os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        # ... and jax.config for this process: jax is imported by now (this module's imports), and
+        # reads the variables only at import, so without this the engines built in the test
+        # processes themselves compiled every program afresh (seen: "cache is disabled").
+        from inference_app.engine.engine import enable_compilation_cache
+
+        enable_compilation_cache(os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 
 @pytest.fixture(autouse=True)

@@ -63,10 +63,15 @@ def run_chunked(
     steps: int,
     stagger: int = 0,
     max_new_tokens: int | None = None,
+    logprobs: list[list[TokenLogprobs]] | None = None,
 ) -> list[list[int]]:
     """Prompt i starts in the lowest free slot once one is free (and not before step i * stagger);
-    `max_new_tokens` is what each request reserves (None: up to the engine's sequence limit)."""
+    `max_new_tokens` is what each request reserves (None: up to the engine's sequence limit).
+    With `logprobs` (a list to fill; the samplings must ask for `top` logprobs), each token's
+    log-probability and alternatives are appended per prompt."""
     outs: list[list[int]] = [[] for _ in prompts]
+    if logprobs is not None:
+        logprobs[:] = [[] for _ in prompts]
     slot_of: dict[int, int] = {}
     waiting = list(range(len(prompts)))
     step = 0
@@ -79,11 +84,28 @@ def run_chunked(
             slot_of[i], busy = slot, busy | {slot}
         out = engine.generate()
         tokens = np.asarray(out.tokens)
+        rows = out.logprobs.host() if logprobs is not None and out.logprobs is not None else None
         for i, slot in list(slot_of.items()):
             if slot in out.slots:
                 outs[i].append(int(tokens[slot]))
+                if logprobs is not None:
+                    assert rows is not None, "the samplings must ask for logprobs"
+                    logprobs[i].append(rows.row(slot, sampling[i].logprobs or 0))
                 if len(outs[i]) == steps:
                     engine.release(slot)
                     del slot_of[i]
         step += 1
     return outs
+
+
+def assert_same_logprobs(
+    got: Sequence[Sequence[TokenLogprobs]], want: Sequence[Sequence[TokenLogprobs]], atol: float = 1e-3
+) -> None:
+    """The same tokens, each with the same log-probability and top values within `atol` (float32
+    sums in another order differ in the last bits). The top values come sorted, so a near-tie
+    that swaps two alternatives still compares equal."""
+    assert [[t.token for t in r] for r in got] == [[t.token for t in r] for r in want]
+    for got_row, want_row in zip(got, want, strict=True):
+        for a, b in zip(got_row, want_row, strict=True):
+            values_a = [a.logprob, *(v for _, v in a.top)]
+            np.testing.assert_allclose(values_a, [b.logprob, *(v for _, v in b.top)], atol=atol)

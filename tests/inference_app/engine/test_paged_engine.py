@@ -12,11 +12,12 @@ import dataclasses
 import pytest
 
 from inference_app.engine import EngineSettings, SamplingParams
+from inference_app.engine.api import TokenLogprobs
 from inference_app.engine.engine import JaxEngine
 from inference_app.engine.kv_blocks import OutOfBlocks
 from inference_app.kernels import build
 from inference_app.model.loader import LoadedModel
-from tests.inference_app.engine_runs import run_chunked
+from tests.inference_app.engine_runs import assert_same_logprobs, run_chunked
 
 pytestmark = pytest.mark.skipif(not build.available(), reason="the paged cache needs the CPU kernels")
 
@@ -38,8 +39,10 @@ def chat(question: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def model(smollm2: LoadedModel) -> LoadedModel:
-    return smollm2
+def model(smollm2_4_layers: LoadedModel) -> LoadedModel:
+    """SmolLM2's first 4 layers: what is cached is compared on every token's logprobs (numbers that
+    a wrong KV block changes even where 4 layers' degenerate text would not)."""
+    return smollm2_4_layers
 
 
 @pytest.fixture(scope="module")
@@ -58,17 +61,21 @@ def test_a_cached_prefix_is_not_computed_again_and_changes_no_token(
 ) -> None:
     shared = len(model.tokenizer.encode(SYSTEM))
     assert shared >= 3 * BLOCK  # several full blocks of system prompt to share
-    want = run_chunked(engine(model, prefix_caching=False), prompts, [SamplingParams()] * 3, STEPS)
+    sp = SamplingParams(logprobs=5)
+    want: list[list[TokenLogprobs]] = []
+    run_chunked(engine(model, prefix_caching=False), prompts, [sp] * 3, STEPS, logprobs=want)
 
     on = engine(model)
     assert on.kv_blocks is not None
-    first = run_chunked(on, prompts[:1], [SamplingParams()], STEPS, max_new_tokens=STEPS)
+    first: list[list[TokenLogprobs]] = []
+    run_chunked(on, prompts[:1], [sp], STEPS, max_new_tokens=STEPS, logprobs=first)
     # The next requests find the system prompt's full blocks: their prefill starts after them.
-    on.add_prompt(0, prompts[1], SamplingParams(), STEPS)
+    on.add_prompt(0, prompts[1], sp, STEPS)
     assert on._pending[0].done >= (shared // BLOCK - 1) * BLOCK
     on.release(0)
-    rest = run_chunked(on, prompts[1:], [SamplingParams()] * 2, STEPS, stagger=2, max_new_tokens=STEPS)
-    assert first + rest == want
+    rest: list[list[TokenLogprobs]] = []
+    run_chunked(on, prompts[1:], [sp] * 2, STEPS, stagger=2, max_new_tokens=STEPS, logprobs=rest)
+    assert_same_logprobs(first + rest, want)
     stats = on.kv_blocks.prefix_stats
     assert stats.hit_tokens >= 3 * (shared // BLOCK - 1) * BLOCK and stats.queried_tokens > stats.hit_tokens
 

@@ -160,7 +160,7 @@ def test_engine_with_and_without_kernels_agree_on_logprobs(smollm2_4_layers: Loa
     Compared as numbers, so SmolLM2's first 4 layers do (their text is degenerate)."""
     from inference_app.engine import EngineSettings
     from inference_app.engine.engine import JaxEngine
-    from tests.inference_app.engine_runs import decode_logprobs
+    from tests.inference_app.engine_runs import assert_same_logprobs, decode_logprobs
 
     prompts = [[1, 504, 3458, 282], [1, 19842, 28, 638, 314, 253, 1345, 30, 1208], [1, 2683, 314]]
     runs = {}
@@ -169,12 +169,7 @@ def test_engine_with_and_without_kernels_agree_on_logprobs(smollm2_4_layers: Loa
         engine = JaxEngine(settings, smollm2_4_layers)
         assert engine.policy.kernels.cpu is on
         runs[on] = decode_logprobs(engine, prompts[:1], 16) + decode_logprobs(engine, prompts, 16)
-    for with_kernels, without in zip(runs[True], runs[False], strict=True):
-        assert [t.token for t in with_kernels] == [t.token for t in without]
-        for a, b in zip(with_kernels, without, strict=True):
-            # the top values come sorted, so a near-tie that swaps two alternatives still compares
-            values_a, values_b = [a.logprob, *(v for _, v in a.top)], [b.logprob, *(v for _, v in b.top)]
-            np.testing.assert_allclose(values_a, values_b, atol=1e-3)
+    assert_same_logprobs(runs[True], runs[False])
 
 
 @pytest.mark.slow  # the default suite compares logprobs on 4 layers (above)
