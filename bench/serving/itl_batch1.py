@@ -10,9 +10,10 @@ so that background load hits both sides alike:
            between content chunks as the client reads them (SSE, HTTP, detokenisation, the
            orchestrator's threads and the engine step, all included)
   engine   the same engine (`settings_from_args` of the same flags, so slots, context, paged
-           cache and chunked prefill match), the same prompt through `add_prompt`, then 95
-           `generate()` steps, each step's tokens copied to host while the next one runs (what the
-           orchestrator does): the gaps between those copies
+           cache and chunked prefill match), the same prompt (`add_prompt`, or `prefill` +
+           `insert` with `--no-chunked-prefill`), then 95 `generate()` steps, each step's tokens
+           copied to host while the next one runs (what the orchestrator does): the gaps between
+           those copies
 
 Per round it prints both medians and the 1-minute load average; at the end the medians over the
 rounds and the server's CPU seconds per generated token by thread (from /proc), which says where
@@ -59,9 +60,13 @@ def engine_worker(flags: list[str]) -> None:
     print("ready", flush=True)
     for _ in sys.stdin:
         engine.release(0)
-        engine.add_prompt(0, prompt, SamplingParams(temperature=0.0, seed=0), MAX_TOKENS)
-        while 0 not in engine._active:  # the prompt's chunks; the last one yields token 1
-            np.asarray(engine.generate().tokens)
+        sampling = SamplingParams(temperature=0.0, seed=0)
+        if engine.chunked_prefill:
+            engine.add_prompt(0, prompt, sampling, MAX_TOKENS)
+            while 0 not in engine._active:  # the prompt's chunks; the last one yields token 1
+                np.asarray(engine.generate().tokens)
+        else:  # --no-chunked-prefill: the separate prefill stage, as the orchestrator runs it
+            engine.insert(engine.transfer(engine.prefill(prompt, sampling)), 0)
         prev, seen = None, []
         for _ in range(MAX_TOKENS - 1):
             out = engine.generate()
