@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +9,8 @@ import pytest
 
 from inference_app.engine import EngineSettings
 from inference_app.engine.engine import model_for
-from inference_app.model.loader import HostWeights, LoadedModel
+from inference_app.model.loader import LoadedModel
+from tests.inference_app.engine_runs import first_layers
 from tests.inference_app.serving_cases import OFFLINE, SMOLLM2_SERVER_ARGS, ServerProcess
 from tests.inference_app.tiny_llama import make_tiny_llama
 
@@ -31,18 +31,12 @@ def smollm2() -> LoadedModel:
 
 @pytest.fixture(scope="session")
 def smollm2_4_layers(smollm2: LoadedModel) -> LoadedModel:
-    """SmolLM2's first 4 layers (its tokenizer, embeddings and final norm): for tests of what an
-    engine compiles or how it lays out steps, where the text it writes does not matter. The unrolled
-    layers are most of a step's compile time, so these engines build several times faster. Its text
-    is degenerate (", and, and"): token-equality tests of batching or prefill paths use the full
-    model, whose answers differ per prompt."""
-    params = smollm2.weights.host()
-    return LoadedModel(
-        dataclasses.replace(smollm2.config, num_layers=4),
-        HostWeights({**params, "layers": params["layers"][:4]}),
-        smollm2.tokenizer,
-        smollm2.format,
-    )
+    """SmolLM2's first 4 layers (its tokenizer, embeddings and final norm). The unrolled layers are
+    most of a step's compile time, so its engines build several times faster. For tests of what an
+    engine compiles or how it lays out steps, and for comparisons of two paths on every token's
+    logprobs (numbers that a misplaced KV row or a kernel slip changes). Its text is degenerate
+    (", and, and"), so tests that compare tokens only use the full model."""
+    return first_layers(smollm2, 4)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 from inference_app.engine import SamplingParams
 from inference_app.engine.api import TokenLogprobs
 from inference_app.engine.engine import JaxEngine
+from inference_app.model.loader import HostWeights, LoadedModel
 
 
 def decode_all(
@@ -109,3 +111,14 @@ def assert_same_logprobs(
         for a, b in zip(got_row, want_row, strict=True):
             values_a = [a.logprob, *(v for _, v in a.top)]
             np.testing.assert_allclose(values_a, [b.logprob, *(v for _, v in b.top)], atol=atol)
+
+
+def first_layers(model: LoadedModel, n: int) -> LoadedModel:
+    """`model` cut to its first `n` layers (host weights), tokenizer and format unchanged."""
+    params = model.weights.host()
+    return LoadedModel(
+        dataclasses.replace(model.config, num_layers=n),
+        HostWeights({**params, "layers": params["layers"][:n]}),
+        model.tokenizer,
+        model.format,
+    )
