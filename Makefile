@@ -22,9 +22,13 @@ $(BIN)/python:
 
 # uv installs in a fraction of pip's time and CPU (docs/testing.md), from the sources and with the
 # constraints pip is configured with on this machine (scripts/pip_sources.py: local wheels, mirror
-# indexes), compiling bytecode as pip does. uv itself comes from pip, pinned in constraints.txt.
+# indexes). uv itself comes from pip, pinned in constraints.txt. No bytecode at install: Python
+# writes .pyc into .venv for the modules the server and the suite import, the first time they do
+# (compiling every installed file, most never imported, was two thirds of the install's CPU). So
+# that it can, PYTHONDONTWRITEBYTECODE (set in this machine's environment) is not passed on.
 UV := $(BIN)/uv
-UV_INSTALL = $(UV) pip install -q --python $(BIN)/python --compile-bytecode $$($(BIN)/python scripts/pip_sources.py)
+UV_INSTALL = $(UV) pip install -q --python $(BIN)/python $$($(BIN)/python scripts/pip_sources.py)
+unexport PYTHONDONTWRITEBYTECODE
 
 $(UV): | $(BIN)/python
 	$(BIN)/python -m pip install -q -c constraints.txt uv
@@ -51,11 +55,11 @@ MYPY := $(BIN)/mypy components inference_app policy
 typecheck: $(DEV_STAMP)
 	$(MYPY)
 
-# Two pytest-xdist workers (this machine's cores); tests/conftest.py groups tests by file (and the
-# real-model server's users together), so module-scoped engines and servers are built once. mypy
-# runs beside pytest (it is single-threaded and the workers leave gaps); its report follows
-# pytest's, and either failing fails the target.
-PYTEST_WORKERS ?= 2
+# Three pytest-xdist workers on this machine's two cores: two left a fifth of the CPU idle (workers
+# waiting on servers and clients); tests/conftest.py groups tests by file (and the real-model
+# server's users together), so module-scoped engines and servers are built once. mypy runs beside
+# pytest (single-threaded); its report follows pytest's, and either failing fails the target.
+PYTEST_WORKERS ?= 3
 MYPY_LOG := .mypy_cache/make-test.log
 test: lint
 	@mkdir -p .mypy_cache
