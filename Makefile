@@ -55,11 +55,10 @@ MYPY := $(BIN)/mypy components inference_app policy
 typecheck: $(DEV_STAMP)
 	$(MYPY)
 
-# Two pytest-xdist workers (this machine's cores; three measured slower: the real-model server's
-# group, the longest, got less of them); tests/conftest.py groups tests by file (and the real-model
-# server's users together), so module-scoped engines and servers are built once. mypy runs beside
-# pytest (single-threaded; the workers leave gaps); its report follows pytest's, and either
-# failing fails the target.
+# Two pytest-xdist workers (this machine's cores; three measured the same within noise);
+# tests/conftest.py groups tests by file (and the real-model server's users together), so
+# module-scoped engines and servers are built once. mypy runs beside pytest (single-threaded; the
+# workers leave gaps); its report follows pytest's, and either failing fails the target.
 PYTEST_WORKERS ?= 2
 MYPY_LOG := .mypy_cache/make-test.log
 test: lint
