@@ -276,7 +276,7 @@ def _resolve(value: Any) -> Any:
     return value
 
 
-def _ensure_event_loop() -> None:
+def ensure_event_loop() -> None:
     """Pulumi's mocks run on the thread's current event loop; an earlier `asyncio.run` in the same
     process (an async client, Orbax) leaves the main thread with none: "There is no current event
     loop". Give it a new one then."""
@@ -303,7 +303,7 @@ def run_program(
     """
     recording = Recording() if recording is None else recording
     mocks = RecordingMocks(recording, invokes)
-    _ensure_event_loop()
+    ensure_event_loop()
     ROOT.set(None)  # a fresh root stack per run (several runs share one test process)
     logger = logging.getLogger(f"{__name__}.{id(recording)}")
     logger.propagate = False

@@ -18,7 +18,6 @@ the suite over pytest-xdist workers (docs/testing.md has the measurements behind
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from components.mocks import ensure_event_loop
 from inference_app.engine.settings import EngineSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,11 +66,9 @@ def main_thread_event_loop() -> Iterator[None]:
     """Pulumi's mocks (components/, policy/) run on the main thread's current event loop, and a test
     that ran `asyncio.run` before them in the same worker (the openai SDK's async client, Orbax)
     leaves the thread with none: "There is no current event loop". Serially the stack tests ran
-    first; with workers and longest-first groups they need not, so each test starts with a loop."""
-    try:
-        asyncio.get_event_loop_policy().get_event_loop()
-    except RuntimeError:
-        asyncio.set_event_loop(asyncio.new_event_loop())
+    first; with workers and longest-first groups they need not, so each test starts with a loop
+    (`run_program` makes sure of it too, for module-scoped stack fixtures set up before this)."""
+    ensure_event_loop()
     yield
 
 
