@@ -26,6 +26,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,27 +73,39 @@ def main() -> None:
     print(json.dumps(out))
 
 
-def capture_inputs(engine: Any) -> tuple[Any, Any]:
-    """The `StepInputs` and static shape `engine.generate` would pass its jitted step now."""
+@dataclass(frozen=True)
+class Captured:
+    """What `engine.generate` would pass its two jitted programs now (model step, then choice)."""
+
+    inputs: Any  # StepInputs, on device
+    picks: Any  # Picks, on device
+    attn_len: int
+    greedy: bool
+
+
+def capture_inputs(engine: Any) -> Captured:
     import jax
 
     plan, shape = engine.next_step()
-    return jax.device_put(engine.step_inputs(plan)), shape
+    picks = engine.picks(plan)
+    greedy = not bool((picks.sampling.temperature > 0).any())
+    return Captured(jax.device_put(engine.step_inputs(plan)), jax.device_put(picks), shape.attn_len, greedy)
 
 
-def call_step(engine: Any, tokens: Any, cache: Any, inputs: Any, shape: Any) -> tuple[Any, Any]:
-    tokens, cache, _ = engine._step_fn(
-        engine.generate_params, cache, tokens, inputs, attn_len=shape.attn_len, greedy=shape.greedy
+def call_step(engine: Any, tokens: Any, cache: Any, step: Captured) -> tuple[Any, Any]:
+    cache, logits = engine._step_fn(
+        engine.generate_params, cache, tokens, step.inputs, attn_len=step.attn_len
     )
+    tokens, _ = engine._choose_fn(tokens, logits, step.picks, greedy=step.greedy, logprobs=False)
     return tokens, cache
 
 
 def time_compiled(engine: Any, steps: int) -> float:
-    inputs, shape = capture_inputs(engine)
+    step = capture_inputs(engine)
     tokens, cache = engine._tokens, engine._cache
     t0 = time.perf_counter()
     for _ in range(steps):
-        tokens, cache = call_step(engine, tokens, cache, inputs, shape)
+        tokens, cache = call_step(engine, tokens, cache, step)
         tokens.block_until_ready()
     elapsed = (time.perf_counter() - t0) / steps
     engine._tokens, engine._cache = tokens, cache
@@ -101,12 +114,12 @@ def time_compiled(engine: Any, steps: int) -> float:
 
 def time_dispatch(engine: Any, steps: int) -> float:
     """Seconds per call to hand the step to XLA (returns before the step has run)."""
-    inputs, shape = capture_inputs(engine)
+    step = capture_inputs(engine)
     tokens, cache = engine._tokens, engine._cache
     spent = 0.0
     for _ in range(steps):
         t0 = time.perf_counter()
-        tokens, cache = call_step(engine, tokens, cache, inputs, shape)
+        tokens, cache = call_step(engine, tokens, cache, step)
         spent += time.perf_counter() - t0
         tokens.block_until_ready()
     engine._tokens, engine._cache = tokens, cache

@@ -61,7 +61,7 @@ from inference_app.engine.step_plan import (
     StepShape,
     padding_plan,
 )
-from inference_app.engine.steps import SamplingRows, StepInputs
+from inference_app.engine.steps import Picks, SamplingRows, StepInputs
 from inference_app.kernels import build as kernel_build
 from inference_app.model.catalog import ARCHITECTURES, embedded_model_path
 from inference_app.model.config import ModelConfig
@@ -319,11 +319,10 @@ class JaxEngine:
         """Jit the device programs of `steps.py` for this engine's model, kernels and meshes."""
         cfg, kernels = self.config, self.policy.kernels
         opts = self.policy.compiler_options or None
-        self._prefill_fn = jax.jit(
-            partial(steps.prefill, cfg=cfg, kernels=kernels),
-            static_argnames=("logprobs",),
-            compiler_options=opts,
-        )
+        self._prefill_fn = jax.jit(partial(steps.prefill, cfg=cfg, kernels=kernels), compiler_options=opts)
+        choice = ("greedy", "logprobs")
+        self._first_fn = jax.jit(partial(steps.choose, kernels=kernels), static_argnames=choice)
+        self._choose_fn = jax.jit(partial(steps.choose_into, kernels=kernels), static_argnames=choice)
         self._score_fn = jax.jit(partial(steps.score, cfg=cfg, kernels=kernels), compiler_options=opts)
         # Only the cache is donated: the token vector is tiny, and keeping it undonated means a
         # StepOutput handed to the orchestrator stays valid while later inserts/steps run.
@@ -338,9 +337,9 @@ class JaxEngine:
         )
         self._step_fn = jax.jit(
             partial(steps.step, cfg=cfg, kernels=kernels, attention=attention, paged=self.paged),
-            static_argnames=("attn_len", "greedy", "logprobs"),
+            static_argnames=("attn_len",),
             donate_argnums=(1,),
-            out_shardings=(self._rep, self._cache_shardings, self._rep),
+            out_shardings=(self._cache_shardings, self._rep),
             compiler_options=opts,
         )
 
@@ -429,9 +428,9 @@ class JaxEngine:
         if bitmasks is not None:
             mask = np.full((rows, self._masks.shape[1]), -1, np.int32)
             mask[: len(prompts)] = bitmasks
-        first, kv, lp = self._prefill_fn(
-            self.prefill_params, tokens, lengths, SamplingRows.of(padded), logprobs=want, mask=mask
-        )
+        logits, kv = self._prefill_fn(self.prefill_params, tokens, lengths)
+        picks = Picks(np.zeros(rows, np.int32), SamplingRows.of(padded), lengths, mask)
+        first, lp = self._first_fn(logits, picks, greedy=_all_greedy(picks), logprobs=want)
         first_host = np.asarray(first)
         lp_host = lp.host() if lp is not None else None
 
@@ -569,11 +568,11 @@ class JaxEngine:
 
     def next_step(self) -> tuple[StepPlan, StepShape]:
         """The layout and compiled shape of the step `generate` would run now."""
-        return self.layout.plan(SlotView(self._decoding(), self._positions, self._pending, self._temperature))
+        return self.layout.plan(SlotView(self._decoding(), self._positions, self._pending))
 
     def generate(self) -> StepOutput:
         decoding = self._decoding()
-        plan, shape = self.layout.plan(SlotView(decoding, self._positions, self._pending, self._temperature))
+        plan, shape = self.layout.plan(SlotView(decoding, self._positions, self._pending))
         if self.kv_blocks is not None:  # blocks for every token this step writes
             for slot in decoding:
                 self.kv_blocks.grow(slot, int(self._positions[slot]) + 1)
@@ -592,27 +591,40 @@ class JaxEngine:
         return StepOutput(tokens=self._tokens, slots=plan.emitted, logprobs=logprobs)
 
     def _run(self, plan: StepPlan, shape: StepShape) -> StepLogprobs | None:
-        """Dispatch one compiled step (no host sync): the slots' tokens and the cache advance.
+        """Dispatch one compiled step and the choice of its tokens (no host sync): the slots'
+        tokens and the cache advance.
 
-        The step computes log-probabilities only when one of its sampled slots asks for them, and
-        takes token masks only when one of them is constrained (other compiled variants of its
-        shape, compiled on first use rather than at warm-up)."""
-        idx = np.minimum(plan.logit_slots, self.max_slots - 1)
-        real = plan.logit_slots < self.max_slots
-        self._tokens, self._cache, logprobs = self._step_fn(
-            self.generate_params,
-            self._cache,
-            self._tokens,
-            self.step_inputs(plan),
-            attn_len=shape.attn_len,
-            greedy=shape.greedy,
-            logprobs=bool(self._logprobs[idx[real]].any()),
+        The choice computes log-probabilities only when one of its slots asks for them, takes
+        token masks only when one of them is constrained, and runs the sampler only when one
+        of them samples (variants of the small choosing program, per count of sampled rows)."""
+        logits = self._forward(plan, shape)
+        picks = self.picks(plan)
+        self._tokens, logprobs = self._choose_fn(
+            self._tokens, logits, picks, greedy=_all_greedy(picks), logprobs=self._wants_logprobs(plan)
         )
         return logprobs
 
+    def _forward(self, plan: StepPlan, shape: StepShape) -> jax.Array:
+        """Dispatch the model over the plan's rows (the cache advances); the sampled rows' logits."""
+        self._cache, logits = self._step_fn(
+            self.generate_params, self._cache, self._tokens, self.step_inputs(plan), attn_len=shape.attn_len
+        )
+        return logits
+
     def step_inputs(self, plan: StepPlan) -> StepInputs:
-        """The host inputs of the step that runs `plan`: sampling rows of its sampled slots (padding
-        rows greedy), the block tables, and token masks when a sampled slot is constrained."""
+        """The host inputs of the step that runs `plan`: its rows and the block tables."""
+        tables, sequences = None, None
+        if self.kv_blocks is not None:
+            tables = self.kv_blocks.tables.copy()  # the host copy changes while the step runs
+            if self.policy.paged_kernel == "pallas_tpu":
+                sequences = ragged_sequences(plan.slots, plan.positions, self.max_slots)
+        return StepInputs(
+            plan.tokens, plan.from_state, plan.slots, plan.positions, plan.logit_rows, tables, sequences
+        )
+
+    def picks(self, plan: StepPlan) -> Picks:
+        """How the step's sampled slots choose their tokens: their sampling (padding rows greedy),
+        positions, and token masks when one of them is constrained."""
         idx = np.minimum(plan.logit_slots, self.max_slots - 1)
         real = plan.logit_slots < self.max_slots
         rows = SamplingRows(
@@ -621,41 +633,38 @@ class JaxEngine:
             self._top_p[idx],
             self._seeds[idx],
         )
-        tables, sequences = None, None
-        if self.kv_blocks is not None:
-            tables = self.kv_blocks.tables.copy()  # the host copy changes while the step runs
-            if self.policy.paged_kernel == "pallas_tpu":
-                sequences = ragged_sequences(plan.slots, plan.positions, self.max_slots)
         masked = bool(self._constrained[idx[real]].any())
-        return StepInputs(
-            plan.tokens,
-            plan.from_state,
-            plan.slots,
-            plan.positions,
-            plan.logit_rows,
+        return Picks(
             plan.logit_slots,
             rows,
-            tables,
-            sequences,
+            plan.positions[plan.logit_rows] + 1,  # where the sampled tokens will sit
             mask=np.where(real[:, None], self._masks[idx], -1) if masked else None,
         )
+
+    def _wants_logprobs(self, plan: StepPlan) -> bool:
+        idx = np.minimum(plan.logit_slots, self.max_slots - 1)
+        return bool(self._logprobs[idx[plan.logit_slots < self.max_slots]].any())
 
     def warmup(self) -> None:
         """Compile everything a request can reach: the prefill stage's buckets (unless prompts
         prefill inside the steps) and every step shape of the layout, the latter with padding
-        rows that read and write nothing."""
+        rows that read and write nothing, each with its greedy and its sampling choice.
+        (Log-probabilities and token masks compile their choices on first use.)"""
         start = time.perf_counter()
         if not self.chunked_prefill:
             for bucket in self.prefill_buckets:
                 self.insert(self.transfer(self.prefill([0] * bucket, SamplingParams(seed=0))), 0)
                 self.release(0)
-                rows = 2
+                rows = 1
                 while rows <= self.prefill_batch_rows(bucket):
-                    self.prefill_many([[0] * bucket] * rows, [SamplingParams(seed=0)] * rows)
+                    self._warm_prefill(bucket, rows)
                     rows *= 2
         shapes = self.layout.shapes()
         for shape in shapes:
-            self._run(padding_plan(shape.rows, self.max_slots, self.max_target_length), shape)
+            plan = padding_plan(shape.rows, self.max_slots, self.max_target_length)
+            logits, picks = self._forward(plan, shape), self.picks(plan)
+            for greedy in (True, False):
+                self._tokens, _ = self._choose_fn(self._tokens, logits, picks, greedy=greedy, logprobs=False)
         np.asarray(self._tokens)
         log.info(
             "warmup compiled %d prefill buckets and %d step shapes (%s rows) in %.1fs",
@@ -664,6 +673,19 @@ class JaxEngine:
             ", ".join(map(str, sorted({s.rows for s in shapes}))),
             time.perf_counter() - start,
         )
+
+    def _warm_prefill(self, bucket: int, rows: int) -> None:
+        """Compile the prefill of `rows` prompts of `bucket` tokens and both choices of their first tokens."""
+        lengths = np.ones(rows, np.int32)
+        logits, _ = self._prefill_fn(self.prefill_params, np.zeros((rows, bucket), np.int32), lengths)
+        picks = Picks(np.zeros(rows, np.int32), SamplingRows.of([SamplingParams(seed=0)] * rows), lengths)
+        for greedy in (True, False):
+            np.asarray(self._first_fn(logits, picks, greedy=greedy, logprobs=False)[0])
+
+
+def _all_greedy(picks: Picks) -> bool:
+    """Whether every row's choice is greedy (its choosing program then has no sampler)."""
+    return not bool((picks.sampling.temperature > 0).any())
 
 
 def model_for(settings: EngineSettings, devices: Sequence[jax.Device] | None = None) -> LoadedModel:

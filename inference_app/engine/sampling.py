@@ -33,26 +33,22 @@ def sample(
     """Sample one token per row. All per-row arrays are [B]; temperature 0 means greedy.
 
     top_k 0 disables top-k; top_p 1 disables nucleus; `positions` are where the sampled tokens
-    will sit (they pick the random key).
+    will sit (they pick the random key). The caller runs `greedy` instead when every row is
+    greedy (the vocabulary sort dominates this function).
     """
     is_greedy = temperature <= 0.0
-
-    def draw() -> jax.Array:
-        vocab = logits.shape[-1]
-        t = jnp.where(is_greedy, 1.0, temperature)[:, None]
-        order = jnp.argsort(-logits, axis=-1)  # [B, V] descending
-        sorted_logits = jnp.take_along_axis(logits, order, axis=-1) / t
-        rank = jnp.arange(vocab)[None, :]
-        k = jnp.where(top_k > 0, top_k, vocab)[:, None]
-        keep = rank < k
-        probs = jax.nn.softmax(jnp.where(keep, sorted_logits, -jnp.inf), axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each candidate
-        keep = keep & ((before < top_p[:, None]) | (rank == 0))
-        masked = jnp.where(keep, sorted_logits, -jnp.inf)
-        keys = jax.vmap(lambda s, p: jax.random.fold_in(jax.random.key(s), p))(seeds, positions)
-        choice = jax.vmap(jax.random.categorical)(keys, masked)  # index into the sorted order
-        sampled = jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
-        return jnp.where(is_greedy, greedy(logits, kernels), sampled).astype(jnp.int32)
-
-    # An all-greedy batch skips the vocabulary sort at run time (it dominated a batched prefill).
-    return jax.lax.cond(jnp.all(is_greedy), lambda: greedy(logits, kernels), draw)
+    vocab = logits.shape[-1]
+    t = jnp.where(is_greedy, 1.0, temperature)[:, None]
+    order = jnp.argsort(-logits, axis=-1)  # [B, V] descending
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1) / t
+    rank = jnp.arange(vocab)[None, :]
+    k = jnp.where(top_k > 0, top_k, vocab)[:, None]
+    keep = rank < k
+    probs = jax.nn.softmax(jnp.where(keep, sorted_logits, -jnp.inf), axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each candidate
+    keep = keep & ((before < top_p[:, None]) | (rank == 0))
+    masked = jnp.where(keep, sorted_logits, -jnp.inf)
+    keys = jax.vmap(lambda s, p: jax.random.fold_in(jax.random.key(s), p))(seeds, positions)
+    choice = jax.vmap(jax.random.categorical)(keys, masked)  # index into the sorted order
+    sampled = jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
+    return jnp.where(is_greedy, greedy(logits, kernels), sampled).astype(jnp.int32)

@@ -63,7 +63,6 @@ class SlotView:
     decoding: Collection[int]  # slots that decode, each at positions[slot]
     positions: np.ndarray  # int32 [max_slots]: where each slot's next token goes
     pending: Mapping[int, PendingPrompt]  # slot -> prompt being prefilled, in arrival order
-    temperature: np.ndarray  # float32 [max_slots]: 0 is greedy
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,6 @@ class StepShape:
 
     rows: int  # token rows N
     attn_len: int  # cache entries attention may read ("slot" attention; the kernel reads in place)
-    greedy: bool  # every sampled row greedy: the sampler is compiled out
 
 
 class StepLayout(Protocol):
@@ -96,8 +94,7 @@ class RaggedLayout:
     max_target_length: int
 
     def shapes(self) -> tuple[StepShape, ...]:
-        # Steps mix rows of any sampling; the sampler skips its sort at run time when all are greedy.
-        return tuple(StepShape(rows, self.max_target_length, greedy=False) for rows in self.buckets)
+        return tuple(StepShape(rows, self.max_target_length) for rows in self.buckets)
 
     def plan(self, slots: SlotView) -> tuple[StepPlan, StepShape]:
         plan = plan_ragged(
@@ -108,7 +105,7 @@ class RaggedLayout:
             self.num_slots,
             self.max_target_length,
         )
-        return plan, StepShape(len(plan.slots), self.max_target_length, greedy=False)
+        return plan, StepShape(len(plan.slots), self.max_target_length)
 
 
 @dataclass(frozen=True)
@@ -121,23 +118,14 @@ class SlotLayout:
     max_target_length: int
 
     def shapes(self) -> tuple[StepShape, ...]:
-        return tuple(
-            StepShape(rows, attn, greedy)
-            for rows in self.row_buckets
-            for attn in self.attention_buckets
-            for greedy in (True, False)
-        )
+        return tuple(StepShape(rows, attn) for rows in self.row_buckets for attn in self.attention_buckets)
 
     def plan(self, slots: SlotView) -> tuple[StepPlan, StepShape]:
         if slots.pending:
             raise ValueError("a slot-layout step cannot run prompt chunks")
         rows = fit_or_largest(self.row_buckets, 1 + max(slots.decoding, default=0))
         furthest = max((int(slots.positions[i]) for i in slots.decoding), default=0)
-        shape = StepShape(
-            rows,
-            fit_or_largest(self.attention_buckets, furthest + 1),
-            greedy=all(slots.temperature[i] <= 0 for i in slots.decoding),
-        )
+        shape = StepShape(rows, fit_or_largest(self.attention_buckets, furthest + 1))
         every = np.arange(rows, dtype=np.int32)
         plan = StepPlan(
             tokens=np.zeros(rows, np.int32),

@@ -1,20 +1,25 @@
 """The engine's device programs: small pure functions that `JaxEngine` jits (and nothing else).
 
-    prefill(params, tokens, lengths, sampling)    whole prompts -> first tokens + their KV
+    prefill(params, tokens, lengths)               whole prompts -> last-token logits + their KV
     insert(cache, state, kv, slot, first)          a prefilled prompt's KV lands in a slot
     insert_paged(..., block_tables)                the same into the slot's blocks (paged cache)
-    step(params, cache, state, inputs)             one step over token rows -> next tokens
+    step(params, cache, state, inputs)             one step over token rows -> sampled rows' logits
+    choose(logits, picks)                          logits -> tokens (+ log-probabilities)
+    choose_into(state, logits, picks)              the same, the tokens written into `state`
     score(params, tokens, lengths)                 a prompt -> its own tokens' log-probabilities
 
 `state` is the int32 [max_slots] vector of every slot's latest token: a decode row reads its
-input from it on device, and a step writes the tokens it samples back into it, so the host
-never waits for a step's tokens before dispatching the next. A step's rows are laid out on the
-host (`step_plan.py`) and passed as one `StepInputs` pytree; what varies between compiled
-steps is static (`attention`, `attn_len`, `greedy`, `logprobs` and the model config and kernel
-choice the engine binds): a step that no request asks log-probabilities of compiles without them.
-Likewise a step none of whose sampled rows is constrained (structured outputs) passes no token
-mask (`StepInputs.mask` None: another compiled variant, made on first use); a masked step samples
-from the masked logits while its log-probabilities stay those of the raw logits.
+input from it on device, and `choose_into` writes the tokens a step samples back into it, so the
+host never waits for a step's tokens before dispatching the next. A step's rows are laid out on
+the host (`step_plan.py`) and passed as one `StepInputs` pytree.
+
+The model's programs (`prefill`, `step`) end at the logits; choosing tokens from them is a
+program of its own. What decides how tokens are chosen (all greedy or not, log-probabilities
+wanted, token masks for structured outputs) then compiles only that small program, once per
+count of sampled rows, instead of another variant of the whole model per step shape: the sampler
+(a sort of the vocabulary, a cumulative sum, the random draw) was about 0.9 s of every step
+shape's compilation. A masked choice samples from the masked logits while its log-probabilities
+stay those of the raw logits.
 """
 
 from __future__ import annotations
@@ -93,6 +98,20 @@ class SamplingRows:
         )
 
 
+@partial(jax.tree_util.register_dataclass, data_fields=["slots", "sampling", "at", "mask"], meta_fields=[])
+@dataclass(frozen=True)
+class Picks:
+    """The rows a step or a prefill chooses tokens for, arrays [R]: how each is drawn, and for a
+    step the slot its token goes to (`max_slots`: a padding row, dropped)."""
+
+    slots: Any  # int32 [R]
+    sampling: SamplingRows
+    at: Any  # int32 [R]: the position each token will sit at (it picks the random key)
+    # int32 [R, ceil(V/32)]: each row's allowed tokens (`token_mask.py`); None: no row is
+    # constrained (the choice compiles without masks)
+    mask: Any = None
+
+
 @partial(
     jax.tree_util.register_dataclass,
     data_fields=[
@@ -101,33 +120,25 @@ class SamplingRows:
         "slots",
         "positions",
         "logit_rows",
-        "logit_slots",
-        "sampling",
         "block_tables",
         "sequences",
-        "mask",
     ],
     meta_fields=[],
 )
 @dataclass(frozen=True)
 class StepInputs:
     """One step's token rows. Padding rows name slot `max_slots` and position `max_target_length`
-    (out of range: they write nothing); padding sampled rows name slot `max_slots` (dropped)."""
+    (out of range: they write nothing)."""
 
     tokens: Any  # int32 [N]: prompt tokens (decode rows take theirs from `state`)
     from_state: Any  # bool [N]: decode rows
     slots: Any  # int32 [N]
     positions: Any  # int32 [N]
-    logit_rows: Any  # int32 [R]: rows whose next token is sampled
-    logit_slots: Any  # int32 [R]: the slot each sampled token belongs to
-    sampling: SamplingRows  # [R]
+    logit_rows: Any  # int32 [R]: rows whose next token is sampled (their logits are returned)
     # Paged cache only: every slot's block table (int32 [max_slots, max blocks], -1 unassigned)
     # and, for the Pallas kernel, the rows grouped by sequence.
     block_tables: Any = None
     sequences: RaggedSequences | None = None
-    # int32 [R, ceil(V/32)]: each sampled row's allowed tokens (`token_mask.py`); None: no row of
-    # the step is constrained (the step compiles without it)
-    mask: Any = None
 
 
 def logprobs_of(logits: jax.Array, tokens: jax.Array) -> StepLogprobs:
@@ -140,25 +151,42 @@ def logprobs_of(logits: jax.Array, tokens: jax.Array) -> StepLogprobs:
 
 
 def prefill(
-    params: Params,
-    tokens: jax.Array,
-    lengths: jax.Array,
-    rows: SamplingRows,
-    *,
-    cfg: ModelConfig,
-    kernels: KernelChoice,
-    logprobs: bool = False,
-    mask: jax.Array | None = None,
-) -> tuple[jax.Array, list[LayerKV], StepLogprobs | None]:
-    """Prompts tokens [B, S] (right-padded to a bucket; real lengths [B]) -> (first sampled token
-    [B], the prompts' KV per layer [B, KVH, S, Dh], the first tokens' log-probabilities [B] when
-    `logprobs`). `mask` (int32 [B, ceil(V/32)]) restricts the first tokens (structured outputs)."""
-    logits, kv = prefill_logits(params, cfg, tokens, lengths, kernels=kernels)
-    r = rows
-    first = sampling.sample(
-        constrain(logits, mask), r.temperature, r.top_k, r.top_p, r.seeds, lengths, kernels
-    )
-    return first, kv, logprobs_of(logits, first) if logprobs else None
+    params: Params, tokens: jax.Array, lengths: jax.Array, *, cfg: ModelConfig, kernels: KernelChoice
+) -> tuple[jax.Array, list[LayerKV]]:
+    """Prompts tokens [B, S] (right-padded to a bucket; real lengths [B]) -> (the logits of each
+    prompt's last token [B, V], the prompts' KV per layer [B, KVH, S, Dh]); `choose` picks the
+    first tokens."""
+    return prefill_logits(params, cfg, tokens, lengths, kernels=kernels)
+
+
+def choose(
+    logits: jax.Array, picks: Picks, *, kernels: KernelChoice, greedy: bool, logprobs: bool
+) -> tuple[jax.Array, StepLogprobs | None]:
+    """Tokens [R] from logits [R, V] as `picks` says, and their log-probabilities when `logprobs`.
+    `greedy`: every row is greedy, so the sampler is left out of the program."""
+    allowed = constrain(logits, picks.mask)  # sampled from; log-probabilities read `logits`
+    if greedy:
+        tokens = sampling.greedy(allowed, kernels)
+    else:
+        r = picks.sampling
+        tokens = sampling.sample(allowed, r.temperature, r.top_k, r.top_p, r.seeds, picks.at, kernels)
+    return tokens, logprobs_of(logits, tokens) if logprobs else None
+
+
+def choose_into(
+    state: jax.Array, logits: jax.Array, picks: Picks, *, kernels: KernelChoice, greedy: bool, logprobs: bool
+) -> tuple[jax.Array, StepLogprobs | None]:
+    """`choose` for a step: the tokens go into `state` at `picks.slots`, and the log-probabilities
+    (when `logprobs`) come back per slot [max_slots]."""
+    tokens, lp = choose(logits, picks, kernels=kernels, greedy=greedy, logprobs=logprobs)
+    state = state.at[picks.slots].set(tokens.astype(state.dtype), mode="drop")
+    if lp is None:
+        return state, None
+
+    def by_slot(a: jax.Array) -> jax.Array:
+        return jnp.zeros((state.shape[0], *a.shape[1:]), a.dtype).at[picks.slots].set(a, mode="drop")
+
+    return state, jax.tree.map(by_slot, lp)
 
 
 def score(
@@ -222,18 +250,14 @@ def step(
     kernels: KernelChoice,
     attention: AttentionKind,
     attn_len: int,
-    greedy: bool,
     paged: Paged | None = None,
-    logprobs: bool = False,
-) -> tuple[jax.Array, list[LayerKV], StepLogprobs | None]:
-    """Run the rows of `inputs` through the model, sample the rows in `logit_rows` and write their
-    tokens into `state` at `logit_slots`. Returns (state, cache, log-probabilities per slot
-    [max_slots] when `logprobs`, else None).
+) -> tuple[list[LayerKV], jax.Array]:
+    """Run the rows of `inputs` through the model. Returns (the cache, the logits of the rows in
+    `logit_rows` [R, V]); `choose_into` then samples them into `state`.
 
     With "slot" attention row i must be slot i (decode of the first N slots) and attention reads
     the first `attn_len` cache entries; "ragged_kernel" and "paged" take any rows and ignore
     `attn_len` ("paged" with the Pallas kernel: rows grouped by sequence, `inputs.sequences`).
-    `greedy`: every sampled row is greedy, so the sampler is left out of the program.
     """
     last = state[jnp.clip(inputs.slots, 0, state.shape[0] - 1)]  # decode rows: last step's token
     tokens = jnp.where(inputs.from_state, last, inputs.tokens)
@@ -254,18 +278,4 @@ def step(
     else:
         attn = SlotAttention.up_to(inputs.positions, attn_len)
     x, cache = forward(params, cfg, tokens, inputs.positions, attn, cache, kernels)
-    logits = lm_head(params, cfg, x[inputs.logit_rows], kernels)
-    allowed = constrain(logits, inputs.mask)  # sampled from; log-probabilities read `logits`
-    if greedy:
-        nxt = sampling.greedy(allowed, kernels)
-    else:
-        r = inputs.sampling
-        at = inputs.positions[inputs.logit_rows] + 1  # where the sampled tokens will sit
-        nxt = sampling.sample(allowed, r.temperature, r.top_k, r.top_p, r.seeds, at, kernels)
-    state = state.at[inputs.logit_slots].set(nxt.astype(state.dtype), mode="drop")
-    if not logprobs:
-        return state, cache, None
-    def by_slot(a: jax.Array) -> jax.Array:
-        return jnp.zeros((state.shape[0], *a.shape[1:]), a.dtype).at[inputs.logit_slots].set(a, mode="drop")
-
-    return state, cache, jax.tree.map(by_slot, logprobs_of(logits, nxt))
+    return cache, lm_head(params, cfg, x[inputs.logit_rows], kernels)

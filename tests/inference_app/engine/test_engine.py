@@ -199,8 +199,9 @@ def test_prefill_batch_rows_cap_padded_tokens(model: LoadedModel) -> None:
 
 @pytest.mark.parametrize("chunked", [False, True])
 def test_warmup_compiles_every_step_a_request_reaches(smollm2_4_layers: LoadedModel, chunked: bool) -> None:
-    """Warm-up runs each step shape with padding rows; real steps then compile nothing new.
-    Without chunked prefill and kernels: 2 row buckets x 2 attention buckets x greedy or not.
+    """Warm-up runs each step shape with padding rows, and the greedy and the sampling choice of
+    each count of sampled rows; real steps then compile nothing new. Without chunked prefill and
+    kernels: 2 row buckets x 2 attention buckets.
     (What is compiled does not depend on the depth: 4 of the 30 layers, to compile faster.)"""
     model = smollm2_4_layers
     settings = dataclasses.replace(
@@ -215,8 +216,10 @@ def test_warmup_compiles_every_step_a_request_reaches(smollm2_4_layers: LoadedMo
     engine = JaxEngine(settings, model)
     assert engine.chunked_prefill is chunked
     engine.warmup()
-    assert engine._step_fn._cache_size() == len(engine.layout.shapes()) == (6 if chunked else 8)
-    functions = (engine._prefill_fn, engine._insert_fn, engine._step_fn)
+    assert engine._step_fn._cache_size() == len(engine.layout.shapes()) == (6 if chunked else 4)
+    sampled_rows = {min(shape.rows, engine.max_slots) for shape in engine.layout.shapes()}
+    assert engine._choose_fn._cache_size() == 2 * len(sampled_rows)
+    functions = (engine._prefill_fn, engine._first_fn, engine._insert_fn, engine._step_fn, engine._choose_fn)
     compiled = [f._cache_size() for f in functions]
     ids = [1, 504, 3458, 282]
     greedy, sampled = SamplingParams(), SamplingParams(temperature=1.0, seed=5)
