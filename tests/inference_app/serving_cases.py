@@ -29,7 +29,7 @@ SMOLLM2_SERVER_ARGS = [
     "--max-slots", str(SMOLLM2_SLOTS),
     "--max-prefill-length", str(SMOLLM2_PREFILL),
     "--max-target-length", str(SMOLLM2_TARGET),
-    "--max-step-tokens", "64",  # fewer step shapes to compile before healthy; prompts are short
+    "--max-step-tokens", "32",  # fewer step shapes to compile before healthy; prompts are short
 ]  # fmt: skip
 OFFLINE = {
     "HF_HUB_OFFLINE": "1",

@@ -27,12 +27,24 @@ def test_dequantize_equals_gguf(fmt: quant.Format) -> None:
 
 
 def test_embedded_gguf_tensors_split_and_dequantize_like_gguf() -> None:
-    """The embedded SmolLM2 file: Q4_1 layer weights and the Q8_0 embedding table."""
+    """The embedded SmolLM2 file: Q4_1 layer weights and the Q8_0 embedding table. Also: our
+    faster parse (`PlainArrayReader`, behind `open_gguf`) reads the same fields and tensors as
+    gguf's own reader."""
     from gguf import GGUFReader
 
     from inference_app.model.catalog import embedded_model_path
+    from inference_app.model.weights_gguf import open_gguf
 
     reader = GGUFReader(embedded_model_path("smollm2-135m"))
+    plain = open_gguf(str(embedded_model_path("smollm2-135m"))).reader
+    assert list(plain.fields) == list(reader.fields)
+    for key, field in reader.fields.items():
+        assert field.types == plain.fields[key].types, key
+        assert [bytes(p) for p in field.parts] == [bytes(p) for p in plain.fields[key].parts], key
+    assert [(t.name, t.tensor_type, t.data_offset) for t in plain.tensors] == [
+        (t.name, t.tensor_type, t.data_offset) for t in reader.tensors
+    ]
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(plain.tensors, reader.tensors, strict=True))
     seen = set()
     for t in reader.tensors:
         fmt = quant.format_of(t.tensor_type)
