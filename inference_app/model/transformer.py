@@ -153,8 +153,28 @@ def block_matmul(x: jax.Array, w: BlockQuant, kernels: KernelChoice = PURE_JAX) 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    mean_sq = row_sum(x32 * x32) / x.shape[-1]
+    y = x32 * jax.lax.rsqrt(mean_sq[..., None] + eps)
     return (y * weight.astype(jnp.float32)).astype(x.dtype)
+
+
+def row_sum(x: jax.Array) -> jax.Array:
+    """Sum over the last axis in an order fixed by its width alone, whatever the row count.
+
+    XLA:CPU vectorizes a row reduction across rows once there are 8 or more, which changes the
+    order of the additions: a row's norm then differs in its last bits between a step of 1 row
+    and a step of 64. With float weights that is noise (logprobs ~1e-5 apart), but the block
+    kernels round activations to int8, which turned it into different greedy tokens for 5 of 16
+    prompts alone vs together. Halving (elementwise adds, exact per element) keeps each row's
+    sum independent of the others.
+    """
+    while x.shape[-1] > 8 and x.shape[-1] % 2 == 0:
+        half = x.shape[-1] // 2
+        x = x[..., :half] + x[..., half:]
+    total = x[..., 0]
+    for i in range(1, x.shape[-1]):
+        total = total + x[..., i]
+    return total
 
 
 def rope_tables(positions: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
