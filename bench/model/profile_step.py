@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from inference_app.engine import EngineSettings, SamplingParams
 from inference_app.engine.engine import load_engine
+from inference_app.engine.steps import sampler_for
 
 
 def main() -> None:
@@ -80,7 +81,7 @@ class Captured:
     inputs: Any  # StepInputs, on device
     picks: Any  # Picks, on device
     attn_len: int
-    greedy: bool
+    sampler: str
 
 
 def capture_inputs(engine: Any) -> Captured:
@@ -88,15 +89,15 @@ def capture_inputs(engine: Any) -> Captured:
 
     plan, shape = engine.next_step()
     picks = engine.picks(plan)
-    greedy = not bool((picks.sampling.temperature > 0).any())
-    return Captured(jax.device_put(engine.step_inputs(plan)), jax.device_put(picks), shape.attn_len, greedy)
+    sampler = sampler_for(picks.sampling)
+    return Captured(jax.device_put(engine.step_inputs(plan)), jax.device_put(picks), shape.attn_len, sampler)
 
 
 def call_step(engine: Any, tokens: Any, cache: Any, step: Captured) -> tuple[Any, Any]:
     cache, logits = engine._step_fn(
         engine.generate_params, cache, tokens, step.inputs, attn_len=step.attn_len
     )
-    tokens, _ = engine._choose_fn(tokens, logits, step.picks, greedy=step.greedy, logprobs=False)
+    tokens, _ = engine._choose_fn(tokens, logits, step.picks, sampler=step.sampler, logprobs=False)
     return tokens, cache
 
 

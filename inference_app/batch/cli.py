@@ -101,8 +101,14 @@ class Tally:
         return self.completion_tokens / max(time.perf_counter() - self.start, 1e-9)
 
 
-async def run_items(todo: list[BatchItem], store: ResultStore, backend: Backend, concurrency: int,
-                    bar: tqdm, stop: asyncio.Event) -> Tally:
+async def run_items(
+    todo: list[BatchItem],
+    store: ResultStore,
+    backend: Backend,
+    concurrency: int,
+    bar: tqdm,
+    stop: asyncio.Event,
+) -> Tally:
     """Process `todo` with `concurrency` workers, appending each record as it completes."""
     tally = Tally()
     pending = iter(todo)

@@ -77,9 +77,16 @@ def parse_response(item: BatchItem, body: dict[str, Any]) -> tuple[str, str | No
     return str(text or ""), choice.get("finish_reason"), body.get("usage") or {}
 
 
-def record(item: BatchItem, *, text: str | None = None, finish_reason: str | None = None,
-           usage: dict[str, Any] | None = None, latency_s: float, attempts: int,
-           error: dict[str, Any] | None = None) -> dict[str, Any]:
+def record(
+    item: BatchItem,
+    *,
+    text: str | None = None,
+    finish_reason: str | None = None,
+    usage: dict[str, Any] | None = None,
+    latency_s: float,
+    attempts: int,
+    error: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One output line. `error` is None on success, else {status, message, retryable}."""
     usage = usage or {}
     rec: dict[str, Any] = {
@@ -98,8 +105,15 @@ def record(item: BatchItem, *, text: str | None = None, finish_reason: str | Non
     return rec
 
 
-async def run_item(client: httpx.AsyncClient, endpoint: str, item: BatchItem, *, model: str | None,
-                   max_tokens: int, policy: RetryPolicy) -> dict[str, Any]:
+async def run_item(
+    client: httpx.AsyncClient,
+    endpoint: str,
+    item: BatchItem,
+    *,
+    model: str | None,
+    max_tokens: int,
+    policy: RetryPolicy,
+) -> dict[str, Any]:
     """Return the item's record; never raises for request failures."""
     path, body = build_request(item, model, max_tokens)
     url = endpoint.rstrip("/") + path

@@ -52,8 +52,10 @@ def _check_sampling(where: str, row: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"{where}: 'top_k' must be an integer >= 0")
     if "seed" in s and not integer(s["seed"]):
         raise ValueError(f"{where}: 'seed' must be an integer")
-    if "stop" in s and not (isinstance(s["stop"], str) or
-                            (isinstance(s["stop"], list) and all(isinstance(x, str) for x in s["stop"]))):
+    if "stop" in s and not (
+        isinstance(s["stop"], str)
+        or (isinstance(s["stop"], list) and all(isinstance(x, str) for x in s["stop"]))
+    ):
         raise ValueError(f"{where}: 'stop' must be a string or a list of strings")
     return s
 
@@ -65,7 +67,7 @@ def parse_item(where: str, line: str) -> BatchItem:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{where}: not valid JSON ({exc.msg})") from exc
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object like {{\"id\": ..., \"prompt\": ...}}")
+        raise ValueError(f'{where}: expected a JSON object like {{"id": ..., "prompt": ...}}')
     unknown = sorted(set(row) - ALLOWED_FIELDS)
     if unknown:
         raise ValueError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(ALLOWED_FIELDS)}")

@@ -41,8 +41,10 @@ def generation_request(orch: Orchestrator, item: BatchItem, default_max_tokens: 
         prompt_ids=prompt_ids,
         max_tokens=s.get("max_tokens", default_max_tokens),
         sampling=SamplingParams(
-            temperature=float(s.get("temperature", 0.0)), top_k=s.get("top_k", 0),
-            top_p=float(s.get("top_p", 1.0)), seed=s.get("seed"),
+            temperature=float(s.get("temperature", 0.0)),
+            top_k=s.get("top_k", 0),
+            top_p=float(s.get("top_p", 1.0)),
+            seed=s.get("seed"),
         ),
         stop=(stop,) if isinstance(stop, str) else tuple(stop),
     )
@@ -83,8 +85,9 @@ async def run_local(orch: Orchestrator, item: BatchItem, default_max_tokens: int
         error = {"status": end.status, "message": end.message, "retryable": end.status >= 500}
         return record(item, latency_s=latency, attempts=attempts, error=error)
     usage = {"prompt_tokens": end.prompt_tokens, "completion_tokens": end.completion_tokens}
-    return record(item, text="".join(parts), finish_reason=end.reason, usage=usage, latency_s=latency,
-                  attempts=attempts)
+    return record(
+        item, text="".join(parts), finish_reason=end.reason, usage=usage, latency_s=latency, attempts=attempts
+    )
 
 
 def build_engine(settings: EngineSettings) -> Engine:

@@ -36,7 +36,7 @@ def is_local(url: str) -> bool:
 
 
 def local_path(url: str) -> Path:
-    return Path(url[len("file://"):] if url.startswith("file://") else url)
+    return Path(url[len("file://") :] if url.startswith("file://") else url)
 
 
 def is_final(record: dict[str, Any]) -> bool:
@@ -87,7 +87,7 @@ class Journal:
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         view = memoryview(line)
         while view:  # write() may be partial; loop until the whole line is in the file
-            view = view[os.write(self.fd, view):]
+            view = view[os.write(self.fd, view) :]
         self.records[json.dumps(record["id"])] = record
         if time.monotonic() - self._last_sync >= self.fsync_interval_s:
             os.fsync(self.fd)

@@ -49,6 +49,7 @@ from inference_app.engine.buckets import fit, ladder, step_rows
 from inference_app.engine.kv_blocks import BlockPool
 from inference_app.engine.kv_budget import EngineLimits, device_free_bytes, engine_limits, host_free_bytes
 from inference_app.engine.policy import EnginePolicy, derive_policy, resolve_dtypes
+from inference_app.engine.sampling import Sampler
 from inference_app.engine.settings import EngineSettings, SettingsError
 from inference_app.engine.sharding import cache_sharding, make_mesh, param_shardings, replicated
 from inference_app.engine.step_plan import (
@@ -61,7 +62,7 @@ from inference_app.engine.step_plan import (
     StepShape,
     padding_plan,
 )
-from inference_app.engine.steps import Picks, SamplingRows, StepInputs
+from inference_app.engine.steps import Picks, SamplingRows, StepInputs, sampler_for
 from inference_app.kernels import build as kernel_build
 from inference_app.model.catalog import ARCHITECTURES, embedded_model_path
 from inference_app.model.config import ModelConfig
@@ -76,6 +77,11 @@ MIN_PREFILL_BUCKET = 32
 MIN_ATTENTION_BUCKET = 128
 # Batched prefill pads every prompt to the batch's bucket and the batch to a power of two rows;
 # this caps rows x bucket, so only short-prompt buckets batch (long ones are big matmuls already).
+# The token choices warm-up compiles for every count of sampled rows: greedy, and sampling from
+# the whole distribution (OpenAI's defaults: temperature 1, top_p 1). A request with top_k or
+# top_p < 1 compiles the sorting sampler on first use (about 1.5 s per row count).
+WARM_SAMPLERS: tuple[Sampler, ...] = ("greedy", "full")
+
 PREFILL_BATCH_TOKENS = 512
 # Decode steps compute only the first `rows` slots (a bucket covering every active slot; the
 # orchestrator fills the lowest free slot first), so a lone request on a 32-slot server pays for
@@ -320,7 +326,7 @@ class JaxEngine:
         cfg, kernels = self.config, self.policy.kernels
         opts = self.policy.compiler_options or None
         self._prefill_fn = jax.jit(partial(steps.prefill, cfg=cfg, kernels=kernels), compiler_options=opts)
-        choice = ("greedy", "logprobs")
+        choice = ("sampler", "logprobs")
         self._first_fn = jax.jit(partial(steps.choose, kernels=kernels), static_argnames=choice)
         self._choose_fn = jax.jit(partial(steps.choose_into, kernels=kernels), static_argnames=choice)
         self._score_fn = jax.jit(partial(steps.score, cfg=cfg, kernels=kernels), compiler_options=opts)
@@ -430,7 +436,7 @@ class JaxEngine:
             mask[: len(prompts)] = bitmasks
         logits, kv = self._prefill_fn(self.prefill_params, tokens, lengths)
         picks = Picks(np.zeros(rows, np.int32), SamplingRows.of(padded), lengths, mask)
-        first, lp = self._first_fn(logits, picks, greedy=_all_greedy(picks), logprobs=want)
+        first, lp = self._first_fn(logits, picks, sampler=sampler_for(picks.sampling), logprobs=want)
         first_host = np.asarray(first)
         lp_host = lp.host() if lp is not None else None
 
@@ -595,12 +601,17 @@ class JaxEngine:
         tokens and the cache advance.
 
         The choice computes log-probabilities only when one of its slots asks for them, takes
-        token masks only when one of them is constrained, and runs the sampler only when one
-        of them samples (variants of the small choosing program, per count of sampled rows)."""
+        token masks only when one of them is constrained, and samples only when one of them
+        does, with the vocabulary sort only when one truncates (top_k, top_p): variants of the
+        small choosing program, per count of sampled rows."""
         logits = self._forward(plan, shape)
         picks = self.picks(plan)
         self._tokens, logprobs = self._choose_fn(
-            self._tokens, logits, picks, greedy=_all_greedy(picks), logprobs=self._wants_logprobs(plan)
+            self._tokens,
+            logits,
+            picks,
+            sampler=sampler_for(picks.sampling),
+            logprobs=self._wants_logprobs(plan),
         )
         return logprobs
 
@@ -648,8 +659,8 @@ class JaxEngine:
     def warmup(self) -> None:
         """Compile everything a request can reach: the prefill stage's buckets (unless prompts
         prefill inside the steps) and every step shape of the layout, the latter with padding
-        rows that read and write nothing, each with its greedy and its sampling choice.
-        (Log-probabilities and token masks compile their choices on first use.)"""
+        rows that read and write nothing, each with the choices in `WARM_SAMPLERS`. (Truncated
+        sampling, log-probabilities and token masks compile their choices on first use.)"""
         start = time.perf_counter()
         if not self.chunked_prefill:
             for bucket in self.prefill_buckets:
@@ -663,8 +674,10 @@ class JaxEngine:
         for shape in shapes:
             plan = padding_plan(shape.rows, self.max_slots, self.max_target_length)
             logits, picks = self._forward(plan, shape), self.picks(plan)
-            for greedy in (True, False):
-                self._tokens, _ = self._choose_fn(self._tokens, logits, picks, greedy=greedy, logprobs=False)
+            for sampler in WARM_SAMPLERS:
+                self._tokens, _ = self._choose_fn(
+                    self._tokens, logits, picks, sampler=sampler, logprobs=False
+                )
         np.asarray(self._tokens)
         log.info(
             "warmup compiled %d prefill buckets and %d step shapes (%s rows) in %.1fs",
@@ -679,13 +692,8 @@ class JaxEngine:
         lengths = np.ones(rows, np.int32)
         logits, _ = self._prefill_fn(self.prefill_params, np.zeros((rows, bucket), np.int32), lengths)
         picks = Picks(np.zeros(rows, np.int32), SamplingRows.of([SamplingParams(seed=0)] * rows), lengths)
-        for greedy in (True, False):
-            np.asarray(self._first_fn(logits, picks, greedy=greedy, logprobs=False)[0])
-
-
-def _all_greedy(picks: Picks) -> bool:
-    """Whether every row's choice is greedy (its choosing program then has no sampler)."""
-    return not bool((picks.sampling.temperature > 0).any())
+        for sampler in WARM_SAMPLERS:
+            np.asarray(self._first_fn(logits, picks, sampler=sampler, logprobs=False)[0])
 
 
 def model_for(settings: EngineSettings, devices: Sequence[jax.Device] | None = None) -> LoadedModel:

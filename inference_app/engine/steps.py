@@ -35,6 +35,7 @@ import numpy as np
 
 from inference_app.engine import sampling
 from inference_app.engine.api import MAX_TOP_LOGPROBS, SamplingParams, StepLogprobs
+from inference_app.engine.sampling import Sampler
 from inference_app.engine.token_mask import constrain
 from inference_app.kernels.ops import KernelChoice
 from inference_app.model.config import ModelConfig
@@ -160,25 +161,43 @@ def prefill(
 
 
 def choose(
-    logits: jax.Array, picks: Picks, *, kernels: KernelChoice, greedy: bool, logprobs: bool
+    logits: jax.Array, picks: Picks, *, kernels: KernelChoice, sampler: Sampler, logprobs: bool
 ) -> tuple[jax.Array, StepLogprobs | None]:
     """Tokens [R] from logits [R, V] as `picks` says, and their log-probabilities when `logprobs`.
-    `greedy`: every row is greedy, so the sampler is left out of the program."""
+    `sampler` (`sampling.Sampler`): how the rows draw, the cheapest way that serves them all."""
     allowed = constrain(logits, picks.mask)  # sampled from; log-probabilities read `logits`
-    if greedy:
+    r = picks.sampling
+    if sampler == "greedy":
         tokens = sampling.greedy(allowed, kernels)
+    elif sampler == "full":
+        tokens = sampling.sample_full(allowed, r.temperature, r.seeds, picks.at, kernels)
     else:
-        r = picks.sampling
         tokens = sampling.sample(allowed, r.temperature, r.top_k, r.top_p, r.seeds, picks.at, kernels)
     return tokens, logprobs_of(logits, tokens) if logprobs else None
 
 
+def sampler_for(rows: SamplingRows) -> Sampler:
+    """The cheapest sampler that draws every row as its settings ask (host arrays)."""
+    sampled = rows.temperature > 0
+    if not sampled.any():
+        return "greedy"
+    if ((rows.top_k > 0) | (rows.top_p < 1.0))[sampled].any():
+        return "truncated"
+    return "full"
+
+
 def choose_into(
-    state: jax.Array, logits: jax.Array, picks: Picks, *, kernels: KernelChoice, greedy: bool, logprobs: bool
+    state: jax.Array,
+    logits: jax.Array,
+    picks: Picks,
+    *,
+    kernels: KernelChoice,
+    sampler: Sampler,
+    logprobs: bool,
 ) -> tuple[jax.Array, StepLogprobs | None]:
     """`choose` for a step: the tokens go into `state` at `picks.slots`, and the log-probabilities
     (when `logprobs`) come back per slot [max_slots]."""
-    tokens, lp = choose(logits, picks, kernels=kernels, greedy=greedy, logprobs=logprobs)
+    tokens, lp = choose(logits, picks, kernels=kernels, sampler=sampler, logprobs=logprobs)
     state = state.at[picks.slots].set(tokens.astype(state.dtype), mode="drop")
     if lp is None:
         return state, None

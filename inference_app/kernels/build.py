@@ -51,10 +51,16 @@ class Level:
 # Best first. x86-64-v3 (AVX2, FMA, F16C: every x86 server since ~2015) runs the vector code;
 # VNNI adds one-instruction int8 dot products; the portable level runs the plain C++ loops.
 X86_LEVELS = (
-    Level("x86-64-v4-vnni", frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni"}),
-          ("-march=x86-64-v4", "-mavx512vnni")),
-    Level("x86-64-v3-vnni", frozenset({"avx2", "fma", "f16c", "bmi2", "movbe", "avx_vnni"}),
-          ("-march=x86-64-v3", "-mavxvnni")),
+    Level(
+        "x86-64-v4-vnni",
+        frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni"}),
+        ("-march=x86-64-v4", "-mavx512vnni"),
+    ),
+    Level(
+        "x86-64-v3-vnni",
+        frozenset({"avx2", "fma", "f16c", "bmi2", "movbe", "avx_vnni"}),
+        ("-march=x86-64-v3", "-mavxvnni"),
+    ),
     Level("x86-64-v3", frozenset({"avx2", "fma", "f16c", "bmi2", "movbe"}), ("-march=x86-64-v3",)),
     Level("x86-64", frozenset(), ("-march=x86-64",)),
 )

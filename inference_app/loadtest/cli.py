@@ -65,11 +65,20 @@ def settings_from_args(args: argparse.Namespace) -> LoadTestSettings:
     if args.max_tokens is not None and args.max_tokens < 1:
         raise ValueError("--max-tokens must be >= 1")
     return LoadTestSettings(
-        endpoint=args.endpoint, api=args.api, num_prompts=args.num_prompts, concurrency=args.concurrency,
-        request_rate=args.request_rate, max_tokens=args.max_tokens, model=args.model,
-        temperature=args.temperature, fixed_output=args.fixed_output, seed=args.seed, warmup=args.warmup,
+        endpoint=args.endpoint,
+        api=args.api,
+        num_prompts=args.num_prompts,
+        concurrency=args.concurrency,
+        request_rate=args.request_rate,
+        max_tokens=args.max_tokens,
+        model=args.model,
+        temperature=args.temperature,
+        fixed_output=args.fixed_output,
+        seed=args.seed,
+        warmup=args.warmup,
         timeout_s=args.timeout,
-        dataset=args.dataset, label=args.label,
+        dataset=args.dataset,
+        label=args.label,
     )
 
 

@@ -80,9 +80,16 @@ async def run_load_test(settings: LoadTestSettings) -> dict[str, Any]:
             return min(p.max_tokens, settings.max_tokens) if settings.max_tokens else p.max_tokens
 
         async def one(p: DatasetPrompt) -> RequestResult:
-            return await timed_request(client, settings.api, settings.endpoint, p.prompt, budget(p),
-                                       model=model, temperature=settings.temperature,
-                                       fixed_output=settings.fixed_output)
+            return await timed_request(
+                client,
+                settings.api,
+                settings.endpoint,
+                p.prompt,
+                budget(p),
+                model=model,
+                temperature=settings.temperature,
+                fixed_output=settings.fixed_output,
+            )
 
         for p in prompts[: settings.warmup]:
             await one(p)

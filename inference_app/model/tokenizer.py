@@ -66,8 +66,11 @@ class TextTokenizer:
         if not any(s in m["content"] for m in messages for s in self._special_texts):
             return self.encode(self.apply_chat_template(messages, add_generation_prompt))
         used = "".join(m["content"] for m in messages)
-        begin, end = next((chr(c), chr(c + 1)) for c in range(0xE000, 0xF8FF, 2)
-                          if chr(c) not in used and chr(c + 1) not in used)  # private-use marks
+        begin, end = next(
+            (chr(c), chr(c + 1))
+            for c in range(0xE000, 0xF8FF, 2)
+            if chr(c) not in used and chr(c + 1) not in used
+        )  # private-use marks
         marked = [{**m, "content": f"{begin}{m['content']}{end}"} for m in messages]
         rest = self.apply_chat_template(marked, add_generation_prompt)
         ids: list[int] = []
@@ -98,7 +101,6 @@ class TextTokenizer:
         return template.render(
             messages=list(messages), add_generation_prompt=add_generation_prompt, **self._special
         )
-
 
     def hf_config(self) -> dict[str, Any]:
         """`tokenizer_config.json` as Hugging Face tools read it (also vLLM's `/tokenizer_info` body)."""

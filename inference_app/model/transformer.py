@@ -270,9 +270,7 @@ class PromptAttention:
     in empty and goes out as the prompts' own KV, {"k", "v"}: [B, KVH, S, Dh], which `insert`
     later writes into a slot."""
 
-    def __call__(
-        self, q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerKV
-    ) -> tuple[jax.Array, LayerKV]:
+    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerKV) -> tuple[jax.Array, LayerKV]:
         dtype = q.dtype  # q [B,S,K,G,Dh]  k,v [B,S,K,Dh]
         s = q.shape[1]
         causal = jnp.tril(jnp.ones((s, s), dtype=bool))  # [S(query), S(key)]
@@ -303,9 +301,7 @@ class SlotAttention:
         """Rows at `positions` attending to cache entries [0, length) up to their own position."""
         return cls(positions, jnp.arange(length)[None, :] <= positions[:, None])
 
-    def __call__(
-        self, q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerKV
-    ) -> tuple[jax.Array, LayerKV]:
+    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerKV) -> tuple[jax.Array, LayerKV]:
         b, attn_len = self.valid.shape  # q [B,K,G,Dh]  k,v [B,K,Dh]
         dtype = q.dtype
         c = write_kv(cache, jnp.arange(b), self.positions, k, v)
@@ -334,9 +330,7 @@ class RaggedKernelAttention:
     slots: jax.Array  # int32 [N]
     positions: jax.Array  # int32 [N]
 
-    def __call__(
-        self, q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerKV
-    ) -> tuple[jax.Array, LayerKV]:
+    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, cache: LayerKV) -> tuple[jax.Array, LayerKV]:
         if cache["k"].dtype != jnp.float32:
             raise RuntimeError("the CPU attention kernel reads a float32 KV cache")
         c = write_kv(cache, self.slots, self.positions, k, v)

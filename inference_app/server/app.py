@@ -52,9 +52,14 @@ REQUEST_BODIES: dict[str, type[BaseModel]] = {
     "/tokenize": TokenizeRequest,
     "/detokenize": DetokenizeRequest,
 }
-_ERROR_STATUSES = {"400": "Invalid request", "404": "Unknown model", "413": "Body too large",
-                   "429": "Queue full (Retry-After)", "500": "The request failed",
-                   "503": "Not ready, draining or failed (Retry-After)"}
+_ERROR_STATUSES = {
+    "400": "Invalid request",
+    "404": "Unknown model",
+    "413": "Body too large",
+    "429": "Queue full (Retry-After)",
+    "500": "The request failed",
+    "503": "Not ready, draining or failed (Retry-After)",
+}
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

@@ -152,8 +152,12 @@ def main(args: argparse.Namespace) -> int:
     options = server_options(args, settings)
     log.info(
         "Serving %s (%s mode; slots %s, prompts <= %s, sequences <= %s; auto: sized from memory) on http://%s:%d",
-        options.model_name, settings.mode, settings.max_slots or "auto",
-        settings.max_prefill_length or "auto", settings.max_target_length or "auto",
-        options.host, options.port,
+        options.model_name,
+        settings.mode,
+        settings.max_slots or "auto",
+        settings.max_prefill_length or "auto",
+        settings.max_target_length or "auto",
+        options.host,
+        options.port,
     )
     return run_server(options, engine_factory(settings, args.inject_fault))

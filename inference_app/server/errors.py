@@ -28,6 +28,7 @@ log = logging.getLogger("inference_app.server")
 
 M = TypeVar("M", bound=BaseModel)
 
+
 class ApiError(Exception):
     """An error answer: raise it anywhere in a route."""
 

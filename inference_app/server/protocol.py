@@ -637,8 +637,15 @@ class ServerInfo(ResponseModel):
     """`GET /`: what is serving and how it is configured (engine fields once it is loaded)."""
 
     OMIT_IF_NONE = frozenset(
-        {"mode", "max_slots", "max_prefill_length", "max_target_length", "prefill_buckets", "active_slots",
-         "queue_depth"}
+        {
+            "mode",
+            "max_slots",
+            "max_prefill_length",
+            "max_target_length",
+            "prefill_buckets",
+            "active_slots",
+            "queue_depth",
+        }
     )
 
     service: str = "inference_app"

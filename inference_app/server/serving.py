@@ -356,16 +356,20 @@ def server_info(state: ServingState, endpoints: list[str]) -> ServerInfo:
     info = ServerInfo(model=state.options.model_name, phase=state.phase, endpoints=endpoints)
     if state.engine is not None:
         engine = state.engine
-        info = info.model_copy(update={
-            "mode": engine.settings.mode,
-            "max_slots": engine.max_slots,
-            "max_prefill_length": engine.max_prefill_length,
-            "max_target_length": engine.max_target_length,
-            "prefill_buckets": list(engine.prefill_buckets),
-        })
+        info = info.model_copy(
+            update={
+                "mode": engine.settings.mode,
+                "max_slots": engine.max_slots,
+                "max_prefill_length": engine.max_prefill_length,
+                "max_target_length": engine.max_target_length,
+                "prefill_buckets": list(engine.prefill_buckets),
+            }
+        )
     if state.orchestrator is not None:
-        info = info.model_copy(update={
-            "active_slots": state.orchestrator.active_slots,
-            "queue_depth": state.orchestrator.queue_depth,
-        })
+        info = info.model_copy(
+            update={
+                "active_slots": state.orchestrator.active_slots,
+                "queue_depth": state.orchestrator.queue_depth,
+            }
+        )
     return info

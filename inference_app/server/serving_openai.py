@@ -188,9 +188,7 @@ class CompletionRenderer:
         )
 
     def whole(self, results: list[Collected]) -> CompletionResponse:
-        choices = [
-            self._choice(i, r.text, r.logprobs, r.finished.reason) for i, r in enumerate(results)
-        ]
+        choices = [self._choice(i, r.text, r.logprobs, r.finished.reason) for i, r in enumerate(results)]
         finished = [r.finished for r in results]
         prompt = sum(f.prompt_tokens for f in finished[:: self.n])
         return self._response(choices, UsageInfo.of(prompt, sum(f.completion_tokens for f in finished)))

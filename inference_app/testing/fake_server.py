@@ -123,10 +123,12 @@ def create_app(token_delay_s: float = 0.0) -> FastAPI:
         if (err := injected(prompt)) is not None:
             return err
         if body.get("stream"):
+
             async def events() -> AsyncIterator[str]:
                 async for w in paced(n):
                     yield "data: " + json.dumps({"response": w}) + "\n\n"
                 yield "data: [DONE]\n\n"
+
             return StreamingResponse(events(), media_type="text/event-stream")
         text = "".join([w async for w in paced(n)])
         return JSONResponse({"response": text})
@@ -138,12 +140,14 @@ def create_app(token_delay_s: float = 0.0) -> FastAPI:
             return err
         created = int(time.time())
         if body.get("stream"):
+
             async def events() -> AsyncIterator[str]:
                 async for w in paced(n):
                     choice = {"index": 0, "delta": {"content": w}} if chat else {"index": 0, "text": w}
                     yield "data: " + json.dumps({"id": "x", "created": created, "choices": [choice]}) + "\n\n"
                 last = {"choices": [], "usage": usage(prompt, n)}
                 yield "data: " + json.dumps(last) + "\n\ndata: [DONE]\n\n"
+
             return StreamingResponse(events(), media_type="text/event-stream")
         text = "".join([w async for w in paced(n)])
         choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
