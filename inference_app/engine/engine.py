@@ -75,13 +75,12 @@ log = logging.getLogger(__name__)
 
 MIN_PREFILL_BUCKET = 32
 MIN_ATTENTION_BUCKET = 128
-# Batched prefill pads every prompt to the batch's bucket and the batch to a power of two rows;
-# this caps rows x bucket, so only short-prompt buckets batch (long ones are big matmuls already).
 # The token choices warm-up compiles for every count of sampled rows: greedy, and sampling from
 # the whole distribution (OpenAI's defaults: temperature 1, top_p 1). A request with top_k or
 # top_p < 1 compiles the sorting sampler on first use (about 1.5 s per row count).
 WARM_SAMPLERS: tuple[Sampler, ...] = ("greedy", "full")
-
+# Batched prefill pads every prompt to the batch's bucket and the batch to a power of two rows;
+# this caps rows x bucket, so only short-prompt buckets batch (long ones are big matmuls already).
 PREFILL_BATCH_TOKENS = 512
 # Decode steps compute only the first `rows` slots (a bucket covering every active slot; the
 # orchestrator fills the lowest free slot first), so a lone request on a 32-slot server pays for
