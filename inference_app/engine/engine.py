@@ -27,7 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import jax
@@ -284,15 +284,12 @@ class JaxEngine:
         mesh = self.generate_mesh
 
         def zeros(shp: tuple[int, ...], dtype: Any) -> jax.Array:
-            return jax.jit(partial(jnp.zeros, shp, dtype), out_shardings=cache_sharding(mesh, shp))()
+            return _zeros_program(shp, jnp.dtype(dtype), cache_sharding(mesh, shp))()
 
         if self.paged is not None:  # one block array per layer, whole on the one device
             pages = self.paged.layout.shape
             rep = replicated(mesh)
-            return [
-                {"kv": jax.jit(partial(jnp.zeros, pages, kv_dtype), out_shardings=rep)()}
-                for _ in range(cfg.num_layers)
-            ]
+            return [{"kv": _zeros_program(pages, jnp.dtype(kv_dtype), rep)()} for _ in range(cfg.num_layers)]
         cache = []
         for _ in range(cfg.num_layers):
             layer = {"k": zeros(shape, kv_dtype), "v": zeros(shape, kv_dtype)}
@@ -693,6 +690,14 @@ class JaxEngine:
         picks = Picks(np.zeros(rows, np.int32), SamplingRows.of([SamplingParams(seed=0)] * rows), lengths)
         for sampler in WARM_SAMPLERS:
             np.asarray(self._first_fn(logits, picks, sampler=sampler, logprobs=False)[0])
+
+
+@lru_cache(maxsize=64)
+def _zeros_program(shape: tuple[int, ...], dtype: np.dtype, sharding: jax.sharding.Sharding) -> Any:
+    """A compiled program that makes a fresh zero array, one per shape and placement: shared by
+    every layer's cache and every engine in the process (a new jit per layer compiled 30 times,
+    about 2 s per engine)."""
+    return jax.jit(partial(jnp.zeros, shape, dtype), out_shardings=sharding)
 
 
 def model_for(settings: EngineSettings, devices: Sequence[jax.Device] | None = None) -> LoadedModel:
