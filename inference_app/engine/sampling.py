@@ -58,8 +58,8 @@ def sample(
     before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each candidate
     keep = keep & ((before < top_p[:, None]) | (rank == 0))
     masked = jnp.where(keep, sorted_logits, -jnp.inf)
-    keys = jax.vmap(lambda s, p: jax.random.fold_in(jax.random.key(s), p))(seeds, positions)
-    choice = jax.vmap(jax.random.categorical)(keys, masked)  # index into the sorted order
+    # an index into the sorted order
+    choice = jax.vmap(jax.random.categorical)(_row_keys(seeds, positions), masked)
     sampled = jnp.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
     return jnp.where(is_greedy, greedy(logits, kernels), sampled).astype(jnp.int32)
 
@@ -86,8 +86,7 @@ def sample_full(
     probs = jnp.exp(z - jnp.max(z, axis=-1, keepdims=True))  # unnormalised; masked entries 0
     blocks = -(-vocab // BLOCK)
     probs = jnp.pad(probs, ((0, 0), (0, blocks * BLOCK - vocab))).reshape(rows, blocks, BLOCK)
-    keys = jax.vmap(lambda s, p: jax.random.fold_in(jax.random.key(s), p))(seeds, positions)
-    u = jax.vmap(jax.random.uniform)(keys)  # [R] in [0, 1)
+    u = jax.vmap(jax.random.uniform)(_row_keys(seeds, positions))  # [R] in [0, 1)
     block_cdf = _scan_sum(row_sum(probs))  # [R, blocks]
     below = jnp.pad(block_cdf[:, :-1], ((0, 0), (1, 0)))  # mass before each block
     target = u * block_cdf[:, -1]
@@ -97,6 +96,11 @@ def sample_full(
     j = _pick(_scan_sum(inside), target - before, inside > 0)
     sampled = b * BLOCK + j
     return jnp.where(is_greedy, greedy(logits, kernels), sampled).astype(jnp.int32)
+
+
+def _row_keys(seeds: jax.Array, positions: jax.Array) -> jax.Array:
+    """Each row's random key: its request's seed folded with the token's position."""
+    return jax.vmap(lambda s, p: jax.random.fold_in(jax.random.key(s), p))(seeds, positions)
 
 
 def _scan_sum(x: jax.Array) -> jax.Array:
