@@ -632,8 +632,7 @@ class JaxEngine:
     def picks(self, plan: StepPlan) -> Picks:
         """How the step's sampled slots choose their tokens: their sampling (padding rows greedy),
         positions, and token masks when one of them is constrained."""
-        idx = np.minimum(plan.logit_slots, self.max_slots - 1)
-        real = plan.logit_slots < self.max_slots
+        idx, real = self._sampled_slots(plan)
         rows = SamplingRows(
             np.where(real, self._temperature[idx], 0.0).astype(np.float32),  # padding: greedy
             self._top_k[idx],
@@ -649,8 +648,13 @@ class JaxEngine:
         )
 
     def _wants_logprobs(self, plan: StepPlan) -> bool:
-        idx = np.minimum(plan.logit_slots, self.max_slots - 1)
-        return bool(self._logprobs[idx[plan.logit_slots < self.max_slots]].any())
+        idx, real = self._sampled_slots(plan)
+        return bool(self._logprobs[idx[real]].any())
+
+    def _sampled_slots(self, plan: StepPlan) -> tuple[np.ndarray, np.ndarray]:
+        """The slot of each sampled row, clipped so padding rows (slot >= max_slots) index a real
+        one, and which rows are real."""
+        return np.minimum(plan.logit_slots, self.max_slots - 1), plan.logit_slots < self.max_slots
 
     def warmup(self) -> None:
         """Compile everything a request can reach: the prefill stage's buckets (unless prompts
