@@ -1,18 +1,26 @@
 """langchain-openai's ChatOpenAI (with_structured_output, bind_tools) and litellm (`openai/` and
-`hosted_vllm/` providers), unmodified."""
+`hosted_vllm/` providers), unmodified.
+
+The clients are imported where they are used, not at the top: every pytest-xdist worker imports
+every test module to collect it, and litellm alone took 8 s of CPU to import (langchain-openai 2 s);
+only the worker that runs this file needs them."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jsonschema
-import litellm
-from langchain_core.messages import HumanMessage
-from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 
 from tests.inference_app.serving_cases import ServerProcess
 
+if TYPE_CHECKING:
+    from langchain_openai import ChatOpenAI
+
 
 def chat_model(server: ServerProcess, max_tokens: int = 8) -> ChatOpenAI:
+    from langchain_openai import ChatOpenAI
+
     model = litellm_model(server)
     return ChatOpenAI(
         base_url=f"{server.base}/v1", api_key="unused", model=model, temperature=0, max_tokens=max_tokens
@@ -26,6 +34,8 @@ def litellm_model(server: ServerProcess) -> str:
 
 
 def test_langchain_invoke_stream_and_list_content(server: ServerProcess) -> None:
+    from langchain_core.messages import HumanMessage
+
     llm = chat_model(server)
     text = llm.invoke("What is the capital of France?").content
     assert isinstance(text, str) and text
@@ -68,6 +78,8 @@ def test_langchain_with_structured_output_and_forced_tool_choice(server: ServerP
 
 
 def test_litellm_openai_and_hosted_vllm_providers(server: ServerProcess) -> None:
+    import litellm
+
     model = litellm_model(server)
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     answers = []

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jax
 import numpy as np
-from lm_eval import simple_evaluate
-from lm_eval.tasks import TaskManager
 
 from inference_app.model.catalog import embedded_model_path
 from inference_app.model.loader import load_model
@@ -24,10 +23,24 @@ from tests.inference_app.serving_cases import ServerProcess
 QUESTIONS = [("What is the capital of France?", "Paris"), ("What is 2 + 2?", "4"), ("Name a color.", "Red")]
 
 
-def local_tasks(path: Path) -> TaskManager:
-    """lm-eval's task registry with only the tasks written under `path`: indexing its thousands of
-    built-in task files took about 14 s of CPU per test and changes nothing in how it calls the server."""
-    return TaskManager(include_path=str(path), include_defaults=False)
+def run_local_task(server: ServerProcess, path: Path, task: str) -> dict[str, Any]:
+    """lm-eval's `local-completions` on one task written under `path`, with a task registry of
+    only those (indexing its thousands of built-in task files took about 14 s of CPU per test and
+    changes nothing in how it calls the server). lm-eval is imported here, not at the top: every
+    pytest-xdist worker imports every test module to collect it, and only one runs these."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+
+    model = httpx.get(f"{server.base}/v1/models", timeout=30).json()["data"][0]["id"]
+    results = simple_evaluate(
+        model="local-completions",
+        model_args=f"base_url={server.base}/v1/completions,model={model},num_concurrent=2,max_retries=1",
+        tasks=[task],
+        task_manager=TaskManager(include_path=str(path), include_defaults=False),
+        log_samples=True,
+    )
+    assert results is not None
+    return dict(results)
 
 
 def test_generate_until_runs_to_completion(server: ServerProcess, tmp_path: Path) -> None:
@@ -44,15 +57,7 @@ def test_generate_until_runs_to_completion(server: ServerProcess, tmp_path: Path
         'generation_kwargs:\n  until: ["\\n"]\n  max_gen_toks: 8\n  do_sample: false\n'
         "metric_list:\n  - metric: exact_match\n"
     )
-    model = httpx.get(f"{server.base}/v1/models", timeout=30).json()["data"][0]["id"]
-    results = simple_evaluate(
-        model="local-completions",
-        model_args=f"base_url={server.base}/v1/completions,model={model},num_concurrent=2,max_retries=1",
-        tasks=["local_qa"],
-        task_manager=local_tasks(tmp_path),
-        log_samples=True,
-    )
-    assert results is not None
+    results = run_local_task(server, tmp_path, "local_qa")
     samples = results["samples"]["local_qa"]
     assert len(samples) == len(QUESTIONS)
     assert all(isinstance(s["resps"][0][0], str) for s in samples)
@@ -110,15 +115,7 @@ def test_loglikelihood_task_matches_a_forward_of_the_model(server: ServerProcess
         'doc_to_target: "{{answer}}"\n'
         "metric_list:\n  - metric: acc\n"
     )
-    model = httpx.get(f"{server.base}/v1/models", timeout=30).json()["data"][0]["id"]
-    results = simple_evaluate(
-        model="local-completions",
-        model_args=f"base_url={server.base}/v1/completions,model={model},num_concurrent=2,max_retries=1",
-        tasks=["local_mc"],
-        task_manager=local_tasks(tmp_path),
-        log_samples=True,
-    )
-    assert results is not None
+    results = run_local_task(server, tmp_path, "local_mc")
     samples = sorted(results["samples"]["local_mc"], key=lambda s: s["doc_id"])
     assert len(samples) == len(CHOICES)
     pairs = [(q, " " + c) for q, choices, _ in CHOICES for c in choices]
