@@ -17,7 +17,6 @@ from inference_app.engine import EngineSettings, SamplingParams
 from inference_app.engine.api import MAX_TOP_LOGPROBS, TokenLogprobs, prompt_scoring
 from inference_app.engine.engine import JaxEngine, load_engine
 
-torch = pytest.importorskip("torch")
 PROMPT = [17, 250, 3, 9000, 41, 41, 7, 1234, 5, 48000, 77, 2, 600, 12, 13, 14, 15, 16, 30]
 STEPS = 6
 
@@ -37,7 +36,7 @@ def engine(tiny_dir: Path) -> JaxEngine:
 
 
 @pytest.fixture(scope="module")
-def reference_logprobs(tiny_dir: Path) -> Any:
+def reference_logprobs(tiny_dir: Path, torch: Any) -> Any:
     """log_softmax of transformers' logits at every position of `ids` (float64, [len(ids), V])."""
     from transformers import LlamaForCausalLM
 

@@ -18,7 +18,6 @@ from inference_app.model.quant import BlockQuant
 from inference_app.model.transformer import prefill
 from inference_app.model.weights_hf import HFCheckpoint
 
-torch = pytest.importorskip("torch")
 PROMPT = [17, 250, 3, 9000, 41, 41, 7, 1234, 5, 48000, 77, 2, 600, 12, 13, 14, 15, 16, 30, 31, 32, 33, 34, 35]
 
 
@@ -28,7 +27,7 @@ def tiny_dir(tiny_llama_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_dir: Path) -> Any:
+def reference(tiny_dir: Path, torch: Any) -> Any:
     from transformers import LlamaForCausalLM
 
     return LlamaForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
@@ -46,7 +45,7 @@ def test_inv_freq_matches_transformers(tiny_dir: Path, reference: Any) -> None:
     np.testing.assert_allclose(ours, theirs, rtol=1e-6)
 
 
-def test_all_position_logits_within_1e3(tiny_dir: Path, reference: Any) -> None:
+def test_all_position_logits_within_1e3(tiny_dir: Path, reference: Any, torch: Any) -> None:
     model = load_model(str(tiny_dir), dtype=np.float32)
     ids = np.asarray([PROMPT], np.int32)
     logits, _ = jax.jit(prefill, static_argnums=1, static_argnames="all_logits")(
@@ -83,7 +82,9 @@ def tiny_engine(tiny_dir: Path) -> JaxEngine:
     )
 
 
-def test_engine_greedy_matches_transformers_generate(tiny_engine: JaxEngine, reference: Any) -> None:
+def test_engine_greedy_matches_transformers_generate(
+    tiny_engine: JaxEngine, reference: Any, torch: Any
+) -> None:
     steps = 40
     prefix = tiny_engine.prefill(PROMPT, SamplingParams())
     tiny_engine.insert(tiny_engine.transfer(prefix), 1)
@@ -122,7 +123,7 @@ def test_missing_config_is_a_clear_error(tmp_path: Path) -> None:
         HFCheckpoint(str(tmp_path))
 
 
-def test_reads_bf16_and_f16_safetensors(tmp_path: Path) -> None:
+def test_reads_bf16_and_f16_safetensors(tmp_path: Path, torch: Any) -> None:
     """Real Llama checkpoints ship bf16, which safetensors' numpy reader cannot parse."""
     from safetensors.torch import save_file
 
