@@ -21,7 +21,7 @@ def torch() -> Any:
     """torch (the transformers references' framework), imported when a test first needs it. Imported
     at the top of a test module, it was imported by each pytest-xdist worker to collect the suite:
     in a fresh clone both workers at once, each compiling the same bytecode (torch and transformers
-    took 26 s of CPU to import without it, 10 s with it)."""
+    took 26 s of CPU to import without their bytecode, 10 s with it)."""
     return pytest.importorskip("torch")
 
 
