@@ -39,8 +39,11 @@ CONFIGS = {  # name -> (weight dtype, kv dtype, slots)
     "gguf-b32": ("gguf", "float32", 32),
     "fp32-b32": ("float32", "float32", 32),
     "int8-b32": ("int8", "float32", 32),
+    "gguf-b64": ("gguf", "float32", 64),
+    "fp32-b64": ("float32", "float32", 64),
     "bf16-b1": ("bfloat16", "float32", 1),
     "bf16-b32": ("bfloat16", "float32", 32),
+    "bf16-b64": ("bfloat16", "float32", 64),
     "fp32-b1-int8kv": ("float32", "int8", 1),
 }
 
