@@ -62,6 +62,38 @@ def test_dense_matmul_matches_numpy(dtype: jnp.dtype, m: int, k: int, n: int) ->
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
+@pytest.mark.parametrize(
+    "rows,via_table", [(1, False), (4, False), (5, True), (32, True), (63, True), (64, False)]
+)
+def test_tied_head_picks_table_or_copy_by_rows_with_the_same_logits(rows: int, via_table: bool) -> None:
+    """A tied float head multiplies by the [V, D] table from 5 to 63 rows on the CPU path (faster
+    there) and by its [D, V] copy otherwise; the logits are the same product either way."""
+    from inference_app.kernels.ops import NATIVE_CPU, PURE_JAX
+    from inference_app.model.config import ModelConfig
+    from inference_app.model.transformer import lm_head, tied_table_is_faster
+
+    cfg = ModelConfig(
+        num_layers=1,
+        num_heads=2,
+        num_kv_heads=1,
+        head_dim=32,
+        hidden_size=64,
+        ffn_size=128,
+        vocab_size=1000,
+        tie_embeddings=True,
+    )
+    table = RNG.standard_normal((1000, 64)).astype(np.float32)
+    params = {"embed": jnp.asarray(table), "lm_head": jnp.asarray(table.T.copy()), "final_norm": jnp.ones(64)}
+    x = jnp.asarray(RNG.standard_normal((rows, 64)).astype(np.float32))
+    assert tied_table_is_faster(params, cfg, x, NATIVE_CPU) is via_table
+    assert not tied_table_is_faster(params, cfg, x, PURE_JAX)
+    xn = np.asarray(x, np.float64)
+    want = (xn / np.sqrt((xn * xn).mean(-1, keepdims=True) + cfg.rms_eps)) @ table.astype(np.float64).T
+    for kernels in (NATIVE_CPU, PURE_JAX):
+        got = np.asarray(jax.jit(lambda p, x, k=kernels: lm_head(p, cfg, x, k))(params, x))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("d", [64, 12])  # 12: the scalar path for head dims not a multiple of 8
 def test_decode_attention_matches_numpy(d: int) -> None:
     b, kvh, g, n_slots, t = 4, 3, 3, 6, 40
