@@ -249,7 +249,7 @@ TIED_TABLE_MAX_ROWS = 64  # from here XLA:CPU's dot against the [D, V] copy is a
 
 
 def tied_table_is_faster(params: Params, cfg: ModelConfig, x: jax.Array, kernels: KernelChoice) -> bool:
-    """Whether a tied float head should multiply by the [V, D] table rather than its [D, V] copy.
+    """Whether a tied float32 head should multiply by the [V, D] table rather than its [D, V] copy.
 
     The copy serves the native kernel (up to `MAX_KERNEL_ROWS` rows). Above that, on one CPU
     device, XLA's dot against the table ran 1.7-2.2x faster from 8 to 48 rows (SmolLM2's 576 x
@@ -261,7 +261,9 @@ def tied_table_is_faster(params: Params, cfg: ModelConfig, x: jax.Array, kernels
         and kernels.cpu
         and not kernels.matmul_rows(rows, x.dtype)
         and rows < TIED_TABLE_MAX_ROWS
+        and jnp.dtype(x.dtype) == jnp.float32  # measured there; bf16 keeps linear's f32 accumulation
         and not isinstance(params["embed"], QInt8 | BlockQuant)
+        and jnp.dtype(params["embed"].dtype) == jnp.float32
     )
 
 

@@ -87,6 +87,7 @@ def test_tied_head_picks_table_or_copy_by_rows_with_the_same_logits(rows: int, v
     x = jnp.asarray(RNG.standard_normal((rows, 64)).astype(np.float32))
     assert tied_table_is_faster(params, cfg, x, NATIVE_CPU) is via_table
     assert not tied_table_is_faster(params, cfg, x, PURE_JAX)
+    assert not tied_table_is_faster(params, cfg, x.astype(jnp.bfloat16), NATIVE_CPU)
     xn = np.asarray(x, np.float64)
     want = (xn / np.sqrt((xn * xn).mean(-1, keepdims=True) + cfg.rms_eps)) @ table.astype(np.float64).T
     for kernels in (NATIVE_CPU, PURE_JAX):
