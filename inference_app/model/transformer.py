@@ -7,8 +7,9 @@ edge (`weights_gguf.py`, `weights_hf.py`), never here.
     params = {
       "embed":  [V, D]                        token embeddings (also the LM head when tied)
       "lm_head": [D, V]                       untied models; for tied float models a transposed
-                                              copy of "embed" (a [K, N] matmul streams faster on
-                                              XLA:CPU than one against the [N, K] table)
+                                              copy of "embed" (faster on XLA:CPU and the row kernel
+                                              than the [N, K] table, except from 5 to 63 rows:
+                                              `tied_table_is_faster`)
       "final_norm": [D]
       "layers": [ {                           one dict per layer (unrolled: XLA fuses across)
           "attn_norm": [D],
@@ -229,7 +230,8 @@ def lm_head(params: Params, cfg: ModelConfig, x: jax.Array, kernels: KernelChoic
     """Logits in fp32 from final hidden states x [..., D]."""
     fixed = rounds_activations(params.get("lm_head", params["embed"]))
     x = rms_norm(x, params["final_norm"], cfg.rms_eps, fixed)
-    if "lm_head" not in params:  # tied (int8 tables are already in the fast [out, in] layout)
+    # tied (int8 tables are already in the fast [out, in] layout; float ones keep a copy for the rest)
+    if "lm_head" not in params or tied_table_is_faster(params, cfg, x, kernels):
         table = params["embed"]
         if isinstance(table, QInt8):
             lead = x.shape[:-1]
@@ -238,8 +240,6 @@ def lm_head(params: Params, cfg: ModelConfig, x: jax.Array, kernels: KernelChoic
             logits = linear(x, table, 1, kernels)
         else:
             logits = jnp.einsum("...d,vd->...v", x, table.astype(x.dtype))
-    elif tied_table_is_faster(params, cfg, x, kernels):
-        logits = jnp.einsum("...d,vd->...v", x, params["embed"].astype(x.dtype))
     else:
         logits = linear(x, params["lm_head"], 1, kernels)
     return logits.astype(jnp.float32)
