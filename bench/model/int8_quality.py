@@ -1,6 +1,9 @@
 """Quality of int8 weights, the GGUF's own block-quantized weights (Q4_1 layers, Q8_0 table, read
-by the native kernel with int8 activations), int8 KV cache and bf16 weights versus fp32 on SmolLM2
-(recorded). fp32 here is the GGUF dequantized: the same weights transformers loads.
+by the native kernel with int8 activations: the CPU serving default), int8 KV cache and bf16
+weights versus fp32 on SmolLM2 (recorded). fp32 here is the GGUF dequantized: the same weights
+transformers loads. When llama.cpp is built (`bench/serving/llamacpp.sh setup`), its own run of
+the same file is a row too (`llamacpp_reference.py`), and the GGUF blocks are also compared with
+it: the peer that reads the same blocks, written by nobody here.
 
 * Perplexity of a fixed English text (teacher-forced, one prefill over all tokens).
 * Greedy agreement over 8 prompts x 64 new tokens: the fraction of positions with the same token
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -23,9 +28,12 @@ import numpy as np
 
 from inference_app.engine import EngineSettings, SamplingParams
 from inference_app.engine.engine import JaxEngine, model_for
+from inference_app.model.catalog import embedded_model_path
 from inference_app.model.transformer import prefill
 
 HERE = Path(__file__).resolve().parent
+WORK = HERE.parents[1] / ".work"
+LLAMACPP_PY = WORK / "llamacpp" / "bin" / "python"
 NEW_TOKENS = 64
 TEXT = (
     "The river town woke slowly. Fishermen pulled their boats onto the gravel, and the baker, who "
@@ -48,7 +56,7 @@ PROMPTS = [
     "In the year 1492,",
     "A good breakfast should include",
 ]
-BASE = EngineSettings(max_slots=1, max_prefill_length=256, max_target_length=320)
+BASE = EngineSettings(max_slots=1, max_prefill_length=256, max_target_length=320, weight_dtype="float32")
 
 
 def perplexity(engine: JaxEngine, ids: list[int]) -> float:
@@ -70,6 +78,23 @@ def greedy(engine: JaxEngine, ids: list[int]) -> list[int]:
     out = [prefix.first_token] + [int(np.asarray(engine.generate().tokens)[0]) for _ in range(NEW_TOKENS - 1)]
     engine.release(0)
     return out
+
+
+def llama_cpp(text_ids: list[int], prompt_ids: list[list[int]]) -> dict[str, Any] | None:
+    """llama.cpp's perplexity and greedy tokens on the same ids (None when it is not built)."""
+    if not LLAMACPP_PY.exists():
+        return None
+    job = {"model": str(embedded_model_path("smollm2-135m")), "text": text_ids, "prompts": prompt_ids}
+    out = subprocess.run(
+        [str(LLAMACPP_PY), str(HERE / "llamacpp_reference.py")],
+        input=json.dumps({**job, "new_tokens": NEW_TOKENS}),
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "LLAMA_CPP_LIB_PATH": str(WORK / "llama.cpp-build" / "bin")},
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
 
 
 def compare(ref: list[list[int]], got: list[list[int]]) -> dict[str, float]:
@@ -105,10 +130,17 @@ def main() -> int:
         engine = JaxEngine(settings, models[settings.weight_dtype])
         seqs[name] = [greedy(engine, p) for p in prompt_ids]
         rows[name] = {"perplexity": round(perplexity(engine, text_ids), 4)}
-    others = [name for name in variants if name != "fp32"]
+    peer = llama_cpp(text_ids, prompt_ids)
+    if peer is not None:
+        rows["llama.cpp"] = {"perplexity": round(peer["perplexity"], 4), "version": peer["llama_cpp"]}
+        seqs["llama.cpp"] = peer["greedy"]
+    others = [name for name in rows if name != "fp32"]
     for name in others:
         rows[name].update(compare(seqs["fp32"], seqs[name]))
         rows[name]["perplexity_delta"] = round(rows[name]["perplexity"] - rows["fp32"]["perplexity"], 4)
+    if peer is not None:  # the same blocks, read by our kernels and by llama.cpp's
+        rows["gguf_weights"]["vs_llama_cpp"] = compare(seqs["llama.cpp"], seqs["gguf_weights"])
+        rows["fp32"]["vs_llama_cpp"] = compare(seqs["llama.cpp"], seqs["fp32"])
     result = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "text_tokens": len(text_ids),
@@ -119,7 +151,7 @@ def main() -> int:
     }
     (HERE / "int8_quality.json").write_text(json.dumps(result, indent=1) + "\n")
     md = [
-        f"# int8, GGUF block and bf16 quality vs fp32 ({result['date_utc']} UTC)",
+        f"# Weight formats vs fp32: GGUF blocks (the CPU default), int8, bf16; int8 KV ({result['date_utc']} UTC)",
         "",
         f"SmolLM2-135M; perplexity on a fixed {len(text_ids)}-token text; greedy agreement over "
         f"{len(PROMPTS)} prompts x {NEW_TOKENS} new tokens.",
@@ -139,6 +171,21 @@ def main() -> int:
         "",
         "int8_kv perplexity equals fp32 by construction: the teacher-forced prefill never reads the cache.",
     ]
+    if peer is not None:
+        md += [
+            "",
+            f"Against llama.cpp (llama-cpp-python {peer['llama_cpp']}, its defaults: f16 KV cache) "
+            "on the same prompt ids:",
+            "",
+            "| variant | position agreement | mean identical prefix | identical sequences |",
+            "|---|---|---|---|",
+        ]
+        for name in ("gguf_weights", "fp32"):
+            r = rows[name]["vs_llama_cpp"]
+            md.append(
+                f"| {name} | {r['position_agreement']} | {r['mean_identical_prefix']} | "
+                f"{r['fully_identical_sequences']} |"
+            )
     (HERE / "int8_quality.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

@@ -48,7 +48,7 @@ from inference_app.engine.block_tables import KVBlockManager
 from inference_app.engine.buckets import fit, ladder, step_rows
 from inference_app.engine.kv_blocks import BlockPool
 from inference_app.engine.kv_budget import EngineLimits, device_free_bytes, engine_limits, host_free_bytes
-from inference_app.engine.policy import EnginePolicy, derive_policy, resolve_dtypes
+from inference_app.engine.policy import EnginePolicy, derive_policy, resolve_dtypes, resolve_weight_dtype
 from inference_app.engine.sampling import Sampler
 from inference_app.engine.settings import EngineSettings, SettingsError
 from inference_app.engine.sharding import cache_sharding, make_mesh, param_shardings, replicated
@@ -151,6 +151,8 @@ class JaxEngine:
         devices: Sequence[jax.Device] | None = None,
     ) -> None:
         validate_settings(settings)
+        if settings.weight_dtype == "auto" and model.matrices != "float":  # model_for's choice
+            settings = dataclasses.replace(settings, weight_dtype=model.matrices)
         s = self.settings = settings
         self.mode = s.mode
         self.config: ModelConfig = model.config
@@ -198,6 +200,12 @@ class JaxEngine:
         self._cache_shardings = jax.tree.map(lambda a: a.sharding, self._cache)
         self._rep = replicated(self.generate_mesh)
         kv = self.limits.budget
+        log.info(
+            "Weights: %s matrices, %s compute (--weight-dtype %s)",
+            self.policy.matrices,
+            jnp.dtype(self.policy.compute_dtype).name,
+            s.weight_dtype,
+        )
         log.info(
             "KV cache: %s, %d tokens (%.0f MiB); %d slots, %d tokens per sequence, prompts up to %d",
             f"paged, {kv.num_blocks} blocks of {kv.block_size} ({self.policy.paged_kernel} attention"
@@ -705,16 +713,22 @@ def _zeros_program(shape: tuple[int, ...], dtype: np.dtype, sharding: jax.shardi
 
 
 def model_for(settings: EngineSettings, devices: Sequence[jax.Device] | None = None) -> LoadedModel:
-    """Open the checkpoint and tokenizer that `settings` names, weights unplaced, in the platform's dtype."""
+    """Open the checkpoint and tokenizer that `settings` names, weights unplaced, in the format and
+    dtype its `weight_dtype` resolves to on these devices (`policy.resolve_weight_dtype`)."""
     validate_settings(settings)
     if settings.model_path is not None:
         path = settings.model_path
     else:
         path = str(embedded_model_path(settings.model or ""))
-    platform = (list(devices) if devices is not None else jax.devices())[0].platform
+    devs = list(devices) if devices is not None else jax.devices()
+    platform = devs[0].platform
+    fmt = checkpoint_format(path)
+    _, generate = split_devices(settings.mode, devs)
+    weight_dtype = resolve_weight_dtype(settings, platform, fmt, len(generate), kernel_build.available)
+    settings = dataclasses.replace(settings, weight_dtype=weight_dtype)
     compute, _, matrices = resolve_dtypes(settings, platform)
     try:
-        check_combination(checkpoint_format(path), matrices)
+        check_combination(fmt, matrices)
     except ValueError as e:
         raise SettingsError(
             f"--weight-dtype {settings.weight_dtype} does not fit --model-path {path!r}: {e}. "

@@ -17,6 +17,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from inference_app.engine.api import EngineSettings
+from inference_app.engine.settings import WeightDtype
 from inference_app.kernels.ops import NATIVE_CPU, PURE_JAX, KernelChoice
 from inference_app.model.paged_attention import AttentionKernel
 from inference_app.model.weights import MatrixFormat
@@ -29,9 +30,38 @@ from inference_app.model.weights import MatrixFormat
 CPU_COMPILER_OPTIONS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 
+def native_kernels(
+    settings: EngineSettings, platform: str, generate_devices: int, kernels_built: Callable[[], bool]
+) -> bool:
+    """Whether the native CPU kernels run the matmuls: one CPU device (they know nothing of
+    sharding) and the library built. `kernels_built` is called only when the rest allows them."""
+    return settings.cpu_kernels and platform == "cpu" and generate_devices == 1 and kernels_built()
+
+
+def resolve_weight_dtype(
+    settings: EngineSettings,
+    platform: str,
+    checkpoint: str,
+    generate_devices: int,
+    kernels_built: Callable[[], bool],
+) -> WeightDtype:
+    """What `--weight-dtype auto` stands for with this checkpoint here; other values stay.
+
+    A GGUF file on one CPU device with the native kernels keeps its matrices as stored (`gguf`):
+    what llama.cpp runs, 5-6 bits a weight instead of float32's 32, so a decode step streams a
+    sixth of the bytes (quality and speed: docs/model.md#weight-formats). Anything else keeps
+    `auto` (float32 on CPU, bfloat16 on TPU/GPU): without the kernels, blocks would be expanded
+    to float on every step.
+    """
+    if settings.weight_dtype != "auto" or checkpoint != "gguf":
+        return settings.weight_dtype
+    return "gguf" if native_kernels(settings, platform, generate_devices, kernels_built) else "auto"
+
+
 def resolve_dtypes(settings: EngineSettings, platform: str) -> tuple[Any, Any, MatrixFormat]:
     """(compute dtype, KV dtype, matrix format) for a platform; `auto` is fp32 on CPU, bf16
-    elsewhere, with float matrices.
+    elsewhere, with float matrices (`resolve_weight_dtype` first makes `auto` concrete where the
+    checkpoint's own format is the better choice).
 
     An `auto` KV cache follows the compute dtype, except on CPU where it stays float32: the CPU
     attention kernel reads float32, and a bf16 cache would save memory, not time.
@@ -89,12 +119,8 @@ def derive_policy(
     """
     compute, kv, matrices = resolve_dtypes(settings, platform)
     cpu = platform == "cpu"
-    native = (
-        settings.cpu_kernels
-        and cpu
-        and generate_devices == 1
-        and jnp.dtype(compute) in (jnp.float32, jnp.bfloat16)
-        and kernels_built()
+    native = jnp.dtype(compute) in (jnp.float32, jnp.bfloat16) and native_kernels(
+        settings, platform, generate_devices, kernels_built
     )
     kernel_attention = native and jnp.dtype(kv) == jnp.float32
     ynn_dots = cpu and matrices == "int8"

@@ -42,7 +42,7 @@ class EngineSettings:
     kv_block_size: int = 128  # tokens per block of the paged KV cache
     # Requests sharing a prompt prefix reuse its cached KV blocks (paged cache only).
     prefix_caching: bool = True
-    weight_dtype: WeightDtype = "auto"  # auto: fp32 CPU, bf16 TPU/GPU
+    weight_dtype: WeightDtype = "auto"  # auto: policy.resolve_weight_dtype
     kv_dtype: Dtype = "auto"
     # Mesh axes follow MaxText: fsdp x autoregressive x tensor; -1 fills the remaining devices.
     ici_fsdp_parallelism: int = 1
@@ -146,7 +146,8 @@ def add_engine_arguments(
         "--weight-dtype",
         choices=WEIGHT_DTYPES,
         default=_DEFAULT.weight_dtype,
-        help="auto: float32 on CPU, bfloat16 on TPU/GPU; int8: per-channel int8; q4_0/q4_1/q8_0: "
+        help="auto: a GGUF file's matrices as stored (gguf) on one CPU device with the native "
+        "kernels, else float32 on CPU, bfloat16 on TPU/GPU; int8: per-channel int8; q4_0/q4_1/q8_0: "
         "llama.cpp's block formats (kept as stored when a GGUF file has them, else quantized at "
         "load); gguf: every matrix as the GGUF file stores it (default %(default)s)",
     )

@@ -73,6 +73,7 @@ class LoadedModel:
     weights: Weights
     tokenizer: TextTokenizer
     format: Format = "hf"
+    matrices: MatrixFormat = "float"  # what load_model was asked for (gguf: each as stored)
 
     @cached_property
     def params(self) -> Params:
@@ -113,20 +114,20 @@ def load_model(
         ckpt = open_gguf(path)
         cfg = ckpt.config
         params = params_from_hf(cfg, ckpt.tensor, dtype=dtype, matrices=matrices, stored=ckpt.blocks)
-        return LoadedModel(cfg, HostWeights(params), gguf_tokenizer(ckpt), fmt)
+        return LoadedModel(cfg, HostWeights(params), gguf_tokenizer(ckpt), fmt, matrices)
     check_combination(fmt, matrices)
     if fmt == "maxtext":
         cfg, mt, tok = maxtext.load(
             path, dtype, matrices, model_name=model_name, tokenizer_path=tokenizer_path
         )
-        return LoadedModel(cfg, mt, tok, fmt)
+        return LoadedModel(cfg, mt, tok, fmt, matrices)
 
     hf = HFCheckpoint(path)
     if matrices not in SHARDED_FORMATS:  # block formats: quantized whole on host
         params = params_from_hf(hf.config, hf.tensor, dtype=dtype, matrices=matrices)
-        return LoadedModel(hf.config, HostWeights(params), hf.tokenizer(), fmt)
+        return LoadedModel(hf.config, HostWeights(params), hf.tokenizer(), fmt, matrices)
     weights = StreamedWeights(hf.config, hf.read_rows, dtype, matrices)
-    return LoadedModel(hf.config, weights, hf.tokenizer(), fmt)
+    return LoadedModel(hf.config, weights, hf.tokenizer(), fmt, matrices)
 
 
 def check_combination(fmt: Format, matrices: MatrixFormat) -> None:

@@ -34,9 +34,10 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2() -> LoadedModel:
-    """The embedded SmolLM2 in the CPU serving dtype (float32), read once per worker: engines built
-    from it place their own copy of the weights, so tests cannot disturb each other through it."""
-    return model_for(EngineSettings())
+    """The embedded SmolLM2 with float32 weights (the path checked against transformers; the
+    server's default keeps the GGUF's blocks), read once per worker: engines built from it place
+    their own copy of the weights, so tests cannot disturb each other through it."""
+    return model_for(EngineSettings(weight_dtype="float32"))
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,10 @@
 multiple-choice (loglikelihood) task whose requests are token-id prompts with `echo`, `logprobs: 1`
 and `max_tokens: 1`. With its default `tokenizer_backend=auto` it finds our vLLM-style
 `/tokenizer_info` and `/tokenize` routes and uses the server's tokenizer: no Hugging Face download
-anywhere. The loglikelihoods are checked against a plain forward of the same weights
-(`transformer.prefill`, whose logits tests/inference_app/model checks against transformers)."""
+anywhere. The loglikelihoods are checked against a plain forward of the weights the server
+serves (`transformer.prefill` on what `model_for` loads by default: the GGUF's blocks through the
+native kernels, which tests/inference_app/model/test_quant_model.py checks against transformers
+within the activation rounding; float32, checked exactly, where the kernels are not built)."""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ import httpx
 import jax
 import numpy as np
 
-from inference_app.model.catalog import embedded_model_path
-from inference_app.model.loader import load_model
+from inference_app.engine import EngineSettings
+from inference_app.engine.engine import model_for
+from inference_app.kernels import build
+from inference_app.kernels.ops import NATIVE_CPU, PURE_JAX
 from inference_app.model.transformer import prefill
 from tests.inference_app.serving_cases import ServerProcess
 
@@ -74,9 +78,11 @@ CHOICES = [
 
 def reference_loglikelihoods(pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:
     """(sum of the continuation's log-probabilities, whether greedy decoding yields it) per pair,
-    from one forward of the embedded model in float32 (the server's CPU dtype), split as lm-eval
-    splits a causal pair: the whole text encoded, the context's tokens first."""
-    model = load_model(str(embedded_model_path("smollm2-135m")), dtype=np.float32)
+    from one forward of the embedded model as the server loads it by default (the same
+    `model_for` and kernels), split as lm-eval splits a causal pair: the whole text encoded, the
+    context's tokens first."""
+    model = model_for(EngineSettings())
+    kernels = NATIVE_CPU if build.available() else PURE_JAX
     tok = model.tokenizer
     encoded = []
     for ctx, cont in pairs:
@@ -87,8 +93,8 @@ def reference_loglikelihoods(pairs: list[tuple[str, str]]) -> list[tuple[float, 
     for i, (whole, _) in enumerate(encoded):
         tokens[i, : len(whole)] = whole  # right padding changes no earlier position's logits
     lengths = np.asarray([len(w) for w, _ in encoded], np.int32)
-    fwd = jax.jit(prefill, static_argnums=1, static_argnames="all_logits")
-    logits, _ = fwd(model.params, model.config, tokens, lengths, all_logits=True)
+    fwd = jax.jit(prefill, static_argnums=1, static_argnames=("all_logits", "kernels"))
+    logits, _ = fwd(model.params, model.config, tokens, lengths, all_logits=True, kernels=kernels)
     logprobs = np.asarray(jax.nn.log_softmax(logits, axis=-1))
     out = []
     for i, (whole, n_ctx) in enumerate(encoded):

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from inference_app.engine.api import EngineSettings
-from inference_app.engine.policy import CPU_COMPILER_OPTIONS, derive_policy
+from inference_app.engine.policy import CPU_COMPILER_OPTIONS, derive_policy, resolve_weight_dtype
 from inference_app.kernels.ops import NATIVE_CPU, PURE_JAX
 
 BASE = EngineSettings()
@@ -94,3 +94,33 @@ def test_policy_is_frozen_and_hashable() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         p.chunked_prefill = False  # type: ignore[misc]
     assert hash(p) == hash(derive_policy(BASE, "cpu", 1, built))
+
+
+@pytest.mark.parametrize(
+    ("changes", "checkpoint", "platform", "devices", "kernels_built", "want"),
+    [
+        # a GGUF file served on one CPU device with the kernels: its matrices as stored
+        ({}, "gguf", "cpu", 1, built, "gguf"),
+        # no kernels to read the blocks (not built, switched off, a sharded mesh): float
+        ({}, "gguf", "cpu", 1, not_built, "auto"),
+        ({"cpu_kernels": False}, "gguf", "cpu", 1, built, "auto"),
+        ({}, "gguf", "cpu", 8, built, "auto"),
+        ({}, "gguf", "tpu", 1, built, "auto"),
+        # float checkpoints keep float matrices
+        ({}, "hf", "cpu", 1, built, "auto"),
+        ({}, "maxtext", "cpu", 1, built, "auto"),
+        # an explicit choice is kept
+        ({"weight_dtype": "float32"}, "gguf", "cpu", 1, built, "float32"),
+        ({"weight_dtype": "int8"}, "gguf", "cpu", 1, built, "int8"),
+    ],
+)
+def test_auto_weights_keep_a_gguf_file_s_blocks_where_the_kernels_read_them(
+    changes: dict[str, object],
+    checkpoint: str,
+    platform: str,
+    devices: int,
+    kernels_built: object,
+    want: str,
+) -> None:
+    settings = dataclasses.replace(BASE, **changes)  # type: ignore[arg-type]
+    assert resolve_weight_dtype(settings, platform, checkpoint, devices, kernels_built) == want  # type: ignore[arg-type]

@@ -107,9 +107,12 @@ def test_streaming_equals_non_streaming(server: ServerProcess) -> None:
 
 
 def test_chat_completion_answers(server: ServerProcess) -> None:
+    # Asked "What is the capital of France?", the GGUF's Q4_1 weights (served as stored by default)
+    # answer "L'Étoile, la Marseillaise, ..." greedily, and so does llama.cpp on the same file;
+    # float32 says Paris. Asked this way, all three say Paris.
     r = httpx.post(
         f"{server.base}/v1/chat/completions",
-        json={"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 20,
+        json={"messages": [{"role": "user", "content": "Name the capital city of France."}], "max_tokens": 20,
               "temperature": 0},
         timeout=120,
     )
