@@ -151,7 +151,8 @@ def main() -> int:
     }
     (HERE / "int8_quality.json").write_text(json.dumps(result, indent=1) + "\n")
     md = [
-        f"# Weight formats vs fp32: GGUF blocks (the CPU default), int8, bf16; int8 KV ({result['date_utc']} UTC)",
+        "# Weight formats vs fp32: GGUF blocks (the CPU default), int8, bf16; int8 KV "
+        f"({result['date_utc']} UTC)",
         "",
         f"SmolLM2-135M; perplexity on a fixed {len(text_ids)}-token text; greedy agreement over "
         f"{len(PROMPTS)} prompts x {NEW_TOKENS} new tokens.",
