@@ -84,6 +84,15 @@ def attention(
     )
 
 
+def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm of each row of x [..., D] by w [D] in float32, each row summed alone in one fixed
+    order: a row's bits do not depend on the row count (`cpu_kernels.cc`)."""
+    out = jax.ShapeDtypeStruct(x.shape, jnp.float32)
+    return jax.ffi.ffi_call("inference_app_cpu_rms_norm", out)(
+        x.astype(jnp.float32), w.astype(jnp.float32), eps=np.float32(eps)
+    )
+
+
 def argmax(x: jax.Array) -> jax.Array:
     """First index of each row's maximum: x [M, N] f32 -> int32 [M] (XLA's reduce is ~10x slower)."""
     out = jax.ShapeDtypeStruct((x.shape[0],), jnp.int32)

@@ -152,11 +152,15 @@ def block_matmul(x: jax.Array, w: BlockQuant, kernels: KernelChoice = PURE_JAX) 
     return y.astype(x.dtype)
 
 
-def rms_norm(x: jax.Array, weight: jax.Array, eps: float, fixed_order: bool = False) -> jax.Array:
-    """`fixed_order`: a row's result does not depend on the step's row count (`row_sum`), for
-    activations that are rounded next (`rounds_activations`). Off, XLA's own reduction: the
-    difference is in the last bits, and `row_sum` was a third of a 30-layer model's compile time
-    (12.6 s of a 40.7 s warm-up, 8 step shapes)."""
+def rms_norm(
+    x: jax.Array, weight: jax.Array, eps: float, fixed_order: bool = False, kernels: KernelChoice = PURE_JAX
+) -> jax.Array:
+    """`fixed_order`: a row's result does not depend on the step's row count, for activations that
+    are rounded next (`rounds_activations`): the native kernel where the engine uses them, else
+    `row_sum`. Off, XLA's own reduction: the difference is in the last bits, and `row_sum` was a
+    third of a 30-layer model's compile time (12.6 s of a 40.7 s warm-up, 8 step shapes)."""
+    if fixed_order and kernels.cpu:
+        return cpu_kernels.rms_norm(x, weight, eps).astype(x.dtype)
     x32 = x.astype(jnp.float32)
     sq = x32 * x32
     mean_sq = (row_sum(sq) if fixed_order else jnp.sum(sq, axis=-1)) / x.shape[-1]
@@ -229,7 +233,7 @@ def embed(params: Params, tokens: jax.Array, dtype: jnp.dtype) -> jax.Array:
 def lm_head(params: Params, cfg: ModelConfig, x: jax.Array, kernels: KernelChoice = PURE_JAX) -> jax.Array:
     """Logits in fp32 from final hidden states x [..., D]."""
     fixed = rounds_activations(params.get("lm_head", params["embed"]))
-    x = rms_norm(x, params["final_norm"], cfg.rms_eps, fixed)
+    x = rms_norm(x, params["final_norm"], cfg.rms_eps, fixed, kernels)
     # tied (int8 tables are already in the fast [out, in] layout; float ones keep a copy for the rest)
     if "lm_head" not in params or tied_table_is_faster(params, cfg, x, kernels):
         table = params["embed"]
@@ -389,11 +393,11 @@ def decoder_layer(
 ) -> tuple[jax.Array, LayerKV]:
     """One pre-norm block on rows x [..., D]: attention (the variable part), then SwiGLU."""
     fixed = rounds_activations(*layer.values())
-    h = rms_norm(x, layer["attn_norm"], cfg.rms_eps, fixed)
+    h = rms_norm(x, layer["attn_norm"], cfg.rms_eps, fixed, kernels)
     q, k, v = qkv(layer, cfg, h, kernels)  # q [..., K, G, Dh]  k, v [..., K, Dh]
     attn, cache = attention(rope(q, tables), rope(k, tables), v, cache)
     x = x + linear(attn, layer["wo"], 3, kernels)
-    x = x + mlp(layer, rms_norm(x, layer["mlp_norm"], cfg.rms_eps, fixed), kernels)
+    x = x + mlp(layer, rms_norm(x, layer["mlp_norm"], cfg.rms_eps, fixed, kernels), kernels)
     return x, cache
 
 
