@@ -4,8 +4,9 @@ Why: on 2 cores the load generator shares the CPU with the server, and `make ben
 ratio moved between 0.88x and 1.04x with our ITL p50 between 18.6 and 25.2 ms while
 llama-server's stayed at 18.6-19.8 ms. This takes the load generator out and puts a controlled
 one in: a separate process busy for `duty` of every 10 ms on one thread. Each round sends one
-streaming chat request (a fresh ~120-token prompt, so no prefix-cache hit; 96 tokens, greedy,
-`ignore_eos`) to each server in turn, at each duty.
+streaming completion (`/v1/completions`, a fresh ~120-token prompt, so no prefix-cache hit; 96
+tokens, greedy, `ignore_eos`; timed by `inference_app.loadtest`'s client) to each server in
+turn, at each duty.
 
     bench/serving/llamacpp.sh serve-native 8012 64 &        # the peer
     .venv/bin/python -m inference_app serve --port 8011 &  # ours, make serve's defaults
@@ -16,7 +17,7 @@ streaming chat request (a fresh ~120-token prompt, so no prefix-cache hit; 96 to
 from __future__ import annotations
 
 import argparse
-import itertools
+import asyncio
 import json
 import multiprocessing
 import random
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from inference_app.loadtest.client import RequestResult, timed_request
 
 WORDS = [
     "the",
@@ -54,25 +57,23 @@ def busy(duty: float) -> None:
 
 
 def one_request(url: str, model: str) -> dict[str, float]:
-    """TTFT and ITL p50 (ms) of one streamed chat completion."""
+    """TTFT and ITL p50 (ms) of one streamed completion, timed by our load generator's client."""
     prompt = f"{random.random()} " + " ".join(WORDS[i % len(WORDS)] for i in range(110))
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": 96,
-        "temperature": 0,
-        "stream": True,
-        "ignore_eos": True,
+
+    async def send() -> RequestResult:
+        async with httpx.AsyncClient(timeout=120) as client:
+            return await timed_request(
+                client, "openai", url, prompt, 96, model=model, fixed_output="ignore_eos"
+            )
+
+    result = asyncio.run(send())
+    if not result.ok or result.ttft is None or not result.itl:
+        raise RuntimeError(f"{url}: {result.error or 'no tokens streamed'}")
+    return {
+        "ttft_ms": result.ttft * 1e3,
+        "itl_p50_ms": statistics.median(result.itl) * 1e3,
+        "chunks": len(result.itl) + 1,
     }
-    start, times = time.perf_counter(), []
-    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=120) as r:
-        for line in r.iter_lines():
-            if line.startswith("data: ") and line != "data: [DONE]":
-                choices = json.loads(line[6:])["choices"]
-                if choices and choices[0]["delta"].get("content"):
-                    times.append(time.perf_counter())
-    gaps = [(b - a) * 1e3 for a, b in itertools.pairwise(times)]
-    return {"ttft_ms": (times[0] - start) * 1e3, "itl_p50_ms": statistics.median(gaps), "chunks": len(times)}
 
 
 def main() -> int:
