@@ -296,5 +296,8 @@ def step(
         attn = RaggedKernelAttention(inputs.slots, inputs.positions)
     else:
         attn = SlotAttention.up_to(inputs.positions, attn_len)
-    x, cache = forward(params, cfg, tokens, inputs.positions, attn, cache, kernels)
-    return cache, lm_head(params, cfg, x[inputs.logit_rows], kernels)
+    # Decode rows come first, in the rows and in the sampled rows (`step_plan.py`); the rest
+    # are prompt rows (and padding).
+    decode_rows = jnp.sum(inputs.from_state, dtype=jnp.int32)
+    x, cache = forward(params, cfg, tokens, inputs.positions, attn, cache, kernels, decode_rows)
+    return cache, lm_head(params, cfg, x[inputs.logit_rows], kernels, decode_rows)

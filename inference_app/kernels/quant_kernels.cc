@@ -10,9 +10,16 @@
 // rows shares every weight load and unpacked nibble, and each thread owns a range of output
 // rows.
 //
-//   quant_matmul_q4_0  x[M,K] f32, qs u8[N,K/2], d f16[N,K/32]            -> y[M,N] f32
-//   quant_matmul_q4_1  x[M,K] f32, qs u8[N,K/2], d f16[N,K/32], m f16[...] -> y[M,N] f32
-//   quant_matmul_q8_0  x[M,K] f32, qs s8[N,K],   d f16[N,K/32]            -> y[M,N] f32
+// Rows from `float_from` on (a step's prompt rows: the engine lays out decode rows first) take a
+// second path. Prefill is bound by arithmetic, not by bytes, and the integer dot products above
+// spend four vector instructions per 32 multiply-adds. So a panel of 16 weight rows is
+// dequantized once into float32 (L2-resident) and each float row meets it in float32 FMAs, a
+// register tile of rows x 16 outputs. Those rows are not rounded to int8: the product is exactly
+// the float32 one with the dequantized weights, up to summation order.
+//
+//   quant_matmul_q4_0  x[M,K] f32, float_from s32[], qs u8[N,K/2], d f16[N,K/32]            -> y[M,N]
+//   quant_matmul_q4_1  x[M,K] f32, float_from s32[], qs u8[N,K/2], d f16[N,K/32], m f16[...] -> y[M,N]
+//   quant_matmul_q8_0  x[M,K] f32, float_from s32[], qs s8[N,K],   d f16[N,K/32]            -> y[M,N]
 //
 // with y[m, n] = sum_k x[m, k] * w[n, k] and w the dequantized weight (model/quant.py), up to the
 // rounding of x to int8 per block. Per block b of 32 inputs, with x ~ dx[b] * qx and
@@ -21,6 +28,9 @@
 //   q4_1: dw * dx * dot(nibbles, qx) + mw * s          (w = dw * nibble + mw)
 //   q8_0: dw * dx * dot(qw, qx)
 // The second terms are one short dot product over the blocks per (row, output), done apart.
+//
+// Every output of either path is one fixed-order sum over k, whatever M and the tile a row lands
+// in, so a row's result has the same bits in any batch (the engine's greedy output relies on it).
 //
 // Dispatch is at compile time: build.py compiles this file for the CPU's feature level (AVX2 +
 // FMA + F16C; AVX-512 VNNI or AVX-VNNI add vpdpbusd); without AVX2 the plain C++ loops below run.
@@ -234,12 +244,13 @@ inline float HSum(__m256 v) {
 
 // The operands of one call, with the weight scales of the current output rows in float.
 struct Problem {
-  const QuantizedRows* x;
-  const uint8_t* qs;  // [N, row bytes]
-  const uint16_t* d;  // [N, nb] f16
-  const uint16_t* m;  // [N, nb] f16 or null
-  float* y;           // [M, N]
-  int64_t rows, k, n, nb, row_bytes;
+  const QuantizedRows* x;  // rows [0, rows), rounded to int8
+  const float* xf;         // [M, K]: rows [rows, total) are read as float
+  const uint8_t* qs;       // [N, row bytes]
+  const uint16_t* d;       // [N, nb] f16
+  const uint16_t* m;       // [N, nb] f16 or null
+  float* y;                // [M, N]
+  int64_t rows, total, k, n, nb, row_bytes;
 };
 
 // y[m0 .. m0+MR, n0 .. n0+NR) for whole rows of K: MR activation rows share each weight block
@@ -356,20 +367,236 @@ void OutputRows(const Problem& p, int64_t n0, int64_t n1) {
   }
 }
 
+// ---- float rows ----------------------------------------------------------------------------------
+
+#if defined(QK_AVX2) && defined(__AVX512F__)
+#define QK_AVX512 1
+constexpr int64_t kPanel = 32;  // weight rows per dequantized panel: two 16-float vectors
+constexpr int kFloatTile = 12;  // 32 vector registers: 24 accumulators
+#else
+constexpr int64_t kPanel = 16;  // two 8-float vectors
+constexpr int kFloatTile = 6;   // 16 registers: 12 accumulators
+#endif
+
+// Weight row n dequantized: as model/quant.py's `dequantize` (a multiply, then an add; no FMA).
+template <typename W>
+void DequantizeRow(const Problem& p, int64_t n, float* out) {
+  const uint8_t* row = p.qs + n * p.row_bytes;
+  for (int64_t b = 0; b < p.nb; ++b) {
+    const float d = HalfToFloat(p.d[n * p.nb + b]);
+    const float m = W::kHasMin ? HalfToFloat(p.m[n * p.nb + b]) : 0.f;
+    float* o = out + b * kBlock;
+    for (int t = 0; t < kBlock; ++t) {
+      const float q = static_cast<float>(W::Scalar(row, b, t));
+      if (W::kHasMin) {
+        o[t] = d * q + m;
+      } else if (W::kOffset != 0.f) {
+        o[t] = d * (q + W::kOffset);
+      } else {
+        o[t] = q * d;
+      }
+    }
+  }
+}
+
+// Weight rows [n0, n0 + nr) as float32 [K][kPanel] (k-major: the weights one input meets are
+// adjacent); rows past nr are zero.
+#if defined(QK_AVX512)
+// Vectorized across the panel's rows: one gather collects a 4-byte word at the same offset of 16
+// rows, i.e. 4 (q8_0) or 8 (q4_x) inputs of each, and each input then becomes one vector of 16
+// weights, stored where the microkernel reads it.
+template <typename W>
+void DequantizePanel(const Problem& p, int64_t n0, int64_t nr, float* panel) {
+  const int64_t nb = p.nb;
+  thread_local std::vector<float> tables;
+  tables.assign(static_cast<size_t>(2 * nb * kPanel), 0.f);
+  float* ds = tables.data();          // [nb][kPanel] block scales; 0 past nr
+  float* ms = ds + nb * kPanel;       // [nb][kPanel] q4_1 minimums
+  for (int64_t j = 0; j < nr; ++j) {
+    for (int64_t b = 0; b < nb; ++b) {
+      ds[b * kPanel + j] = HalfToFloat(p.d[(n0 + j) * nb + b]);
+      if (W::kHasMin) ms[b * kPanel + j] = HalfToFloat(p.m[(n0 + j) * nb + b]);
+    }
+  }
+  const uint8_t* base = p.qs + n0 * p.row_bytes;
+  const __m512 offset = _mm512_set1_ps(W::kOffset);
+  for (int64_t h = 0; h < kPanel; h += 16) {
+    alignas(64) int32_t rows[16];
+    for (int i = 0; i < 16; ++i) rows[i] = static_cast<int32_t>(std::min<int64_t>(h + i, nr - 1) * p.row_bytes);
+    const __m512i idx = _mm512_load_si512(rows);
+    for (int64_t b = 0; b < nb; ++b) {
+      const __m512 d = _mm512_loadu_ps(ds + b * kPanel + h);
+      const __m512 m = _mm512_loadu_ps(ms + b * kPanel + h);
+      float* out = panel + b * kBlock * kPanel + h;  // input t of block b: out + t * kPanel
+      if constexpr (W::kSigned) {                    // q8_0: 32 signed bytes per block
+        for (int c = 0; c < 8; ++c) {
+          const __m512i g = _mm512_i32gather_epi32(idx, base + b * kBlock + 4 * c, 1);
+          for (int e = 0; e < 4; ++e) {
+            const __m512i q = _mm512_srai_epi32(_mm512_slli_epi32(g, 24 - 8 * e), 24);
+            _mm512_store_ps(out + (4 * c + e) * kPanel, _mm512_mul_ps(_mm512_cvtepi32_ps(q), d));
+          }
+        }
+      } else {  // q4_x: 16 bytes per block, input t in the low nibble of byte t, t + 16 in the high
+        const __m512i mask = _mm512_set1_epi32(0x0f);
+        for (int c = 0; c < 4; ++c) {
+          const __m512i g = _mm512_i32gather_epi32(idx, base + b * 16 + 4 * c, 1);
+          for (int e = 0; e < 8; ++e) {
+            const __m512i q = _mm512_and_si512(_mm512_srli_epi32(g, 4 * e), mask);
+            const __m512 qf = _mm512_cvtepi32_ps(q);
+            const __m512 w = W::kHasMin ? _mm512_add_ps(_mm512_mul_ps(d, qf), m)
+                                        : _mm512_mul_ps(d, _mm512_add_ps(qf, offset));
+            const int t = 4 * c + e / 2 + (e % 2) * 16;  // nibble e: byte e / 2, low or high half
+            _mm512_store_ps(out + t * kPanel, w);
+          }
+        }
+      }
+    }
+  }
+}
+#else
+template <typename W>
+void DequantizePanel(const Problem& p, int64_t n0, int64_t nr, float* panel) {
+  thread_local std::vector<float> row;
+  row.resize(static_cast<size_t>(p.k));
+  for (int64_t j = 0; j < kPanel; ++j) {
+    if (j < nr) {
+      DequantizeRow<W>(p, n0 + j, row.data());
+      for (int64_t kk = 0; kk < p.k; ++kk) panel[kk * kPanel + j] = row[kk];
+    } else {
+      for (int64_t kk = 0; kk < p.k; ++kk) panel[kk * kPanel + j] = 0.f;
+    }
+  }
+}
+#endif
+
+// y[m0 .. m0+MR, n0 .. n0+nr) = x rows times the panel: per output one FMA chain over k.
+template <int MR>
+void FloatTile(const Problem& p, int64_t m0, int64_t n0, int64_t nr, const float* panel) {
+  const int64_t k = p.k;
+  const float* x = p.xf + m0 * k;
+  float out[MR][kPanel];
+#if defined(QK_AVX512)
+  __m512 acc[MR][2];
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const __m512 b0 = _mm512_load_ps(panel + kk * kPanel);
+    const __m512 b1 = _mm512_load_ps(panel + kk * kPanel + 16);
+    for (int i = 0; i < MR; ++i) {
+      const __m512 a = _mm512_set1_ps(x[i * k + kk]);
+      acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
+    }
+  }
+  if (nr == kPanel) {
+    for (int i = 0; i < MR; ++i) {
+      _mm512_storeu_ps(p.y + (m0 + i) * p.n + n0, acc[i][0]);
+      _mm512_storeu_ps(p.y + (m0 + i) * p.n + n0 + 16, acc[i][1]);
+    }
+    return;
+  }
+  for (int i = 0; i < MR; ++i) {
+    _mm512_storeu_ps(out[i], acc[i][0]);
+    _mm512_storeu_ps(out[i] + 16, acc[i][1]);
+  }
+#elif defined(QK_AVX2)
+  __m256 acc[MR][2];
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const __m256 b0 = _mm256_load_ps(panel + kk * kPanel);
+    const __m256 b1 = _mm256_load_ps(panel + kk * kPanel + 8);
+    for (int i = 0; i < MR; ++i) {
+      const __m256 a = _mm256_broadcast_ss(x + i * k + kk);
+      acc[i][0] = _mm256_fmadd_ps(a, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(a, b1, acc[i][1]);
+    }
+  }
+  if (nr == kPanel) {
+    for (int i = 0; i < MR; ++i) {
+      _mm256_storeu_ps(p.y + (m0 + i) * p.n + n0, acc[i][0]);
+      _mm256_storeu_ps(p.y + (m0 + i) * p.n + n0 + 8, acc[i][1]);
+    }
+    return;
+  }
+  for (int i = 0; i < MR; ++i) {
+    _mm256_storeu_ps(out[i], acc[i][0]);
+    _mm256_storeu_ps(out[i] + 8, acc[i][1]);
+  }
+#else
+  for (int i = 0; i < MR; ++i) {
+    for (int64_t j = 0; j < nr; ++j) {
+      float a = 0.f;
+      for (int64_t kk = 0; kk < k; ++kk) a = std::fma(x[i * k + kk], panel[kk * kPanel + j], a);
+      out[i][j] = a;
+    }
+  }
+#endif
+  for (int i = 0; i < MR; ++i)
+    for (int64_t j = 0; j < nr; ++j) p.y[(m0 + i) * p.n + n0 + j] = out[i][j];
+}
+
+template <int MR>
+void FloatTiles(const Problem& p, int64_t n0, int64_t nr, const float* panel) {
+  int64_t m0 = p.rows;
+  for (; m0 + MR <= p.total; m0 += MR) FloatTile<MR>(p, m0, n0, nr, panel);
+  if constexpr (MR > 1) {
+    if (m0 < p.total) {
+      // the remainder: one smaller tile (same FMA chain per output, so the same bits)
+      switch (p.total - m0) {
+#define QK_REMAINDER(r) \
+  case r:               \
+    if constexpr (r < MR) FloatTile<r>(p, m0, n0, nr, panel); \
+    break;
+        QK_REMAINDER(1) QK_REMAINDER(2) QK_REMAINDER(3) QK_REMAINDER(4) QK_REMAINDER(5)
+        QK_REMAINDER(6) QK_REMAINDER(7) QK_REMAINDER(8) QK_REMAINDER(9) QK_REMAINDER(10)
+        QK_REMAINDER(11)
+#undef QK_REMAINDER
+        default: break;
+      }
+    }
+  }
+}
+
+// Output rows [n0, n1) for the float rows, one dequantized panel at a time.
+template <typename W>
+void FloatOutputRows(const Problem& p, int64_t n0, int64_t n1) {
+  thread_local std::vector<float, std::allocator<float>> storage;
+  storage.resize(static_cast<size_t>(p.k * kPanel + 16));
+  // 64-byte aligned for the panel loads
+  float* panel = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(storage.data()) + 63) & ~uintptr_t{63});
+  for (int64_t j = n0; j < n1; j += kPanel) {
+    const int64_t nr = std::min(kPanel, n1 - j);
+    DequantizePanel<W>(p, j, nr, panel);
+    FloatTiles<kFloatTile>(p, j, nr, panel);
+  }
+}
+
 template <typename W>
 void QuantMatmul(const float* x, const uint8_t* qs, const uint16_t* d, const uint16_t* m, float* y,
-                 int64_t rows, int64_t k, int64_t n) {
+                 int64_t total, int64_t float_from, int64_t k, int64_t n) {
+  const int64_t rows = std::clamp<int64_t>(float_from, 0, total);
   thread_local QuantizedRows xq;
   QuantizeRows(x, rows, k, xq);
-  const Problem p{&xq, qs, d, m, y, rows, k, n, k / kBlock, W::RowBytes(k)};
-  // Few rows: bound by streaming the weights, so split them finely over the threads. Many rows:
-  // bound by arithmetic, so fewer, larger ranges that each reuse their weights across all rows.
-  const int64_t min_rows = rows <= 4 ? 64 : 256;
-  const int64_t chunks = NumChunks(n, min_rows);
-  const int64_t per = ((n + chunks - 1) / chunks + 1) / 2 * 2;  // even: whole 2-row tiles
+  const Problem p{&xq, x, qs, d, m, y, rows, total, k, n, k / kBlock, W::RowBytes(k)};
+  if (rows == total) {
+    // Few rows: bound by streaming the weights, so split them finely over the threads. Many
+    // rows: bound by arithmetic, so fewer, larger ranges that each reuse their weights.
+    const int64_t min_rows = rows <= 4 ? 64 : 256;
+    const int64_t chunks = NumChunks(n, min_rows);
+    const int64_t per = ((n + chunks - 1) / chunks + 1) / 2 * 2;  // even: whole 2-row tiles
+    ParallelFor(chunks, [&](int64_t c) {
+      const int64_t n0 = c * per, n1 = std::min(n, n0 + per);
+      if (n0 < n1) OutputRows<W>(p, n0, n1);
+    });
+    return;
+  }
+  // Float rows: a chunk per panel or two (claimed dynamically, so the threads stay balanced);
+  // each chunk also runs the int8 rows for its outputs.
+  const int64_t per = kPanel;
+  const int64_t chunks = (n + per - 1) / per;
   ParallelFor(chunks, [&](int64_t c) {
     const int64_t n0 = c * per, n1 = std::min(n, n0 + per);
-    if (n0 < n1) OutputRows<W>(p, n0, n1);
+    if (rows > 0) OutputRows<W>(p, n0, n1);
+    FloatOutputRows<W>(p, n0, n1);
   });
 }
 
@@ -390,23 +617,23 @@ ffi::Error Check(ffi::Buffer<ffi::F32>& x, ffi::Buffer<QT>& qs, ffi::Buffer<ffi:
 }
 
 template <typename W, ffi::DataType QT>
-ffi::Error QuantMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<QT> qs, ffi::Buffer<ffi::F16> d,
-                           ffi::ResultBuffer<ffi::F32> y) {
+ffi::Error QuantMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> float_from, ffi::Buffer<QT> qs,
+                           ffi::Buffer<ffi::F16> d, ffi::ResultBuffer<ffi::F32> y) {
   ffi::Error err = Check<W, QT>(x, qs, d, nullptr, "quant_matmul");
   if (err.failure()) return err;
   QuantMatmul<W>(x.typed_data(), reinterpret_cast<const uint8_t*>(qs.untyped_data()),
                  reinterpret_cast<const uint16_t*>(d.untyped_data()), nullptr, y->typed_data(),
-                 x.dimensions()[0], x.dimensions()[1], qs.dimensions()[0]);
+                 x.dimensions()[0], float_from.typed_data()[0], x.dimensions()[1], qs.dimensions()[0]);
   return ffi::Error::Success();
 }
 
-ffi::Error QuantMatmulQ4_1Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::U8> qs, ffi::Buffer<ffi::F16> d,
-                               ffi::Buffer<ffi::F16> m, ffi::ResultBuffer<ffi::F32> y) {
+ffi::Error QuantMatmulQ4_1Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> float_from, ffi::Buffer<ffi::U8> qs,
+                               ffi::Buffer<ffi::F16> d, ffi::Buffer<ffi::F16> m, ffi::ResultBuffer<ffi::F32> y) {
   ffi::Error err = Check<Q4_1, ffi::U8>(x, qs, d, &m, "quant_matmul_q4_1");
   if (err.failure()) return err;
   QuantMatmul<Q4_1>(x.typed_data(), qs.typed_data(), reinterpret_cast<const uint16_t*>(d.untyped_data()),
                     reinterpret_cast<const uint16_t*>(m.untyped_data()), y->typed_data(), x.dimensions()[0],
-                    x.dimensions()[1], qs.dimensions()[0]);
+                    float_from.typed_data()[0], x.dimensions()[1], qs.dimensions()[0]);
   return ffi::Error::Success();
 }
 
@@ -415,6 +642,7 @@ ffi::Error QuantMatmulQ4_1Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::U8> qs,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_0, (QuantMatmulImpl<Q4_0, ffi::U8>),
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::U8>>()
                                   .Arg<ffi::Buffer<ffi::F16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
@@ -422,6 +650,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_0, (QuantMatmulImpl<Q4_0, ffi::U8>),
 XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_1, QuantMatmulQ4_1Impl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::U8>>()
                                   .Arg<ffi::Buffer<ffi::F16>>()
                                   .Arg<ffi::Buffer<ffi::F16>>()
@@ -430,6 +659,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_1, QuantMatmulQ4_1Impl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ8_0, (QuantMatmulImpl<Q8_0, ffi::S8>),
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S8>>()
                                   .Arg<ffi::Buffer<ffi::F16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());

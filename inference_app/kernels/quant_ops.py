@@ -20,16 +20,19 @@ TARGETS = {
 }
 
 
-def matmul(x: jax.Array, w: BlockQuant) -> jax.Array:
+def matmul(x: jax.Array, w: BlockQuant, float_from: jax.Array | int | None = None) -> jax.Array:
     """x [M, K] @ w.T (w: N block-quantized rows of K) -> [M, N] float32, on the CPU kernel.
 
-    The activations are rounded to int8 per block of 32 inside the kernel (as llama.cpp does for
-    its q8_1 dot products): the result differs from `reference_matmul` by that rounding only.
+    Rows before `float_from` (default: every row) are rounded to int8 per block of 32 inside the
+    kernel, as llama.cpp does for its q8_1 dot products: they differ from `reference_matmul` by
+    that rounding only. Rows from `float_from` on (a traced int32 scalar: prompt rows) are
+    multiplied in float32 by the dequantized weights, faster where many rows share each weight.
     """
     if x.ndim != 2 or x.shape[1] != w.cols:
         raise ValueError(f"quant matmul: x {x.shape} does not match {w.rows}x{w.cols} weights")
     out = jax.ShapeDtypeStruct((x.shape[0], w.rows), jnp.float32)
-    args = [x.astype(jnp.float32), w.qs, w.d]
+    split = jnp.asarray(x.shape[0] if float_from is None else float_from, jnp.int32).reshape(())
+    args = [x.astype(jnp.float32), split, w.qs, w.d]
     if w.fmt == "q4_1":
         args.append(w.m)
     return jax.ffi.ffi_call(TARGETS[w.fmt], out)(*args)

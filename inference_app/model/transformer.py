@@ -87,18 +87,24 @@ def quantize_int8(w: np.ndarray, in_dims: int = 1) -> QInt8:
     return QInt8(q=np.ascontiguousarray(q), scale=scale[:, 0], in_shape=in_shape, out_shape=out_shape)
 
 
-def linear(x: jax.Array, w: Weight, n_in: int = 1, kernels: KernelChoice = PURE_JAX) -> jax.Array:
+def linear(
+    x: jax.Array,
+    w: Weight,
+    n_in: int = 1,
+    kernels: KernelChoice = PURE_JAX,
+    float_from: jax.Array | None = None,
+) -> jax.Array:
     """Contract the last `n_in` dims of x with the first `n_in` dims of w, as one 2-D matmul.
 
     Flattening both sides (free reshapes of contiguous arrays) keeps XLA from transposing the
-    weight on every call.
+    weight on every call. `float_from`: see `block_matmul`.
     """
     lead = x.shape[: x.ndim - n_in]
     if isinstance(w, QInt8):
         y = int8_matmul(x.reshape(-1, int(np.prod(w.in_shape))), w.q, w.scale, kernels)
         return y.reshape(*lead, *w.out_shape)
     if isinstance(w, BlockQuant):
-        return block_matmul(x.reshape(-1, w.cols), w, kernels).reshape(*lead, *w.out_shape)
+        return block_matmul(x.reshape(-1, w.cols), w, kernels, float_from).reshape(*lead, *w.out_shape)
     in_shape, out_shape = w.shape[:n_in], w.shape[n_in:]
     k = int(np.prod(in_shape))
     x2 = x.reshape(-1, k)
@@ -139,15 +145,20 @@ def int8_matmul(x: jax.Array, q: jax.Array, scale: jax.Array, kernels: KernelCho
     return y * scale.astype(x.dtype)
 
 
-def block_matmul(x: jax.Array, w: BlockQuant, kernels: KernelChoice = PURE_JAX) -> jax.Array:
+def block_matmul(
+    x: jax.Array, w: BlockQuant, kernels: KernelChoice = PURE_JAX, float_from: jax.Array | None = None
+) -> jax.Array:
     """x [N, in] @ w.T for block-quantized w [out rows of in] -> [N, out] in x's dtype.
 
     With the native CPU kernels, every row count goes to the kernel that reads the blocks as
-    stored (it quantizes the activations per block, as llama.cpp does); elsewhere the blocks are
-    dequantized in the traced program and multiplied by XLA.
+    stored. It quantizes the activations per block, as llama.cpp does, except rows from
+    `float_from` on (an int32 scalar; None: no row), which it multiplies in float32 by the
+    dequantized weights: a step's prompt rows, where many rows share each weight and float32
+    FMAs are faster than int8 dot products. Elsewhere the blocks are dequantized in the traced
+    program and multiplied by XLA.
     """
     if kernels.cpu:
-        return quant_ops.matmul(x, w).astype(x.dtype)
+        return quant_ops.matmul(x, w, float_from).astype(x.dtype)
     y = jnp.matmul(x, dequantize_jax(w, x.dtype).T, preferred_element_type=jnp.float32)
     return y.astype(x.dtype)
 
@@ -230,8 +241,14 @@ def embed(params: Params, tokens: jax.Array, dtype: jnp.dtype) -> jax.Array:
     return table[tokens].astype(dtype)
 
 
-def lm_head(params: Params, cfg: ModelConfig, x: jax.Array, kernels: KernelChoice = PURE_JAX) -> jax.Array:
-    """Logits in fp32 from final hidden states x [..., D]."""
+def lm_head(
+    params: Params,
+    cfg: ModelConfig,
+    x: jax.Array,
+    kernels: KernelChoice = PURE_JAX,
+    float_from: jax.Array | None = None,
+) -> jax.Array:
+    """Logits in fp32 from final hidden states x [..., D] (`float_from`: see `forward`)."""
     fixed = rounds_activations(params.get("lm_head", params["embed"]))
     x = rms_norm(x, params["final_norm"], cfg.rms_eps, fixed, kernels)
     # tied (int8 tables are already in the fast [out, in] layout; float ones keep a copy for the rest)
@@ -241,11 +258,11 @@ def lm_head(params: Params, cfg: ModelConfig, x: jax.Array, kernels: KernelChoic
             lead = x.shape[:-1]
             logits = int8_matmul(x.reshape(-1, x.shape[-1]), table.q, table.scale, kernels).reshape(*lead, -1)
         elif isinstance(table, BlockQuant):
-            logits = linear(x, table, 1, kernels)
+            logits = linear(x, table, 1, kernels, float_from)
         else:
             logits = jnp.einsum("...d,vd->...v", x, table.astype(x.dtype))
     else:
-        logits = linear(x, params["lm_head"], 1, kernels)
+        logits = linear(x, params["lm_head"], 1, kernels, float_from)
     return logits.astype(jnp.float32)
 
 
@@ -271,17 +288,23 @@ def tied_table_is_faster(params: Params, cfg: ModelConfig, x: jax.Array, kernels
     )
 
 
-def mlp(layer: Params, x: jax.Array, kernels: KernelChoice = PURE_JAX) -> jax.Array:
-    gu = linear(x, layer["w_gate_up"], 1, kernels)  # [..., 2, F]
+def mlp(
+    layer: Params, x: jax.Array, kernels: KernelChoice = PURE_JAX, float_from: jax.Array | None = None
+) -> jax.Array:
+    gu = linear(x, layer["w_gate_up"], 1, kernels, float_from)  # [..., 2, F]
     h = jax.nn.silu(gu[..., 0, :]) * gu[..., 1, :]
-    return linear(h, layer["w_down"], 1, kernels)
+    return linear(h, layer["w_down"], 1, kernels, float_from)
 
 
 def qkv(
-    layer: Params, cfg: ModelConfig, x: jax.Array, kernels: KernelChoice = PURE_JAX
+    layer: Params,
+    cfg: ModelConfig,
+    x: jax.Array,
+    kernels: KernelChoice = PURE_JAX,
+    float_from: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Project x [..., D] to q [..., KVH, G, Dh] and k, v [..., KVH, Dh] (before RoPE)."""
-    y = linear(x, layer["wqkv"], 1, kernels)
+    y = linear(x, layer["wqkv"], 1, kernels, float_from)
     g = cfg.group_size
     return y[..., :g, :], y[..., g, :], y[..., g + 1, :]
 
@@ -390,14 +413,15 @@ def decoder_layer(
     attention: Attention,
     cache: LayerKV,
     kernels: KernelChoice,
+    float_from: jax.Array | None = None,
 ) -> tuple[jax.Array, LayerKV]:
     """One pre-norm block on rows x [..., D]: attention (the variable part), then SwiGLU."""
     fixed = rounds_activations(*layer.values())
     h = rms_norm(x, layer["attn_norm"], cfg.rms_eps, fixed, kernels)
-    q, k, v = qkv(layer, cfg, h, kernels)  # q [..., K, G, Dh]  k, v [..., K, Dh]
+    q, k, v = qkv(layer, cfg, h, kernels, float_from)  # q [..., K, G, Dh]  k, v [..., K, Dh]
     attn, cache = attention(rope(q, tables), rope(k, tables), v, cache)
-    x = x + linear(attn, layer["wo"], 3, kernels)
-    x = x + mlp(layer, rms_norm(x, layer["mlp_norm"], cfg.rms_eps, fixed, kernels), kernels)
+    x = x + linear(attn, layer["wo"], 3, kernels, float_from)
+    x = x + mlp(layer, rms_norm(x, layer["mlp_norm"], cfg.rms_eps, fixed, kernels), kernels, float_from)
     return x, cache
 
 
@@ -409,6 +433,7 @@ def forward(
     attention: Attention,
     cache: Sequence[LayerKV],
     kernels: KernelChoice = PURE_JAX,
+    float_from: jax.Array | None = None,
 ) -> tuple[jax.Array, list[LayerKV]]:
     """Final hidden states [..., D] of token rows `tokens` [...] at `positions` [...], and the
     cache after the step (one entry per layer).
@@ -416,13 +441,16 @@ def forward(
     The one forward for prefill, decode and mixed steps (as gpt-fast runs both through one):
     `attention` decides how rows meet the cache; `kernels` which native kernels the matmuls
     may use. Callers pick the rows whose logits they need before `lm_head` (it is the largest
-    matmul of a decode step).
+    matmul of a decode step). `float_from` (int32 scalar): the first prompt row of the
+    flattened rows, when decode rows come first; block-quantized matrices multiply the rows
+    from there on in float32 (`block_matmul`). A row's path depends only on whether it is a
+    prompt or a decode row, never on the other rows of its step, so batching keeps its bits.
     """
     x = embed(params, tokens, _compute_dtype(params))
     tables = rope_tables(positions, cfg)  # shared by all layers
     out: list[LayerKV] = []
     for layer, c in zip(params["layers"], cache, strict=True):
-        x, c = decoder_layer(layer, cfg, x, tables, attention, c, kernels)
+        x, c = decoder_layer(layer, cfg, x, tables, attention, c, kernels, float_from)
         out.append(c)
     return x, out
 
@@ -435,20 +463,24 @@ def prefill(
     *,
     kernels: KernelChoice = PURE_JAX,
     all_logits: bool = False,
+    as_decode_rows: bool = False,
 ) -> tuple[jax.Array, list[LayerKV]]:
     """Run whole prompts tokens [B, S] (right-padded; real lengths [B]).
 
     Returns the logits of each prompt's last real token [B, V] (or of every position
     [B, S, V] with `all_logits`) and the prompts' KV, per layer {"k","v"}: [B, KVH, S, Dh].
+    The rows are prompt rows (`forward`'s `float_from`); `as_decode_rows` computes them as
+    decode rows instead (what teacher-forced checks of generated text need).
     """
     b, s = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
     empty: list[LayerKV] = [{} for _ in params["layers"]]
-    x, kv = forward(params, cfg, tokens, positions, PromptAttention(), empty, kernels)
+    float_from = None if as_decode_rows else jnp.zeros((), jnp.int32)
+    x, kv = forward(params, cfg, tokens, positions, PromptAttention(), empty, kernels, float_from)
     if all_logits:
-        return lm_head(params, cfg, x, kernels), kv
+        return lm_head(params, cfg, x, kernels, float_from), kv
     last = jnp.take_along_axis(x, (lengths - 1)[:, None, None], axis=1)[:, 0]  # [B, D]
-    return lm_head(params, cfg, last, kernels), kv
+    return lm_head(params, cfg, last, kernels, float_from), kv
 
 
 # ---- the KV cache ---------------------------------------------------------------------------

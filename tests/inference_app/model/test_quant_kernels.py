@@ -72,6 +72,43 @@ def test_quant_matmul_matches_numpy(fmt: quant.Format, m: int, k: int, n: int) -
     check(fmt, m, k, n)
 
 
+def check_float_rows(fmt: quant.Format, m: int, k: int, n: int, split: int) -> None:
+    """Rows from `split` on are float32 products with the dequantized weights (no int8 rounding);
+    rows before it are what the all-int8 call gives; every float row has the bits it has alone."""
+    x = RNG.standard_normal((m, k)).astype(np.float32)
+    w = quant.quantize(RNG.standard_normal((k, n)).astype(np.float32), fmt)
+    wj = jax.tree.map(jnp.asarray, w)
+    got = np.asarray(matmul(jnp.asarray(x), wj, split))
+    np.testing.assert_array_equal(got[:split], np.asarray(matmul(jnp.asarray(x), wj))[:split])
+    exact = x.astype(np.float64) @ quant.dequantize(w).astype(np.float64).T
+    # float32 summation over k: relative error ~ sqrt(k) * eps of the sum of |products|
+    bound = (
+        1e-6 * np.sqrt(k) * (np.abs(x).astype(np.float64) @ np.abs(quant.dequantize(w)).T.astype(np.float64))
+    )
+    assert np.all(np.abs(got[split:] - exact[split:]) <= bound[split:] + 1e-6)
+    for r in range(split, m, max(1, (m - split) // 4)):
+        alone = np.asarray(matmul(jnp.asarray(x[r : r + 1]), wj, 0))
+        np.testing.assert_array_equal(alone[0], got[r])
+
+
+FLOAT_SHAPES = [
+    (1, 32, 1, 0),
+    (7, 64, 17, 3),
+    (13, 96, 33, 0),
+    (30, 576, 65, 5),
+    (40, 1536, 40, 40),
+    (70, 64, 96, 2),
+]
+
+
+@pytest.mark.parametrize("fmt", quant.FORMATS)
+@pytest.mark.parametrize("m,k,n,split", FLOAT_SHAPES)
+def test_float_rows_are_the_dequantized_product(
+    fmt: quant.Format, m: int, k: int, n: int, split: int
+) -> None:
+    check_float_rows(fmt, m, k, n, split)
+
+
 def test_q8_0_full_int8_range_does_not_saturate() -> None:
     """Weights at +-127 (and a stored -128) times activations at +-127: the u8 x s8 multiply-adds
     would saturate int16 if the signs were handled wrongly."""
@@ -111,6 +148,8 @@ import test_quant_kernels as t
 for fmt in ("q4_0", "q4_1", "q8_0"):
     for shape in t.SHAPES:
         t.check(fmt, *shape)
+    for shape in t.FLOAT_SHAPES:
+        t.check_float_rows(fmt, *shape)
 print(json.dumps({"level": build.levels()[0].name, "library": str(build.build())}))
 """
 

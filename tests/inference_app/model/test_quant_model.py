@@ -71,22 +71,36 @@ def golden() -> dict[str, Any]:
     return dict(json.loads((GOLDEN / "smollm2_golden.json").read_text()))
 
 
-def batch_logits(model: LoadedModel, prompts: list[list[int]], kernels: KernelChoice) -> list[np.ndarray]:
+def batch_logits(
+    model: LoadedModel, prompts: list[list[int]], kernels: KernelChoice, as_decode_rows: bool = True
+) -> list[np.ndarray]:
     """Every position's logits [len, V] of each prompt, from one call (right-padded to a common
-    length, so one compile serves all prompts; causal attention keeps padding out of them)."""
+    length, so one compile serves all prompts; causal attention keeps padding out of them).
+    By default every row is computed as a decode row (activations rounded to int8 by the block
+    kernel), which is how the engine computes generated tokens; prompt rows run in float32."""
     width = -(-max(map(len, prompts)) // 16) * 16
     tokens = np.zeros((len(prompts), width), np.int32)
     for row, ids in zip(tokens, prompts, strict=True):
         row[: len(ids)] = ids
     lengths = np.asarray([len(p) for p in prompts], np.int32)
-    fwd = jax.jit(prefill, static_argnums=1, static_argnames=("kernels", "all_logits"))
-    logits, _ = fwd(model.params, model.config, tokens, lengths, kernels=kernels, all_logits=True)
+    fwd = jax.jit(prefill, static_argnums=1, static_argnames=("kernels", "all_logits", "as_decode_rows"))
+    logits, _ = fwd(
+        model.params,
+        model.config,
+        tokens,
+        lengths,
+        kernels=kernels,
+        all_logits=True,
+        as_decode_rows=as_decode_rows,
+    )
     return [np.asarray(row[: len(ids)]) for row, ids in zip(logits, prompts, strict=True)]
 
 
-def first_logits(model: LoadedModel, prompts: list[list[int]], kernels: KernelChoice) -> list[np.ndarray]:
+def first_logits(
+    model: LoadedModel, prompts: list[list[int]], kernels: KernelChoice, as_decode_rows: bool = True
+) -> list[np.ndarray]:
     """The logits after each whole prompt (the first generated token's)."""
-    return [rows[-1] for rows in batch_logits(model, prompts, kernels)]
+    return [rows[-1] for rows in batch_logits(model, prompts, kernels, as_decode_rows)]
 
 
 def kl(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
@@ -109,6 +123,18 @@ def test_blocks_as_stored_match_transformers_when_expanded(
 ) -> None:
     ref = np.load(GOLDEN / "smollm2_first_logits.npz")
     got = first_logits(stored, [c["prompt_ids"] for c in golden["cases"]], PURE_JAX)
+    for i, logits in enumerate(got):
+        diff = np.abs(logits - ref[f"case{i}"]).max()
+        assert diff < 1e-3, (i, diff)
+
+
+@needs_kernels
+def test_kernel_prompt_rows_match_transformers(stored: LoadedModel, golden: dict[str, Any]) -> None:
+    """Prompt rows (the engine's prefill, and the first generated token's logits) skip the int8
+    rounding: the kernel multiplies them in float32 by the dequantized blocks, so they match
+    transformers' fp32 model of the file as closely as the blocks expanded in JAX do."""
+    ref = np.load(GOLDEN / "smollm2_first_logits.npz")
+    got = first_logits(stored, [c["prompt_ids"] for c in golden["cases"]], NATIVE_CPU, as_decode_rows=False)
     for i, logits in enumerate(got):
         diff = np.abs(logits - ref[f"case{i}"]).max()
         assert diff < 1e-3, (i, diff)
