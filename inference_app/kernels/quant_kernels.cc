@@ -375,7 +375,7 @@ constexpr int64_t kPanel = 32;  // weight rows per dequantized panel: two 16-flo
 constexpr int kFloatTile = 12;  // 32 vector registers: 24 accumulators
 #else
 constexpr int64_t kPanel = 16;  // two 8-float vectors
-constexpr int kFloatTile = 6;   // 16 registers: 12 accumulators
+constexpr int kFloatTile = 4;   // 16 registers: 8 accumulators
 #endif
 
 // Weight row n dequantized: as model/quant.py's `dequantize` (a multiply, then an add; no FMA).
@@ -447,6 +447,54 @@ void DequantizePanel(const Problem& p, int64_t n0, int64_t nr, float* panel) {
                                         : _mm512_mul_ps(d, _mm512_add_ps(qf, offset));
             const int t = 4 * c + e / 2 + (e % 2) * 16;  // nibble e: byte e / 2, low or high half
             _mm512_store_ps(out + t * kPanel, w);
+          }
+        }
+      }
+    }
+  }
+}
+#elif defined(QK_AVX2)
+// The same with 8-row gathers.
+template <typename W>
+void DequantizePanel(const Problem& p, int64_t n0, int64_t nr, float* panel) {
+  const int64_t nb = p.nb;
+  thread_local std::vector<float> tables;
+  tables.assign(static_cast<size_t>(2 * nb * kPanel), 0.f);
+  float* ds = tables.data();
+  float* ms = ds + nb * kPanel;
+  for (int64_t j = 0; j < nr; ++j) {
+    for (int64_t b = 0; b < nb; ++b) {
+      ds[b * kPanel + j] = HalfToFloat(p.d[(n0 + j) * nb + b]);
+      if (W::kHasMin) ms[b * kPanel + j] = HalfToFloat(p.m[(n0 + j) * nb + b]);
+    }
+  }
+  const uint8_t* base = p.qs + n0 * p.row_bytes;
+  const __m256 offset = _mm256_set1_ps(W::kOffset);
+  for (int64_t h = 0; h < kPanel; h += 8) {
+    alignas(32) int32_t rows[8];
+    for (int i = 0; i < 8; ++i) rows[i] = static_cast<int32_t>(std::min<int64_t>(h + i, nr - 1) * p.row_bytes);
+    const __m256i idx = _mm256_load_si256(reinterpret_cast<const __m256i*>(rows));
+    for (int64_t b = 0; b < nb; ++b) {
+      const __m256 d = _mm256_loadu_ps(ds + b * kPanel + h);
+      const __m256 m = _mm256_loadu_ps(ms + b * kPanel + h);
+      float* out = panel + b * kBlock * kPanel + h;
+      if constexpr (W::kSigned) {
+        for (int c = 0; c < 8; ++c) {
+          const __m256i g = _mm256_i32gather_epi32(reinterpret_cast<const int*>(base + b * kBlock + 4 * c), idx, 1);
+          for (int e = 0; e < 4; ++e) {
+            const __m256i q = _mm256_srai_epi32(_mm256_slli_epi32(g, 24 - 8 * e), 24);
+            _mm256_store_ps(out + (4 * c + e) * kPanel, _mm256_mul_ps(_mm256_cvtepi32_ps(q), d));
+          }
+        }
+      } else {
+        const __m256i mask = _mm256_set1_epi32(0x0f);
+        for (int c = 0; c < 4; ++c) {
+          const __m256i g = _mm256_i32gather_epi32(reinterpret_cast<const int*>(base + b * 16 + 4 * c), idx, 1);
+          for (int e = 0; e < 8; ++e) {
+            const __m256 qf = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(g, 4 * e), mask));
+            const __m256 w = W::kHasMin ? _mm256_add_ps(_mm256_mul_ps(d, qf), m)
+                                        : _mm256_mul_ps(d, _mm256_add_ps(qf, offset));
+            _mm256_store_ps(out + (4 * c + e / 2 + (e % 2) * 16) * kPanel, w);
           }
         }
       }
