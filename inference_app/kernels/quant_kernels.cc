@@ -193,6 +193,17 @@ struct Q4_0 {
     return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
   }
 #endif
+#if defined(__AVX512BW__) && defined(__AVX512DQ__)
+  // Blocks b and b + 1 (32 bytes): the 64 nibbles in input order, block b in the low half.
+  static __m512i Load2(const uint8_t* row, int64_t b) {
+    const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * 16));
+    const __m256i mask = _mm256_set1_epi8(0x0f);
+    const __m256i lo = _mm256_and_si256(packed, mask);                         // [lo b, lo b+1]
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);  // [hi b, hi b+1]
+    const __m512i z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);  // lo b, lo b+1, hi b, hi b+1
+    return _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));                // lo b, hi b, lo b+1, hi b+1
+  }
+#endif
   static int32_t Scalar(const uint8_t* row, int64_t b, int i) {
     const uint8_t byte = row[b * 16 + (i & 15)];
     return i < 16 ? (byte & 0x0f) : (byte >> 4);
@@ -211,6 +222,9 @@ struct Q8_0 {
   static __m256i Load(const uint8_t* row, int64_t b) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * kBlock));
   }
+#endif
+#if defined(__AVX512BW__) && defined(__AVX512DQ__)
+  static __m512i Load2(const uint8_t* row, int64_t b) { return _mm512_loadu_si512(row + b * kBlock); }
 #endif
   static int32_t Scalar(const uint8_t* row, int64_t b, int i) {
     return static_cast<int8_t>(row[b * kBlock + i]);
@@ -233,6 +247,15 @@ inline __m256i BlockDot(__m256i w, __m256i x) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));
 #endif
 }
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
+#define QK_VNNI512 1
+// p[0] in lanes 0-7, p[1] in lanes 8-15: the scales of two consecutive blocks.
+inline __m512 PairBroadcast(const float* p) {
+  const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  return _mm512_permutexvar_ps(idx, _mm512_maskz_loadu_ps(0x3, p));
+}
+#endif
 
 inline float HSum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -269,7 +292,43 @@ void Tile(const Problem& p, int64_t m0, int64_t n0, const float* dw, const float
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
   const uint8_t* wrow[NR];
   for (int j = 0; j < NR; ++j) wrow[j] = p.qs + (n0 + j) * p.row_bytes;
-  for (int64_t b = 0; b < nb; ++b) {
+  int64_t b = 0;
+#if defined(QK_VNNI512)
+  // Two blocks per 512-bit instruction (lanes 0-7 block b, 8-15 block b + 1), folded into the
+  // 256-bit sums before the last odd block.
+  {
+    __m512 acc2[MR][NR];
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) acc2[i][j] = _mm512_setzero_ps();
+    for (; b + 2 <= nb; b += 2) {
+      __m512i w[NR];
+      __m512 sw[NR];
+      __mmask64 neg[NR];
+      for (int j = 0; j < NR; ++j) {
+        w[j] = W::Load2(wrow[j], b);
+        sw[j] = PairBroadcast(dw + j * nb + b);
+        if constexpr (W::kSigned) {  // u8 x s8 instructions: move w's sign onto x
+          neg[j] = _mm512_movepi8_mask(w[j]);
+          w[j] = _mm512_abs_epi8(w[j]);
+        }
+      }
+      for (int i = 0; i < MR; ++i) {
+        const __m512i xv = _mm512_loadu_si512(xq + i * k + b * kBlock);
+        const __m512 sx = PairBroadcast(xd + i * nb + b);
+        for (int j = 0; j < NR; ++j) {
+          __m512i x = xv;
+          if constexpr (W::kSigned) x = _mm512_mask_sub_epi8(xv, neg[j], _mm512_setzero_si512(), xv);
+          const __m512 dot = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), w[j], x));
+          acc2[i][j] = _mm512_fmadd_ps(dot, _mm512_mul_ps(sx, sw[j]), acc2[i][j]);
+        }
+      }
+    }
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j)
+        acc[i][j] = _mm256_add_ps(_mm512_castps512_ps256(acc2[i][j]), _mm512_extractf32x8_ps(acc2[i][j], 1));
+  }
+#endif
+  for (; b < nb; ++b) {
     __m256i w[NR];
     __m256 sw[NR];
     for (int j = 0; j < NR; ++j) {
@@ -355,6 +414,12 @@ void OutputRows(const Problem& p, int64_t n0, int64_t n1) {
     for (int64_t m0 = 0; m0 < p.rows; m0 += 4) {
       const int64_t mr = std::min<int64_t>(4, p.rows - m0);
       int64_t j = g0;
+#if defined(QK_VNNI512)
+      for (; j + 4 <= g1; j += 4) {  // 32 registers: a 4 x 4 tile
+        const int64_t off = (j - g0) * nb;
+        RowsTile<W, 4>(p, m0, mr, j, dw + off, corr ? cw + off : nullptr);
+      }
+#endif
       for (; j + 2 <= g1; j += 2) {
         const int64_t off = (j - g0) * nb;
         RowsTile<W, 2>(p, m0, mr, j, dw + off, corr ? cw + off : nullptr);
@@ -626,9 +691,9 @@ void QuantMatmul(const float* x, const uint8_t* qs, const uint16_t* d, const uin
   QuantizeRows(x, rows, k, xq);
   const Problem p{&xq, x, qs, d, m, y, rows, total, k, n, k / kBlock, W::RowBytes(k)};
   if (rows == total) {
-    // Few rows: bound by streaming the weights, so split them finely over the threads. Many
-    // rows: bound by arithmetic, so fewer, larger ranges that each reuse their weights.
-    const int64_t min_rows = rows <= 4 ? 64 : 256;
+    // Ranges of output rows claimed dynamically; up to 16, so that an odd count (3 ranges of
+    // a 960-row matrix on 2 threads) does not leave a thread idle for a third of the call.
+    const int64_t min_rows = rows <= 4 ? 64 : 32;
     const int64_t chunks = NumChunks(n, min_rows);
     const int64_t per = ((n + chunks - 1) / chunks + 1) / 2 * 2;  // even: whole 2-row tiles
     ParallelFor(chunks, [&](int64_t c) {
