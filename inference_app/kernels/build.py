@@ -49,8 +49,14 @@ class Level:
 
 
 # Best first. x86-64-v3 (AVX2, FMA, F16C: every x86 server since ~2015) runs the vector code;
-# VNNI adds one-instruction int8 dot products; the portable level runs the plain C++ loops.
+# VNNI adds one-instruction int8 dot products; AVX512_BF16 (Zen 4+, Cooper Lake, Sapphire Rapids)
+# multiplies prompt rows in bfloat16; the portable level runs the plain C++ loops.
 X86_LEVELS = (
+    Level(
+        "x86-64-v4-vnni-bf16",
+        frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx512_bf16"}),
+        ("-march=x86-64-v4", "-mavx512vnni", "-mavx512bf16"),
+    ),
     Level(
         "x86-64-v4-vnni",
         frozenset({"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni"}),
@@ -204,6 +210,15 @@ def available() -> bool:
                 log.warning("CPU kernels unavailable, using the pure-JAX path: %s", exc)
         _state["ok"] = ok
         return ok
+
+
+def prompt_rows_bf16() -> bool:
+    """Whether the loaded block kernels multiply prompt rows in bfloat16 (AVX512_BF16 levels)
+    rather than float32 (`quant_kernels.cc`); False when the kernels are not loaded."""
+    if not available():
+        return False
+    lib = _state["lib"]
+    return bool(lib.InferenceAppPromptRowsBf16())  # type: ignore[attr-defined]
 
 
 def _register(path: Path) -> None:

@@ -269,6 +269,7 @@ inline float HSum(__m256 v) {
 struct Problem {
   const QuantizedRows* x;  // rows [0, rows), rounded to int8
   const float* xf;         // [M, K]: rows [rows, total) are read as float
+  const uint32_t* xb;      // [total - rows, K/2]: those rows as bfloat16 pairs (QK_BF16 only)
   const uint8_t* qs;       // [N, row bytes]
   const uint16_t* d;       // [N, nb] f16
   const uint16_t* m;       // [N, nb] f16 or null
@@ -582,13 +583,79 @@ void DequantizePanel(const Problem& p, int64_t n0, int64_t nr, float* panel) {
 }
 #endif
 
-// y[m0 .. m0+MR, n0 .. n0+nr) = x rows times the panel: per output one FMA chain over k.
+#if defined(QK_AVX512) && defined(__AVX512BF16__)
+#define QK_BF16 1
+// CPUs with AVX512_BF16 multiply the prompt rows in bfloat16 with float32 sums: one vdpbf16ps does
+// 32 multiply-adds where an FMA does 16. The weights (4-5 bit values times a scale) and the
+// activations are rounded to bfloat16 (8 significant bits, like the int8 activations of decode
+// rows); every sum stays float32 in a fixed order.
+extern "C" int InferenceAppPromptRowsBf16() { return 1; }
+
+// x[k], x[k + 1] as one bfloat16 pair per 32 bits, for rows of K inputs (K even).
+void ToBf16Pairs(const float* x, int64_t n, uint32_t* out) {
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + i + 16), _mm512_loadu_ps(x + i));
+    _mm512_storeu_si512(out + i / 2, (__m512i)v);
+  }
+  for (; i < n; i += 2) {
+    const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_setzero_ps(), _mm512_maskz_loadu_ps(0x3, x + i));
+    out[i / 2] = static_cast<uint32_t>(_mm_cvtsi128_si32(_mm512_castsi512_si128((__m512i)v)));
+  }
+}
+
+// The float panel [K][kPanel] as bfloat16 pairs [K/2][kPanel]: (w[2q][j], w[2q + 1][j]) per 32 bits.
+void PanelToBf16(const float* panel, int64_t k, uint32_t* out) {
+  // _mm512_set_epi16 lists elements from the highest: element 2i is i, element 2i + 1 is 16 + i
+  const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                              22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  for (int64_t q = 0; q < k / 2; ++q) {
+    for (int64_t h = 0; h < kPanel; h += 16) {
+      const __m512 even = _mm512_load_ps(panel + 2 * q * kPanel + h);
+      const __m512 odd = _mm512_load_ps(panel + (2 * q + 1) * kPanel + h);
+      const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(odd, even);  // even in the low half
+      _mm512_store_si512(out + q * kPanel + h, _mm512_permutexvar_epi16(interleave, both));
+    }
+  }
+}
+#else
+extern "C" int InferenceAppPromptRowsBf16() { return 0; }
+#endif
+
+// y[m0 .. m0+MR, n0 .. n0+nr) = x rows times the panel: per output one FMA chain over k (with
+// bfloat16: one chain over the pairs of k).
 template <int MR>
-void FloatTile(const Problem& p, int64_t m0, int64_t n0, int64_t nr, const float* panel) {
+void FloatTile(const Problem& p, int64_t m0, int64_t n0, int64_t nr, const void* panel_data) {
   const int64_t k = p.k;
-  const float* x = p.xf + m0 * k;
   float out[MR][kPanel];
-#if defined(QK_AVX512)
+#if defined(QK_BF16)
+  const uint32_t* panel = static_cast<const uint32_t*>(panel_data);
+  const uint32_t* x = p.xb + (m0 - p.rows) * (k / 2);
+  __m512 acc[MR][2];
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int64_t q = 0; q < k / 2; ++q) {
+    const __m512bh b0 = (__m512bh)_mm512_load_si512(panel + q * kPanel);
+    const __m512bh b1 = (__m512bh)_mm512_load_si512(panel + q * kPanel + 16);
+    for (int i = 0; i < MR; ++i) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(x[i * (k / 2) + q]));
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], a, b0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], a, b1);
+    }
+  }
+  if (nr == kPanel) {
+    for (int i = 0; i < MR; ++i) {
+      _mm512_storeu_ps(p.y + (m0 + i) * p.n + n0, acc[i][0]);
+      _mm512_storeu_ps(p.y + (m0 + i) * p.n + n0 + 16, acc[i][1]);
+    }
+    return;
+  }
+  for (int i = 0; i < MR; ++i) {
+    _mm512_storeu_ps(out[i], acc[i][0]);
+    _mm512_storeu_ps(out[i] + 16, acc[i][1]);
+  }
+#elif defined(QK_AVX512)
+  const float* panel = static_cast<const float*>(panel_data);
+  const float* x = p.xf + m0 * k;
   __m512 acc[MR][2];
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   for (int64_t kk = 0; kk < k; ++kk) {
@@ -612,6 +679,8 @@ void FloatTile(const Problem& p, int64_t m0, int64_t n0, int64_t nr, const float
     _mm512_storeu_ps(out[i] + 16, acc[i][1]);
   }
 #elif defined(QK_AVX2)
+  const float* panel = static_cast<const float*>(panel_data);
+  const float* x = p.xf + m0 * k;
   __m256 acc[MR][2];
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
   for (int64_t kk = 0; kk < k; ++kk) {
@@ -635,6 +704,8 @@ void FloatTile(const Problem& p, int64_t m0, int64_t n0, int64_t nr, const float
     _mm256_storeu_ps(out[i] + 8, acc[i][1]);
   }
 #else
+  const float* panel = static_cast<const float*>(panel_data);
+  const float* x = p.xf + m0 * k;
   for (int i = 0; i < MR; ++i) {
     for (int64_t j = 0; j < nr; ++j) {
       float a = 0.f;
@@ -648,7 +719,7 @@ void FloatTile(const Problem& p, int64_t m0, int64_t n0, int64_t nr, const float
 }
 
 template <int MR>
-void FloatTiles(const Problem& p, int64_t n0, int64_t nr, const float* panel) {
+void FloatTiles(const Problem& p, int64_t n0, int64_t nr, const void* panel) {
   int64_t m0 = p.rows;
   for (; m0 + MR <= p.total; m0 += MR) FloatTile<MR>(p, m0, n0, nr, panel);
   if constexpr (MR > 1) {
@@ -679,7 +750,16 @@ void FloatOutputRows(const Problem& p, int64_t n0, int64_t n1) {
   for (int64_t j = n0; j < n1; j += kPanel) {
     const int64_t nr = std::min(kPanel, n1 - j);
     DequantizePanel<W>(p, j, nr, panel);
+#if defined(QK_BF16)
+    thread_local std::vector<uint32_t> pairs;
+    pairs.resize(static_cast<size_t>(p.k / 2 * kPanel + 16));
+    uint32_t* bpanel =
+        reinterpret_cast<uint32_t*>((reinterpret_cast<uintptr_t>(pairs.data()) + 63) & ~uintptr_t{63});
+    PanelToBf16(panel, p.k, bpanel);
+    FloatTiles<kFloatTile>(p, j, nr, bpanel);
+#else
     FloatTiles<kFloatTile>(p, j, nr, panel);
+#endif
   }
 }
 
@@ -689,7 +769,16 @@ void QuantMatmul(const float* x, const uint8_t* qs, const uint16_t* d, const uin
   const int64_t rows = std::clamp<int64_t>(float_from, 0, total);
   thread_local QuantizedRows xq;
   QuantizeRows(x, rows, k, xq);
-  const Problem p{&xq, x, qs, d, m, y, rows, total, k, n, k / kBlock, W::RowBytes(k)};
+  const uint32_t* xb = nullptr;
+#if defined(QK_BF16)
+  thread_local std::vector<uint32_t> pairs;
+  if (total > rows) {
+    pairs.resize(static_cast<size_t>((total - rows) * k / 2));
+    for (int64_t r = rows; r < total; ++r) ToBf16Pairs(x + r * k, k, pairs.data() + (r - rows) * (k / 2));
+    xb = pairs.data();
+  }
+#endif
+  const Problem p{&xq, x, xb, qs, d, m, y, rows, total, k, n, k / kBlock, W::RowBytes(k)};
   if (rows == total) {
     // Ranges of output rows claimed dynamically; up to 16, so that an odd count (3 ranges of
     // a 960-row matrix on 2 threads) does not leave a thread idle for a third of the call.

@@ -72,15 +72,24 @@ def test_quant_matmul_matches_numpy(fmt: quant.Format, m: int, k: int, n: int) -
     check(fmt, m, k, n)
 
 
+def to_bf16(a: np.ndarray) -> np.ndarray:
+    """float32 -> the nearest bfloat16 (ties to even), as float64."""
+    return np.asarray(jnp.asarray(a, jnp.float32).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+
+
 def check_float_rows(fmt: quant.Format, m: int, k: int, n: int, split: int) -> None:
-    """Rows from `split` on are float32 products with the dequantized weights (no int8 rounding);
-    rows before it are what the all-int8 call gives; every float row has the bits it has alone."""
+    """Rows from `split` on are the products with the dequantized weights in float32 (bfloat16
+    operands where the CPU has AVX512_BF16), not rounded to int8; rows before it are what the
+    all-int8 call gives; every float row has the bits it has alone."""
     x = RNG.standard_normal((m, k)).astype(np.float32)
     w = quant.quantize(RNG.standard_normal((k, n)).astype(np.float32), fmt)
     wj = jax.tree.map(jnp.asarray, w)
     got = np.asarray(matmul(jnp.asarray(x), wj, split))
     np.testing.assert_array_equal(got[:split], np.asarray(matmul(jnp.asarray(x), wj))[:split])
-    exact = x.astype(np.float64) @ quant.dequantize(w).astype(np.float64).T
+    if build.prompt_rows_bf16():
+        exact = to_bf16(x) @ to_bf16(quant.dequantize(w)).T
+    else:
+        exact = x.astype(np.float64) @ quant.dequantize(w).astype(np.float64).T
     # float32 summation over k: relative error ~ sqrt(k) * eps of the sum of |products|
     bound = (
         1e-6 * np.sqrt(k) * (np.abs(x).astype(np.float64) @ np.abs(quant.dequantize(w)).T.astype(np.float64))

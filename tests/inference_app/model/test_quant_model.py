@@ -131,13 +131,22 @@ def test_blocks_as_stored_match_transformers_when_expanded(
 @needs_kernels
 def test_kernel_prompt_rows_match_transformers(stored: LoadedModel, golden: dict[str, Any]) -> None:
     """Prompt rows (the engine's prefill, and the first generated token's logits) skip the int8
-    rounding: the kernel multiplies them in float32 by the dequantized blocks, so they match
-    transformers' fp32 model of the file as closely as the blocks expanded in JAX do."""
+    rounding: the kernel multiplies them by the dequantized blocks in float32, which matches
+    transformers' fp32 model of the file as closely as the blocks expanded in JAX do; or, on CPUs
+    with AVX512_BF16, with bfloat16 operands and float32 sums (measured on the 4 golden prompts:
+    logits within 0.13-0.25, KL <= 2e-4, transformers' token first; decode rows, with their int8
+    activations: 0.50-0.89 and KL 2.4e-3 to 5.9e-3)."""
     ref = np.load(GOLDEN / "smollm2_first_logits.npz")
     got = first_logits(stored, [c["prompt_ids"] for c in golden["cases"]], NATIVE_CPU, as_decode_rows=False)
+    bf16 = build.prompt_rows_bf16()
     for i, logits in enumerate(got):
-        diff = np.abs(logits - ref[f"case{i}"]).max()
-        assert diff < 1e-3, (i, diff)
+        want = ref[f"case{i}"]
+        diff = np.abs(logits - want).max()
+        if bf16:
+            assert diff < 0.5 and kl(want, logits) < 1e-3, (i, diff, kl(want, logits))
+            assert logits[want.argmax()] == logits.max(), i
+        else:
+            assert diff < 1e-3, (i, diff)
 
 
 @needs_kernels
