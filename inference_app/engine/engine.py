@@ -68,6 +68,7 @@ from inference_app.model.catalog import ARCHITECTURES, embedded_model_path
 from inference_app.model.config import ModelConfig
 from inference_app.model.loader import LoadedModel, check_combination, checkpoint_format, load_model
 from inference_app.model.paged_attention import PagedLayout, paged_layout, ragged_sequences
+from inference_app.model.quant import pack_matrices
 from inference_app.model.tokenizer import TextTokenizer
 from inference_app.model.transformer import LayerKV, Params
 
@@ -173,6 +174,10 @@ class JaxEngine:
         # generate mesh, if separate, gets a device-to-device copy.
         abstract = model.weights.abstract()
         self.prefill_params: Params = model.weights.place(param_shardings(self.prefill_mesh, abstract))
+        # Q4 matrices in the native kernel's 16-row layout, where the kernel library has it
+        self.packed = self.policy.kernels.cpu and kernel_build.packed_q4()
+        if self.packed:
+            self.prefill_params = jax.device_put(pack_matrices(self.prefill_params))
         if self.generate_mesh is self.prefill_mesh:
             self.generate_params = self.prefill_params
         else:
@@ -201,8 +206,9 @@ class JaxEngine:
         self._rep = replicated(self.generate_mesh)
         kv = self.limits.budget
         log.info(
-            "Weights: %s matrices, %s compute (--weight-dtype %s)",
+            "Weights: %s matrices%s, %s compute (--weight-dtype %s)",
             self.policy.matrices,
+            " (Q4 rows packed by 16 for the CPU kernels)" if self.packed else "",
             jnp.dtype(self.policy.compute_dtype).name,
             s.weight_dtype,
         )

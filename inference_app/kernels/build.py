@@ -83,6 +83,8 @@ TARGETS = {  # FFI target name -> exported handler symbol
     "inference_app_quant_matmul_q4_0": "QuantMatmulQ4_0",
     "inference_app_quant_matmul_q4_1": "QuantMatmulQ4_1",
     "inference_app_quant_matmul_q8_0": "QuantMatmulQ8_0",
+    "inference_app_quant_matmul_q4_0_x16": "QuantMatmulQ4_0x16",
+    "inference_app_quant_matmul_q4_1_x16": "QuantMatmulQ4_1x16",
 }
 
 _lock = threading.Lock()
@@ -219,6 +221,15 @@ def prompt_rows_bf16() -> bool:
         return False
     lib = _state["lib"]
     return bool(lib.InferenceAppPromptRowsBf16())  # type: ignore[attr-defined]
+
+
+def packed_q4() -> bool:
+    """Whether the loaded kernels take q4_x weights in the 16-row packed layout
+    (`model.quant.pack16`; AVX-512 VNNI levels); False when the kernels are not loaded."""
+    if not available():
+        return False
+    lib = _state["lib"]
+    return bool(lib.InferenceAppPackedQ4())  # type: ignore[attr-defined]
 
 
 def _register(path: Path) -> None:

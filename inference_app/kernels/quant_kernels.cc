@@ -275,6 +275,7 @@ struct Problem {
   const uint16_t* m;       // [N, nb] f16 or null
   float* y;                // [M, N]
   int64_t rows, total, k, n, nb, row_bytes;
+  bool packed;  // q4_x in the 16-row layout (see "Packed" below)
 };
 
 // y[m0 .. m0+MR, n0 .. n0+NR) for whole rows of K: MR activation rows share each weight block
@@ -444,6 +445,95 @@ constexpr int64_t kPanel = 16;  // two 8-float vectors
 constexpr int kFloatTile = 4;   // 16 registers: 8 accumulators
 #endif
 
+// ---- packed q4_x: 16 weight rows interleaved by 4-byte word --------------------------------------
+//
+// model/quant.py's `pack16`: for each group of 16 rows and block b, the rows' 16 bytes split into
+// 4 words (inputs 4c..4c+3 in the low nibbles, 16+4c.. in the high ones), stored word-major:
+// qs [N/16][nb][4][16 rows][4 bytes]; d and m [N/16][nb][16]. One 64-byte load then holds word c
+// of 16 rows, so a 512-bit vpdpbusd against an activation word broadcast to every lane sums four
+// products for 16 outputs at once: the lanes are outputs, and each block's dot product is complete
+// in one register, scaled once per block for all 16 (the row layout spends a convert, a multiply
+// and an FMA per block per output pair). Engines pack where `InferenceAppPackedQ4()` says so.
+#if defined(QK_VNNI512)
+extern "C" int InferenceAppPackedQ4() { return 1; }
+#else
+extern "C" int InferenceAppPackedQ4() { return 0; }
+#endif
+
+inline int64_t ScaleIndex(const Problem& p, int64_t n, int64_t b) {
+  return p.packed ? ((n >> 4) * p.nb + b) * 16 + (n & 15) : n * p.nb + b;
+}
+
+// Word c of block b for the 16 rows of the group holding row n (n % 16 == 0).
+inline const uint8_t* PackedWords(const Problem& p, int64_t n, int64_t b, int c) {
+  return p.qs + (((n >> 4) * p.nb + b) * 4 + c) * 64;
+}
+
+#if defined(QK_VNNI512)
+// y[m0 .. m0+MR, 16 g .. 16 g + 16): int8 rows against one packed group, per output one sum
+// over the blocks (block dot product exact in int32, then scale, then the q4_1 minimum or q4_0
+// offset term), the same at any MR.
+template <typename W, int MR>
+void PackedTile(const Problem& p, int64_t m0, int64_t g) {
+  const int64_t nb = p.nb, k = p.k;
+  const int8_t* xq = p.x->q.data() + m0 * k;
+  const float* xd = p.x->d.data() + m0 * nb;
+  const float* xs = p.x->s.data() + m0 * nb;
+  const bool corr = W::kHasMin || W::kOffset != 0.f;
+  const __m512i mask = _mm512_set1_epi8(0x0f);
+  __m512 acc[MR];
+  for (int i = 0; i < MR; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    __m512i lo[4], hi[4];
+    for (int c = 0; c < 4; ++c) {
+      const __m512i w = _mm512_loadu_si512(PackedWords(p, 16 * g, b, c));
+      lo[c] = _mm512_and_si512(w, mask);
+      hi[c] = _mm512_and_si512(_mm512_srli_epi16(w, 4), mask);
+    }
+    const int64_t si = (g * nb + b) * 16;
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.d + si)));
+    __m512 cw = _mm512_setzero_ps();
+    if (W::kHasMin) {
+      cw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.m + si)));
+    } else if (corr) {
+      cw = _mm512_mul_ps(dw, _mm512_set1_ps(W::kOffset));
+    }
+    for (int i = 0; i < MR; ++i) {
+      int32_t words[8];
+      std::memcpy(words, xq + i * k + b * kBlock, sizeof(words));
+      __m512i dot = _mm512_setzero_si512();
+      for (int c = 0; c < 4; ++c) {
+        dot = _mm512_dpbusd_epi32(dot, lo[c], _mm512_set1_epi32(words[c]));
+        dot = _mm512_dpbusd_epi32(dot, hi[c], _mm512_set1_epi32(words[4 + c]));
+      }
+      acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, _mm512_set1_ps(xd[i * nb + b])), acc[i]);
+      if (corr) acc[i] = _mm512_fmadd_ps(cw, _mm512_set1_ps(xs[i * nb + b]), acc[i]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) _mm512_storeu_ps(p.y + (m0 + i) * p.n + 16 * g, acc[i]);
+}
+
+// Output rows [n0, n1) (multiples of 16) for the int8 rows, in the packed layout.
+template <typename W>
+void PackedOutputRows(const Problem& p, int64_t n0, int64_t n1) {
+  constexpr int kTile = 8;
+  for (int64_t g = n0 / 16; g < n1 / 16; ++g) {
+    for (int64_t m0 = 0; m0 < p.rows; m0 += kTile) {
+      switch (std::min<int64_t>(kTile, p.rows - m0)) {
+        case 8: PackedTile<W, 8>(p, m0, g); break;
+        case 7: PackedTile<W, 7>(p, m0, g); break;
+        case 6: PackedTile<W, 6>(p, m0, g); break;
+        case 5: PackedTile<W, 5>(p, m0, g); break;
+        case 4: PackedTile<W, 4>(p, m0, g); break;
+        case 3: PackedTile<W, 3>(p, m0, g); break;
+        case 2: PackedTile<W, 2>(p, m0, g); break;
+        default: PackedTile<W, 1>(p, m0, g); break;
+      }
+    }
+  }
+}
+#endif
+
 // Weight row n dequantized: as model/quant.py's `dequantize` (a multiply, then an add; no FMA).
 template <typename W>
 void DequantizeRow(const Problem& p, int64_t n, float* out) {
@@ -480,13 +570,17 @@ void DequantizePanel(const Problem& p, int64_t n0, int64_t nr, float* panel) {
   float* ms = ds + nb * kPanel;       // [nb][kPanel] q4_1 minimums
   for (int64_t j = 0; j < nr; ++j) {
     for (int64_t b = 0; b < nb; ++b) {
-      ds[b * kPanel + j] = HalfToFloat(p.d[(n0 + j) * nb + b]);
-      if (W::kHasMin) ms[b * kPanel + j] = HalfToFloat(p.m[(n0 + j) * nb + b]);
+      ds[b * kPanel + j] = HalfToFloat(p.d[ScaleIndex(p, n0 + j, b)]);
+      if (W::kHasMin) ms[b * kPanel + j] = HalfToFloat(p.m[ScaleIndex(p, n0 + j, b)]);
     }
   }
   const uint8_t* base = p.qs + n0 * p.row_bytes;
   const __m512 offset = _mm512_set1_ps(W::kOffset);
   for (int64_t h = 0; h < kPanel; h += 16) {
+    if (p.packed && h >= nr) {  // whole groups of 16: a missing one is zeros
+      for (int64_t t = 0; t < p.k; ++t) _mm512_store_ps(panel + t * kPanel + h, _mm512_setzero_ps());
+      continue;
+    }
     alignas(64) int32_t rows[16];
     for (int i = 0; i < 16; ++i) rows[i] = static_cast<int32_t>(std::min<int64_t>(h + i, nr - 1) * p.row_bytes);
     const __m512i idx = _mm512_load_si512(rows);
@@ -505,7 +599,9 @@ void DequantizePanel(const Problem& p, int64_t n0, int64_t nr, float* panel) {
       } else {  // q4_x: 16 bytes per block, input t in the low nibble of byte t, t + 16 in the high
         const __m512i mask = _mm512_set1_epi32(0x0f);
         for (int c = 0; c < 4; ++c) {
-          const __m512i g = _mm512_i32gather_epi32(idx, base + b * 16 + 4 * c, 1);
+          // packed: the 16 rows' word c of block b are adjacent
+          const __m512i g = p.packed ? _mm512_loadu_si512(PackedWords(p, n0 + h, b, c))
+                                     : _mm512_i32gather_epi32(idx, base + b * 16 + 4 * c, 1);
           for (int e = 0; e < 8; ++e) {
             const __m512i q = _mm512_and_si512(_mm512_srli_epi32(g, 4 * e), mask);
             const __m512 qf = _mm512_cvtepi32_ps(q);
@@ -763,9 +859,18 @@ void FloatOutputRows(const Problem& p, int64_t n0, int64_t n1) {
   }
 }
 
+// The int8 rows' outputs [n0, n1), in the layout the weights come in.
+template <typename W>
+void IntRows(const Problem& p, int64_t n0, int64_t n1) {
+#if defined(QK_VNNI512)
+  if (p.packed) return PackedOutputRows<W>(p, n0, n1);
+#endif
+  OutputRows<W>(p, n0, n1);
+}
+
 template <typename W>
 void QuantMatmul(const float* x, const uint8_t* qs, const uint16_t* d, const uint16_t* m, float* y,
-                 int64_t total, int64_t float_from, int64_t k, int64_t n) {
+                 int64_t total, int64_t float_from, int64_t k, int64_t n, bool packed = false) {
   const int64_t rows = std::clamp<int64_t>(float_from, 0, total);
   thread_local QuantizedRows xq;
   QuantizeRows(x, rows, k, xq);
@@ -778,16 +883,17 @@ void QuantMatmul(const float* x, const uint8_t* qs, const uint16_t* d, const uin
     xb = pairs.data();
   }
 #endif
-  const Problem p{&xq, x, xb, qs, d, m, y, rows, total, k, n, k / kBlock, W::RowBytes(k)};
+  const Problem p{&xq, x, xb, qs, d, m, y, rows, total, k, n, k / kBlock, W::RowBytes(k), packed};
   if (rows == total) {
     // Ranges of output rows claimed dynamically; up to 16, so that an odd count (3 ranges of
     // a 960-row matrix on 2 threads) does not leave a thread idle for a third of the call.
     const int64_t min_rows = rows <= 4 ? 64 : 32;
     const int64_t chunks = NumChunks(n, min_rows);
-    const int64_t per = ((n + chunks - 1) / chunks + 1) / 2 * 2;  // even: whole 2-row tiles
+    const int64_t unit = packed ? 16 : 2;  // whole packed groups, or whole 2-row tiles
+    const int64_t per = ((n + chunks - 1) / chunks + unit - 1) / unit * unit;
     ParallelFor(chunks, [&](int64_t c) {
       const int64_t n0 = c * per, n1 = std::min(n, n0 + per);
-      if (n0 < n1) OutputRows<W>(p, n0, n1);
+      if (n0 < n1) IntRows<W>(p, n0, n1);
     });
     return;
   }
@@ -797,7 +903,7 @@ void QuantMatmul(const float* x, const uint8_t* qs, const uint16_t* d, const uin
   const int64_t chunks = (n + per - 1) / per;
   ParallelFor(chunks, [&](int64_t c) {
     const int64_t n0 = c * per, n1 = std::min(n, n0 + per);
-    if (rows > 0) OutputRows<W>(p, n0, n1);
+    if (rows > 0) IntRows<W>(p, n0, n1);
     FloatOutputRows<W>(p, n0, n1);
   });
 }
@@ -839,7 +945,49 @@ ffi::Error QuantMatmulQ4_1Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> fl
   return ffi::Error::Success();
 }
 
+// The packed layout: same shapes, N a multiple of 16, and only where the library has the kernel.
+template <typename W>
+ffi::Error PackedMatmul(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::S32>& float_from, ffi::Buffer<ffi::U8>& qs,
+                        ffi::Buffer<ffi::F16>& d, const ffi::Buffer<ffi::F16>* m, ffi::ResultBuffer<ffi::F32>& y) {
+  ffi::Error err = Check<W, ffi::U8>(x, qs, d, m, "quant_matmul (16-row packed)");
+  if (err.failure()) return err;
+  if (!InferenceAppPackedQ4() || qs.dimensions()[0] % 16 != 0) {
+    return ffi::Error::InvalidArgument("quant_matmul: 16-row packed weights need N % 16 == 0 and AVX-512 VNNI");
+  }
+  QuantMatmul<W>(x.typed_data(), qs.typed_data(), reinterpret_cast<const uint16_t*>(d.untyped_data()),
+                 m == nullptr ? nullptr : reinterpret_cast<const uint16_t*>(m->untyped_data()), y->typed_data(),
+                 x.dimensions()[0], float_from.typed_data()[0], x.dimensions()[1], qs.dimensions()[0], true);
+  return ffi::Error::Success();
+}
+
+ffi::Error QuantMatmulQ4_0x16Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> float_from, ffi::Buffer<ffi::U8> qs,
+                                  ffi::Buffer<ffi::F16> d, ffi::ResultBuffer<ffi::F32> y) {
+  return PackedMatmul<Q4_0>(x, float_from, qs, d, nullptr, y);
+}
+
+ffi::Error QuantMatmulQ4_1x16Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> float_from, ffi::Buffer<ffi::U8> qs,
+                                  ffi::Buffer<ffi::F16> d, ffi::Buffer<ffi::F16> m, ffi::ResultBuffer<ffi::F32> y) {
+  return PackedMatmul<Q4_1>(x, float_from, qs, d, &m, y);
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_0x16, QuantMatmulQ4_0x16Impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::U8>>()
+                                  .Arg<ffi::Buffer<ffi::F16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_1x16, QuantMatmulQ4_1x16Impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::U8>>()
+                                  .Arg<ffi::Buffer<ffi::F16>>()
+                                  .Arg<ffi::Buffer<ffi::F16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_0, (QuantMatmulImpl<Q4_0, ffi::U8>),
                               ffi::Ffi::Bind()

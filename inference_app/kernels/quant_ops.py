@@ -13,10 +13,12 @@ import jax.numpy as jnp
 
 from inference_app.model.quant import BlockQuant
 
-TARGETS = {
-    "q4_0": "inference_app_quant_matmul_q4_0",
-    "q4_1": "inference_app_quant_matmul_q4_1",
-    "q8_0": "inference_app_quant_matmul_q8_0",
+TARGETS = {  # (format, layout) -> FFI target
+    ("q4_0", "rows"): "inference_app_quant_matmul_q4_0",
+    ("q4_1", "rows"): "inference_app_quant_matmul_q4_1",
+    ("q8_0", "rows"): "inference_app_quant_matmul_q8_0",
+    ("q4_0", "x16"): "inference_app_quant_matmul_q4_0_x16",
+    ("q4_1", "x16"): "inference_app_quant_matmul_q4_1_x16",
 }
 
 
@@ -35,7 +37,7 @@ def matmul(x: jax.Array, w: BlockQuant, float_from: jax.Array | int | None = Non
     args = [x.astype(jnp.float32), split, w.qs, w.d]
     if w.fmt == "q4_1":
         args.append(w.m)
-    return jax.ffi.ffi_call(TARGETS[w.fmt], out)(*args)
+    return jax.ffi.ffi_call(TARGETS[w.fmt, w.layout], out)(*args)
 
 
 def reference_matmul(x: jax.Array, w: BlockQuant) -> jax.Array:

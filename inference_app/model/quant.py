@@ -35,6 +35,10 @@ BLOCK = 32  # inputs per block, all three formats
 
 Format = Literal["q4_0", "q4_1", "q8_0"]
 FORMATS: tuple[Format, ...] = ("q4_0", "q4_1", "q8_0")
+# "rows": as GGUF stores them (row n's blocks in order). "x16": q4_x rows interleaved in groups of
+# 16 by 4-byte word for the native kernel (`pack16`; kernels/quant_kernels.cc, "Packed").
+Layout = Literal["rows", "x16"]
+PACK_ROWS = 16
 GGML_TYPES: dict[Format, GGMLQuantizationType] = {
     "q4_0": GGMLQuantizationType.Q4_0,
     "q4_1": GGMLQuantizationType.Q4_1,
@@ -66,6 +70,7 @@ class BlockQuant:
     fmt: Format = field(metadata={"static": True})
     in_shape: tuple[int, ...] = field(metadata={"static": True})
     out_shape: tuple[int, ...] = field(metadata={"static": True})
+    layout: Layout = field(default="rows", metadata={"static": True})
 
     @property
     def rows(self) -> int:
@@ -144,8 +149,80 @@ def _nibbles(qs: np.ndarray, n: int, nb: int) -> np.ndarray:
     return np.concatenate([b & 0x0F, b >> 4], axis=-1).reshape(n, nb * BLOCK)
 
 
+def packable(w: BlockQuant) -> bool:
+    """Whether `pack16` applies: a q4_x matrix in row layout with whole groups of 16 rows."""
+    return w.fmt in ("q4_0", "q4_1") and w.layout == "rows" and w.rows % PACK_ROWS == 0
+
+
+def pack16(w: BlockQuant) -> BlockQuant:
+    """The same matrix with its rows interleaved in groups of 16 by 4-byte word (numpy): qs as
+    [N/16][K/32][4][16][4] bytes, d and m as [N/16][K/32][16], each kept in its [N, ...] shape.
+    The native kernel's decode rows then take 16 outputs per instruction."""
+    if not packable(w):
+        raise ValueError(
+            f"pack16: needs q4_0/q4_1 rows in groups of {PACK_ROWS}, got {w.fmt} x {w.rows} ({w.layout})"
+        )
+    n, nb = w.rows, w.cols // BLOCK
+    g = n // PACK_ROWS
+    qs = np.asarray(w.qs).reshape(g, PACK_ROWS, nb, 4, 4).transpose(0, 2, 3, 1, 4).reshape(n, -1)
+
+    def scales(a: Any) -> np.ndarray:
+        return np.asarray(a).reshape(g, PACK_ROWS, nb).transpose(0, 2, 1).reshape(n, nb)
+
+    return BlockQuant(
+        qs=np.ascontiguousarray(qs),
+        d=np.ascontiguousarray(scales(w.d)),
+        m=None if w.m is None else np.ascontiguousarray(scales(w.m)),
+        fmt=w.fmt,
+        in_shape=w.in_shape,
+        out_shape=w.out_shape,
+        layout="x16",
+    )
+
+
+def unpack16(w: BlockQuant) -> BlockQuant:
+    """`pack16` undone (numpy)."""
+    if w.layout != "x16":
+        return w
+    n, nb = w.rows, w.cols // BLOCK
+    g = n // PACK_ROWS
+    qs = np.asarray(w.qs).reshape(g, nb, 4, PACK_ROWS, 4).transpose(0, 3, 1, 2, 4).reshape(n, -1)
+
+    def scales(a: Any) -> np.ndarray:
+        return np.asarray(a).reshape(g, nb, PACK_ROWS).transpose(0, 2, 1).reshape(n, nb)
+
+    return BlockQuant(
+        qs=np.ascontiguousarray(qs),
+        d=scales(w.d),
+        m=None if w.m is None else scales(w.m),
+        fmt=w.fmt,
+        in_shape=w.in_shape,
+        out_shape=w.out_shape,
+    )
+
+
+def pack_matrices(params: dict[str, Any]) -> dict[str, Any]:
+    """`pack16` on every packable matrix the native kernel multiplies: each layer's and an untied
+    "lm_head"; never "embed", whose rows the embedding lookup gathers (numpy results)."""
+
+    def pack(x: Any) -> Any:
+        return pack16(x) if isinstance(x, BlockQuant) and packable(x) else x
+
+    out = dict(params)
+    out["layers"] = [{name: pack(w) for name, w in layer.items()} for layer in params["layers"]]
+    if "lm_head" in params:
+        out["lm_head"] = pack(params["lm_head"])
+    return out
+
+
+def _rows_layout(w: BlockQuant, what: str) -> None:
+    if w.layout != "rows":
+        raise ValueError(f"{what}: the {w.layout} layout is the native kernel's; unpack16 it first")
+
+
 def dequantize(w: BlockQuant) -> np.ndarray:
     """float32 [N, K] (output-major rows) of a block-quantized matrix, in numpy."""
+    w = unpack16(w)
     n, nb = w.rows, w.cols // BLOCK
     d = np.repeat(np.asarray(w.d, np.float32), BLOCK, axis=1)
     if w.fmt == "q8_0":
@@ -158,6 +235,7 @@ def dequantize(w: BlockQuant) -> np.ndarray:
 
 def dequantize_jax(w: BlockQuant, dtype: Any = jnp.float32) -> jax.Array:
     """The same as `dequantize`, traced: [N, K] in `dtype` (the path without the CPU kernel)."""
+    _rows_layout(w, "dequantize_jax")
     n, nb = w.rows, w.cols // BLOCK
     d = w.d.astype(jnp.float32)[:, :, None]  # [N, nb, 1]
     if w.fmt == "q8_0":

@@ -175,8 +175,11 @@ def test_test_doubles_stay_out_of_the_image_and_out_of_the_serving_path() -> Non
         if "testing" in path.relative_to(ROOT / "inference_app").parts:
             continue
         for node in ast.parse(path.read_text()).body:  # module-level statements only
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             if any(n == "inference_app.testing" or n.startswith("inference_app.testing.") for n in names):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []

@@ -68,45 +68,137 @@ def bad_inputs(max_prefill: int, max_target: int) -> list[BadInput]:
         BadInput("prompt is a number", "POST", g, _j({"prompt": 5}), 400, "prompt"),
         BadInput("prompt is null", "POST", g, _j({"prompt": None}), 400, "prompt"),
         BadInput("empty prompt", "POST", g, _j({"prompt": ""}), 400, "prompt"),
-        BadInput("max_tokens as string (OpenAI)", "POST", "/v1/completions", _j({"prompt": "hi", "max_tokens": "20"}),
-                 400, "max_tokens"),
+        BadInput(
+            "max_tokens as string (OpenAI)",
+            "POST",
+            "/v1/completions",
+            _j({"prompt": "hi", "max_tokens": "20"}),
+            400,
+            "max_tokens",
+        ),
         BadInput("max_tokens negative", "POST", g, _j({"prompt": "hi", "max_tokens": -3}), 400, "max_tokens"),
         BadInput("max_tokens zero", "POST", g, _j({"prompt": "hi", "max_tokens": 0}), 400, "max_tokens"),
         BadInput("max_tokens float", "POST", g, _j({"prompt": "hi", "max_tokens": 2.5}), 400, "max_tokens"),
         BadInput("max_tokens huge", "POST", g, _j({"prompt": "hi", "max_tokens": 10**12}), 400, "max_tokens"),
-        BadInput("max_tokens beyond cache room", "POST", g, _j({"prompt": "hi", "max_tokens": max_target}), 400,
-                 "max_tokens", f"at most {max_target}"),
-        BadInput("prompt beyond prefill limit", "POST", g, _j({"prompt": long_prompt}), 400, "prompt",
-                 f"at most {max_prefill}"),
-        BadInput("misspelt field", "POST", g, _j({"prompt": "hi", "max_token": 5}), 400, "max_token", "unknown field"),
-        BadInput("negative temperature", "POST", g, _j({"prompt": "hi", "temperature": -1}), 400, "temperature"),
+        BadInput(
+            "max_tokens beyond cache room",
+            "POST",
+            g,
+            _j({"prompt": "hi", "max_tokens": max_target}),
+            400,
+            "max_tokens",
+            f"at most {max_target}",
+        ),
+        BadInput(
+            "prompt beyond prefill limit",
+            "POST",
+            g,
+            _j({"prompt": long_prompt}),
+            400,
+            "prompt",
+            f"at most {max_prefill}",
+        ),
+        BadInput(
+            "misspelt field",
+            "POST",
+            g,
+            _j({"prompt": "hi", "max_token": 5}),
+            400,
+            "max_token",
+            "unknown field",
+        ),
+        BadInput(
+            "negative temperature", "POST", g, _j({"prompt": "hi", "temperature": -1}), 400, "temperature"
+        ),
         BadInput("top_p zero", "POST", g, _j({"prompt": "hi", "top_p": 0}), 400, "top_p"),
         BadInput("negative seed", "POST", g, _j({"prompt": "hi", "seed": -1}), 400, "seed"),
-        BadInput("stream not bool (OpenAI)", "POST", "/v1/completions", _j({"prompt": "hi", "stream": "yes"}), 400,
-                 "stream"),
+        BadInput(
+            "stream not bool (OpenAI)",
+            "POST",
+            "/v1/completions",
+            _j({"prompt": "hi", "stream": "yes"}),
+            400,
+            "stream",
+        ),
         BadInput("stream not bool", "POST", g, _j({"prompt": "hi", "stream": "maybe"}), 400, "stream"),
         BadInput("empty stop string", "POST", g, _j({"prompt": "hi", "stop": [""]}), 400, "stop"),
         BadInput("lone surrogate", "POST", g, b'{"prompt": "\\ud800"}', 400, message="surrogate"),
         BadInput("body too large", "POST", g, _j({"prompt": "a" * (1 << 20)}), 413, message="limit"),
         BadInput("completions n=9", "POST", "/v1/completions", _j({"prompt": "hi", "n": 9}), 400, "n"),
-        BadInput("completions 33 prompts", "POST", "/v1/completions", _j({"prompt": ["a"] * 33}), 400, "prompt",
-                 "at most 32"),
-        BadInput("token id beyond the vocabulary", "POST", "/v1/completions", _j({"prompt": [1, 10**9]}), 400,
-                 "prompt", "token ids must be in"),
-        BadInput("a penalty (unsupported)", "POST", "/v1/completions", _j({"prompt": "hi", "presence_penalty": 1}),
-                 400, "presence_penalty", "not supported by this server"),
-        BadInput("an image part", "POST", "/v1/chat/completions",
-                 _j({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
-                 400, "messages.0.content", "text only"),
-        BadInput("json_schema the grammar cannot use", "POST", "/v1/chat/completions",
-                 _j({"messages": [{"role": "user", "content": "hi"}], "response_format": {
-                     "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "(("}}}}),
-                 400, "response_format.json_schema.schema", "cannot constrain"),
+        BadInput(
+            "completions 33 prompts",
+            "POST",
+            "/v1/completions",
+            _j({"prompt": ["a"] * 33}),
+            400,
+            "prompt",
+            "at most 32",
+        ),
+        BadInput(
+            "token id beyond the vocabulary",
+            "POST",
+            "/v1/completions",
+            _j({"prompt": [1, 10**9]}),
+            400,
+            "prompt",
+            "token ids must be in",
+        ),
+        BadInput(
+            "a penalty (unsupported)",
+            "POST",
+            "/v1/completions",
+            _j({"prompt": "hi", "presence_penalty": 1}),
+            400,
+            "presence_penalty",
+            "not supported by this server",
+        ),
+        BadInput(
+            "an image part",
+            "POST",
+            "/v1/chat/completions",
+            _j(
+                {
+                    "messages": [
+                        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+                    ]
+                }
+            ),
+            400,
+            "messages.0.content",
+            "text only",
+        ),
+        BadInput(
+            "json_schema the grammar cannot use",
+            "POST",
+            "/v1/chat/completions",
+            _j(
+                {
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "response_format": {
+                        "type": "json_schema",
+                        "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "(("}},
+                    },
+                }
+            ),
+            400,
+            "response_format.json_schema.schema",
+            "cannot constrain",
+        ),
         BadInput("JetStream decode without content", "POST", "/v1/generate", _j({"max_tokens": 5}), 400),
-        BadInput("unknown model", "POST", "/v1/completions", _j({"prompt": "hi", "model": "gpt-4"}), 404, "model"),
-        BadInput("chat without messages", "POST", "/v1/chat/completions", _j({"messages": []}), 400, "messages"),
-        BadInput("chat bad role", "POST", "/v1/chat/completions",
-                 _j({"messages": [{"role": "robot", "content": "hi"}]}), 400, "messages.0.role"),
+        BadInput(
+            "unknown model", "POST", "/v1/completions", _j({"prompt": "hi", "model": "gpt-4"}), 404, "model"
+        ),
+        BadInput(
+            "chat without messages", "POST", "/v1/chat/completions", _j({"messages": []}), 400, "messages"
+        ),
+        BadInput(
+            "chat bad role",
+            "POST",
+            "/v1/chat/completions",
+            _j({"messages": [{"role": "robot", "content": "hi"}]}),
+            400,
+            "messages.0.role",
+        ),
         BadInput("GET on /generate", "GET", g, None, 405),
         BadInput("unknown path", "POST", "/v2/generate", _j({"prompt": "hi"}), 404),
     ]
@@ -133,8 +225,14 @@ def free_port() -> int:
 class ServerProcess:
     """A real server subprocess on a free loopback port; logs go to a temp file."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, module: str = "inference_app",
-                 nofile: int | None = None, cwd: Path = REPO) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        module: str = "inference_app",
+        nofile: int | None = None,
+        cwd: Path = REPO,
+    ) -> None:
         """`nofile`: the server's file descriptor limit (soft and hard); `cwd`: the source tree to run."""
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -146,7 +244,11 @@ class ServerProcess:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
         self.proc = subprocess.Popen(
-            cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=self.log, stderr=subprocess.STDOUT,
+            cmd,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
             preexec_fn=limit_fds,
         )
         self.health_codes: list[int] = []

@@ -59,8 +59,21 @@ def test_retries_transient_failures_and_records_permanent_ones(
     ]
     write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
-    assert run_batch("--input", str(tmp_path / "in.jsonl"), "--output", str(out), "--endpoint", url,
-                     "--max-tokens", "5", "--concurrency", "3") == 0
+    assert (
+        run_batch(
+            "--input",
+            str(tmp_path / "in.jsonl"),
+            "--output",
+            str(out),
+            "--endpoint",
+            url,
+            "--max-tokens",
+            "5",
+            "--concurrency",
+            "3",
+        )
+        == 0
+    )
     recs = {r["id"]: r for r in read_jsonl(out)}
     assert set(recs) == {1, "r429", "r503", "drop", "bad", "chat"}
     assert recs[1]["text"] == " w0 w1 w2 w3" and recs[1]["completion_tokens"] == 4
@@ -241,12 +254,17 @@ def test_bad_input_lines_name_the_field(line: str, message: str) -> None:
     assert message in str(info.value)
 
 
-def test_cli_rejects_bad_input_before_sending_anything(fake: tuple[str, FakeState], tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_rejects_bad_input_before_sending_anything(
+    fake: tuple[str, FakeState], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     url, state = fake
     (tmp_path / "in.jsonl").write_text('{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n')
-    assert run_batch("--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl"),
-                     "--endpoint", url) == 2
+    assert (
+        run_batch(
+            "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl"), "--endpoint", url
+        )
+        == 2
+    )
     assert "line 2: duplicate id 1 (first on line 1)" in capsys.readouterr().err
     assert state.requests == 0
 
@@ -323,8 +341,21 @@ def test_sigterm_stops_cleanly_and_a_rerun_finishes(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "in.jsonl", [{"id": i, "prompt": f"t {i}", "max_tokens": 10} for i in range(n)])
     out = tmp_path / "out.jsonl"
     with BackgroundServer(create_app(token_delay_s=0.01)) as server:
-        cmd = [sys.executable, "-m", "inference_app", "batch", "--input", str(tmp_path / "in.jsonl"),
-               "--output", str(out), "--endpoint", server.url, "--concurrency", "2", "--no-progress"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "inference_app",
+            "batch",
+            "--input",
+            str(tmp_path / "in.jsonl"),
+            "--output",
+            str(out),
+            "--endpoint",
+            server.url,
+            "--concurrency",
+            "2",
+            "--no-progress",
+        ]
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         while (not out.exists() or out.read_text().count("\n") < 4) and time.monotonic() < deadline:

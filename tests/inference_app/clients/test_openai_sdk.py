@@ -126,7 +126,11 @@ def test_unsupported_features_are_bad_requests_naming_the_field(client: openai.O
 def test_logprobs_chat_and_completions_whole_and_streamed(client: openai.OpenAI, model: str) -> None:
     messages = [{"role": "user", "content": "Name a colour."}]
     whole = client.chat.completions.create(
-        model=model, messages=messages, logprobs=True, top_logprobs=3, **GREEDY  # type: ignore[arg-type]
+        model=model,
+        messages=messages,
+        logprobs=True,
+        top_logprobs=3,
+        **GREEDY,  # type: ignore[arg-type]
     )
     choice = whole.choices[0]
     assert choice.logprobs is not None and choice.logprobs.content
@@ -137,12 +141,21 @@ def test_logprobs_chat_and_completions_whole_and_streamed(client: openai.OpenAI,
         assert t.top_logprobs[0].token == t.token  # greedy: the chosen token is the most likely
         assert t.top_logprobs[0].logprob == t.logprob
     stream = client.chat.completions.create(
-        model=model, messages=messages, logprobs=True, top_logprobs=3, stream=True, **GREEDY  # type: ignore[arg-type]
+        model=model,
+        messages=messages,
+        logprobs=True,
+        top_logprobs=3,
+        stream=True,
+        **GREEDY,  # type: ignore[arg-type]
     )
     streamed = [t for c in stream for ch in c.choices if ch.logprobs for t in ch.logprobs.content or []]
     assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content]
     completion = client.completions.create(
-        model=model, prompt="The capital of France is", logprobs=2, echo=True, **GREEDY  # type: ignore[arg-type]
+        model=model,
+        prompt="The capital of France is",
+        logprobs=2,
+        echo=True,
+        **GREEDY,  # type: ignore[arg-type]
     )
     lp = completion.choices[0].logprobs
     assert lp is not None and lp.tokens and lp.token_logprobs and lp.top_logprobs
@@ -208,8 +221,12 @@ def test_structured_outputs_json_object_and_json_schema(client: openai.OpenAI, m
         prompt=["A JSON object describing a city:", "Some JSON:"],
         max_tokens=40,
         temperature=0,
-        extra_body={"response_format": {"type": "json_schema", "json_schema": {
-            "name": "Place", "strict": True, "schema": Place.model_json_schema()}}},
+        extra_body={
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "Place", "strict": True, "schema": Place.model_json_schema()},
+            }
+        },
     )
     assert [c.finish_reason for c in both.choices] == ["stop", "stop"]
     for c in both.choices:

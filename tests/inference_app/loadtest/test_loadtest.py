@@ -147,7 +147,20 @@ def test_bench_is_an_alias_of_loadtest(fake: tuple[str, FakeState], command: str
 
     url, state = fake
     out = tmp_path / "r.json"
-    argv = [command, "--endpoint", url, "--num-prompts", "2", "--concurrency", "1", "--max-tokens", "2",
-            "--warmup", "0", "--output", str(out)]
+    argv = [
+        command,
+        "--endpoint",
+        url,
+        "--num-prompts",
+        "2",
+        "--concurrency",
+        "1",
+        "--max-tokens",
+        "2",
+        "--warmup",
+        "0",
+        "--output",
+        str(out),
+    ]
     assert entry_point(argv) == 0
     assert json.loads(out.read_text())["summary"]["completed"] == 2 and state.requests == 2

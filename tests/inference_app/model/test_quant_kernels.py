@@ -118,6 +118,48 @@ def test_float_rows_are_the_dequantized_product(
     check_float_rows(fmt, m, k, n, split)
 
 
+needs_packed = pytest.mark.skipif(not build.packed_q4(), reason="no 16-row packed kernel at this level")
+
+
+@pytest.mark.parametrize("fmt", ["q4_0", "q4_1"])
+def test_pack16_round_trips_and_dequantizes_alike(fmt: quant.Format) -> None:
+    w = quant.quantize(RNG.standard_normal((96, 48)).astype(np.float32), fmt)
+    packed = quant.pack16(w)
+    assert packed.layout == "x16" and packed.qs.shape == w.qs.shape and not quant.packable(packed)
+    back = quant.unpack16(packed)
+    for a, b in ((back.qs, w.qs), (back.d, w.d), (back.m, w.m)):
+        assert (a is None and b is None) or np.array_equal(a, b)
+    np.testing.assert_array_equal(quant.dequantize(packed), quant.dequantize(w))
+    with pytest.raises(ValueError, match="x16 layout"):
+        quant.dequantize_jax(packed)
+    with pytest.raises(ValueError, match="groups of 16"):
+        quant.pack16(quant.quantize(RNG.standard_normal((64, 8)).astype(np.float32), fmt))
+
+
+@needs_packed
+@pytest.mark.parametrize("fmt", ["q4_0", "q4_1"])
+@pytest.mark.parametrize(
+    "m,k,n,split", [(1, 32, 16, 1), (5, 96, 48, 5), (13, 576, 64, 9), (70, 1536, 32, 33)]
+)
+def test_packed_weights_give_the_same_products(fmt: quant.Format, m: int, k: int, n: int, split: int) -> None:
+    """The 16-row layout (decode rows: 16 outputs per instruction): int8 rows within float32
+    rounding of the row layout's (another summation order), each with the bits it has alone;
+    float rows identical to the row layout's."""
+    x = RNG.standard_normal((m, k)).astype(np.float32)
+    w = quant.quantize(RNG.standard_normal((k, n)).astype(np.float32), fmt)
+    rows = np.asarray(matmul(jnp.asarray(x), jax.tree.map(jnp.asarray, w), split))
+    pw = jax.tree.map(jnp.asarray, quant.pack16(w))
+    got = np.asarray(matmul(jnp.asarray(x), pw, split))
+    np.testing.assert_array_equal(got[split:], rows[split:])
+    np.testing.assert_allclose(got[:split], rows[:split], rtol=1e-5, atol=1e-5 * np.abs(rows).max())
+    np.testing.assert_allclose(
+        got[:split], rounded_product(x, w)[:split], rtol=1e-4, atol=2e-5 * np.abs(rows).max()
+    )
+    for r in range(0, split, 4):
+        alone = np.asarray(matmul(jnp.asarray(x[r : r + 1]), pw))
+        np.testing.assert_array_equal(alone[0], got[r])
+
+
 def test_q8_0_full_int8_range_does_not_saturate() -> None:
     """Weights at +-127 (and a stored -128) times activations at +-127: the u8 x s8 multiply-adds
     would saturate int16 if the signs were handled wrongly."""

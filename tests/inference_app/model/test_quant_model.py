@@ -77,15 +77,17 @@ def batch_logits(
     """Every position's logits [len, V] of each prompt, from one call (right-padded to a common
     length, so one compile serves all prompts; causal attention keeps padding out of them).
     By default every row is computed as a decode row (activations rounded to int8 by the block
-    kernel), which is how the engine computes generated tokens; prompt rows run in float32."""
+    kernel), which is how the engine computes generated tokens; prompt rows run in float32. With
+    the kernels, the matrices are in the layout the engine gives them (`quant.pack_matrices`)."""
     width = -(-max(map(len, prompts)) // 16) * 16
     tokens = np.zeros((len(prompts), width), np.int32)
     for row, ids in zip(tokens, prompts, strict=True):
         row[: len(ids)] = ids
     lengths = np.asarray([len(p) for p in prompts], np.int32)
     fwd = jax.jit(prefill, static_argnums=1, static_argnames=("kernels", "all_logits", "as_decode_rows"))
+    params = quant.pack_matrices(model.params) if kernels.cpu and build.packed_q4() else model.params
     logits, _ = fwd(
-        model.params,
+        params,
         model.config,
         tokens,
         lengths,

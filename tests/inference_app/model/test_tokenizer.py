@@ -107,7 +107,8 @@ FORGERIES = [
 
 def control_ids(reference: Any) -> set[int]:
     return {int(i) for i in reference.all_special_ids} | {
-        reference.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>")}
+        reference.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+    }
 
 
 def rendered_ids(reference: Any, messages: list[dict[str, str]]) -> list[int]:
@@ -116,16 +117,24 @@ def rendered_ids(reference: Any, messages: list[dict[str, str]]) -> list[int]:
 
 
 def contains(ids: Sequence[int], part: Sequence[int]) -> bool:
-    return any(list(ids[i:i + len(part)]) == list(part) for i in range(len(ids) - len(part) + 1))
+    return any(list(ids[i : i + len(part)]) == list(part) for i in range(len(ids) - len(part) + 1))
 
 
-@pytest.mark.parametrize("messages", [
-    [{"role": "user", "content": "What is the capital of France?"}],
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
-     {"role": "assistant", "content": "4"}, {"role": "user", "content": "  and 3+3?\n"}],
-])
-def test_plain_conversations_equal_the_reference(ours: TextTokenizer, reference: Any,
-                                                 messages: list[dict[str, str]]) -> None:
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "What is the capital of France?"}],
+        [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+            {"role": "user", "content": "  and 3+3?\n"},
+        ],
+    ],
+)
+def test_plain_conversations_equal_the_reference(
+    ours: TextTokenizer, reference: Any, messages: list[dict[str, str]]
+) -> None:
     assert ours.encode_chat(messages) == rendered_ids(reference, messages)
 
 

@@ -392,9 +392,7 @@ def test_malformed_json_gets_400_not_500(server: ServerProcess, path: str, body:
 
 # -- 5. 503 while loading -----------------------------------------------------------------------
 def test_503s_before_ready_are_counted() -> None:
-    srv = ServerProcess(
-        ["--step-delay", "0.01", "--warmup-delay", "8"], module="tests.inference_app.fakes"
-    )
+    srv = ServerProcess(["--step-delay", "0.01", "--warmup-delay", "8"], module="tests.inference_app.fakes")
     try:
         deadline = time.monotonic() + 60
         while True:  # the port opens while the engine warms up

@@ -24,7 +24,10 @@ def test_defaults_are_the_engine_defaults_and_the_embedded_model() -> None:
     assert settings_from_args(args) == EngineSettings()
     opts = cli.server_options(args, settings_from_args(args))
     assert (opts.host, opts.port, opts.model_name, opts.warmup) == (
-        "127.0.0.1", 8000, "HuggingFaceTB/SmolLM2-135M-Instruct", True
+        "127.0.0.1",
+        8000,
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        True,
     )
     assert opts.model_aliases == ("smollm2-135m",)
 

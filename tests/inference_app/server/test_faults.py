@@ -56,8 +56,13 @@ def serve_main(argv: list[str] | None = None) -> int:
         fake = FakeEngine(settings=settings, step_delay=args.step_delay, warmup_delay=0.1)
         return FaultInjectingEngine(fake, stage, marker)
 
-    options = ServerOptions(host="127.0.0.1", port=args.port, model_name="fake", max_queue=args.max_queue,
-                            drain_timeout_s=args.drain_timeout)
+    options = ServerOptions(
+        host="127.0.0.1",
+        port=args.port,
+        model_name="fake",
+        max_queue=args.max_queue,
+        drain_timeout_s=args.drain_timeout,
+    )
     return run_server(options, factory)
 
 
@@ -126,8 +131,10 @@ def test_slow_reader_gets_everything_and_does_not_hold_up_others(server: ServerP
     body = json.dumps({"prompt": prompt, "max_tokens": n, "ignore_eos": True, "stream": True}).encode()
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    sock.sendall(
+        b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
     received = bytearray()
     tokens_before = server.metric("inference_generated_tokens_total")
     # The slow client reads nothing while its request streams into the socket buffers.

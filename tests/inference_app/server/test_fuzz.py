@@ -54,10 +54,12 @@ def test_schema_driven_fuzzing_gets_no_5xx(server: ServerProcess, examples: int)
     assert {op.path for op in operations} >= set(POST_PATHS) | {"/healthcheck", "/metrics", "/v1/models"}
     for op in operations:
         strategy = op.as_strategy(generation_mode=GenerationMode.POSITIVE) | op.as_strategy(
-            generation_mode=GenerationMode.NEGATIVE)
+            generation_mode=GenerationMode.NEGATIVE
+        )
 
-        @settings(max_examples=examples, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
         @given(case=strategy)
         def fuzz(case: schemathesis.Case) -> None:
             label = f"{case.operation.method.upper()} {case.operation.path}"

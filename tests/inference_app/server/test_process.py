@@ -94,7 +94,11 @@ def test_streaming_equals_non_streaming(server: ServerProcess) -> None:
     r = httpx.post(
         f"{server.base}/v1/completions",
         json={
-            "prompt": prompt, "max_tokens": n, "temperature": 0, "ignore_eos": True, "stream": True,
+            "prompt": prompt,
+            "max_tokens": n,
+            "temperature": 0,
+            "ignore_eos": True,
+            "stream": True,
             "stream_options": {"include_usage": True},  # usage in a stream only when asked for, as OpenAI
         },
         timeout=120,
@@ -112,8 +116,11 @@ def test_chat_completion_answers(server: ServerProcess) -> None:
     # float32 says Paris. Asked this way, all three say Paris.
     r = httpx.post(
         f"{server.base}/v1/chat/completions",
-        json={"messages": [{"role": "user", "content": "Name the capital city of France."}], "max_tokens": 20,
-              "temperature": 0},
+        json={
+            "messages": [{"role": "user", "content": "Name the capital city of France."}],
+            "max_tokens": 20,
+            "temperature": 0,
+        },
         timeout=120,
     )
     out = r.json()
@@ -123,10 +130,14 @@ def test_chat_completion_answers(server: ServerProcess) -> None:
 
 def test_disconnect_mid_stream_frees_the_slot(server: ServerProcess) -> None:
     cancelled_before = server.metric("inference_requests_total", 'outcome="cancelled"')
-    with httpx.Client(timeout=120) as client, client.stream(
-        "POST", f"{server.base}/generate",
-        json={"prompt": PROMPTS[0], "max_tokens": 150, "ignore_eos": True, "stream": True},
-    ) as r:
+    with (
+        httpx.Client(timeout=120) as client,
+        client.stream(
+            "POST",
+            f"{server.base}/generate",
+            json={"prompt": PROMPTS[0], "max_tokens": 150, "ignore_eos": True, "stream": True},
+        ) as r,
+    ):
         lines = r.iter_lines()
         next(lines), next(lines)
         assert server.metric("inference_active_slots") >= 1
@@ -140,8 +151,13 @@ def test_disconnect_mid_stream_frees_the_slot(server: ServerProcess) -> None:
 
 def test_bad_inputs_get_4xx_and_the_server_still_serves(server: ServerProcess) -> None:
     for case in bad_inputs(SMOLLM2_PREFILL, SMOLLM2_TARGET):
-        r = httpx.request(case.method, f"{server.base}{case.path}", content=case.body,
-                          headers={"content-type": "application/json"}, timeout=30)
+        r = httpx.request(
+            case.method,
+            f"{server.base}{case.path}",
+            content=case.body,
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
         check_error(case, r)
     assert httpx.get(f"{server.base}/healthcheck").status_code == 200
     assert generate(server, PROMPTS[3], 5)

@@ -71,9 +71,10 @@ def test_generate_stream_is_ndjson_with_same_text(client: TestClient) -> None:
     assert last["finish_reason"] in ("stop", "length") and last["response"] == last["text"] == ""
     assert last["usage"]["completion_tokens"] >= 1
     assert "".join(c["response"] for c in chunks) == expected_text(prompt, 40)
-    assert "".join(c["response"] for c in chunks) == client.post(
-        "/generate", json={"prompt": prompt, "max_tokens": 40}
-    ).json()["response"]
+    assert (
+        "".join(c["response"] for c in chunks)
+        == client.post("/generate", json={"prompt": prompt, "max_tokens": 40}).json()["response"]
+    )
 
 
 def _sse_events(body: str) -> list[str]:
@@ -122,8 +123,13 @@ def test_chat_completions_use_the_chat_template(client: TestClient) -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] == "length" and all("usage" not in c for c in chunks)
     asked = client.post(
         "/v1/chat/completions",
-        json={"messages": messages, "max_tokens": 9, "temperature": 0, "stream": True,
-              "stream_options": {"include_usage": True}},
+        json={
+            "messages": messages,
+            "max_tokens": 9,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
     )
     *_, usage_chunk = [json.loads(p) for p in _sse_events(asked.text)[:-1]]
     assert usage_chunk["choices"] == [] and usage_chunk["usage"] == out["usage"]

@@ -106,8 +106,9 @@ def one_request(client: httpx.Client, kind: str, prompt: str, n: int) -> tuple[i
         return 200, "".join(parts), tokens, finish
 
 
-def soak(srv: ServerProcess, *, clients: int, duration_s: float, max_tokens: tuple[int, int],
-         check_text: bool) -> SoakReport:
+def soak(
+    srv: ServerProcess, *, clients: int, duration_s: float, max_tokens: tuple[int, int], check_text: bool
+) -> SoakReport:
     report = SoakReport()
     lock = threading.Lock()
     deadline = time.monotonic() + duration_s
@@ -166,8 +167,10 @@ def check_soak(srv: ServerProcess, report: SoakReport, ok_before: float, rss_bou
     assert srv.metric("inference_requests_total", 'outcome="ok"') - ok_before == report.ok
     settled = report.rss_kib[len(report.rss_kib) // 4]
     assert max(report.rss_kib) - settled < rss_bound_kib, report.rss_kib
-    print(f"\nsoak: {report.ok} ok, rejected {dict(report.rejected)}, lost {len(report.lost)}, "
-          f"by kind {dict(report.kinds)}, RSS KiB {report.rss_kib[0]} -> {report.rss_kib[-1]}")
+    print(
+        f"\nsoak: {report.ok} ok, rejected {dict(report.rejected)}, lost {len(report.lost)}, "
+        f"by kind {dict(report.kinds)}, RSS KiB {report.rss_kib[0]} -> {report.rss_kib[-1]}"
+    )
 
 
 def test_short_soak_at_twice_slot_capacity() -> None:
@@ -183,8 +186,21 @@ def test_short_soak_at_twice_slot_capacity() -> None:
 @pytest.mark.slow
 def test_soak_real_model_at_twice_slot_capacity() -> None:
     """A few minutes of the real SmolLM2 server at 2x its 4 slots (run with `make test-slow`)."""
-    srv = ServerProcess(["serve", "--max-slots", "4", "--max-queue", "4", "--max-prefill-length", "128",
-                         "--max-target-length", "256", "--log-level", "warning"])
+    srv = ServerProcess(
+        [
+            "serve",
+            "--max-slots",
+            "4",
+            "--max-queue",
+            "4",
+            "--max-prefill-length",
+            "128",
+            "--max-target-length",
+            "256",
+            "--log-level",
+            "warning",
+        ]
+    )
     try:
         srv.wait_healthy(timeout=600)
         report = soak(srv, clients=8, duration_s=180, max_tokens=(4, 24), check_text=False)
