@@ -85,6 +85,7 @@ TARGETS = {  # FFI target name -> exported handler symbol
     "inference_app_quant_matmul_q8_0": "QuantMatmulQ8_0",
     "inference_app_quant_matmul_q4_0_x16": "QuantMatmulQ4_0x16",
     "inference_app_quant_matmul_q4_1_x16": "QuantMatmulQ4_1x16",
+    "inference_app_quant_matmul_q8_0_x16": "QuantMatmulQ8_0x16",
 }
 
 _lock = threading.Lock()

@@ -183,6 +183,7 @@ void QuantizeRows(const float* x, int64_t m, int64_t k, QuantizedRows& out) {
 // they are signed (q8_0) or unsigned nibbles (q4_x); the offset or minimum goes in `Correction`.
 struct Q4_0 {
   static constexpr bool kSigned = false;
+  static constexpr int kWords = 4;  // 4-byte words per block per row (the packed layout)
   static constexpr int64_t RowBytes(int64_t k) { return k / 2; }
   static constexpr bool kHasMin = false;
   static constexpr float kOffset = -8.f;  // w = d * (nibble - 8)
@@ -215,6 +216,7 @@ struct Q4_1 : Q4_0 {
 };
 struct Q8_0 {
   static constexpr bool kSigned = true;
+  static constexpr int kWords = 8;
   static constexpr int64_t RowBytes(int64_t k) { return k; }
   static constexpr bool kHasMin = false;
   static constexpr float kOffset = 0.f;
@@ -465,8 +467,9 @@ inline int64_t ScaleIndex(const Problem& p, int64_t n, int64_t b) {
 }
 
 // Word c of block b for the 16 rows of the group holding row n (n % 16 == 0).
+template <typename W>
 inline const uint8_t* PackedWords(const Problem& p, int64_t n, int64_t b, int c) {
-  return p.qs + (((n >> 4) * p.nb + b) * 4 + c) * 64;
+  return p.qs + (((n >> 4) * p.nb + b) * W::kWords + c) * 64;
 }
 
 #if defined(QK_VNNI512)
@@ -484,12 +487,23 @@ void PackedTile(const Problem& p, int64_t m0, int64_t g) {
   __m512 acc[MR];
   for (int i = 0; i < MR; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
-    __m512i lo[4], hi[4];
+    // q4_x: lo[c] holds inputs 4c..4c+3 and hi[c] 16+4c..; q8_0: the 8 words are signed bytes
+    // (the operand vpdpbusd takes as signed), the activations made unsigned by adding 128, whose
+    // contribution, 128 x the block's weight sum per row, comes off again.
+    __m512i lo[4], hi[4], bias = _mm512_setzero_si512();
     for (int c = 0; c < 4; ++c) {
-      const __m512i w = _mm512_loadu_si512(PackedWords(p, 16 * g, b, c));
-      lo[c] = _mm512_and_si512(w, mask);
-      hi[c] = _mm512_and_si512(_mm512_srli_epi16(w, 4), mask);
+      const __m512i w = _mm512_loadu_si512(PackedWords<W>(p, 16 * g, b, c));
+      if constexpr (W::kSigned) {
+        lo[c] = w;
+        hi[c] = _mm512_loadu_si512(PackedWords<W>(p, 16 * g, b, c + 4));
+        bias = _mm512_dpbusd_epi32(bias, _mm512_set1_epi8(1), lo[c]);
+        bias = _mm512_dpbusd_epi32(bias, _mm512_set1_epi8(1), hi[c]);
+      } else {
+        lo[c] = _mm512_and_si512(w, mask);
+        hi[c] = _mm512_and_si512(_mm512_srli_epi16(w, 4), mask);
+      }
     }
+    if constexpr (W::kSigned) bias = _mm512_slli_epi32(bias, 7);
     const int64_t si = (g * nb + b) * 16;
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.d + si)));
     __m512 cw = _mm512_setzero_ps();
@@ -502,9 +516,18 @@ void PackedTile(const Problem& p, int64_t m0, int64_t g) {
       int32_t words[8];
       std::memcpy(words, xq + i * k + b * kBlock, sizeof(words));
       __m512i dot = _mm512_setzero_si512();
-      for (int c = 0; c < 4; ++c) {
-        dot = _mm512_dpbusd_epi32(dot, lo[c], _mm512_set1_epi32(words[c]));
-        dot = _mm512_dpbusd_epi32(dot, hi[c], _mm512_set1_epi32(words[4 + c]));
+      if constexpr (W::kSigned) {
+        const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));  // x + 128 as u8
+        for (int c = 0; c < 4; ++c) {
+          dot = _mm512_dpbusd_epi32(dot, _mm512_xor_si512(_mm512_set1_epi32(words[c]), flip), lo[c]);
+          dot = _mm512_dpbusd_epi32(dot, _mm512_xor_si512(_mm512_set1_epi32(words[4 + c]), flip), hi[c]);
+        }
+        dot = _mm512_sub_epi32(dot, bias);
+      } else {
+        for (int c = 0; c < 4; ++c) {
+          dot = _mm512_dpbusd_epi32(dot, lo[c], _mm512_set1_epi32(words[c]));
+          dot = _mm512_dpbusd_epi32(dot, hi[c], _mm512_set1_epi32(words[4 + c]));
+        }
       }
       acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dw, _mm512_set1_ps(xd[i * nb + b])), acc[i]);
       if (corr) acc[i] = _mm512_fmadd_ps(cw, _mm512_set1_ps(xs[i * nb + b]), acc[i]);
@@ -590,7 +613,8 @@ void DequantizePanel(const Problem& p, int64_t n0, int64_t nr, float* panel) {
       float* out = panel + b * kBlock * kPanel + h;  // input t of block b: out + t * kPanel
       if constexpr (W::kSigned) {                    // q8_0: 32 signed bytes per block
         for (int c = 0; c < 8; ++c) {
-          const __m512i g = _mm512_i32gather_epi32(idx, base + b * kBlock + 4 * c, 1);
+          const __m512i g = p.packed ? _mm512_loadu_si512(PackedWords<W>(p, n0 + h, b, c))
+                                     : _mm512_i32gather_epi32(idx, base + b * kBlock + 4 * c, 1);
           for (int e = 0; e < 4; ++e) {
             const __m512i q = _mm512_srai_epi32(_mm512_slli_epi32(g, 24 - 8 * e), 24);
             _mm512_store_ps(out + (4 * c + e) * kPanel, _mm512_mul_ps(_mm512_cvtepi32_ps(q), d));
@@ -600,7 +624,7 @@ void DequantizePanel(const Problem& p, int64_t n0, int64_t nr, float* panel) {
         const __m512i mask = _mm512_set1_epi32(0x0f);
         for (int c = 0; c < 4; ++c) {
           // packed: the 16 rows' word c of block b are adjacent
-          const __m512i g = p.packed ? _mm512_loadu_si512(PackedWords(p, n0 + h, b, c))
+          const __m512i g = p.packed ? _mm512_loadu_si512(PackedWords<W>(p, n0 + h, b, c))
                                      : _mm512_i32gather_epi32(idx, base + b * 16 + 4 * c, 1);
           for (int e = 0; e < 8; ++e) {
             const __m512i q = _mm512_and_si512(_mm512_srli_epi32(g, 4 * e), mask);
@@ -965,6 +989,19 @@ ffi::Error QuantMatmulQ4_0x16Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32>
   return PackedMatmul<Q4_0>(x, float_from, qs, d, nullptr, y);
 }
 
+ffi::Error QuantMatmulQ8_0x16Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> float_from, ffi::Buffer<ffi::S8> qs,
+                                  ffi::Buffer<ffi::F16> d, ffi::ResultBuffer<ffi::F32> y) {
+  ffi::Error err = Check<Q8_0, ffi::S8>(x, qs, d, nullptr, "quant_matmul (16-row packed)");
+  if (err.failure()) return err;
+  if (!InferenceAppPackedQ4() || qs.dimensions()[0] % 16 != 0) {
+    return ffi::Error::InvalidArgument("quant_matmul: 16-row packed weights need N % 16 == 0 and AVX-512 VNNI");
+  }
+  QuantMatmul<Q8_0>(x.typed_data(), reinterpret_cast<const uint8_t*>(qs.untyped_data()),
+                    reinterpret_cast<const uint16_t*>(d.untyped_data()), nullptr, y->typed_data(),
+                    x.dimensions()[0], float_from.typed_data()[0], x.dimensions()[1], qs.dimensions()[0], true);
+  return ffi::Error::Success();
+}
+
 ffi::Error QuantMatmulQ4_1x16Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> float_from, ffi::Buffer<ffi::U8> qs,
                                   ffi::Buffer<ffi::F16> d, ffi::Buffer<ffi::F16> m, ffi::ResultBuffer<ffi::F32> y) {
   return PackedMatmul<Q4_1>(x, float_from, qs, d, &m, y);
@@ -977,6 +1014,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_0x16, QuantMatmulQ4_0x16Impl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::U8>>()
+                                  .Arg<ffi::Buffer<ffi::F16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ8_0x16, QuantMatmulQ8_0x16Impl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
                                   .Arg<ffi::Buffer<ffi::F16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 

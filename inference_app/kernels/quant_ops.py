@@ -19,6 +19,7 @@ TARGETS = {  # (format, layout) -> FFI target
     ("q8_0", "rows"): "inference_app_quant_matmul_q8_0",
     ("q4_0", "x16"): "inference_app_quant_matmul_q4_0_x16",
     ("q4_1", "x16"): "inference_app_quant_matmul_q4_1_x16",
+    ("q8_0", "x16"): "inference_app_quant_matmul_q8_0_x16",
 }
 
 

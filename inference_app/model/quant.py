@@ -35,8 +35,8 @@ BLOCK = 32  # inputs per block, all three formats
 
 Format = Literal["q4_0", "q4_1", "q8_0"]
 FORMATS: tuple[Format, ...] = ("q4_0", "q4_1", "q8_0")
-# "rows": as GGUF stores them (row n's blocks in order). "x16": q4_x rows interleaved in groups of
-# 16 by 4-byte word for the native kernel (`pack16`; kernels/quant_kernels.cc, "Packed").
+# "rows": as GGUF stores them (row n's blocks in order). "x16": rows interleaved in groups of 16
+# by 4-byte word for the native kernel (`pack16`; kernels/quant_kernels.cc, "Packed").
 Layout = Literal["rows", "x16"]
 PACK_ROWS = 16
 GGML_TYPES: dict[Format, GGMLQuantizationType] = {
@@ -150,21 +150,25 @@ def _nibbles(qs: np.ndarray, n: int, nb: int) -> np.ndarray:
 
 
 def packable(w: BlockQuant) -> bool:
-    """Whether `pack16` applies: a q4_x matrix in row layout with whole groups of 16 rows."""
-    return w.fmt in ("q4_0", "q4_1") and w.layout == "rows" and w.rows % PACK_ROWS == 0
+    """Whether `pack16` applies: a matrix in row layout with whole groups of 16 rows."""
+    return w.layout == "rows" and w.rows % PACK_ROWS == 0
+
+
+def _words(w: BlockQuant) -> int:
+    """4-byte words per block of one row: 4 (q4_x: 16 bytes of nibbles), 8 (q8_0)."""
+    return 8 if w.fmt == "q8_0" else 4
 
 
 def pack16(w: BlockQuant) -> BlockQuant:
     """The same matrix with its rows interleaved in groups of 16 by 4-byte word (numpy): qs as
-    [N/16][K/32][4][16][4] bytes, d and m as [N/16][K/32][16], each kept in its [N, ...] shape.
-    The native kernel's decode rows then take 16 outputs per instruction."""
+    [N/16][K/32][words][16][4] bytes (4 words per block for q4_x, 8 for q8_0), d and m as
+    [N/16][K/32][16], each kept in its [N, ...] shape. The native kernel's decode rows then take
+    16 outputs per instruction."""
     if not packable(w):
-        raise ValueError(
-            f"pack16: needs q4_0/q4_1 rows in groups of {PACK_ROWS}, got {w.fmt} x {w.rows} ({w.layout})"
-        )
-    n, nb = w.rows, w.cols // BLOCK
+        raise ValueError(f"pack16: needs rows in groups of {PACK_ROWS}, got {w.rows} ({w.layout} layout)")
+    n, nb, words = w.rows, w.cols // BLOCK, _words(w)
     g = n // PACK_ROWS
-    qs = np.asarray(w.qs).reshape(g, PACK_ROWS, nb, 4, 4).transpose(0, 2, 3, 1, 4).reshape(n, -1)
+    qs = np.asarray(w.qs).reshape(g, PACK_ROWS, nb, words, 4).transpose(0, 2, 3, 1, 4).reshape(n, -1)
 
     def scales(a: Any) -> np.ndarray:
         return np.asarray(a).reshape(g, PACK_ROWS, nb).transpose(0, 2, 1).reshape(n, nb)
@@ -184,9 +188,9 @@ def unpack16(w: BlockQuant) -> BlockQuant:
     """`pack16` undone (numpy)."""
     if w.layout != "x16":
         return w
-    n, nb = w.rows, w.cols // BLOCK
+    n, nb, words = w.rows, w.cols // BLOCK, _words(w)
     g = n // PACK_ROWS
-    qs = np.asarray(w.qs).reshape(g, nb, 4, PACK_ROWS, 4).transpose(0, 3, 1, 2, 4).reshape(n, -1)
+    qs = np.asarray(w.qs).reshape(g, nb, words, PACK_ROWS, 4).transpose(0, 3, 1, 2, 4).reshape(n, -1)
 
     def scales(a: Any) -> np.ndarray:
         return np.asarray(a).reshape(g, nb, PACK_ROWS).transpose(0, 2, 1).reshape(n, nb)
@@ -202,16 +206,19 @@ def unpack16(w: BlockQuant) -> BlockQuant:
 
 
 def pack_matrices(params: dict[str, Any]) -> dict[str, Any]:
-    """`pack16` on every packable matrix the native kernel multiplies: each layer's and an untied
-    "lm_head"; never "embed", whose rows the embedding lookup gathers (numpy results)."""
+    """`pack16` on every packable matrix the native kernel multiplies: each layer's and the LM
+    head. "embed" itself stays in row layout (the embedding lookup gathers its rows), so a tied
+    block-quantized table gets a packed copy as "lm_head" (SmolLM2's Q8_0 table: 30 MB), which
+    `transformer.lm_head` then multiplies by. Results are numpy."""
 
     def pack(x: Any) -> Any:
         return pack16(x) if isinstance(x, BlockQuant) and packable(x) else x
 
     out = dict(params)
     out["layers"] = [{name: pack(w) for name, w in layer.items()} for layer in params["layers"]]
-    if "lm_head" in params:
-        out["lm_head"] = pack(params["lm_head"])
+    head = params.get("lm_head", params["embed"])
+    if isinstance(head, BlockQuant) and packable(head):
+        out["lm_head"] = pack16(head)
     return out
 
 

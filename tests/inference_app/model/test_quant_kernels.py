@@ -121,7 +121,7 @@ def test_float_rows_are_the_dequantized_product(
 needs_packed = pytest.mark.skipif(not build.packed_q4(), reason="no 16-row packed kernel at this level")
 
 
-@pytest.mark.parametrize("fmt", ["q4_0", "q4_1"])
+@pytest.mark.parametrize("fmt", quant.FORMATS)
 def test_pack16_round_trips_and_dequantizes_alike(fmt: quant.Format) -> None:
     w = quant.quantize(RNG.standard_normal((96, 48)).astype(np.float32), fmt)
     packed = quant.pack16(w)
@@ -137,7 +137,7 @@ def test_pack16_round_trips_and_dequantizes_alike(fmt: quant.Format) -> None:
 
 
 @needs_packed
-@pytest.mark.parametrize("fmt", ["q4_0", "q4_1"])
+@pytest.mark.parametrize("fmt", quant.FORMATS)
 @pytest.mark.parametrize(
     "m,k,n,split", [(1, 32, 16, 1), (5, 96, 48, 5), (13, 576, 64, 9), (70, 1536, 32, 33)]
 )
