@@ -30,6 +30,7 @@ import numpy as np
 
 from inference_app.engine import EngineSettings, SamplingParams
 from inference_app.engine.engine import JaxEngine, model_for
+from inference_app.kernels import build
 from inference_app.model.catalog import embedded_model_path
 from inference_app.model.transformer import prefill
 
@@ -154,6 +155,8 @@ def main() -> int:
         rows["fp32"]["vs_llama_cpp"] = compare(seqs["llama.cpp"], seqs["fp32"])
     result = {
         "date_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "kernel_level": build.levels()[0].name if build.available() else None,
+        "prompt_rows": "bfloat16" if build.prompt_rows_bf16() else "float32",
         "text_tokens": len(text_ids),
         "prompts": len(PROMPTS),
         "new_tokens": NEW_TOKENS,
@@ -185,7 +188,8 @@ def main() -> int:
         "",
         "int8_kv perplexity equals fp32 by construction: the teacher-forced prefill never reads the cache.",
         "'as decode rows': the same prefill with every row computed as the engine computes generated "
-        "tokens (the block kernel rounds their activations to int8); prompt rows run in float32.",
+        "tokens (the block kernel rounds their activations to int8); prompt rows run on the dequantized "
+        f"blocks in {result['prompt_rows']} (kernel level {result['kernel_level']}).",
     ]
     if peer is not None:
         md += [

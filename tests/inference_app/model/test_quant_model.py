@@ -173,8 +173,8 @@ def gaps(logits: np.ndarray, chosen: list[int]) -> np.ndarray:
 def test_kernel_model_follows_transformers_greedy_text(stored: LoadedModel, golden: dict[str, Any]) -> None:
     """Teacher-forced on transformers' greedy continuation, the kernel model ranks transformers'
     token first at most positions, and never more than GREEDY_GAP below its own best (measured
-    2026-11-30 at 739d95d: 95.3-98.4% first, largest gap 0.420; the fp32 model ranks it first
-    everywhere)."""
+    2026-11-30 at c4456e8, packed layout: 93.8-100% first, largest gap 0.393; at 739d95d, row
+    layout: 95.3-98.4%, 0.420; the fp32 model ranks it first everywhere)."""
     cases = golden["cases"]
     logits = batch_logits(stored, [c["prompt_ids"] + c["greedy_ids"] for c in cases], NATIVE_CPU)
     for case, rows in zip(cases, logits, strict=True):
@@ -188,8 +188,9 @@ def test_kernel_model_follows_llama_cpp_greedy_text(stored: LoadedModel) -> None
     """The served CPU default against the peer that reads the same blocks: teacher-forced on
     llama.cpp's greedy continuation of the same prompt ids (tests/golden/smollm2_llamacpp.json,
     scripts/make_golden_llamacpp.py), the kernel model ranks llama.cpp's token first at most
-    positions and never more than GREEDY_GAP below its own best (measured at 739d95d: 92.2-100%
-    first, largest gap 0.287; float32 weights: 96.9-100%, 0.220)."""
+    positions and never more than GREEDY_GAP below its own best (measured at c4456e8, packed
+    layout: 93.8-100% first, largest gap 0.146; at 739d95d: 92.2-100%, 0.287; float32 weights:
+    96.9-100%, 0.220)."""
     cases = json.loads((GOLDEN / "smollm2_llamacpp.json").read_text())["cases"]
     logits = batch_logits(stored, [c["prompt_ids"] + c["greedy_ids"] for c in cases], NATIVE_CPU)
     for case, rows in zip(cases, logits, strict=True):
