@@ -79,6 +79,7 @@ TARGETS = {  # FFI target name -> exported handler symbol
     "inference_app_cpu_attention": "CpuAttention",
     "inference_app_cpu_argmax": "CpuArgmax",
     "inference_app_cpu_rms_norm": "CpuRmsNorm",
+    "inference_app_cpu_rope_qkv": "CpuRopeQkv",
     "inference_app_cpu_paged_attention": "CpuPagedAttention",
     "inference_app_quant_matmul_q4_0": "QuantMatmulQ4_0",
     "inference_app_quant_matmul_q4_1": "QuantMatmulQ4_1",

@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <vector>
 
@@ -449,6 +450,54 @@ ffi::Error RmsNormImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Re
   return ffi::Error::Success();
 }
 
+// ---- rotary embedding of the fused QKV projection -------------------------------------------
+
+// y[N, KVH, G + 2, D] (per KV head: its G query heads, then k, then v) -> q[N, KVH, G, D] and
+// k[N, KVH, D] rotated by cos, sin [N, D/2] (HF's rotate-half layout), v[N, KVH, D] copied. As
+// XLA fusions the slices, rotation and concatenation cost 0.66 ms per layer of a 256-row step
+// (scalar index arithmetic per element); here they are one pass over the rows. The arithmetic is
+// transformer.rope's: x1 * cos - x2 * sin, x2 * cos + x1 * sin, each a multiply, a multiply and
+// an add or subtract.
+ffi::Error RopeQkvImpl(ffi::Buffer<ffi::F32> y, ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin,
+                       ffi::ResultBuffer<ffi::F32> q, ffi::ResultBuffer<ffi::F32> k,
+                       ffi::ResultBuffer<ffi::F32> v) {
+  auto yd = y.dimensions();
+  if (yd.size() != 4 || yd[2] < 3 || yd[3] % 2 != 0 || cos.dimensions().size() != 2 ||
+      cos.dimensions()[0] != yd[0] || cos.dimensions()[1] * 2 != yd[3] ||
+      sin.element_count() != cos.element_count()) {
+    return ffi::Error::InvalidArgument("cpu_rope_qkv: expected y[N,KVH,G+2,D], cos and sin [N,D/2]");
+  }
+  const int64_t n = yd[0], kvh = yd[1], g = yd[2] - 2, d = yd[3], half = d / 2;
+  const float* yp = y.typed_data();
+  float* qp = q->typed_data();
+  float* kp = k->typed_data();
+  float* vp = v->typed_data();
+  auto rotate = [half](const float* x, const float* c, const float* s, float* out) {
+    for (int64_t i = 0; i < half; ++i) {
+      const float a = x[i], b = x[i + half];
+      const float ac = a * c[i], bs = b * s[i], bc = b * c[i], as = a * s[i];
+      out[i] = ac - bs;
+      out[i + half] = bc + as;
+    }
+  };
+  auto rows = [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* c = cos.typed_data() + r * half;
+      const float* s = sin.typed_data() + r * half;
+      for (int64_t h = 0; h < kvh; ++h) {
+        const float* src = yp + ((r * kvh + h) * (g + 2)) * d;
+        for (int64_t j = 0; j < g; ++j) rotate(src + j * d, c, s, qp + ((r * kvh + h) * g + j) * d);
+        rotate(src + g * d, c, s, kp + (r * kvh + h) * d);
+        std::memcpy(vp + (r * kvh + h) * d, src + (g + 1) * d, sizeof(float) * d);
+      }
+    }
+  };
+  const int64_t chunks = n * kvh * (g + 2) * d < (1 << 15) ? 1 : NumChunks(n, 16);
+  const int64_t per = (n + chunks - 1) / chunks;
+  ParallelFor(chunks, [&](int64_t i) { rows(i * per, std::min(n, (i + 1) * per)); }, kBriefSpinMicros);
+  return ffi::Error::Success();
+}
+
 // ---- greedy sampling ----------------------------------------------------------------------
 
 // Index of the first maximum of each row (jnp.argmax semantics, NaN aside).
@@ -558,6 +607,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuRmsNorm, RmsNormImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("eps"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuRopeQkv, RopeQkvImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CpuArgmax, ArgmaxImpl,
                               ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::S32>>());

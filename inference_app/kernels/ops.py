@@ -93,6 +93,21 @@ def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
     )
 
 
+def rope_qkv(y: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The fused QKV projection y [N, KVH, G + 2, D] split into q [N, KVH, G, D], k and v
+    [N, KVH, D], q and k rotated by cos, sin [N, D/2] (`transformer.rope`'s arithmetic), float32."""
+    n, kvh, g2, d = y.shape
+    outs = (
+        jax.ShapeDtypeStruct((n, kvh, g2 - 2, d), jnp.float32),
+        jax.ShapeDtypeStruct((n, kvh, d), jnp.float32),
+        jax.ShapeDtypeStruct((n, kvh, d), jnp.float32),
+    )
+    q, k, v = jax.ffi.ffi_call("inference_app_cpu_rope_qkv", outs)(
+        y.astype(jnp.float32), cos.astype(jnp.float32), sin.astype(jnp.float32)
+    )
+    return q, k, v
+
+
 def argmax(x: jax.Array) -> jax.Array:
     """First index of each row's maximum: x [M, N] f32 -> int32 [M] (XLA's reduce is ~10x slower)."""
     out = jax.ShapeDtypeStruct((x.shape[0],), jnp.int32)

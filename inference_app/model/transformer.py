@@ -418,8 +418,21 @@ def decoder_layer(
     """One pre-norm block on rows x [..., D]: attention (the variable part), then SwiGLU."""
     fixed = rounds_activations(*layer.values())
     h = rms_norm(x, layer["attn_norm"], cfg.rms_eps, fixed, kernels)
-    q, k, v = qkv(layer, cfg, h, kernels, float_from)  # q [..., K, G, Dh]  k, v [..., K, Dh]
-    attn, cache = attention(rope(q, tables), rope(k, tables), v, cache)
+    if kernels.cpu and h.dtype == jnp.float32:  # one native pass: split, rotate (see ops.rope_qkv)
+        y = linear(h, layer["wqkv"], 1, kernels, float_from)  # [..., KVH, G + 2, Dh]
+        lead, (cos, sin) = y.shape[:-3], tables
+        q, k, v = cpu_kernels.rope_qkv(
+            y.reshape(-1, *y.shape[-3:]), cos.reshape(-1, cos.shape[-1]), sin.reshape(-1, sin.shape[-1])
+        )
+        q, k, v = (
+            q.reshape(*lead, *q.shape[1:]),
+            k.reshape(*lead, *k.shape[1:]),
+            v.reshape(*lead, *v.shape[1:]),
+        )
+    else:
+        q, k, v = qkv(layer, cfg, h, kernels, float_from)  # q [..., K, G, Dh]  k, v [..., K, Dh]
+        q, k = rope(q, tables), rope(k, tables)
+    attn, cache = attention(q, k, v, cache)
     x = x + linear(attn, layer["wo"], 3, kernels, float_from)
     x = x + mlp(layer, rms_norm(x, layer["mlp_norm"], cfg.rms_eps, fixed, kernels), kernels, float_from)
     return x, cache

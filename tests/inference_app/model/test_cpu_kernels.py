@@ -221,3 +221,20 @@ def test_engine_with_and_without_kernels_agree(smollm2: LoadedModel) -> None:
         assert engine.policy.kernels.cpu is on
         runs[on] = (decode_greedy(engine, prompts[:1], 24), decode_greedy(engine, prompts, 24))
     assert runs[True] == runs[False]
+
+
+@pytest.mark.parametrize("n,kvh,g,d", [(1, 1, 1, 2), (37, 3, 3, 64), (300, 2, 4, 32)])
+def test_rope_qkv_is_the_models_rotation_to_the_bit(n: int, kvh: int, g: int, d: int) -> None:
+    """The native split-and-rotate of the fused QKV output gives transformer.rope's bits (the
+    float32 model must stay exact against transformers), and v unchanged."""
+    from inference_app.model.transformer import rope
+
+    y = jnp.asarray(RNG.standard_normal((n, kvh, g + 2, d)).astype(np.float32))
+    ang = RNG.integers(0, 8192, n)[:, None] * (1.0 / 10000 ** (np.arange(0, d, 2) / d))[None]
+    cos, sin = jnp.asarray(np.cos(ang), jnp.float32), jnp.asarray(np.sin(ang), jnp.float32)
+    q, k, v = jax.jit(ops.rope_qkv)(y, cos, sin)
+    want_q = jax.jit(lambda y, c, s: rope(y[:, :, :g], (c, s)))(y, cos, sin)
+    want_k = jax.jit(lambda y, c, s: rope(y[:, :, g], (c, s)))(y, cos, sin)
+    np.testing.assert_array_equal(np.asarray(q), np.asarray(want_q))
+    np.testing.assert_array_equal(np.asarray(k), np.asarray(want_k))
+    np.testing.assert_array_equal(np.asarray(v), np.asarray(y[:, :, g + 1]))
