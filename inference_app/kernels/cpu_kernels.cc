@@ -714,6 +714,66 @@ void AttendPagedFixed(const float* q, const PagedRows& kv, float* out, int64_t g
 }
 #endif
 
+#if defined(__AVX512F__)
+// The same with 512-bit vectors (head size 64: four registers per query, key and value row), for
+// prompt chunks, whose rows make attention a tenth to a third of a step: half the instructions.
+template <int D>
+void AttendPagedFixed512(const float* q, const PagedRows& kv, float* out, int64_t g_heads, int64_t len,
+                         float scale, float* scores) {
+  constexpr int V = D / 16;
+  const __m128 scale4 = _mm_set1_ps(scale);
+  auto fold = [](__m512 a) { return _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1)); };
+  for (int64_t g = 0; g < g_heads; ++g) {
+    __m512 qv[V];
+    for (int i = 0; i < V; ++i) qv[i] = _mm512_loadu_ps(q + g * D + 16 * i);
+    float* sg = scores + g * len;
+    for (int64_t t0 = 0; t0 < len; t0 += kv.bs) {
+      const float* kb = kv.block(t0);
+      const int64_t n = std::min(kv.bs, len - t0);
+      int64_t t = 0;
+      for (; t + 4 <= n; t += 4) {
+        const float* k0 = kb + t * D;
+        __m512 a0 = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k0));
+        __m512 a1 = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k0 + D));
+        __m512 a2 = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k0 + 2 * D));
+        __m512 a3 = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k0 + 3 * D));
+        for (int i = 1; i < V; ++i) {
+          a0 = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(k0 + 16 * i), a0);
+          a1 = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(k0 + D + 16 * i), a1);
+          a2 = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(k0 + 2 * D + 16 * i), a2);
+          a3 = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(k0 + 3 * D + 16 * i), a3);
+        }
+        const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(fold(a0), fold(a1)), _mm256_hadd_ps(fold(a2), fold(a3)));
+        const __m128 dots = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        _mm_storeu_ps(sg + t0 + t, _mm_mul_ps(dots, scale4));
+      }
+      for (; t < n; ++t) {
+        const float* kr = kb + t * D;
+        __m512 acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kr));
+        for (int i = 1; i < V; ++i) acc = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(kr + 16 * i), acc);
+        sg[t0 + t] = HSum256(fold(acc)) * scale;
+      }
+    }
+  }
+  SoftmaxRows(scores, g_heads, len);
+  for (int64_t g = 0; g < g_heads; ++g) {
+    const float* sg = scores + g * len;
+    __m512 acc[V];
+    for (int i = 0; i < V; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t t0 = 0; t0 < len; t0 += kv.bs) {
+      const float* vb = kv.block(t0) + kv.v_offset;
+      const int64_t n = std::min(kv.bs, len - t0);
+      for (int64_t t = 0; t < n; ++t) {
+        const __m512 p = _mm512_set1_ps(sg[t0 + t]);
+        const float* vr = vb + t * D;
+        for (int i = 0; i < V; ++i) acc[i] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vr + 16 * i), acc[i]);
+      }
+    }
+    for (int i = 0; i < V; ++i) _mm512_storeu_ps(out + g * D + 16 * i, acc[i]);
+  }
+}
+#endif
+
 // Any head size: plain loops (the compiler vectorizes the inner ones).
 void AttendPaged(const float* q, const PagedRows& kv, float* out, int64_t g_heads, int64_t len,
                  float scale, float* scores) {
@@ -786,7 +846,12 @@ ffi::Error PagedAttentionImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> kv,
     thread_local std::vector<float> scores;
     if (static_cast<int64_t>(scores.size()) < g * len) scores.resize(g * len);
     const PagedRows rows{kvp + 2 * h * bs * d, table, bs, d, 2 * kvh * bs * d, bs * d};
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX512F__)
+    if (d == 64) {
+      AttendPagedFixed512<64>(qp + q_off, rows, op + q_off, g, len, scale, scores.data());
+      return;
+    }
+#elif defined(__AVX2__) && defined(__FMA__)
     if (d == 64) {
       AttendPagedFixed<64>(qp + q_off, rows, op + q_off, g, len, scale, scores.data());
       return;
