@@ -159,6 +159,31 @@ def _words(w: BlockQuant) -> int:
     return 8 if w.fmt == "q8_0" else 4
 
 
+def _relayout(w: BlockQuant, layout: Layout) -> BlockQuant:
+    """w's arrays moved between the row layout and the 16-row one (numpy): the bytes as
+    [groups, 16 rows, blocks, words, 4] <-> [groups, blocks, words, 16 rows, 4], the scales as
+    [groups, 16 rows, blocks] <-> [groups, blocks, 16 rows]; shapes stay [N, ...]."""
+    n, nb, words = w.rows, w.cols // BLOCK, _words(w)
+    g = n // PACK_ROWS
+    packing = layout == "x16"
+    qs_shape = (g, PACK_ROWS, nb, words, 4) if packing else (g, nb, words, PACK_ROWS, 4)
+    qs = np.asarray(w.qs).reshape(qs_shape).transpose((0, 2, 3, 1, 4) if packing else (0, 3, 1, 2, 4))
+
+    def scales(a: Any) -> np.ndarray:
+        shape = (g, PACK_ROWS, nb) if packing else (g, nb, PACK_ROWS)
+        return np.ascontiguousarray(np.asarray(a).reshape(shape).transpose(0, 2, 1).reshape(n, nb))
+
+    return BlockQuant(
+        qs=np.ascontiguousarray(qs.reshape(n, -1)),
+        d=scales(w.d),
+        m=None if w.m is None else scales(w.m),
+        fmt=w.fmt,
+        in_shape=w.in_shape,
+        out_shape=w.out_shape,
+        layout=layout,
+    )
+
+
 def pack16(w: BlockQuant) -> BlockQuant:
     """The same matrix with its rows interleaved in groups of 16 by 4-byte word (numpy): qs as
     [N/16][K/32][words][16][4] bytes (4 words per block for q4_x, 8 for q8_0), d and m as
@@ -166,43 +191,12 @@ def pack16(w: BlockQuant) -> BlockQuant:
     16 outputs per instruction."""
     if not packable(w):
         raise ValueError(f"pack16: needs rows in groups of {PACK_ROWS}, got {w.rows} ({w.layout} layout)")
-    n, nb, words = w.rows, w.cols // BLOCK, _words(w)
-    g = n // PACK_ROWS
-    qs = np.asarray(w.qs).reshape(g, PACK_ROWS, nb, words, 4).transpose(0, 2, 3, 1, 4).reshape(n, -1)
-
-    def scales(a: Any) -> np.ndarray:
-        return np.asarray(a).reshape(g, PACK_ROWS, nb).transpose(0, 2, 1).reshape(n, nb)
-
-    return BlockQuant(
-        qs=np.ascontiguousarray(qs),
-        d=np.ascontiguousarray(scales(w.d)),
-        m=None if w.m is None else np.ascontiguousarray(scales(w.m)),
-        fmt=w.fmt,
-        in_shape=w.in_shape,
-        out_shape=w.out_shape,
-        layout="x16",
-    )
+    return _relayout(w, "x16")
 
 
 def unpack16(w: BlockQuant) -> BlockQuant:
     """`pack16` undone (numpy)."""
-    if w.layout != "x16":
-        return w
-    n, nb, words = w.rows, w.cols // BLOCK, _words(w)
-    g = n // PACK_ROWS
-    qs = np.asarray(w.qs).reshape(g, nb, words, PACK_ROWS, 4).transpose(0, 3, 1, 2, 4).reshape(n, -1)
-
-    def scales(a: Any) -> np.ndarray:
-        return np.asarray(a).reshape(g, nb, PACK_ROWS).transpose(0, 2, 1).reshape(n, nb)
-
-    return BlockQuant(
-        qs=np.ascontiguousarray(qs),
-        d=scales(w.d),
-        m=None if w.m is None else scales(w.m),
-        fmt=w.fmt,
-        in_shape=w.in_shape,
-        out_shape=w.out_shape,
-    )
+    return _relayout(w, "rows") if w.layout == "x16" else w
 
 
 def pack_matrices(params: dict[str, Any]) -> dict[str, Any]:
