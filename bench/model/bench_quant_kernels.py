@@ -12,6 +12,11 @@ prefill chunk) one jitted function runs the 30 layers' four products (QKV 576->9
   kernel-s8    per-channel int8 weights, the native kernel (cpu_matmul_s8, <= 4 rows only)
   quant-q4_1   the GGUF as stored: Q4_1 layers, Q8_0 head, the block kernel (quant_kernels.cc)
   quant-q4_0 / quant-q8_0   every matrix in that format, the block kernel
+  quant-q4_1-x16   quant-q4_1 in the engine's 16-row packed layout (`quant.pack16`, where the
+                   library has AVX-512 VNNI): decode rows as the engine runs them
+  quant-q4_1-prompt  quant-q4_1 with every row a prompt row (`float_from=0`): dequantized panels
+                   times bfloat16 (AVX512_BF16) or float32 rows
+  quant-q4_1-x16-prompt  the same on the packed layout: prefill as the engine runs it
 
 Reported per (method, rows): seconds per forward (best and median of `--reps`), weight bytes
 streamed per forward and the resulting GB/s, GFLOP/s, and rows/s ("tok/s-equivalent": the
@@ -64,6 +69,9 @@ METHODS = (
     "quant-q4_1",
     "quant-q4_0",
     "quant-q8_0",
+    "quant-q4_1-x16",
+    "quant-q4_1-prompt",
+    "quant-q4_1-x16-prompt",
 )
 
 
@@ -95,15 +103,19 @@ def prepare(
         if method == "kernel-s8":
             return params, lambda x, w: ops.matmul_s8(x, w.q, w.scale)
         return params, lambda x, w: (x @ w.q.T.astype(x.dtype)) * w.scale
-    fmt = method.removeprefix("quant-")
+    name, _, variant = method.removeprefix("quant-").partition("-")
+    fmt = quant._check_fmt(name)
     head_fmt = "q8_0" if fmt == "q4_1" else fmt  # the GGUF stores its embedding/head as Q8_0
-    params = jax.tree.map(
-        jnp.asarray,
-        (
-            [{k: quant.quantize(w, fmt) for k, w in layer.items()} for layer in layers],
-            quant.quantize(head, head_fmt),
-        ),
-    )
+    qlayers = [{k: quant.quantize(w, fmt) for k, w in layer.items()} for layer in layers]
+    qhead = quant.quantize(head, head_fmt)
+    if variant.startswith("x16"):
+        if not build.packed_q4():
+            raise SystemExit(f"{method}: this kernel level has no packed layout")
+        qlayers = [{k: quant.pack16(w) for k, w in layer.items()} for layer in qlayers]
+        qhead = quant.pack16(qhead)
+    params = jax.tree.map(jnp.asarray, (qlayers, qhead))
+    if variant.endswith("prompt"):
+        return params, lambda x, w: quant_ops.matmul(x, w, 0)
     return params, quant_ops.matmul
 
 
