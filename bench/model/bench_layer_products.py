@@ -65,8 +65,8 @@ def main() -> None:
         "rows": {n: jax.tree.map(jnp.asarray, w) for n, w in blocks.items()},
         "f32": {n: jnp.asarray(quant.dequantize(w).T) for n, w in blocks.items()},
     }
-    paths = [p for p in PATHS if build.packed_q4() or "x16" not in p]
-    if build.packed_q4():
+    paths = [p for p in PATHS if build.packed_layout() or "x16" not in p]
+    if build.packed_layout():
         weights["x16"] = {n: jax.tree.map(jnp.asarray, quant.pack16(w)) for n, w in blocks.items()}
     int8 = jax.jit(lambda x, w: quant_ops.matmul(x, w))
     prompt = jax.jit(lambda x, w: quant_ops.matmul(x, w, 0))

@@ -109,7 +109,7 @@ def prepare(
     qlayers = [{k: quant.quantize(w, fmt) for k, w in layer.items()} for layer in layers]
     qhead = quant.quantize(head, head_fmt)
     if variant.startswith("x16"):
-        if not build.packed_q4():
+        if not build.packed_layout():
             raise SystemExit(f"{method}: this kernel level has no packed layout")
         qlayers = [{k: quant.pack16(w) for k, w in layer.items()} for layer in qlayers]
         qhead = quant.pack16(qhead)

@@ -175,7 +175,7 @@ class JaxEngine:
         abstract = model.weights.abstract()
         self.prefill_params: Params = model.weights.place(param_shardings(self.prefill_mesh, abstract))
         # Q4 matrices in the native kernel's 16-row layout, where the kernel library has it
-        self.packed = self.policy.kernels.cpu and kernel_build.packed_q4()
+        self.packed = self.policy.kernels.cpu and kernel_build.packed_layout()
         if self.packed:
             self.prefill_params = jax.device_put(pack_matrices(self.prefill_params))
         if self.generate_mesh is self.prefill_mesh:

@@ -216,22 +216,21 @@ def available() -> bool:
         return ok
 
 
+def _library_says(symbol: str) -> bool:
+    """A feature flag the loaded library exports as `int symbol()`; False when not loaded."""
+    return available() and bool(getattr(_state["lib"], symbol)())
+
+
 def prompt_rows_bf16() -> bool:
     """Whether the loaded block kernels multiply prompt rows in bfloat16 (AVX512_BF16 levels)
-    rather than float32 (`quant_kernels.cc`); False when the kernels are not loaded."""
-    if not available():
-        return False
-    lib = _state["lib"]
-    return bool(lib.InferenceAppPromptRowsBf16())  # type: ignore[attr-defined]
+    rather than float32 (`quant_kernels.cc`)."""
+    return _library_says("InferenceAppPromptRowsBf16")
 
 
-def packed_q4() -> bool:
-    """Whether the loaded kernels take q4_x weights in the 16-row packed layout
-    (`model.quant.pack16`; AVX-512 VNNI levels); False when the kernels are not loaded."""
-    if not available():
-        return False
-    lib = _state["lib"]
-    return bool(lib.InferenceAppPackedQ4())  # type: ignore[attr-defined]
+def packed_layout() -> bool:
+    """Whether the loaded kernels take weights in the 16-row packed layout
+    (`model.quant.pack16`; AVX-512 VNNI levels)."""
+    return _library_says("InferenceAppPackedLayout")
 
 
 def _register(path: Path) -> None:

@@ -455,11 +455,11 @@ constexpr int kFloatTile = 4;   // 16 registers: 8 accumulators
 // of 16 rows, so a 512-bit vpdpbusd against an activation word broadcast to every lane sums four
 // products for 16 outputs at once: the lanes are outputs, and each block's dot product is complete
 // in one register, scaled once per block for all 16 (the row layout spends a convert, a multiply
-// and an FMA per block per output pair). Engines pack where `InferenceAppPackedQ4()` says so.
+// and an FMA per block per output pair). Engines pack where `InferenceAppPackedLayout()` says so.
 #if defined(QK_VNNI512)
-extern "C" int InferenceAppPackedQ4() { return 1; }
+extern "C" int InferenceAppPackedLayout() { return 1; }
 #else
-extern "C" int InferenceAppPackedQ4() { return 0; }
+extern "C" int InferenceAppPackedLayout() { return 0; }
 #endif
 
 inline int64_t ScaleIndex(const Problem& p, int64_t n, int64_t b) {
@@ -762,14 +762,7 @@ void FloatTile(const Problem& p, int64_t m0, int64_t n0, int64_t nr, const void*
       acc[i][1] = _mm512_dpbf16_ps(acc[i][1], a, b1);
     }
   }
-  if (nr == kPanel) {
-    for (int i = 0; i < MR; ++i) {
-      _mm512_storeu_ps(p.y + (m0 + i) * p.n + n0, acc[i][0]);
-      _mm512_storeu_ps(p.y + (m0 + i) * p.n + n0 + 16, acc[i][1]);
-    }
-    return;
-  }
-  for (int i = 0; i < MR; ++i) {
+  for (int i = 0; i < MR; ++i) {  // through `out`: one tail for every variant, and partial panels
     _mm512_storeu_ps(out[i], acc[i][0]);
     _mm512_storeu_ps(out[i] + 16, acc[i][1]);
   }
@@ -787,14 +780,7 @@ void FloatTile(const Problem& p, int64_t m0, int64_t n0, int64_t nr, const void*
       acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
     }
   }
-  if (nr == kPanel) {
-    for (int i = 0; i < MR; ++i) {
-      _mm512_storeu_ps(p.y + (m0 + i) * p.n + n0, acc[i][0]);
-      _mm512_storeu_ps(p.y + (m0 + i) * p.n + n0 + 16, acc[i][1]);
-    }
-    return;
-  }
-  for (int i = 0; i < MR; ++i) {
+  for (int i = 0; i < MR; ++i) {  // through `out`: one tail for every variant, and partial panels
     _mm512_storeu_ps(out[i], acc[i][0]);
     _mm512_storeu_ps(out[i] + 16, acc[i][1]);
   }
@@ -811,13 +797,6 @@ void FloatTile(const Problem& p, int64_t m0, int64_t n0, int64_t nr, const void*
       acc[i][0] = _mm256_fmadd_ps(a, b0, acc[i][0]);
       acc[i][1] = _mm256_fmadd_ps(a, b1, acc[i][1]);
     }
-  }
-  if (nr == kPanel) {
-    for (int i = 0; i < MR; ++i) {
-      _mm256_storeu_ps(p.y + (m0 + i) * p.n + n0, acc[i][0]);
-      _mm256_storeu_ps(p.y + (m0 + i) * p.n + n0 + 8, acc[i][1]);
-    }
-    return;
   }
   for (int i = 0; i < MR; ++i) {
     _mm256_storeu_ps(out[i], acc[i][0]);
@@ -948,68 +927,40 @@ ffi::Error Check(ffi::Buffer<ffi::F32>& x, ffi::Buffer<QT>& qs, ffi::Buffer<ffi:
   return ffi::Error::Success();
 }
 
+// One call of any format and layout. The packed layout (`model/quant.pack16`) has the same
+// shapes, N a multiple of 16, and runs only where the library has its kernel.
 template <typename W, ffi::DataType QT>
-ffi::Error QuantMatmulImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> float_from, ffi::Buffer<QT> qs,
-                           ffi::Buffer<ffi::F16> d, ffi::ResultBuffer<ffi::F32> y) {
-  ffi::Error err = Check<W, QT>(x, qs, d, nullptr, "quant_matmul");
+ffi::Error RunMatmul(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::S32>& float_from, ffi::Buffer<QT>& qs,
+                     ffi::Buffer<ffi::F16>& d, const ffi::Buffer<ffi::F16>* m, ffi::ResultBuffer<ffi::F32>& y,
+                     bool packed) {
+  ffi::Error err = Check<W, QT>(x, qs, d, m, packed ? "quant_matmul (16-row packed)" : "quant_matmul");
   if (err.failure()) return err;
+  if (packed && (!InferenceAppPackedLayout() || qs.dimensions()[0] % 16 != 0)) {
+    return ffi::Error::InvalidArgument("quant_matmul: 16-row packed weights need N % 16 == 0 and AVX-512 VNNI");
+  }
   QuantMatmul<W>(x.typed_data(), reinterpret_cast<const uint8_t*>(qs.untyped_data()),
-                 reinterpret_cast<const uint16_t*>(d.untyped_data()), nullptr, y->typed_data(),
-                 x.dimensions()[0], float_from.typed_data()[0], x.dimensions()[1], qs.dimensions()[0]);
-  return ffi::Error::Success();
-}
-
-ffi::Error QuantMatmulQ4_1Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> float_from, ffi::Buffer<ffi::U8> qs,
-                               ffi::Buffer<ffi::F16> d, ffi::Buffer<ffi::F16> m, ffi::ResultBuffer<ffi::F32> y) {
-  ffi::Error err = Check<Q4_1, ffi::U8>(x, qs, d, &m, "quant_matmul_q4_1");
-  if (err.failure()) return err;
-  QuantMatmul<Q4_1>(x.typed_data(), qs.typed_data(), reinterpret_cast<const uint16_t*>(d.untyped_data()),
-                    reinterpret_cast<const uint16_t*>(m.untyped_data()), y->typed_data(), x.dimensions()[0],
-                    float_from.typed_data()[0], x.dimensions()[1], qs.dimensions()[0]);
-  return ffi::Error::Success();
-}
-
-// The packed layout: same shapes, N a multiple of 16, and only where the library has the kernel.
-template <typename W>
-ffi::Error PackedMatmul(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::S32>& float_from, ffi::Buffer<ffi::U8>& qs,
-                        ffi::Buffer<ffi::F16>& d, const ffi::Buffer<ffi::F16>* m, ffi::ResultBuffer<ffi::F32>& y) {
-  ffi::Error err = Check<W, ffi::U8>(x, qs, d, m, "quant_matmul (16-row packed)");
-  if (err.failure()) return err;
-  if (!InferenceAppPackedQ4() || qs.dimensions()[0] % 16 != 0) {
-    return ffi::Error::InvalidArgument("quant_matmul: 16-row packed weights need N % 16 == 0 and AVX-512 VNNI");
-  }
-  QuantMatmul<W>(x.typed_data(), qs.typed_data(), reinterpret_cast<const uint16_t*>(d.untyped_data()),
+                 reinterpret_cast<const uint16_t*>(d.untyped_data()),
                  m == nullptr ? nullptr : reinterpret_cast<const uint16_t*>(m->untyped_data()), y->typed_data(),
-                 x.dimensions()[0], float_from.typed_data()[0], x.dimensions()[1], qs.dimensions()[0], true);
+                 x.dimensions()[0], float_from.typed_data()[0], x.dimensions()[1], qs.dimensions()[0], packed);
   return ffi::Error::Success();
 }
 
-ffi::Error QuantMatmulQ4_0x16Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> float_from, ffi::Buffer<ffi::U8> qs,
-                                  ffi::Buffer<ffi::F16> d, ffi::ResultBuffer<ffi::F32> y) {
-  return PackedMatmul<Q4_0>(x, float_from, qs, d, nullptr, y);
+// q4_0 and q8_0: no minimums.
+template <typename W, ffi::DataType QT, bool kPacked>
+ffi::Error ScaledImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> float_from, ffi::Buffer<QT> qs,
+                      ffi::Buffer<ffi::F16> d, ffi::ResultBuffer<ffi::F32> y) {
+  return RunMatmul<W, QT>(x, float_from, qs, d, nullptr, y, kPacked);
 }
 
-ffi::Error QuantMatmulQ8_0x16Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> float_from, ffi::Buffer<ffi::S8> qs,
-                                  ffi::Buffer<ffi::F16> d, ffi::ResultBuffer<ffi::F32> y) {
-  ffi::Error err = Check<Q8_0, ffi::S8>(x, qs, d, nullptr, "quant_matmul (16-row packed)");
-  if (err.failure()) return err;
-  if (!InferenceAppPackedQ4() || qs.dimensions()[0] % 16 != 0) {
-    return ffi::Error::InvalidArgument("quant_matmul: 16-row packed weights need N % 16 == 0 and AVX-512 VNNI");
-  }
-  QuantMatmul<Q8_0>(x.typed_data(), reinterpret_cast<const uint8_t*>(qs.untyped_data()),
-                    reinterpret_cast<const uint16_t*>(d.untyped_data()), nullptr, y->typed_data(),
-                    x.dimensions()[0], float_from.typed_data()[0], x.dimensions()[1], qs.dimensions()[0], true);
-  return ffi::Error::Success();
-}
-
-ffi::Error QuantMatmulQ4_1x16Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> float_from, ffi::Buffer<ffi::U8> qs,
-                                  ffi::Buffer<ffi::F16> d, ffi::Buffer<ffi::F16> m, ffi::ResultBuffer<ffi::F32> y) {
-  return PackedMatmul<Q4_1>(x, float_from, qs, d, &m, y);
+template <bool kPacked>
+ffi::Error Q4_1Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> float_from, ffi::Buffer<ffi::U8> qs,
+                    ffi::Buffer<ffi::F16> d, ffi::Buffer<ffi::F16> m, ffi::ResultBuffer<ffi::F32> y) {
+  return RunMatmul<Q4_1, ffi::U8>(x, float_from, qs, d, &m, y, kPacked);
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_0x16, QuantMatmulQ4_0x16Impl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_0x16, (ScaledImpl<Q4_0, ffi::U8, true>),
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
@@ -1017,7 +968,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_0x16, QuantMatmulQ4_0x16Impl,
                                   .Arg<ffi::Buffer<ffi::F16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ8_0x16, QuantMatmulQ8_0x16Impl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ8_0x16, (ScaledImpl<Q8_0, ffi::S8, true>),
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
@@ -1025,7 +976,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ8_0x16, QuantMatmulQ8_0x16Impl,
                                   .Arg<ffi::Buffer<ffi::F16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_1x16, QuantMatmulQ4_1x16Impl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_1x16, Q4_1Impl<true>,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
@@ -1034,7 +985,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_1x16, QuantMatmulQ4_1x16Impl,
                                   .Arg<ffi::Buffer<ffi::F16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_0, (QuantMatmulImpl<Q4_0, ffi::U8>),
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_0, (ScaledImpl<Q4_0, ffi::U8, false>),
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
@@ -1042,7 +993,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_0, (QuantMatmulImpl<Q4_0, ffi::U8>),
                                   .Arg<ffi::Buffer<ffi::F16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_1, QuantMatmulQ4_1Impl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_1, Q4_1Impl<false>,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
@@ -1051,7 +1002,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_1, QuantMatmulQ4_1Impl,
                                   .Arg<ffi::Buffer<ffi::F16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ8_0, (QuantMatmulImpl<Q8_0, ffi::S8>),
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ8_0, (ScaledImpl<Q8_0, ffi::S8, false>),
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()

@@ -118,7 +118,7 @@ def test_float_rows_are_the_dequantized_product(
     check_float_rows(fmt, m, k, n, split)
 
 
-needs_packed = pytest.mark.skipif(not build.packed_q4(), reason="no 16-row packed kernel at this level")
+needs_packed = pytest.mark.skipif(not build.packed_layout(), reason="no 16-row packed kernel at this level")
 
 
 @pytest.mark.parametrize("fmt", quant.FORMATS)

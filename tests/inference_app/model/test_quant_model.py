@@ -85,7 +85,7 @@ def batch_logits(
         row[: len(ids)] = ids
     lengths = np.asarray([len(p) for p in prompts], np.int32)
     fwd = jax.jit(prefill, static_argnums=1, static_argnames=("kernels", "all_logits", "as_decode_rows"))
-    params = quant.pack_matrices(model.params) if kernels.cpu and build.packed_q4() else model.params
+    params = quant.pack_matrices(model.params) if kernels.cpu and build.packed_layout() else model.params
     logits, _ = fwd(
         params,
         model.config,
