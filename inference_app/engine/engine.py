@@ -174,7 +174,7 @@ class JaxEngine:
         # generate mesh, if separate, gets a device-to-device copy.
         abstract = model.weights.abstract()
         self.prefill_params: Params = model.weights.place(param_shardings(self.prefill_mesh, abstract))
-        # Q4 matrices in the native kernel's 16-row layout, where the kernel library has it
+        # Block matrices in the native kernel's 16-row layout, where the kernel library has it
         self.packed = self.policy.kernels.cpu and kernel_build.packed_layout()
         if self.packed:
             self.prefill_params = jax.device_put(pack_matrices(self.prefill_params))
@@ -208,7 +208,7 @@ class JaxEngine:
         log.info(
             "Weights: %s matrices%s, %s compute (--weight-dtype %s)",
             self.policy.matrices,
-            " (Q4 rows packed by 16 for the CPU kernels)" if self.packed else "",
+            " (rows packed by 16 for the CPU kernels)" if self.packed else "",
             jnp.dtype(self.policy.compute_dtype).name,
             s.weight_dtype,
         )

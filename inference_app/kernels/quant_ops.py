@@ -29,7 +29,8 @@ def matmul(x: jax.Array, w: BlockQuant, float_from: jax.Array | int | None = Non
     Rows before `float_from` (default: every row) are rounded to int8 per block of 32 inside the
     kernel, as llama.cpp does for its q8_1 dot products: they differ from `reference_matmul` by
     that rounding only. Rows from `float_from` on (a traced int32 scalar: prompt rows) are
-    multiplied in float32 by the dequantized weights, faster where many rows share each weight.
+    multiplied by the dequantized weights, in bfloat16 with float32 sums where the library says
+    `build.prompt_rows_bf16()`, else in float32.
     """
     if x.ndim != 2 or x.shape[1] != w.cols:
         raise ValueError(f"quant matmul: x {x.shape} does not match {w.rows}x{w.cols} weights")

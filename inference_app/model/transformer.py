@@ -152,9 +152,9 @@ def block_matmul(
 
     With the native CPU kernels, every row count goes to the kernel that reads the blocks as
     stored. It quantizes the activations per block, as llama.cpp does, except rows from
-    `float_from` on (an int32 scalar; None: no row), which it multiplies in float32 by the
-    dequantized weights: a step's prompt rows, where many rows share each weight and float32
-    FMAs are faster than int8 dot products. Elsewhere the blocks are dequantized in the traced
+    `float_from` on (an int32 scalar; None: no row), which it multiplies by the dequantized
+    weights in bfloat16 with float32 sums (CPUs with AVX512_BF16) or in float32: a step's prompt
+    rows, kept closer to the float model. Elsewhere the blocks are dequantized in the traced
     program and multiplied by XLA.
     """
     if kernels.cpu:
@@ -309,6 +309,28 @@ def qkv(
     return y[..., :g, :], y[..., g, :], y[..., g + 1, :]
 
 
+def rotated_qkv(
+    layer: Params,
+    cfg: ModelConfig,
+    x: jax.Array,
+    tables: tuple[jax.Array, jax.Array],
+    kernels: KernelChoice = PURE_JAX,
+    float_from: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`qkv` with RoPE applied to q and k. On float32 rows with the native kernels, the split and
+    the rotation are one pass (`ops.rope_qkv`, the same bits as `rope`)."""
+    if not (kernels.cpu and x.dtype == jnp.float32):
+        q, k, v = qkv(layer, cfg, x, kernels, float_from)
+        return rope(q, tables), rope(k, tables), v
+    y = linear(x, layer["wqkv"], 1, kernels, float_from)  # [..., KVH, G + 2, Dh]
+    lead, (cos, sin) = y.shape[:-3], tables
+    flat = cpu_kernels.rope_qkv(
+        y.reshape(-1, *y.shape[-3:]), cos.reshape(-1, cos.shape[-1]), sin.reshape(-1, sin.shape[-1])
+    )
+    q, k, v = (a.reshape(*lead, *a.shape[1:]) for a in flat)
+    return q, k, v
+
+
 # ---- attention: the one variable part of a layer --------------------------------------------
 
 
@@ -418,20 +440,7 @@ def decoder_layer(
     """One pre-norm block on rows x [..., D]: attention (the variable part), then SwiGLU."""
     fixed = rounds_activations(*layer.values())
     h = rms_norm(x, layer["attn_norm"], cfg.rms_eps, fixed, kernels)
-    if kernels.cpu and h.dtype == jnp.float32:  # one native pass: split, rotate (see ops.rope_qkv)
-        y = linear(h, layer["wqkv"], 1, kernels, float_from)  # [..., KVH, G + 2, Dh]
-        lead, (cos, sin) = y.shape[:-3], tables
-        q, k, v = cpu_kernels.rope_qkv(
-            y.reshape(-1, *y.shape[-3:]), cos.reshape(-1, cos.shape[-1]), sin.reshape(-1, sin.shape[-1])
-        )
-        q, k, v = (
-            q.reshape(*lead, *q.shape[1:]),
-            k.reshape(*lead, *k.shape[1:]),
-            v.reshape(*lead, *v.shape[1:]),
-        )
-    else:
-        q, k, v = qkv(layer, cfg, h, kernels, float_from)  # q [..., K, G, Dh]  k, v [..., K, Dh]
-        q, k = rope(q, tables), rope(k, tables)
+    q, k, v = rotated_qkv(layer, cfg, h, tables, kernels, float_from)  # q [..., K, G, Dh]  k, v [..., K, Dh]
     attn, cache = attention(q, k, v, cache)
     x = x + linear(attn, layer["wo"], 3, kernels, float_from)
     x = x + mlp(layer, rms_norm(x, layer["mlp_norm"], cfg.rms_eps, fixed, kernels), kernels, float_from)
@@ -456,7 +465,7 @@ def forward(
     may use. Callers pick the rows whose logits they need before `lm_head` (it is the largest
     matmul of a decode step). `float_from` (int32 scalar): the first prompt row of the
     flattened rows, when decode rows come first; block-quantized matrices multiply the rows
-    from there on in float32 (`block_matmul`). A row's path depends only on whether it is a
+    from there on without rounding them to int8 (`block_matmul`). A row's path depends only on whether it is a
     prompt or a decode row, never on the other rows of its step, so batching keeps its bits.
     """
     x = embed(params, tokens, _compute_dtype(params))
