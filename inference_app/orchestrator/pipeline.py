@@ -268,6 +268,12 @@ class Orchestrator:
     def queue_depth(self) -> int:
         return self._admission.qsize()
 
+    def waiting_for_slot(self, arriving: int = 0) -> int:
+        """Queued requests (plus `arriving` new ones) that the free slots cannot all take: they
+        wait for running requests to end. Queued requests that fit in free slots join on the next
+        step."""
+        return max(0, self.queue_depth + arriving - (self.max_slots - self.active_slots))
+
     @property
     def structured_outputs(self) -> bool:
         """Whether requests may carry a grammar (the engine applies token masks)."""

@@ -8,9 +8,10 @@ Between a route's parsed body and `ServingState.submit`, in this order:
 2. **Tokenization** (and chat-template rendering) runs on a small thread pool, so `/healthcheck`
    and running streams never wait behind a long prompt (the tokenizer lets go of the GIL while it
    encodes, see `model/tokenizer.py`).
-3. **Queue-time budget**: when the wait a new request can expect (requests queued ahead of it over
-   the recent completion rate) exceeds `--max-queue-wait`, it gets 503 with `Retry-After` at once
-   instead of waiting in a deep queue for an answer its client has given up on.
+3. **Queue-time budget**: when the wait a new request can expect (the completions it must wait for
+   before a slot is free, over the completion rate while saturated) exceeds `--max-queue-wait`, it
+   gets 503 with `Retry-After` at once instead of waiting in a deep queue for an answer its client
+   has given up on.
 """
 
 from __future__ import annotations
@@ -80,52 +81,65 @@ class Tokenization:
 
 
 class QueueBudget:
-    """Expected wait = requests queued / the service rate; over the budget: 503. A budget of 0 admits
-    everything (the queue's length still bounds it).
+    """Expected wait = completions a new request must wait for / the service rate; over the
+    budget: 503. A budget of 0 admits everything (the queue's length still bounds it).
 
-    The service rate is measured only from completions while requests were waiting (the slots were
-    saturated): at lower load, completions per second measure the demand, not the capacity, and a
-    burst after a quiet spell would be refused for waits it will never see. Until `MIN_SAMPLES`
-    such completions fall in the last `RATE_WINDOW_S`, nothing is refused on this ground."""
+    Only a request that finds no free slot waits for a completion: a burst into free slots is taken
+    on the next step, however many arrive. The service rate is measured only while saturated: from
+    the intervals between consecutive completions that each left requests waiting for a slot. At
+    lower load completions per second measure the demand, not the capacity, and a quiet time
+    between two saturated spells is not service time (counting it read as 0.2 requests/s and
+    refused requests a free server then served): a completion with nobody waiting ends a spell,
+    and the interval to the next spell's first completion is not counted. Until `MIN_SAMPLES`
+    such intervals fall in the last `RATE_WINDOW_S`, nothing is refused on this ground."""
 
-    MIN_SAMPLES = 4
+    MIN_SAMPLES = 3
 
     def __init__(self, budget_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.budget_s = budget_s
         self._clock = clock
-        self._done: deque[float] = deque()  # when saturated requests finished, oldest first
+        self._intervals: deque[tuple[float, float]] = deque()  # (ended at, seconds), oldest first
+        self._last: float | None = None  # the previous completion, if it left requests waiting
         self._lock = threading.Lock()
 
-    def completed(self, queued: int) -> None:
-        """An admitted request finished (or was cancelled, or failed) with `queued` others waiting."""
-        if queued > 0:
-            with self._lock:
-                self._done.append(self._clock())
+    def completed(self, waiting: int) -> None:
+        """An admitted request finished (or was cancelled, or failed) with `waiting` others
+        waiting for a slot."""
+        now = self._clock()
+        with self._lock:
+            if waiting <= 0:
+                self._last = None
+                return
+            if self._last is not None:
+                self._intervals.append((now, now - self._last))
+            self._last = now
 
     def completion_rate(self) -> float | None:
         """Requests finished per second while saturated, over the last `RATE_WINDOW_S` (None until
         measurable)."""
         now = self._clock()
         with self._lock:
-            while self._done and now - self._done[0] > RATE_WINDOW_S:
-                self._done.popleft()
-            if len(self._done) < self.MIN_SAMPLES:
+            while self._intervals and now - self._intervals[0][0] > RATE_WINDOW_S:
+                self._intervals.popleft()
+            if len(self._intervals) < self.MIN_SAMPLES:
                 return None
-            span, intervals = self._done[-1] - self._done[0], len(self._done) - 1
-        return intervals / span if span > 0 else None
+            busy = sum(seconds for _, seconds in self._intervals)
+            count = len(self._intervals)
+        return count / busy if busy > 0 else None
 
-    def check(self, queued: int) -> None:
-        """Raise `Unavailable` (503 + Retry-After) when `queued` requests ahead take too long."""
-        if self.budget_s <= 0 or queued == 0:
+    def check(self, waiting: int) -> None:
+        """Raise `Unavailable` (503 + Retry-After) when a new request would wait too long for a
+        slot: `waiting` is how many completions must come first (0: a slot is free for it)."""
+        if self.budget_s <= 0 or waiting <= 0:
             return
         rate = self.completion_rate()
         if rate is None:
             return
-        wait = queued / rate
+        wait = waiting / rate
         if wait > self.budget_s:
             raise Unavailable(
-                f"The server is overloaded: {queued} requests are queued and about {rate:.1f} finish per "
-                f"second, so this one would wait ~{wait:.0f}s, over the {self.budget_s:g}s budget "
-                "(--max-queue-wait); retry later.",
+                f"The server is overloaded: this request needs {waiting} others to finish before a "
+                f"slot is free and about {rate:.1f} finish per second, so it would wait ~{wait:.0f}s, "
+                f"over the {self.budget_s:g}s budget (--max-queue-wait); retry later.",
                 retry_after=min(60, max(1, math.ceil(wait - self.budget_s))),
             )

@@ -48,9 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-queue-wait",
         type=non_negative_float,
         default=ServerOptions.max_queue_wait_s,
-        help="seconds a new request may expect to wait in the queue (queued requests over the "
-        "recent completion rate); longer: 503 with Retry-After at once; 0: no budget "
-        "(default %(default)s)",
+        help="seconds a new request may expect to wait for a slot (requests ahead of it without "
+        "a free slot over the completion rate while saturated); longer: 503 with Retry-After at "
+        "once; 0: no budget (default %(default)s)",
     )
     g.add_argument(
         "--drain-timeout",

@@ -132,7 +132,7 @@ class Generation:
         self._watcher.cancel()
         if self.job.cancel():
             log.info("[%s] stream closed early; request cancelled", self.request.request_id)
-        self._state.queue_budget.completed(self._state.queue_depth())
+        self._state.queue_budget.completed(self._state.waiting_for_slot())
         log.info(
             "[%s] done: %s, %d prompt + %d generated tokens in %.2fs",
             self.request.request_id,

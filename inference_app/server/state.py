@@ -131,9 +131,9 @@ class ServingState:
             raise Unavailable(f"The model is not loaded yet (phase: {self.phase}{detail}).", retry_after=5)
         return engine, limits
 
-    def queue_depth(self) -> int:
-        """Admitted requests waiting for prefill (0 before the orchestrator starts)."""
-        return self.orchestrator.queue_depth if self.orchestrator is not None else 0
+    def waiting_for_slot(self) -> int:
+        """Admitted requests that wait for a running one to end (0 before the orchestrator starts)."""
+        return self.orchestrator.waiting_for_slot() if self.orchestrator is not None else 0
 
     def submit(self, request: GenerationRequest, sink: Sink) -> Job:
         orchestrator = self.orchestrator
@@ -143,7 +143,7 @@ class ServingState:
             if orchestrator is None or self.phase != "ready":
                 detail = f": {self.error}" if self.error else ""
                 raise Unavailable(f"The server is not ready (phase: {self.phase}{detail}).", retry_after=5)
-            self.queue_budget.check(orchestrator.queue_depth)
+            self.queue_budget.check(orchestrator.waiting_for_slot(arriving=1))
         return orchestrator.submit(request, sink)
 
     def begin_drain(self) -> None:

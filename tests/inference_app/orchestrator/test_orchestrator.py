@@ -230,6 +230,16 @@ def test_limits_are_400_with_the_number(orch: Orchestrator) -> None:
     assert isinstance(s.final, Finished) and s.final.completion_tokens == 100
 
 
+def test_requests_that_find_free_slots_wait_for_no_completion(engine: FakeEngine) -> None:
+    orch = make(engine)
+    try:
+        assert orch.active_slots == 0
+        assert orch.waiting_for_slot(arriving=engine.max_slots) == 0
+        assert orch.waiting_for_slot(arriving=engine.max_slots + 3) == 3
+    finally:
+        orch.stop()
+
+
 def test_queue_full_is_rejected_not_buffered(engine: FakeEngine) -> None:
     orch = make(engine, max_queue=2)
     try:

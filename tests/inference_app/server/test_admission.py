@@ -85,17 +85,18 @@ class Clock:
 def test_queue_budget_refuses_only_past_the_expected_wait() -> None:
     clock = Clock()
     budget = QueueBudget(1.0, clock)
-    budget.check(queued=50)  # no service rate yet: admitted
+    budget.check(waiting=50)  # no service rate yet: admitted
     for _ in range(5):  # saturated: one finishes every 0.5 s while others wait
         clock.now += 0.5
-        budget.completed(queued=3)
+        budget.completed(waiting=3)
     assert budget.completion_rate() == pytest.approx(2.0)
-    budget.check(queued=2)  # ~1 s: within the budget
+    budget.check(waiting=2)  # ~1 s: within the budget
     with pytest.raises(Unavailable, match="--max-queue-wait") as exc:
-        budget.check(queued=6)  # ~3 s
+        budget.check(waiting=6)  # ~3 s
     assert exc.value.status == 503 and exc.value.retry_after == 2
+    budget.check(waiting=0)  # a free slot takes it: no wait, whatever the rate
     clock.now += RATE_WINDOW_S + 1  # those completions leave the window: no rate, admitted again
-    budget.check(queued=6)
+    budget.check(waiting=6)
 
 
 def test_completions_at_low_load_do_not_set_the_rate() -> None:
@@ -104,9 +105,27 @@ def test_completions_at_low_load_do_not_set_the_rate() -> None:
     budget = QueueBudget(1.0, clock)
     for _ in range(10):  # one request every 3 s, nobody waiting
         clock.now += 3
-        budget.completed(queued=0)
+        budget.completed(waiting=0)
     assert budget.completion_rate() is None
-    budget.check(queued=15)
+    budget.check(waiting=15)
+
+
+def test_the_quiet_time_between_saturated_spells_is_not_service_time() -> None:
+    """Two bursts 20 s apart: the gap between them must not read as a slow service rate (it read
+    0.2/s and refused requests a free server then served at once)."""
+    clock = Clock()
+    budget = QueueBudget(10.0, clock)
+    for _ in range(3):  # the first burst: one finishes every 0.1 s with others waiting ...
+        clock.now += 0.1
+        budget.completed(waiting=2)
+    clock.now += 0.1
+    budget.completed(waiting=0)  # ... then it drains: the spell is over
+    clock.now += 20
+    for _ in range(2):  # the next burst's first completions
+        clock.now += 0.1
+        budget.completed(waiting=5)
+    assert budget.completion_rate() == pytest.approx(10.0)  # 3 intervals of 0.1 s, not 4 in 20.4 s
+    budget.check(waiting=50)  # ~5 s: within the budget
 
 
 def test_a_zero_budget_admits_everything() -> None:
@@ -114,8 +133,8 @@ def test_a_zero_budget_admits_everything() -> None:
     budget = QueueBudget(0.0, clock)
     for _ in range(5):
         clock.now += 1
-        budget.completed(queued=10)
-    budget.check(queued=10_000)
+        budget.completed(waiting=10)
+    budget.check(waiting=10_000)
 
 
 def test_chat_route_sends_typed_special_tokens_as_text(smollm2: TextTokenizer) -> None:
