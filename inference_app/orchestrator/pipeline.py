@@ -53,6 +53,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -89,6 +90,11 @@ from inference_app.orchestrator.request import (
 log = logging.getLogger("inference_app.orchestrator")
 
 _POLL_S = 0.05  # how often blocked stages look at the stop flag
+# Steps the generate thread dispatches ahead of the oldest one still running. Two keep the device
+# busy (the next step waits queued while one runs) and its host work overlapped; each one more
+# only delays newly admitted prompts, whose first chunk runs after every step already dispatched
+# (with the detokenize queue as the only bound, a wave of 32 cached prompts waited ~5 steps).
+STEPS_AHEAD = 2
 
 T = TypeVar("T")
 
@@ -238,6 +244,7 @@ class Orchestrator:
         self._generate_lock: FairLock | None = shared
         self._slots: list[Job | None] = [None] * self.max_slots
         self._last_step: StepTokens | None = None  # its tokens may be donated by the next insert
+        self._dispatched: deque[Any] = deque()  # token arrays of the steps that may still run
         self._in_flight: set[Job] = set()
         self._in_flight_lock = threading.Condition()
         self._stopping = threading.Event()
@@ -550,6 +557,9 @@ class Orchestrator:
                 step.emitted = self._constrain(step)
             self._last_step = step
             self._put(self._detok, step)
+            self._dispatched.append(out.tokens)
+            if len(self._dispatched) > STEPS_AHEAD:
+                _wait_ready(self._dispatched.popleft())
             for owner in step.emitted:
                 owner.job.scheduled += 1
                 if owner.last or owner.job.scheduled >= owner.job.request.max_tokens:
@@ -634,6 +644,7 @@ class Orchestrator:
         if self._last_step is not None:
             self._last_step.host()  # before the engine may donate that buffer
             self._last_step = None
+        self._dispatched.clear()  # every step has run (the last one's tokens are on host)
         try:
             self.engine.insert(item.prefix, slot)
         except Exception as exc:
@@ -789,3 +800,10 @@ class Orchestrator:
                 return
             except queue.Full:
                 continue
+
+
+def _wait_ready(tokens: Any) -> None:
+    """Block until a dispatched step's tokens exist (an engine's host arrays are ready at once)."""
+    ready = getattr(tokens, "block_until_ready", None)
+    if ready is not None:
+        ready()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,7 @@ from inference_app.orchestrator import (
     Unavailable,
 )
 from inference_app.orchestrator.detokenize import IncrementalDecoder, StopStringFilter
+from inference_app.orchestrator.pipeline import STEPS_AHEAD
 from inference_app.testing.faults import FaultInjectingEngine, InjectedFault, parse_fault_spec
 from tests.inference_app.fakes import (
     CORPUS,
@@ -228,6 +230,53 @@ def test_limits_are_400_with_the_number(orch: Orchestrator) -> None:
     s = Collector()
     orch.submit(req("w" * 60, max_tokens=100, ignore_eos=True), s)
     assert isinstance(s.final, Finished) and s.final.completion_tokens == 100
+
+
+class _RunningStep:
+    """A step's tokens that exist only once the (fake) device finishes it."""
+
+    def __init__(self, tokens: np.ndarray, finished: threading.Event) -> None:
+        self.tokens, self.finished = tokens, finished
+
+    def block_until_ready(self) -> _RunningStep:
+        self.finished.wait()
+        return self
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        self.finished.wait()
+        return np.asarray(self.tokens)
+
+
+class StalledDevice(FakeEngine):
+    """Steps dispatch at once but finish only when `finished` is set, like async device steps."""
+
+    def __init__(self) -> None:
+        super().__init__(chunked_prefill=True)
+        self.finished = threading.Event()
+        self.dispatched = 0
+
+    def generate(self) -> StepOutput:
+        out = super().generate()
+        self.dispatched += 1
+        return dataclasses.replace(out, tokens=_RunningStep(out.tokens, self.finished))
+
+
+def test_the_generate_loop_runs_at_most_two_steps_ahead_of_the_device() -> None:
+    """A prompt admitted now runs after every step already dispatched: a deep run-ahead (the
+    detokenize queue's 4 and one more) made a wave of new requests wait ~5 steps."""
+    engine = StalledDevice()
+    orch = make(engine)
+    try:
+        sink = Collector()
+        orch.submit(req("ahead", 20, ignore_eos=True), sink)
+        _wait(lambda: engine.dispatched >= STEPS_AHEAD + 1)
+        time.sleep(0.2)  # room to run further ahead, were it allowed
+        assert engine.dispatched == STEPS_AHEAD + 1  # the last waits for the first to finish
+        engine.finished.set()
+        assert isinstance(sink.final, Finished) and sink.final.completion_tokens == 20
+    finally:
+        engine.finished.set()
+        orch.stop()
 
 
 def test_requests_that_find_free_slots_wait_for_no_completion(engine: FakeEngine) -> None:
