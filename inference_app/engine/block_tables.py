@@ -15,6 +15,12 @@ costs concurrency only when many requests ask for far more tokens than they use.
 At least the last prompt token is always computed (its logits give the first generated token), so
 a hit covers at most the full blocks before it, and a sequence only ever writes its own blocks:
 shared (cached) blocks are full and read-only.
+
+Past its full-block hits, a prompt may share the start of a block another prompt wrote (the same
+prompt again, whose last block is never full; or a longer one): it cannot share that block, but
+its own block starts as a copy of it (`copies`, which the engine applies before its next step),
+and its prefill starts after the shared tokens. A prompt repeated costs its last token, not the
+whole of its last block.
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ from inference_app.engine.kv_blocks import BlockPool, OutOfBlocks
 from inference_app.engine.prefix_cache import BlockHash, block_hashes
 
 UNASSIGNED = -1
+ROOT: BlockHash = b""  # the prefix key before a sequence's first block
+# Fewer shared tokens than this in a partial block are computed rather than copied (a copy moves
+# the whole block; computing a few rows costs about as much).
+MIN_TAIL_TOKENS = 8
 
 
 @dataclass
@@ -36,7 +46,10 @@ class _Sequence:
     reserved: int  # blocks counted against the pool, not taken yet
     keys: list[BlockHash]  # prefix-cache keys of its full prompt blocks
     registered: int  # leading blocks of `keys` known to the pool (hits count)
+    shared: int  # leading blocks taken by reference (prefix hits)
+    prompt: np.ndarray | None  # its prompt (None: unknown, or no prefix caching)
     blocks: list[int] = field(default_factory=list)
+    tails_registered: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,7 +60,13 @@ class PrefixStats:
 
 class KVBlockManager:
     def __init__(
-        self, pool: BlockPool, block_size: int, max_slots: int, max_context: int, prefix_caching: bool = True
+        self,
+        pool: BlockPool,
+        block_size: int,
+        max_slots: int,
+        max_context: int,
+        prefix_caching: bool = True,
+        min_tail_tokens: int = MIN_TAIL_TOKENS,
     ) -> None:
         if block_size < 1 or max_slots < 1 or max_context < 1:
             raise ValueError(
@@ -58,12 +77,14 @@ class KVBlockManager:
         self.block_size = block_size
         self.max_context = max_context
         self.prefix_caching = prefix_caching
+        self.min_tail_tokens = max(1, min_tail_tokens)
         self.max_blocks = -(-max_context // block_size)
         self.tables = np.full((max_slots, self.max_blocks), UNASSIGNED, np.int32)
         self._seqs: dict[int, _Sequence] = {}
         self._reserved = 0
         self._queried = 0
         self._hits = 0
+        self._copies: list[tuple[int, int]] = []
 
     # ---- queries ----------------------------------------------------------------------------
 
@@ -91,18 +112,35 @@ class KVBlockManager:
     def admit(self, slot: int, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int) -> int:
         """Give `slot` a table for this request; return how many leading prompt tokens are cached.
 
-        The cached tokens' blocks are already in the table; nothing else is taken yet.
+        The cached tokens' blocks are already in the table (a partly shared block as this
+        sequence's own block, with its copy in `copies`); nothing else is taken yet.
         """
         self._check_new(slot, len(prompt_ids), max_new_tokens)
-        (keys, hits), cost = self._cost(prompt_ids, max_new_tokens)
-        return self._admit(slot, len(prompt_ids), max_new_tokens, keys, hits, cost)
+        (keys, hits, tail), cost = self._cost(prompt_ids, max_new_tokens)
+        prompt = np.asarray(prompt_ids, np.int32) if self.prefix_caching else None
+        cached = self._admit(slot, len(prompt_ids), max_new_tokens, keys, hits, cost, prompt)
+        if tail is not None:
+            src, shared = tail
+            self.grow(slot, cached + 1)
+            dst = self._seqs[slot].blocks[-1]
+            if dst != src:  # else the copy's source was the oldest free block: it is still intact
+                self._copies.append((src, dst))
+            cached += shared
+            self._hits += shared
+        return cached
+
+    def take_copies(self) -> list[tuple[int, int]]:
+        """Block copies (source, destination) admission asked for since the last call, in order:
+        the engine applies them before any later step writes a block."""
+        copies, self._copies = self._copies, []
+        return copies
 
     def admit_unknown(self, slot: int, prompt_tokens: int, max_new_tokens: int) -> None:
         """Give `slot` a table for a prompt whose tokens are not known here (prefilled elsewhere
         and inserted): no prefix hits, and its blocks are never offered to later requests."""
         self._check_new(slot, prompt_tokens, max_new_tokens)
         self._admit(
-            slot, prompt_tokens, max_new_tokens, [], [], self.blocks_for(prompt_tokens + max_new_tokens)
+            slot, prompt_tokens, max_new_tokens, [], [], self.blocks_for(prompt_tokens + max_new_tokens), None
         )
 
     def _check_new(self, slot: int, prompt_tokens: int, max_new_tokens: int) -> None:
@@ -124,6 +162,7 @@ class KVBlockManager:
         keys: list[BlockHash],
         hits: list[int],
         cost: int,
+        prompt: np.ndarray | None,
     ) -> int:
         capacity = prompt_tokens + max_new_tokens
         if cost > self.available_blocks:
@@ -133,7 +172,7 @@ class KVBlockManager:
         for block in hits:
             self.pool.take_cached(block)
         reserve = self.blocks_for(capacity) - len(hits)
-        self._seqs[slot] = _Sequence(capacity, reserve, keys, len(hits), list(hits))
+        self._seqs[slot] = _Sequence(capacity, reserve, keys, len(hits), len(hits), prompt, list(hits))
         self._reserved += reserve
         self.tables[slot, : len(hits)] = hits
         cached = len(hits) * self.block_size
@@ -156,7 +195,8 @@ class KVBlockManager:
 
     def written(self, slot: int, tokens: int) -> None:
         """The slot's first `tokens` tokens have their K/V in the cache: register its full prompt
-        blocks among them as a prefix for later requests."""
+        blocks among them as a prefix for later requests, and once the whole prompt is written,
+        the tails of the prompt blocks it computed."""
         if not self.prefix_caching:
             return
         seq = self._seqs[slot]
@@ -164,6 +204,14 @@ class KVBlockManager:
         for i in range(seq.registered, full):
             self.pool.register(seq.blocks[i], seq.keys[i])
         seq.registered = max(seq.registered, full)
+        prompt = seq.prompt
+        if prompt is None or seq.tails_registered or tokens < len(prompt):
+            return
+        seq.tails_registered = True
+        bs = self.block_size
+        for i in range(seq.shared, min(self.blocks_for(len(prompt)), len(seq.blocks))):
+            prefix = seq.keys[i - 1] if i else ROOT
+            self.pool.register_tail(seq.blocks[i], prefix, prompt[i * bs : (i + 1) * bs])
 
     def release(self, slot: int) -> None:
         """Return the slot's blocks (last first, so a shared prefix outlives its tails in the LRU)
@@ -180,11 +228,14 @@ class KVBlockManager:
 
     def _cost(
         self, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int
-    ) -> tuple[tuple[list[BlockHash], list[int]], int]:
-        """(prompt block keys, cached blocks of its prefix) and the blocks admission takes from
-        the pool: its reservation plus the hits that are not in use (they leave the free queue)."""
+    ) -> tuple[tuple[list[BlockHash], list[int], tuple[int, int] | None], int]:
+        """(prompt block keys, cached blocks of its prefix, (block, tokens) of a partly shared
+        block to copy or None) and the blocks admission takes from the pool: its reservation plus
+        the hits that are not in use (they leave the free queue). The copy's source is not taken:
+        it is read before any later step can write it."""
         keys: list[BlockHash] = []
         hits: list[int] = []
+        tail = None
         if self.prefix_caching:
             keys = block_hashes(prompt_ids, self.block_size)
             for key in keys[: (len(prompt_ids) - 1) // self.block_size]:
@@ -192,6 +243,12 @@ class KVBlockManager:
                 if block is None:
                     break
                 hits.append(block)
+            start = len(hits) * self.block_size
+            rest = np.asarray(prompt_ids[start : min(start + self.block_size, len(prompt_ids) - 1)], np.int32)
+            if len(rest) >= self.min_tail_tokens:
+                src, shared = self.pool.best_tail(keys[len(hits) - 1] if hits else ROOT, rest)
+                if shared >= self.min_tail_tokens:
+                    tail = (src, shared)
         need = self.blocks_for(len(prompt_ids) + max_new_tokens) - len(hits)
         idle_hits = sum(self.pool.refcount(b) == 0 for b in hits)
-        return (keys, hits), need + idle_hits
+        return (keys, hits, tail), need + idle_hits

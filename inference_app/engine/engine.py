@@ -351,6 +351,9 @@ class JaxEngine:
         attention: steps.AttentionKind = (
             "paged" if self.paged is not None else "ragged_kernel" if self.policy.kernel_attention else "slot"
         )
+        self._copy_fn = jax.jit(
+            steps.copy_blocks, donate_argnums=(0,), out_shardings=self._cache_shardings, compiler_options=opts
+        )
         self._step_fn = jax.jit(
             partial(steps.step, cfg=cfg, kernels=kernels, attention=attention, paged=self.paged),
             static_argnames=("attn_len",),
@@ -594,6 +597,7 @@ class JaxEngine:
                 self.kv_blocks.grow(slot, int(self._positions[slot]) + 1)
             for slot, n in plan.taken.items():
                 self.kv_blocks.grow(slot, self._pending[slot].done + n)
+        self._apply_copies()
         logprobs = self._run(plan, shape)
         rows = np.fromiter(decoding, np.int64, len(decoding))
         self._positions[rows] = np.minimum(self._positions[rows] + 1, self.max_target_length - 1)
@@ -605,6 +609,16 @@ class JaxEngine:
             self._positions[slot] = len(self._pending.pop(slot).ids)
             self._active.add(slot)
         return StepOutput(tokens=self._tokens, slots=plan.emitted, logprobs=logprobs)
+
+    def _apply_copies(self) -> None:
+        """Dispatch the block copies admission asked for (partly shared prompt blocks), before
+        the step that reads them: one program for any count, padded to `max_slots` entries."""
+        copies = self.kv_blocks.take_copies() if self.kv_blocks is not None else []
+        for start in range(0, len(copies), self.max_slots):
+            chunk = copies[start : start + self.max_slots]
+            pairs = np.zeros((2, self.max_slots), np.int32)
+            pairs[:, : len(chunk)] = np.array(chunk, np.int32).T
+            self._cache = self._copy_fn(self._cache, pairs[0], pairs[1], np.int32(len(chunk)))
 
     def _run(self, plan: StepPlan, shape: StepShape) -> StepLogprobs | None:
         """Dispatch one compiled step and the choice of its tokens (no host sync): the slots'
@@ -684,6 +698,9 @@ class JaxEngine:
                 while rows <= self.prefill_batch_rows(bucket):
                     self._warm_prefill(bucket, rows)
                     rows *= 2
+        if self.kv_blocks is not None:  # the block-copy program (a count of 0 copies nothing)
+            pad = np.zeros(self.max_slots, np.int32)
+            self._cache = self._copy_fn(self._cache, pad, pad, np.int32(0))
         shapes = self.layout.shapes()
         for shape in shapes:
             plan = padding_plan(shape.rows, self.max_slots, self.max_target_length)

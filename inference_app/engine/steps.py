@@ -4,6 +4,7 @@
     insert(cache, state, kv, slot, first)          a prefilled prompt's KV lands in a slot
     insert_paged(..., block_tables)                the same into the slot's blocks (paged cache)
     step(params, cache, state, inputs)             one step over token rows -> sampled rows' logits
+    copy_blocks(cache, src, dst, count)            paged cache: block src[i] copied to dst[i]
     choose(logits, picks)                          logits -> tokens (+ log-probabilities)
     choose_into(state, logits, picks)              the same, the tokens written into `state`
     score(params, tokens, lengths)                 a prompt -> its own tokens' log-probabilities
@@ -257,6 +258,26 @@ def insert_paged(
         k, v = p["k"][0].transpose(1, 0, 2), p["v"][0].transpose(1, 0, 2)  # [S, KVH, Dh]
         out.append({"kv": write_kv(c["kv"], layout, k, v, blocks, offsets)})
     return out, state.at[slot].set(first)
+
+
+def copy_blocks(cache: list[LayerKV], src: jax.Array, dst: jax.Array, count: jax.Array) -> list[LayerKV]:
+    """Every layer's paged block src[i] copied over block dst[i] for i < count, in order (a later
+    copy may read an earlier one's target); src, dst int32 [C], padded past `count`. A prompt
+    that shares the start of a block with an earlier one starts from its copy
+    (`block_tables.py`). Blocks are axis 0 of every layout."""
+
+    def one(i: jax.Array, layers: list[LayerKV]) -> list[LayerKV]:
+        return [
+            {
+                name: jax.lax.dynamic_update_index_in_dim(
+                    pages, jax.lax.dynamic_index_in_dim(pages, src[i], 0, keepdims=False), dst[i], 0
+                )
+                for name, pages in layer.items()
+            }
+            for layer in layers
+        ]
+
+    return jax.lax.fori_loop(0, count, one, cache)
 
 
 def step(

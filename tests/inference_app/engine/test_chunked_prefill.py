@@ -114,7 +114,8 @@ def test_release_during_prefill_drops_the_rest_of_the_prompt(
     chunked: JaxEngine, prompt_ids: list[list[int]]
 ) -> None:
     before = run_chunked(chunked, [prompt_ids[0]], [SamplingParams()], 4)  # in slot 0
-    chunked.add_prompt(0, max(prompt_ids, key=len), SamplingParams())
+    unseen = max(prompt_ids, key=len)[::-1]  # no prefix of it is cached: it needs several steps
+    chunked.add_prompt(0, unseen, SamplingParams())
     assert 0 not in chunked.generate().slots  # only part of the long prompt ran
     chunked.release(0)  # e.g. the client went away
     after = run_chunked(chunked, [prompt_ids[0]], [SamplingParams()], 4)  # slot 0 again

@@ -261,3 +261,57 @@ class BlockTablesMachine(RuleBasedStateMachine):
 
 TestBlockTables = BlockTablesMachine.TestCase
 TestBlockTables.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+
+
+def tails(blocks: int = 16) -> KVBlockManager:
+    return KVBlockManager(BlockPool(blocks), 4, 4, 32, min_tail_tokens=1)
+
+
+def test_a_repeated_prompt_copies_its_last_partial_block() -> None:
+    m = tails()
+    prompt = list(range(1, 11))  # blocks [1-4] [5-8] [9 10]
+    m.admit(0, prompt, 2)
+    m.grow(0, 10)
+    m.written(0, 10)
+    assert m.take_copies() == []
+    # again: two full blocks by reference, and token 9 from a copy of block 2 (token 10, the
+    # last, is computed: its logits give the first generated token)
+    assert m.admit(1, prompt, 2) == 9
+    assert list(m.tables[1, :2]) == list(m.tables[0, :2])
+    own = int(m.tables[1, 2])
+    assert own not in m.tables[0] and m.take_copies() == [(int(m.tables[0, 2]), own)]
+    assert m.take_copies() == []
+    # longer: the whole partial block is shared, and what follows is computed
+    assert m.admit(2, [*prompt, 11, 12, 13], 2) == 10
+    assert m.prefix_stats.hit_tokens == 9 + 10
+
+
+def test_a_prompt_diverging_inside_a_full_block_copies_its_shared_start() -> None:
+    m = tails()
+    m.admit(0, list(range(1, 11)), 2)
+    m.grow(0, 10)
+    m.written(0, 10)
+    assert m.admit(1, [1, 2, 3, 4, 5, 6, 99, 100, 101], 2) == 6  # block 0 shared, block 1 copied
+    src, dst = m.take_copies()[0]
+    assert src == m.tables[0, 1] and dst == m.tables[1, 1]
+    assert m.admit(2, [1, 2, 77, 78, 79], 2) == 2  # inside the first block: a copy of it
+    assert m.take_copies() == [(int(m.tables[0, 0]), int(m.tables[2, 0]))]
+
+
+def test_tails_need_enough_shared_tokens_and_leave_with_their_block() -> None:
+    m = KVBlockManager(BlockPool(4), 4, 4, 16)  # the default minimum: more than a 4-token block
+    m.admit(0, list(range(1, 8)), 1)
+    m.grow(0, 8)
+    m.written(0, 7)
+    assert m.admit(1, list(range(1, 8)), 1) == 4 and m.take_copies() == []
+    m.release(1)
+    m.release(0)
+    m = tails(blocks=3)
+    m.admit(0, list(range(1, 8)), 1)  # blocks [1-4] [5 6 7]
+    m.grow(0, 8)
+    m.written(0, 7)
+    m.release(0)
+    m.admit(1, [50, 51, 52, 53, 54, 55, 56, 57, 58], 3)  # takes every block: both are evicted
+    m.grow(1, 12)
+    m.release(1)
+    assert m.admit(2, list(range(1, 8)), 1) == 0 and m.take_copies() == []

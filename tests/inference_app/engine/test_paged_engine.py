@@ -80,6 +80,40 @@ def test_a_cached_prefix_is_not_computed_again_and_changes_no_token(
     assert stats.hit_tokens >= 3 * (shared // BLOCK - 1) * BLOCK and stats.queried_tokens > stats.hit_tokens
 
 
+def test_a_prompt_sharing_part_of_a_block_starts_from_a_copy_and_changes_no_token(
+    model: LoadedModel, prompts: list[list[int]]
+) -> None:
+    """The same prompt again, a longer one, and one that diverges inside the first block: each
+    starts after what it shares with the first prompt, its partly shared block a copy."""
+    block = 32
+    first = prompts[0]
+    longer = first + model.tokenizer.encode(" Answer in French, please.")
+    other = prompts[1]
+    common = next(i for i, (a, b) in enumerate(zip(first, other, strict=False)) if a != b)
+    assert 8 <= common < block and len(first) % block > 8  # partial blocks worth a copy
+    cases = [list(first), longer, other]
+    sp = SamplingParams(logprobs=5)
+    want: list[list[TokenLogprobs]] = []
+    run_chunked(
+        engine(model, prefix_caching=False, kv_block_size=block),
+        [first, *cases],
+        [sp] * 4,
+        STEPS,
+        logprobs=want,
+    )
+
+    on = engine(model, kv_block_size=block)
+    got: list[list[TokenLogprobs]] = []
+    run_chunked(on, [first], [sp], STEPS, max_new_tokens=STEPS, logprobs=got)
+    for ids, shared in zip(cases, [len(first) - 1, len(first), common], strict=True):
+        on.add_prompt(0, ids, sp, STEPS)
+        assert on._pending[0].done == shared
+        on.release(0)  # its copy is still queued: it lands in a free block before the next step
+    rest: list[list[TokenLogprobs]] = []
+    run_chunked(on, cases, [sp] * 3, STEPS, stagger=3, max_new_tokens=STEPS, logprobs=rest)
+    assert_same_logprobs(got + rest, want)
+
+
 def test_blocks_are_taken_as_the_sequence_grows_and_all_return_on_release(
     model: LoadedModel, prompts: list[list[int]]
 ) -> None:
