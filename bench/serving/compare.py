@@ -128,6 +128,18 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+def git_commit() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def llama_cpp_commit() -> str | None:
+    """The llama.cpp commit `llamacpp.sh setup` built (None before it ran)."""
+    path = WORK / "llama.cpp-commit"
+    return path.read_text().strip() if path.exists() else None
+
+
 def export_tokenizer() -> None:
     """tokenizer.json + tokenizer_config.json of the embedded GGUF, which guidellm's synthetic
     prompts are sized with (no download: transformers reads the local directory)."""
@@ -242,17 +254,14 @@ def main() -> None:
     log_dir = WORK / "bench-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     names = [s for s in args.servers.split(",") if s]
-    commit = (WORK / "llama.cpp-commit").read_text().strip() if (WORK / "llama.cpp-commit").exists() else None
     out: dict[str, Any] = {
         "name": args.name,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "uptime_start": uptime(),
         "cpus": os.cpu_count(),
         "args": vars(args),
-        "llama_cpp_commit": commit,
-        "commit": subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip(),
+        "llama_cpp_commit": llama_cpp_commit(),
+        "commit": git_commit(),
         "load_generator": "guidellm "
         + subprocess.run([str(GUIDELLM), "--version"], capture_output=True, text=True).stdout.strip(),
         "levels": [],
