@@ -1,14 +1,17 @@
 """The paged KV cache's host side: block pool (refcounts, LRU reuse), prefix-cache keys, and the
-per-sequence block tables (admission by blocks, reservations, prefix hits)."""
+per-sequence block tables (admission by blocks, reservations, prefix hits, partly shared blocks
+copied), and the device program that copies blocks."""
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from inference_app.engine import steps
 from inference_app.engine.block_tables import UNASSIGNED, KVBlockManager
 from inference_app.engine.kv_blocks import BlockPool, OutOfBlocks
 from inference_app.engine.prefix_cache import block_hashes
@@ -201,14 +204,27 @@ def test_prefix_caching_off_never_shares() -> None:
 
 
 class BlockTablesMachine(RuleBasedStateMachine):
-    """Any sequence of admissions, growth, writes and releases keeps the books consistent, and a
-    sequence that was admitted can always grow to its capacity (no preemption is ever needed)."""
+    """Any sequence of admissions, growth, writes and releases keeps the books consistent, a
+    sequence that was admitted can always grow to its capacity (no preemption is ever needed),
+    and every token a sequence counts as present (cached, copied or written) is in its blocks:
+    a simulated cache holds each slot's token ids, copies applied before each write as the engine
+    applies them before each step."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.m = KVBlockManager(BlockPool(12), 3, 4, 24)
+        self.m = KVBlockManager(BlockPool(12), 3, 4, 24, min_tail_tokens=1)
         self.capacity: dict[int, int] = {}
         self.prompt: dict[int, list[int]] = {}
+        self.present: dict[int, int] = {}  # leading tokens the slot's blocks hold
+        self.cache = np.full((12, 3), -1)  # the token id at each (block, offset)
+
+    def token(self, slot: int, position: int) -> int:
+        prompt = self.prompt[slot]
+        return prompt[position] if position < len(prompt) else 1000 + 100 * slot + position
+
+    def apply_copies(self) -> None:
+        for src, dst in self.m.take_copies():
+            self.cache[dst] = self.cache[src]
 
     @rule(
         slot=st.integers(0, 3),
@@ -219,16 +235,21 @@ class BlockTablesMachine(RuleBasedStateMachine):
         if slot in self.capacity or len(prompt) + new > 24 or not self.m.can_admit(prompt, new):
             return
         cached = self.m.admit(slot, prompt, new)
-        assert cached % 3 == 0 and cached < len(prompt)
+        assert cached < len(prompt)
         self.capacity[slot] = len(prompt) + new
         self.prompt[slot] = prompt
+        self.present[slot] = cached
 
     @precondition(lambda self: bool(self.capacity))
     @rule(data=st.data())
     def grow_and_write(self, data: st.DataObject) -> None:
         slot = data.draw(st.sampled_from(sorted(self.capacity)))
-        tokens = data.draw(st.integers(1, self.capacity[slot]))
+        tokens = data.draw(st.integers(self.present[slot], self.capacity[slot]))
         self.m.grow(slot, tokens)
+        self.apply_copies()  # the engine's copies run before the step that writes
+        for position in range(self.present[slot], tokens):
+            self.cache[self.m.tables[slot, position // 3], position % 3] = self.token(slot, position)
+        self.present[slot] = max(self.present[slot], tokens)
         self.m.written(slot, tokens)
 
     @precondition(lambda self: bool(self.capacity))
@@ -236,7 +257,7 @@ class BlockTablesMachine(RuleBasedStateMachine):
     def release(self, data: st.DataObject) -> None:
         slot = data.draw(st.sampled_from(sorted(self.capacity)))
         self.m.release(slot)
-        del self.capacity[slot], self.prompt[slot]
+        del self.capacity[slot], self.prompt[slot], self.present[slot]
 
     @invariant()
     def books_balance(self) -> None:
@@ -254,13 +275,21 @@ class BlockTablesMachine(RuleBasedStateMachine):
         assert m.pool.num_free == int((refs == 0).sum())
         assert m.available_blocks >= 0
 
+    @invariant()
+    def present_tokens_are_in_the_blocks(self) -> None:
+        self.apply_copies()
+        for slot, present in self.present.items():
+            for position in range(present):
+                block = self.m.tables[slot, position // 3]
+                assert self.cache[block, position % 3] == self.token(slot, position), (slot, position)
+
     def teardown(self) -> None:
         for slot, cap in self.capacity.items():  # every admitted sequence can reach its capacity
             self.m.grow(slot, cap)
 
 
 TestBlockTables = BlockTablesMachine.TestCase
-TestBlockTables.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+TestBlockTables.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
 
 
 def tails(blocks: int = 16) -> KVBlockManager:
@@ -315,3 +344,21 @@ def test_tails_need_enough_shared_tokens_and_leave_with_their_block() -> None:
     m.grow(1, 12)
     m.release(1)
     assert m.admit(2, list(range(1, 8)), 1) == 0 and m.take_copies() == []
+
+
+@pytest.mark.parametrize("tokens_first", [False, True])
+def test_block_copies_run_in_order_and_only_up_to_their_count(tokens_first: bool) -> None:
+    """`steps.copy_blocks` on both layouts (the CPU kernel's [P, 2H, BS, D], the Pallas kernel's
+    [P, BS, 2H, D]): blocks are axis 0, a copy may read an earlier copy's target, padding past the
+    count copies nothing."""
+    shape = (5, 4, 2, 3) if tokens_first else (5, 2, 4, 3)
+    pages = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    cache = [{"kv": jnp.asarray(pages)}, {"kv": jnp.asarray(-pages)}]
+    src = np.array([1, 3, 0, 0], np.int32)
+    dst = np.array([3, 4, 2, 1], np.int32)  # 1 -> 3, then 3 (now block 1) -> 4; the rest is padding
+    out = steps.copy_blocks(cache, jnp.asarray(src), jnp.asarray(dst), jnp.int32(2))
+    want = pages.copy()
+    want[3] = pages[1]
+    want[4] = pages[1]
+    np.testing.assert_array_equal(np.asarray(out[0]["kv"]), want)
+    np.testing.assert_array_equal(np.asarray(out[1]["kv"]), -want)
