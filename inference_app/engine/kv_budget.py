@@ -9,11 +9,11 @@ decode together, and admission is bounded by free blocks (`block_tables.KVBlockM
     cache bytes  --kv-cache-memory; else, when both --max-slots and --max-target-length are
                  given, what lets every slot hold a full context; else, on CPU, what the work a
                  few cores can decode needs: one full context or every slot holding a chat turn
-                 of `CPU_SLOT_TOKENS`, whichever is more (SmolLM2: 128 blocks, 720 MiB), at most
-                 a quarter of free memory (the host also runs the server and other programs); a
-                 bigger cache only adds resident memory, since the cores cannot decode more
-                 sequences at once. Accelerators: 0.85 of free memory, leaving room for
-                 activations and compiled programs
+                 and as much again for cached prefixes (`CPU_SLOT_TOKENS`), whichever is more
+                 (SmolLM2: 256 blocks, 1440 MiB), at most a quarter of free memory (the host
+                 also runs the server and other programs); a bigger cache only keeps more
+                 prefixes, since the cores cannot decode more sequences at once. Accelerators:
+                 0.85 of free memory, leaving room for activations and compiled programs
     blocks       cache bytes // (block size x bytes per token)
     context      the model's own context (8192 for SmolLM2), unless the cache holds fewer
                  tokens; --max-target-length overrides it
@@ -36,9 +36,12 @@ from pathlib import Path
 from typing import Any
 
 CPU_MEMORY_FRACTION = 0.25
-# Tokens the default CPU cache holds per default slot: a chat turn of a ~160-token prompt and a
-# 64-token reply fits in two 128-token blocks.
-CPU_SLOT_TOKENS = 256
+# Tokens the default CPU cache holds per default slot: a chat turn (a ~160-token prompt and its
+# reply fit in two 128-token blocks) for the running request, and as much again for the prefix
+# cache, so that recent prompts stay cached while every slot is busy (with exactly what the slots
+# use, 64 busy slots evicted every cached prompt: TTFT p50 at 64 concurrent 1.16 s, 0.57 s with
+# the room).
+CPU_SLOT_TOKENS = 512
 ACCELERATOR_MEMORY_FRACTION = 0.85
 DEFAULT_MAX_SLOTS = {"cpu": 64}
 ACCELERATOR_MAX_SLOTS = 256

@@ -192,8 +192,8 @@ def add_engine_arguments(
         "--kv-cache-memory",
         type=memory_size,
         default=_DEFAULT.kv_cache_memory,
-        help="memory for the KV cache, e.g. 4GiB (default on CPU: a full context or a chat turn per slot; "
-        "see docs/model.md)",
+        help="memory for the KV cache, e.g. 4GiB (default on CPU: a full context, or per slot a chat "
+        "turn and as much for cached prefixes; see docs/model.md)",
     )
     m.add_argument(
         "--kv-block-size",

@@ -33,19 +33,20 @@ def cpu_default(free_bytes: int, max_slots: int | None = None, max_context: int 
 
 
 def test_cpu_default_holds_a_chat_turn_per_slot_and_a_full_context() -> None:
-    """64 slots x 2 blocks (a 256-token turn each) outweigh one 8192-token context (64 blocks):
-    128 blocks, 720 MiB for SmolLM2, whatever the host has beyond that."""
+    """64 slots x 4 blocks (a 256-token turn each, and as much for cached prefixes) outweigh one
+    8192-token context (64 blocks): 256 blocks, 1440 MiB for SmolLM2, whatever the host has beyond
+    that."""
     for free in (16 * GIB, 64 * GIB):
         b = cpu_default(free)
-        assert (b.num_blocks, b.max_context, b.max_slots) == (128, 8192, 64)
-        assert b.tokens == 64 * CPU_SLOT_TOKENS and b.cache_bytes == 720 * 2**20
+        assert (b.num_blocks, b.max_context, b.max_slots) == (256, 8192, 64)
+        assert b.tokens == 64 * CPU_SLOT_TOKENS and b.cache_bytes == 1440 * 2**20
 
 
 def test_cpu_default_with_fewer_slots_still_holds_the_full_context() -> None:
     b = cpu_default(16 * GIB, max_slots=8)
     assert (b.num_blocks, b.max_context, b.max_slots) == (64, 8192, 8)
     b = cpu_default(16 * GIB, max_context=1024)
-    assert (b.num_blocks, b.max_context, b.max_slots) == (128, 1024, 64)
+    assert (b.num_blocks, b.max_context, b.max_slots) == (256, 1024, 64)
 
 
 def test_cpu_default_takes_at_most_a_quarter_of_free_memory() -> None:
