@@ -116,8 +116,9 @@ class KVBlockManager:
         sequence's own block, with its copy in `copies`); nothing else is taken yet.
         """
         self._check_new(slot, len(prompt_ids), max_new_tokens)
-        (keys, hits, tail), cost = self._cost(prompt_ids, max_new_tokens)
+        (keys, hits), cost = self._cost(prompt_ids, max_new_tokens)
         prompt = np.asarray(prompt_ids, np.int32) if self.prefix_caching else None
+        tail = self._tail(prompt, keys, len(hits)) if prompt is not None else None
         cached = self._admit(slot, len(prompt_ids), max_new_tokens, keys, hits, cost, prompt)
         if tail is not None:
             src, shared = tail
@@ -228,14 +229,13 @@ class KVBlockManager:
 
     def _cost(
         self, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int
-    ) -> tuple[tuple[list[BlockHash], list[int], tuple[int, int] | None], int]:
-        """(prompt block keys, cached blocks of its prefix, (block, tokens) of a partly shared
-        block to copy or None) and the blocks admission takes from the pool: its reservation plus
-        the hits that are not in use (they leave the free queue). The copy's source is not taken:
-        it is read before any later step can write it."""
+    ) -> tuple[tuple[list[BlockHash], list[int]], int]:
+        """(prompt block keys, cached blocks of its prefix) and the blocks admission takes from
+        the pool: its reservation plus the hits that are not in use (they leave the free queue).
+        A partly shared block adds nothing: its copy lands in a block of the reservation, and the
+        copy's source is not taken (it is read before any later step can write it)."""
         keys: list[BlockHash] = []
         hits: list[int] = []
-        tail = None
         if self.prefix_caching:
             keys = block_hashes(prompt_ids, self.block_size)
             for key in keys[: (len(prompt_ids) - 1) // self.block_size]:
@@ -243,12 +243,16 @@ class KVBlockManager:
                 if block is None:
                     break
                 hits.append(block)
-            start = len(hits) * self.block_size
-            rest = np.asarray(prompt_ids[start : min(start + self.block_size, len(prompt_ids) - 1)], np.int32)
-            if len(rest) >= self.min_tail_tokens:
-                src, shared = self.pool.best_tail(keys[len(hits) - 1] if hits else ROOT, rest)
-                if shared >= self.min_tail_tokens:
-                    tail = (src, shared)
         need = self.blocks_for(len(prompt_ids) + max_new_tokens) - len(hits)
         idle_hits = sum(self.pool.refcount(b) == 0 for b in hits)
-        return (keys, hits, tail), need + idle_hits
+        return (keys, hits), need + idle_hits
+
+    def _tail(self, prompt: np.ndarray, keys: list[BlockHash], hits: int) -> tuple[int, int] | None:
+        """(block, tokens): the cached block whose start the prompt's next block shares, past
+        its `hits` full blocks (up to, not including, the last prompt token), if enough is shared."""
+        start = hits * self.block_size
+        rest = prompt[start : min(start + self.block_size, len(prompt) - 1)]
+        if len(rest) < self.min_tail_tokens:
+            return None
+        src, shared = self.pool.best_tail(keys[hits - 1] if hits else ROOT, rest)
+        return (src, shared) if shared >= self.min_tail_tokens else None

@@ -656,76 +656,48 @@ struct PagedRows {
 };
 
 #if defined(__AVX2__) && defined(__FMA__)
-// AttendOneFixed over a paged sequence: the same register-resident query and accumulators and
-// four keys per reduction, walking the sequence block by block.
-template <int D>
-void AttendPagedFixed(const float* q, const PagedRows& kv, float* out, int64_t g_heads, int64_t len,
-                      float scale, float* scores) {
-  constexpr int V = D / 8;
-  const __m128 scale4 = _mm_set1_ps(scale);
-  for (int64_t g = 0; g < g_heads; ++g) {
-    __m256 qv[V];
-    for (int i = 0; i < V; ++i) qv[i] = _mm256_loadu_ps(q + g * D + 8 * i);
-    float* sg = scores + g * len;
-    for (int64_t t0 = 0; t0 < len; t0 += kv.bs) {
-      const float* kb = kv.block(t0);
-      const int64_t n = std::min(kv.bs, len - t0);
-      int64_t t = 0;
-      for (; t + 4 <= n; t += 4) {
-        const float* k0 = kb + t * D;
-        __m256 a0 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k0));
-        __m256 a1 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k0 + D));
-        __m256 a2 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k0 + 2 * D));
-        __m256 a3 = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k0 + 3 * D));
-        for (int i = 1; i < V; ++i) {
-          a0 = _mm256_fmadd_ps(qv[i], _mm256_loadu_ps(k0 + 8 * i), a0);
-          a1 = _mm256_fmadd_ps(qv[i], _mm256_loadu_ps(k0 + D + 8 * i), a1);
-          a2 = _mm256_fmadd_ps(qv[i], _mm256_loadu_ps(k0 + 2 * D + 8 * i), a2);
-          a3 = _mm256_fmadd_ps(qv[i], _mm256_loadu_ps(k0 + 3 * D + 8 * i), a3);
-        }
-        const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-        const __m128 dots = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-        _mm_storeu_ps(sg + t0 + t, _mm_mul_ps(dots, scale4));
-      }
-      for (; t < n; ++t) {
-        const float* kr = kb + t * D;
-        __m256 acc = _mm256_mul_ps(qv[0], _mm256_loadu_ps(kr));
-        for (int i = 1; i < V; ++i) acc = _mm256_fmadd_ps(qv[i], _mm256_loadu_ps(kr + 8 * i), acc);
-        sg[t0 + t] = HSum256(acc) * scale;
-      }
-    }
-  }
-  SoftmaxRows(scores, g_heads, len);
-  for (int64_t g = 0; g < g_heads; ++g) {
-    const float* sg = scores + g * len;
-    __m256 acc[V];
-    for (int i = 0; i < V; ++i) acc[i] = _mm256_setzero_ps();
-    for (int64_t t0 = 0; t0 < len; t0 += kv.bs) {
-      const float* vb = kv.block(t0) + kv.v_offset;
-      const int64_t n = std::min(kv.bs, len - t0);
-      for (int64_t t = 0; t < n; ++t) {
-        const __m256 p = _mm256_set1_ps(sg[t0 + t]);
-        const float* vr = vb + t * D;
-        for (int i = 0; i < V; ++i) acc[i] = _mm256_fmadd_ps(p, _mm256_loadu_ps(vr + 8 * i), acc[i]);
-      }
-    }
-    for (int i = 0; i < V; ++i) _mm256_storeu_ps(out + g * D + 8 * i, acc[i]);
-  }
-}
+// The float vector the fixed-size paged kernel runs on: 8 lanes (AVX2), or 16 (AVX-512: half the
+// instructions for prompt chunks, whose rows make attention a tenth to a third of a step).
+// `Fold` adds a vector's halves down to 8 lanes for the horizontal sums.
+struct F32x8 {
+  using V = __m256;
+  static constexpr int kLanes = 8;
+  static V Load(const float* p) { return _mm256_loadu_ps(p); }
+  static void Store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V Mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V Set1(float x) { return _mm256_set1_ps(x); }
+  static V Zero() { return _mm256_setzero_ps(); }
+  static __m256 Fold(V a) { return a; }
+};
+#if defined(__AVX512F__)
+struct F32x16 {
+  using V = __m512;
+  static constexpr int kLanes = 16;
+  static V Load(const float* p) { return _mm512_loadu_ps(p); }
+  static void Store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V Set1(float x) { return _mm512_set1_ps(x); }
+  static V Zero() { return _mm512_setzero_ps(); }
+  static __m256 Fold(V a) { return _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1)); }
+};
+using PagedVec = F32x16;
+#else
+using PagedVec = F32x8;
 #endif
 
-#if defined(__AVX512F__)
-// The same with 512-bit vectors (head size 64: four registers per query, key and value row), for
-// prompt chunks, whose rows make attention a tenth to a third of a step: half the instructions.
-template <int D>
-void AttendPagedFixed512(const float* q, const PagedRows& kv, float* out, int64_t g_heads, int64_t len,
-                         float scale, float* scores) {
-  constexpr int V = D / 16;
+// AttendOneFixed over a paged sequence: the same register-resident query and accumulators and
+// four keys per reduction, walking the sequence block by block.
+template <typename Vec, int D>
+void AttendPagedFixed(const float* q, const PagedRows& kv, float* out, int64_t g_heads, int64_t len,
+                      float scale, float* scores) {
+  using V = typename Vec::V;
+  constexpr int L = Vec::kLanes, N = D / L;
   const __m128 scale4 = _mm_set1_ps(scale);
-  auto fold = [](__m512 a) { return _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1)); };
   for (int64_t g = 0; g < g_heads; ++g) {
-    __m512 qv[V];
-    for (int i = 0; i < V; ++i) qv[i] = _mm512_loadu_ps(q + g * D + 16 * i);
+    V qv[N];
+    for (int i = 0; i < N; ++i) qv[i] = Vec::Load(q + g * D + L * i);
     float* sg = scores + g * len;
     for (int64_t t0 = 0; t0 < len; t0 += kv.bs) {
       const float* kb = kv.block(t0);
@@ -733,43 +705,44 @@ void AttendPagedFixed512(const float* q, const PagedRows& kv, float* out, int64_
       int64_t t = 0;
       for (; t + 4 <= n; t += 4) {
         const float* k0 = kb + t * D;
-        __m512 a0 = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k0));
-        __m512 a1 = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k0 + D));
-        __m512 a2 = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k0 + 2 * D));
-        __m512 a3 = _mm512_mul_ps(qv[0], _mm512_loadu_ps(k0 + 3 * D));
-        for (int i = 1; i < V; ++i) {
-          a0 = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(k0 + 16 * i), a0);
-          a1 = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(k0 + D + 16 * i), a1);
-          a2 = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(k0 + 2 * D + 16 * i), a2);
-          a3 = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(k0 + 3 * D + 16 * i), a3);
+        V a0 = Vec::Mul(qv[0], Vec::Load(k0));
+        V a1 = Vec::Mul(qv[0], Vec::Load(k0 + D));
+        V a2 = Vec::Mul(qv[0], Vec::Load(k0 + 2 * D));
+        V a3 = Vec::Mul(qv[0], Vec::Load(k0 + 3 * D));
+        for (int i = 1; i < N; ++i) {
+          a0 = Vec::Fma(qv[i], Vec::Load(k0 + L * i), a0);
+          a1 = Vec::Fma(qv[i], Vec::Load(k0 + D + L * i), a1);
+          a2 = Vec::Fma(qv[i], Vec::Load(k0 + 2 * D + L * i), a2);
+          a3 = Vec::Fma(qv[i], Vec::Load(k0 + 3 * D + L * i), a3);
         }
-        const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(fold(a0), fold(a1)), _mm256_hadd_ps(fold(a2), fold(a3)));
+        const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(Vec::Fold(a0), Vec::Fold(a1)),
+                                        _mm256_hadd_ps(Vec::Fold(a2), Vec::Fold(a3)));
         const __m128 dots = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
         _mm_storeu_ps(sg + t0 + t, _mm_mul_ps(dots, scale4));
       }
       for (; t < n; ++t) {
         const float* kr = kb + t * D;
-        __m512 acc = _mm512_mul_ps(qv[0], _mm512_loadu_ps(kr));
-        for (int i = 1; i < V; ++i) acc = _mm512_fmadd_ps(qv[i], _mm512_loadu_ps(kr + 16 * i), acc);
-        sg[t0 + t] = HSum256(fold(acc)) * scale;
+        V acc = Vec::Mul(qv[0], Vec::Load(kr));
+        for (int i = 1; i < N; ++i) acc = Vec::Fma(qv[i], Vec::Load(kr + L * i), acc);
+        sg[t0 + t] = HSum256(Vec::Fold(acc)) * scale;
       }
     }
   }
   SoftmaxRows(scores, g_heads, len);
   for (int64_t g = 0; g < g_heads; ++g) {
     const float* sg = scores + g * len;
-    __m512 acc[V];
-    for (int i = 0; i < V; ++i) acc[i] = _mm512_setzero_ps();
+    V acc[N];
+    for (int i = 0; i < N; ++i) acc[i] = Vec::Zero();
     for (int64_t t0 = 0; t0 < len; t0 += kv.bs) {
       const float* vb = kv.block(t0) + kv.v_offset;
       const int64_t n = std::min(kv.bs, len - t0);
       for (int64_t t = 0; t < n; ++t) {
-        const __m512 p = _mm512_set1_ps(sg[t0 + t]);
+        const V p = Vec::Set1(sg[t0 + t]);
         const float* vr = vb + t * D;
-        for (int i = 0; i < V; ++i) acc[i] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vr + 16 * i), acc[i]);
+        for (int i = 0; i < N; ++i) acc[i] = Vec::Fma(p, Vec::Load(vr + L * i), acc[i]);
       }
     }
-    for (int i = 0; i < V; ++i) _mm512_storeu_ps(out + g * D + 16 * i, acc[i]);
+    for (int i = 0; i < N; ++i) Vec::Store(out + g * D + L * i, acc[i]);
   }
 }
 #endif
@@ -846,14 +819,9 @@ ffi::Error PagedAttentionImpl(ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> kv,
     thread_local std::vector<float> scores;
     if (static_cast<int64_t>(scores.size()) < g * len) scores.resize(g * len);
     const PagedRows rows{kvp + 2 * h * bs * d, table, bs, d, 2 * kvh * bs * d, bs * d};
-#if defined(__AVX512F__)
+#if defined(__AVX2__) && defined(__FMA__)
     if (d == 64) {
-      AttendPagedFixed512<64>(qp + q_off, rows, op + q_off, g, len, scale, scores.data());
-      return;
-    }
-#elif defined(__AVX2__) && defined(__FMA__)
-    if (d == 64) {
-      AttendPagedFixed<64>(qp + q_off, rows, op + q_off, g, len, scale, scores.data());
+      AttendPagedFixed<PagedVec, 64>(qp + q_off, rows, op + q_off, g, len, scale, scores.data());
       return;
     }
 #endif

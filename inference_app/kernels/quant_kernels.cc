@@ -960,52 +960,10 @@ ffi::Error Q4_1Impl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S32> float_from, f
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_0x16, (ScaledImpl<Q4_0, ffi::U8, true>),
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::U8>>()
-                                  .Arg<ffi::Buffer<ffi::F16>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ8_0x16, (ScaledImpl<Q8_0, ffi::S8, true>),
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S8>>()
-                                  .Arg<ffi::Buffer<ffi::F16>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_1x16, Q4_1Impl<true>,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::U8>>()
-                                  .Arg<ffi::Buffer<ffi::F16>>()
-                                  .Arg<ffi::Buffer<ffi::F16>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_0, (ScaledImpl<Q4_0, ffi::U8, false>),
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::U8>>()
-                                  .Arg<ffi::Buffer<ffi::F16>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_1, Q4_1Impl<false>,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::U8>>()
-                                  .Arg<ffi::Buffer<ffi::F16>>()
-                                  .Arg<ffi::Buffer<ffi::F16>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ8_0, (ScaledImpl<Q8_0, ffi::S8, false>),
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Arg<ffi::Buffer<ffi::S8>>()
-                                  .Arg<ffi::Buffer<ffi::F16>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+// The bindings (argument and result types) are deduced from the implementations' signatures.
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_0, (ScaledImpl<Q4_0, ffi::U8, false>));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_1, Q4_1Impl<false>);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ8_0, (ScaledImpl<Q8_0, ffi::S8, false>));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_0x16, (ScaledImpl<Q4_0, ffi::U8, true>));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ4_1x16, Q4_1Impl<true>);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(QuantMatmulQ8_0x16, (ScaledImpl<Q8_0, ffi::S8, true>));

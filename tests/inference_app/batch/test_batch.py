@@ -132,6 +132,25 @@ def test_torn_last_line_is_dropped_and_redone(fake: tuple[str, FakeState], tmp_p
     assert recs[0] == good  # kept, not redone
 
 
+def batch_process(inp: Path, out: Path, url: str, concurrency: int) -> list[str]:
+    """The command line of `inference_app batch` run as its own process (signals reach it alone)."""
+    return [
+        sys.executable,
+        "-m",
+        "inference_app",
+        "batch",
+        "--input",
+        str(inp),
+        "--output",
+        str(out),
+        "--endpoint",
+        url,
+        "--concurrency",
+        str(concurrency),
+        "--no-progress",
+    ]
+
+
 def test_kill_9_mid_run_leaves_whole_lines_and_resume_completes(tmp_path: Path) -> None:
     n = 60
     write_jsonl(
@@ -140,21 +159,7 @@ def test_kill_9_mid_run_leaves_whole_lines_and_resume_completes(tmp_path: Path) 
     out = tmp_path / "out.jsonl"
     app = create_app(token_delay_s=0.01)  # ~0.1 s per request, 4 at a time: ~1.5 s in total
     with BackgroundServer(app) as server:
-        cmd = [
-            sys.executable,
-            "-m",
-            "inference_app",
-            "batch",
-            "--input",
-            str(tmp_path / "in.jsonl"),
-            "--output",
-            str(out),
-            "--endpoint",
-            server.url,
-            "--concurrency",
-            "4",
-            "--no-progress",
-        ]
+        cmd = batch_process(tmp_path / "in.jsonl", out, server.url, concurrency=4)
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while (not out.exists() or out.read_text().count("\n") < 12) and time.monotonic() < deadline:
@@ -341,21 +346,7 @@ def test_sigterm_stops_cleanly_and_a_rerun_finishes(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "in.jsonl", [{"id": i, "prompt": f"t {i}", "max_tokens": 10} for i in range(n)])
     out = tmp_path / "out.jsonl"
     with BackgroundServer(create_app(token_delay_s=0.01)) as server:
-        cmd = [
-            sys.executable,
-            "-m",
-            "inference_app",
-            "batch",
-            "--input",
-            str(tmp_path / "in.jsonl"),
-            "--output",
-            str(out),
-            "--endpoint",
-            server.url,
-            "--concurrency",
-            "2",
-            "--no-progress",
-        ]
+        cmd = batch_process(tmp_path / "in.jsonl", out, server.url, concurrency=2)
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         while (not out.exists() or out.read_text().count("\n") < 4) and time.monotonic() < deadline:
